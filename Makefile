@@ -1,0 +1,55 @@
+# kvsnb: the two commands. `make demo` and `make test` set everything up on a fresh machine
+# (Python 3.11, root): system packages only if missing, a virtual environment in .venv, the
+# package with its dev extras; then they run.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kvsnb-installed
+SYSTEM_STAMP := $(VENV)/.kvsnb-system
+
+.PHONY: demo test lint typecheck unit setup system clean bench
+
+setup: $(STAMP)
+
+system: $(SYSTEM_STAMP)
+
+# System packages: ffmpeg (ffprobe checks what Local KVS serves), installed only when missing.
+$(SYSTEM_STAMP):
+	@if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then \
+		echo "installing ffmpeg (apt-get)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP): pyproject.toml $(SYSTEM_STAMP)
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/kvsnb demo --out demo-output
+
+lint: setup
+	$(VENV)/bin/ruff check kvsnb tests bench
+	$(VENV)/bin/ruff format --check kvsnb tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(VENV)/bin/pytest -q tests/unit
+
+# The whole suite: lint, types, unit, integration, notebooks. Pytest's exit 5 (no test ran)
+# counts as a failure.
+test: setup lint typecheck
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests; rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "pytest ran no test"; exit 1; fi; exit $$rc
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache

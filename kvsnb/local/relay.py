@@ -1,0 +1,494 @@
+"""The signaling relay: the KVS signaling WebSocket, as AWS runs it (WIRE.md, "Signaling
+WebSocket").
+
+* One master connection per channel (the newest wins; the older socket is closed); up to 10
+  viewers; the same ClientId twice: the newest wins.
+* Routing: viewer → master carries ``senderClientId``; master → viewer is addressed by
+  ``recipientClientId`` and carries none. Keys match case-insensitively (the C SDK writes
+  PascalCase), ``""`` means no recipient, unknown keys are ignored.
+* Messages for a recipient that is not connected wait ``MessageTtlSeconds``; a newer offer
+  replaces an older undelivered one from the same sender; delivery consumes them.
+* STATUS_RESPONSE only for errors, and only when the message carried a correlationId.
+* Storage mode (media storage ENABLED): clients talk to the channel's storage session only;
+  viewer ↔ master messages are not delivered. Everything the storage session sends has no
+  ``senderClientId``.
+* Limits: connects per second per channel, per-connection offers/answers/candidates per
+  second, 10 KB payloads, idle and maximum connection time, GO_AWAY and
+  RECONNECT_ICE_SERVER on demand. All configurable (``SignalingLimits``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from .control import Channel, ControlPlane
+from .errors import AwsError, ClientLimitExceededException, InvalidArgumentException
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["MASTER", "VIEWER"]
+ACTIONS = ("SDP_OFFER", "SDP_ANSWER", "ICE_CANDIDATE")
+CORRELATION_ID = re.compile(r"^[a-zA-Z0-9_.-]{1,256}$")
+CLIENT_ID = re.compile(r"^[a-zA-Z0-9_.-]{1,256}$")
+MASTER_KEY = "\x00master"  # pending-queue key of the master (never a valid ClientId)
+CLOSE_REPLACED = 4001  # private-use close codes, with a reason text
+CLOSE_IDLE = 4002
+CLOSE_MAX_DURATION = 4003
+CLOSE_CHANNEL_DELETED = 4004
+CLOSE_GO_AWAY = 4005
+CLOSE_RATE = 4006
+
+
+@dataclass
+class SignalingLimits:
+    """Signaling quotas (WIRE.md); tests shorten the durations."""
+
+    connects_per_s: float = 3.0
+    offers_per_s: float = 5.0
+    answers_per_s: float = 5.0
+    candidates_per_s: float = 20.0
+    max_payload_bytes: int = 10 * 1024
+    max_viewers: int = 10
+    idle_timeout_s: float = 600.0
+    max_connection_s: float = 3600.0
+    go_away_grace_s: float = 60.0
+
+
+class _Bucket:
+    """Token bucket: ``rate`` per second with a burst of ``rate``."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(eq=False)
+class Connection:
+    """One signaling WebSocket: its channel, role and ClientId."""
+
+    ws: web.WebSocketResponse
+    channel_arn: str
+    role: Role
+    client_id: str | None
+    limits: SignalingLimits
+    opened: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)
+    buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.buckets = {
+            "SDP_OFFER": _Bucket(self.limits.offers_per_s),
+            "SDP_ANSWER": _Bucket(self.limits.answers_per_s),
+            "ICE_CANDIDATE": _Bucket(self.limits.candidates_per_s),
+        }
+
+    @property
+    def key(self) -> str:
+        """Where messages to this connection queue: the master, or the viewer's ClientId."""
+        return MASTER_KEY if self.role == "MASTER" else str(self.client_id)
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        """Send a JSON text frame; False if the socket is gone."""
+        if self.ws.closed:
+            return False
+        try:
+            await self.ws.send_str(json.dumps(message, separators=(",", ":")))
+            return True
+        except (ConnectionError, RuntimeError):
+            return False
+
+
+@dataclass
+class ClientMessage:
+    """A parsed client → server message."""
+
+    action: str
+    recipient: str | None
+    payload: str
+    correlation_id: str | None
+
+    def decoded(self) -> dict[str, Any]:
+        """The payload's JSON object (``InvalidArgumentException`` when it is not one)."""
+        try:
+            data = json.loads(base64.b64decode(self.payload, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidArgumentException("messagePayload is not base64 of JSON") from exc
+        if not isinstance(data, dict):
+            raise InvalidArgumentException("messagePayload is not a JSON object")
+        return data
+
+
+class StorageSink(Protocol):
+    """The storage session side of a channel (Local KVS's webrtc-storage plane)."""
+
+    async def on_client_message(self, conn: Connection, msg: ClientMessage) -> None:
+        """Handle a message a client sent while the channel's storage is ENABLED; raise an
+        ``AwsError`` to answer with a STATUS_RESPONSE."""
+
+    async def on_client_connected(self, conn: Connection) -> None:
+        """A client (re)connected to a storage-enabled channel."""
+
+    async def on_client_disconnected(self, conn: Connection) -> None:
+        """A client's socket closed."""
+
+
+@dataclass
+class _Pending:
+    expires: float
+    sender: str | None
+    message: dict[str, Any]
+
+
+@dataclass
+class _ChannelState:
+    master: Connection | None = None
+    viewers: dict[str, Connection] = field(default_factory=dict)
+    pending: dict[str, deque[_Pending]] = field(default_factory=dict)
+    connects: _Bucket | None = None
+
+
+def _get_ci(data: dict[str, Any], key: str) -> Any:
+    lowered = key.lower()
+    for k, v in data.items():
+        if isinstance(k, str) and k.lower() == lowered:
+            return v
+    return None
+
+
+def parse_client_message(text: str, max_payload: int) -> ClientMessage:
+    """Parse a client text frame (keys case-insensitive, ``""`` recipient = none).
+
+    Raises ``ValueError`` when there is no usable correlationId to answer to and
+    ``AwsError`` (with the correlationId attached as ``correlation_id``) otherwise.
+    """
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("message is not a JSON object")
+    corr = _get_ci(data, "correlationId")
+    corr = corr if isinstance(corr, str) and CORRELATION_ID.match(corr) else None
+
+    def fail(err: AwsError) -> AwsError:
+        err.correlation_id = corr  # type: ignore[attr-defined]
+        return err
+
+    action = _get_ci(data, "action")
+    if action not in ACTIONS:
+        raise fail(InvalidArgumentException(f"Unsupported action: {action!r}"))
+    recipient = _get_ci(data, "recipientClientId")
+    if recipient == "":
+        recipient = None
+    if recipient is not None and (not isinstance(recipient, str) or not CLIENT_ID.match(recipient)):
+        raise fail(InvalidArgumentException("recipientClientId is not a valid ClientId"))
+    payload = _get_ci(data, "messagePayload")
+    if not isinstance(payload, str) or not payload:
+        raise fail(InvalidArgumentException("messagePayload is required"))
+    if len(payload) > max_payload:
+        raise fail(
+            InvalidArgumentException(
+                f"messagePayload exceeds the maximum size of {max_payload} bytes"
+            )
+        )
+    try:
+        base64.b64decode(payload, validate=True)
+    except binascii.Error:
+        raise fail(InvalidArgumentException("messagePayload is not valid base64")) from None
+    return ClientMessage(action, recipient, payload, corr)
+
+
+def status_response(corr: str, err: AwsError) -> dict[str, Any]:
+    """A STATUS_RESPONSE frame for an error."""
+    return {
+        "messageType": "STATUS_RESPONSE",
+        "statusResponse": {
+            "correlationId": corr,
+            "errorType": err.code,
+            "statusCode": str(err.status or 400),
+            "description": err.message,
+            "success": False,
+        },
+    }
+
+
+class SignalingRelay:
+    """The signaling WebSocket endpoint of Local KVS (see the module docstring)."""
+
+    def __init__(
+        self,
+        control: ControlPlane,
+        authorize: Callable[[web.Request], Awaitable[None]],
+        limits: SignalingLimits | None = None,
+    ) -> None:
+        self.control = control
+        self.limits = limits or SignalingLimits()
+        self._authorize = authorize
+        self._channels: dict[str, _ChannelState] = {}
+        self.storage: StorageSink | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        control.events.channel_deleted.append(self._on_channel_deleted)
+
+    # ------------------------------------------------------------------ introspection
+
+    def master(self, channel_arn: str) -> Connection | None:
+        """The channel's connected master, if any."""
+        st = self._channels.get(channel_arn)
+        return None if st is None else st.master
+
+    def viewer(self, channel_arn: str, client_id: str) -> Connection | None:
+        """The channel's connected viewer with this ClientId, if any."""
+        st = self._channels.get(channel_arn)
+        return None if st is None else st.viewers.get(client_id)
+
+    def connections(self) -> list[Connection]:
+        """Every open connection."""
+        out: list[Connection] = []
+        for st in self._channels.values():
+            out += ([st.master] if st.master else []) + list(st.viewers.values())
+        return out
+
+    # ------------------------------------------------------------------ handshake
+
+    async def handle(self, request: web.Request, role_hint: Role | None) -> web.StreamResponse:
+        """The WebSocket upgrade: check the presigned URL, the channel, the role and limits,
+        then serve the socket until it closes."""
+        await self._authorize(request)
+        arn = request.query.get("X-Amz-ChannelARN")
+        if not arn:
+            raise InvalidArgumentException("X-Amz-ChannelARN is required")
+        channel = self.control.channel(arn=arn)
+        client_id = request.query.get("X-Amz-ClientId") or None
+        if client_id is not None and not CLIENT_ID.match(client_id):
+            raise InvalidArgumentException("X-Amz-ClientId is not valid")
+        role: Role = role_hint or ("VIEWER" if client_id else "MASTER")
+        if role == "VIEWER" and client_id is None:
+            raise InvalidArgumentException("X-Amz-ClientId is required for a viewer")
+        st = self._channels.setdefault(channel.arn, _ChannelState())
+        if st.connects is None:
+            st.connects = _Bucket(self.limits.connects_per_s)
+        if not st.connects.take():
+            raise ClientLimitExceededException(
+                "Exceeded the rate of connections per second for this channel"
+            )
+        if (
+            role == "VIEWER"
+            and client_id not in st.viewers
+            and len(st.viewers) >= self.limits.max_viewers
+        ):
+            raise ClientLimitExceededException(
+                f"The channel has reached the maximum of {self.limits.max_viewers} viewers"
+            )
+        ws = web.WebSocketResponse(heartbeat=None, autoping=True, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        conn = Connection(ws, channel.arn, role, client_id if role == "VIEWER" else None, self.limits)
+        await self._register(st, conn)
+        self._ensure_reaper()
+        try:
+            await self._serve(conn)
+        finally:
+            await self._unregister(conn)
+        return ws
+
+    async def _register(self, st: _ChannelState, conn: Connection) -> None:
+        old = st.master if conn.role == "MASTER" else st.viewers.get(str(conn.client_id))
+        if conn.role == "MASTER":
+            st.master = conn
+        else:
+            st.viewers[str(conn.client_id)] = conn
+        if old is not None:
+            await old.ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer connection")
+        await self._flush_pending(st, conn)
+        if self.storage is not None and self._storage_enabled(conn.channel_arn):
+            await self.storage.on_client_connected(conn)
+
+    async def _unregister(self, conn: Connection) -> None:
+        st = self._channels.get(conn.channel_arn)
+        if st is not None:
+            if conn.role == "MASTER" and st.master is conn:
+                st.master = None
+            elif conn.role == "VIEWER" and st.viewers.get(str(conn.client_id)) is conn:
+                del st.viewers[str(conn.client_id)]
+        if self.storage is not None:
+            await self.storage.on_client_disconnected(conn)
+
+    # ------------------------------------------------------------------ messages
+
+    async def _serve(self, conn: Connection) -> None:
+        async for frame in conn.ws:
+            if frame.type == WSMsgType.TEXT:
+                conn.last_active = time.monotonic()
+                await self._on_text(conn, frame.data)
+            elif frame.type == WSMsgType.BINARY:
+                logger.info("closing %s: binary frame", conn.role)
+                await conn.ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"text frames only")
+            elif frame.type == WSMsgType.ERROR:
+                break
+
+    async def _on_text(self, conn: Connection, text: str) -> None:
+        try:
+            msg = parse_client_message(text, self.limits.max_payload_bytes)
+        except AwsError as err:
+            corr = getattr(err, "correlation_id", None)
+            if corr:
+                await conn.send(status_response(corr, err))
+            return
+        except (ValueError, TypeError) as exc:
+            logger.info("ignoring unparseable frame from %s: %s", conn.role, exc)
+            return
+        try:
+            if not conn.buckets[msg.action].take():
+                raise ClientLimitExceededException(
+                    f"Exceeded the rate limit for {msg.action} messages on this connection"
+                )
+            await self._route(conn, msg)
+        except AwsError as err:
+            if msg.correlation_id:
+                await conn.send(status_response(msg.correlation_id, err))
+
+    def _storage_enabled(self, channel_arn: str) -> bool:
+        try:
+            return self.control.channel(arn=channel_arn).storage_enabled
+        except AwsError:
+            return False
+
+    async def _route(self, conn: Connection, msg: ClientMessage) -> None:
+        if self._storage_enabled(conn.channel_arn):
+            if self.storage is None:
+                raise InvalidArgumentException("The storage session is not available")
+            await self.storage.on_client_message(conn, msg)
+            return
+        st = self._channels[conn.channel_arn]
+        if conn.role == "VIEWER":
+            out = {
+                "senderClientId": conn.client_id,
+                "messageType": msg.action,
+                "messagePayload": msg.payload,
+            }
+            await self._deliver(st, conn.channel_arn, MASTER_KEY, st.master, out, conn.client_id)
+        else:
+            if msg.recipient is None:
+                raise InvalidArgumentException(
+                    "recipientClientId is required for messages from the master"
+                )
+            out = {"messageType": msg.action, "messagePayload": msg.payload}
+            target = st.viewers.get(msg.recipient)
+            await self._deliver(st, conn.channel_arn, msg.recipient, target, out, None)
+
+    async def _deliver(
+        self,
+        st: _ChannelState,
+        channel_arn: str,
+        key: str,
+        target: Connection | None,
+        message: dict[str, Any],
+        sender: str | None,
+    ) -> None:
+        if target is not None and await target.send(message):
+            return
+        ttl = self.control.channel(arn=channel_arn).ttl
+        queue = st.pending.setdefault(key, deque())
+        now = time.monotonic()
+        if message["messageType"] == "SDP_OFFER":
+            for item in list(queue):
+                if item.sender == sender and item.message["messageType"] == "SDP_OFFER":
+                    queue.remove(item)
+        queue.append(_Pending(now + ttl, sender, message))
+
+    async def _flush_pending(self, st: _ChannelState, conn: Connection) -> None:
+        queue = st.pending.pop(conn.key, None)
+        now = time.monotonic()
+        while queue:
+            item = queue.popleft()
+            if item.expires >= now and not await conn.send(item.message):
+                break
+
+    async def send_from_storage(self, conn: Connection, message_type: str, payload: dict[str, Any]) -> bool:
+        """Send a storage-session message (no senderClientId) to a client connection."""
+        encoded = base64.b64encode(json.dumps(payload).encode()).decode()
+        return await conn.send({"messageType": message_type, "messagePayload": encoded})
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def go_away(self, channel_arn: str | None = None, grace_s: float | None = None) -> int:
+        """Send GO_AWAY to every connection (of one channel, or all), then close them after
+        the grace period. Returns how many were told."""
+        conns = [c for c in self.connections() if channel_arn in (None, c.channel_arn)]
+        for c in conns:
+            await c.send({"messageType": "GO_AWAY", "messagePayload": ""})
+        grace = self.limits.go_away_grace_s if grace_s is None else grace_s
+
+        async def close_later() -> None:
+            await asyncio.sleep(grace)
+            for c in conns:
+                await c.ws.close(code=CLOSE_GO_AWAY, message=b"GO_AWAY")
+
+        asyncio.get_running_loop().create_task(close_later())
+        return len(conns)
+
+    async def reconnect_ice_server(self, channel_arn: str | None = None) -> int:
+        """Send RECONNECT_ICE_SERVER to every connection (of one channel, or all)."""
+        conns = [c for c in self.connections() if channel_arn in (None, c.channel_arn)]
+        for c in conns:
+            await c.send({"messageType": "RECONNECT_ICE_SERVER", "messagePayload": ""})
+        return len(conns)
+
+    def _on_channel_deleted(self, channel: Channel) -> None:
+        st = self._channels.pop(channel.arn, None)
+        if st is None:
+            return
+        conns = ([st.master] if st.master else []) + list(st.viewers.values())
+        loop = asyncio.get_running_loop()
+        for c in conns:
+            loop.create_task(c.ws.close(code=CLOSE_CHANNEL_DELETED, message=b"channel deleted"))
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        """Close idle and over-age connections; drop expired pending messages."""
+        while self._channels:
+            period = max(0.05, min(self.limits.idle_timeout_s, self.limits.max_connection_s) / 10)
+            await asyncio.sleep(min(period, 5.0))
+            now = time.monotonic()
+            for c in self.connections():
+                if now - c.opened > self.limits.max_connection_s:
+                    await c.ws.close(code=CLOSE_MAX_DURATION, message=b"maximum connection time")
+                elif now - c.last_active > self.limits.idle_timeout_s:
+                    await c.ws.close(code=CLOSE_IDLE, message=b"idle timeout")
+            for st in self._channels.values():
+                for key in list(st.pending):
+                    q = st.pending[key]
+                    while q and q[0].expires < now:
+                        q.popleft()
+                    if not q:
+                        del st.pending[key]
+
+    async def close(self) -> None:
+        """Close every connection and stop the reaper."""
+        for c in self.connections():
+            with contextlib.suppress(Exception):
+                await c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        if self._reaper is not None:
+            self._reaper.cancel()

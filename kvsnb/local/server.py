@@ -1,0 +1,308 @@
+"""Local KVS: one aiohttp application on 127.0.0.1 that serves every KVS plane on one port.
+
+=================  ==========================================  =====================
+plane              endpoint (what the control plane returns)   botocore service
+=================  ==========================================  =====================
+control            ``http://HOST:PORT``                        ``kinesisvideo``
+signaling REST     ``http://HOST:PORT/signaling``              ``kinesis-video-signaling``
+signaling WSS      ``ws://HOST:PORT/signaling/{master,viewer}``  (custom JSON)
+webrtc-storage     ``http://HOST:PORT/webrtc``                 ``kinesis-video-webrtc-storage``
+archived media     ``http://HOST:PORT/media``                  ``kinesis-video-archived-media``
+=================  ==========================================  =====================
+
+So ``boto3.client("kinesisvideo", endpoint_url="http://HOST:PORT")`` and the AWS CLI with
+``--endpoint-url`` just work, and data-plane clients are built, as against AWS, with the
+endpoint the control plane hands out.
+
+``LocalKvs`` runs in the caller's event loop (``await start()``), on its own event-loop
+thread (``start_in_thread()``, what notebooks and tests use, so a busy kernel never stalls
+media), or as a command (``kvsnb local``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from . import protocol
+from .control import ControlPlane, Endpoints
+from .errors import (
+    AwsError,
+    NotImplementedByLocalKvs,
+    UnknownOperationException,
+)
+from .relay import SignalingLimits, SignalingRelay
+from .sigv4 import SigV4Checker, StrictKeys
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+PLANE_PREFIXES = (("/signaling", "signaling"), ("/webrtc", "webrtc"), ("/media", "media"))
+PLANE_SERVICE = {plane: name for name, plane in protocol.SERVICES.items()}
+MAX_BODY_BYTES = 8 * 1024 * 1024
+_SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
+T = TypeVar("T")
+
+
+def operation_method(name: str) -> str:
+    """``CreateSignalingChannel`` → ``create_signaling_channel``."""
+    return _SNAKE.sub("_", name).lower().replace("h_l_s", "hls").replace("d_a_s_h", "dash")
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """A response whose payload is not JSON (GetClip, GetMediaForFragmentList, HLS)."""
+
+    body: bytes
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int = 200
+
+
+@dataclass
+class LocalKvsConfig:
+    """How a Local KVS runs. Durations are configurable so tests can shorten them."""
+
+    host: str = DEFAULT_HOST
+    port: int = 0
+    data_dir: Path | None = None
+    region: str = "us-west-2"
+    account: str = "000000000000"
+    strict_keys: StrictKeys | None = None
+    signaling: SignalingLimits = field(default_factory=SignalingLimits)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def split_plane(path: str) -> tuple[str, str]:
+    """Which plane a request path is for, and the path within that plane."""
+    for prefix, plane in PLANE_PREFIXES:
+        if path == prefix or path.startswith(prefix + "/"):
+            return plane, path[len(prefix) :] or "/"
+    return "control", path
+
+
+class LocalKvs:
+    """A Local KVS server: control plane, signaling, webrtc-storage and archived media.
+
+    ``url`` is the control-plane endpoint once started. The data directory holds everything
+    stored; with none given a temporary one is made and removed on ``stop()``.
+    """
+
+    def __init__(self, config: LocalKvsConfig | None = None, **kwargs: Any) -> None:
+        self.config = config or LocalKvsConfig(**kwargs)
+        self._own_dir: Path | None = None
+        if self.config.data_dir is None:
+            self._own_dir = Path(tempfile.mkdtemp(prefix="kvsnb-local-"))
+            self.config.data_dir = self._own_dir
+        self.data_dir = Path(self.config.data_dir)
+        self.checker = SigV4Checker(self.config.strict_keys)
+        self.planes: dict[str, Any] = {}
+        self.control: ControlPlane | None = None
+        self.relay: SignalingRelay | None = None
+        self._runner: web.AppRunner | None = None
+        self._site_port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        """The bound port (after start)."""
+        if self._site_port is None:
+            raise RuntimeError("Local KVS is not started")
+        return self._site_port
+
+    @property
+    def url(self) -> str:
+        """The control-plane endpoint, ``http://HOST:PORT``."""
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop Local KVS runs on."""
+        if self._loop is None:
+            raise RuntimeError("Local KVS is not started")
+        return self._loop
+
+    async def start(self) -> LocalKvs:
+        """Bind, build every plane and serve in the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        server = site._server
+        assert server is not None and getattr(server, "sockets", None)
+        self._site_port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        endpoints = Endpoints(self.url)
+        self.control = ControlPlane(
+            self.data_dir, endpoints, region=self.config.region, account=self.config.account
+        )
+        self.relay = SignalingRelay(self.control, self._authorize_ws, self.config.signaling)
+        self.planes = {"control": self.control}
+        from .planes import build_planes  # the data planes build on the control plane
+
+        await build_planes(self)
+        logger.info("Local KVS serving at %s (data: %s)", self.url, self.data_dir)
+        return self
+
+    def on_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``closer`` when Local KVS stops (planes register their shutdown)."""
+        self._closers.append(closer)
+
+    async def stop(self) -> None:
+        """Close every connection and session, stop serving, close the databases."""
+        for closer in reversed(self._closers):
+            try:
+                await closer()
+            except Exception:
+                logger.exception("error while stopping a plane")
+        self._closers.clear()
+        if self.relay is not None:
+            await self.relay.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
+            self._own_dir = None
+
+    def start_in_thread(self) -> LocalKvs:
+        """Start on a new event-loop thread of its own; returns once serving."""
+        started: Future[None] = Future()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:
+                started.set_exception(exc)
+                loop.close()
+                return
+            started.set_result(None)
+            loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="local-kvs", daemon=True)
+        self._thread.start()
+        started.result(timeout=30)
+        return self
+
+    def call(self, coro: Awaitable[T], timeout: float | None = 30) -> T:
+        """Run a coroutine on Local KVS's loop from another thread and wait for it."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        return fut.result(timeout)
+
+    def stop_in_thread(self) -> None:
+        """Stop a Local KVS started with ``start_in_thread`` and join its thread."""
+        if self._thread is None:
+            return
+        self.call(self.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=30)
+        self._thread = None
+
+    def __enter__(self) -> LocalKvs:
+        return self.start_in_thread()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_in_thread()
+
+    async def __aenter__(self) -> LocalKvs:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ requests
+
+    async def _authorize(self, request: web.Request, body: bytes) -> None:
+        self.checker.check_request(
+            method=request.method,
+            url=f"{request.scheme}://{request.host}{request.raw_path}",
+            headers=dict(request.headers),
+            body=body,
+        )
+
+    async def _authorize_ws(self, request: web.Request) -> None:
+        self.checker.check_presigned(
+            method=request.method,
+            url=f"{request.scheme}://{request.host}{request.raw_path}",
+            headers=dict(request.headers),
+        )
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        plane, path = split_plane(request.path)
+        service = protocol.service_model(PLANE_SERVICE[plane])
+        try:
+            return await self._handle(request, plane, path)
+        except AwsError as err:
+            status, headers, body = protocol.error_body(service, err)
+            return web.Response(status=status, headers=headers, body=body)
+        except web.HTTPException:
+            raise
+        except Exception:
+            logger.exception("internal error in %s %s", request.method, request.path)
+            err = AwsError("Local KVS hit an internal error; see its log.", status=500)
+            status, headers, body = protocol.error_body(service, err)
+            return web.Response(status=status, headers=headers, body=body)
+
+    async def _handle(self, request: web.Request, plane: str, path: str) -> web.StreamResponse:
+        if request.method == "GET":
+            get_handler = getattr(self.planes.get(plane), "handle_get", None)
+            if plane == "signaling":
+                role = {"/master": "MASTER", "/viewer": "VIEWER"}.get(path.rstrip("/") or "/")
+                if path.rstrip("/") in ("", "/master", "/viewer"):
+                    assert self.relay is not None
+                    return await self.relay.handle(request, role)  # type: ignore[arg-type]
+            if get_handler is not None:
+                return await get_handler(request, path)  # type: ignore[no-any-return]
+            if plane == "control" and path in ("/", "/_localkvs/health"):
+                return web.json_response({"status": "ok", "service": "Local KVS"})
+        if request.method != "POST":
+            raise UnknownOperationException(f"No KVS operation at {request.method} {request.path}")
+        route = protocol.routes().get((plane, path))
+        if route is None:
+            raise UnknownOperationException(f"No KVS operation at POST {request.path}")
+        body = await request.read()
+        await self._authorize(request, body)
+        backend = self.planes.get(plane)
+        method = getattr(backend, operation_method(route.name), None)
+        if method is None:
+            raise NotImplementedByLocalKvs(
+                f"Local KVS does not implement {route.name}; see the coverage table in the "
+                "README."
+            )
+        params = protocol.parse_input(route, body)
+        result = method(params)
+        if inspect.isawaitable(result):
+            result = await result
+        if isinstance(result, RawResponse):
+            return web.Response(
+                status=result.status,
+                body=result.body,
+                headers={"Content-Type": result.content_type, **result.headers},
+            )
+        payload = protocol.serialize_output(route.operation.output_shape, result)
+        return web.json_response(payload)

@@ -1,0 +1,300 @@
+"""Signaling WebSocket client for KVS channels (WIRE.md, "Signaling WebSocket").
+
+``SignalingClient`` presigns the URL with botocore (SigV4 query auth, service
+``kinesisvideo``, 299 s), opens the socket, sends typed messages and yields typed events.
+It copes with what AWS sends: messages without ``senderClientId`` (everything from the
+storage session), STATUS_RESPONSE only for errors, GO_AWAY (reconnect at once, before the
+server closes), RECONNECT_ICE_SERVER, and unknown or unparseable frames (ignored).
+
+If the socket closes without ``close()`` being called, the client reconnects with
+exponential backoff and emits a ``reconnected`` event, so that sessions can re-join (the JS
+SDK re-joins the storage session after every signaling reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote
+
+import aiohttp
+from botocore.auth import SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials, ReadOnlyCredentials
+
+logger = logging.getLogger(__name__)
+
+PRESIGN_EXPIRES_S = 299  # the JS and C SDKs presign for 299 s
+SIGNING_NAME = "kinesisvideo"
+RECONNECT_BASE_S = 0.2
+RECONNECT_MAX_S = 10.0
+MESSAGE_TYPES = (
+    "SDP_OFFER",
+    "SDP_ANSWER",
+    "ICE_CANDIDATE",
+    "GO_AWAY",
+    "RECONNECT_ICE_SERVER",
+    "STATUS_RESPONSE",
+)
+
+EventKind = Literal["message", "open", "reconnected", "closed"]
+
+
+class SignalingError(RuntimeError):
+    """The signaling socket could not be opened; ``status`` is the HTTP status if any."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class StatusResponse:
+    """A STATUS_RESPONSE: the error for a message sent with ``correlation_id``."""
+
+    correlation_id: str | None
+    error_type: str | None
+    status_code: str | None
+    description: str | None
+
+
+@dataclass(frozen=True)
+class SignalingMessage:
+    """A server → client message. ``payload`` is the decoded JSON of messagePayload (SDP or
+    ICE candidate), ``None`` when absent; ``sender_client_id`` is ``None`` for messages from
+    the master or the storage session."""
+
+    type: str
+    payload: dict[str, Any] | None
+    sender_client_id: str | None
+    status: StatusResponse | None = None
+    received_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class SignalingEvent:
+    """What ``SignalingClient.events()`` yields: a message, or a socket state change."""
+
+    kind: EventKind
+    message: SignalingMessage | None = None
+
+
+def presign_url(
+    endpoint: str,
+    channel_arn: str,
+    credentials: ReadOnlyCredentials | Credentials,
+    region: str,
+    client_id: str | None = None,
+    expires: int = PRESIGN_EXPIRES_S,
+) -> str:
+    """The SigV4-presigned signaling URL (``X-Amz-ChannelARN`` [+ ``X-Amz-ClientId``])."""
+    query = f"X-Amz-ChannelARN={quote(channel_arn, safe='')}"
+    if client_id:
+        query += f"&X-Amz-ClientId={quote(client_id, safe='')}"
+    base = endpoint if "/" in endpoint.split("://", 1)[1] else endpoint + "/"
+    request = AWSRequest(method="GET", url=f"{base}?{query}")
+    creds = Credentials(credentials.access_key, credentials.secret_key, credentials.token)
+    SigV4QueryAuth(creds, SIGNING_NAME, region, expires).add_auth(request)
+    return str(request.url)
+
+
+def decode_message(text: str) -> SignalingMessage | None:
+    """Parse a server frame; ``None`` for anything unknown or unparseable."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("messageType") not in MESSAGE_TYPES:
+        return None
+    payload: dict[str, Any] | None = None
+    raw = data.get("messagePayload")
+    if isinstance(raw, str) and raw:
+        try:
+            decoded = json.loads(base64.b64decode(raw))
+            payload = decoded if isinstance(decoded, dict) else None
+        except ValueError:
+            payload = None
+    status = None
+    if isinstance(data.get("statusResponse"), dict):
+        s = data["statusResponse"]
+        status = StatusResponse(
+            s.get("correlationId"), s.get("errorType"), s.get("statusCode"), s.get("description")
+        )
+    sender = data.get("senderClientId") or None
+    return SignalingMessage(str(data["messageType"]), payload, sender, status)
+
+
+class SignalingClient:
+    """One signaling connection of a master (``client_id`` optional) or a viewer."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        channel_arn: str,
+        credentials: ReadOnlyCredentials | Credentials,
+        region: str,
+        *,
+        role: Literal["MASTER", "VIEWER"] = "MASTER",
+        client_id: str | None = None,
+        reconnect: bool = True,
+    ) -> None:
+        if role == "VIEWER" and not client_id:
+            raise ValueError("a viewer needs a client_id")
+        self.endpoint = endpoint
+        self.channel_arn = channel_arn
+        self.credentials = credentials
+        self.region = region
+        self.role = role
+        self.client_id = client_id
+        self.reconnect = reconnect
+        self.connects = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._events: asyncio.Queue[SignalingEvent] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def is_open(self) -> bool:
+        """True while the socket is open."""
+        return self._ws is not None and not self._ws.closed
+
+    def url(self) -> str:
+        """A freshly presigned URL."""
+        return presign_url(
+            self.endpoint, self.channel_arn, self.credentials, self.region, self.client_id
+        )
+
+    async def open(self) -> None:
+        """Open the socket (raises ``SignalingError`` with the HTTP status on refusal)."""
+        self._closing = False
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        await self._connect()
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def _connect(self) -> None:
+        assert self._session is not None
+        try:
+            self._ws = await self._session.ws_connect(self.url(), autoping=True, heartbeat=None)
+        except aiohttp.WSServerHandshakeError as exc:
+            raise SignalingError(f"signaling refused: {exc.status} {exc.message}", exc.status) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise SignalingError(f"signaling unreachable: {exc}") from exc
+        self.connects += 1
+
+    async def _read_loop(self) -> None:
+        first = True
+        attempt = 0
+        while True:
+            if not first:
+                try:
+                    await self._connect()
+                except SignalingError as exc:
+                    attempt += 1
+                    delay = min(RECONNECT_MAX_S, RECONNECT_BASE_S * 2**attempt) * (
+                        0.5 + random.random() / 2
+                    )
+                    logger.info("signaling reconnect failed (%s); retry in %.2fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                attempt = 0
+                await self._events.put(SignalingEvent("reconnected"))
+            else:
+                await self._events.put(SignalingEvent("open"))
+            first = False
+            ws = self._ws
+            assert ws is not None
+            go_away = False
+            async for frame in ws:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                msg = decode_message(frame.data)
+                if msg is None:
+                    logger.debug("ignoring unknown signaling frame: %.200s", frame.data)
+                    continue
+                await self._events.put(SignalingEvent("message", msg))
+                if msg.type == "GO_AWAY":
+                    go_away = True
+                    break
+            if go_away:
+                await ws.close()
+            if self._closing or not self.reconnect:
+                await self._events.put(SignalingEvent("closed"))
+                return
+            logger.info("signaling socket closed (code %s); reconnecting", ws.close_code)
+
+    async def events(self) -> AsyncIterator[SignalingEvent]:
+        """Events in order until the client is closed."""
+        while True:
+            ev = await self._events.get()
+            yield ev
+            if ev.kind == "closed":
+                return
+
+    async def next_event(self, timeout: float | None = None) -> SignalingEvent:
+        """The next event (``asyncio.TimeoutError`` after ``timeout`` seconds)."""
+        return await asyncio.wait_for(self._events.get(), timeout)
+
+    async def send(
+        self,
+        action: Literal["SDP_OFFER", "SDP_ANSWER", "ICE_CANDIDATE"],
+        payload: dict[str, Any],
+        recipient_client_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Send a message; returns its correlationId (a STATUS_RESPONSE names it on error)."""
+        if not self.is_open:
+            raise SignalingError("signaling socket is not open")
+        correlation_id = correlation_id or uuid.uuid4().hex
+        frame: dict[str, Any] = {
+            "action": action,
+            "messagePayload": base64.b64encode(json.dumps(payload).encode()).decode(),
+            "correlationId": correlation_id,
+        }
+        if recipient_client_id:
+            frame["recipientClientId"] = recipient_client_id
+        assert self._ws is not None
+        await self._ws.send_str(json.dumps(frame))
+        return correlation_id
+
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send a raw frame as is (tests use it for hostile input)."""
+        assert self._ws is not None
+        if isinstance(data, bytes):
+            await self._ws.send_bytes(data)
+        else:
+            await self._ws.send_str(data)
+
+    async def drop(self) -> None:
+        """Close the current socket without closing the client: it reconnects."""
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def close(self) -> None:
+        """Close for good (no reconnect)."""
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._reader, 5)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> SignalingClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,296 @@
+"""Where KVS is: AWS, or Local KVS (embedded, or already running at a URL).
+
+This is the only module of the client half that knows the difference (DESIGN principle 5).
+Everything else asks a ``Target`` for boto3 clients, credentials for presigning, and the
+ICE settings, and then speaks the same wire protocol to either.
+
+Selection, first match wins:
+
+1. ``connect("aws", region=...)`` or ``KVSNB_TARGET=aws``: AWS, with boto3's standard
+   credential chain and region;
+2. ``connect("http://127.0.0.1:PORT")``, ``connect(endpoint_url=...)`` or
+   ``KVSNB_ENDPOINT_URL``: a Local KVS (or anything else speaking KVS) already running there;
+3. otherwise (``connect()``, ``KVSNB_TARGET=local``): an embedded Local KVS on its own
+   event-loop thread, on 127.0.0.1 and an ephemeral port, with a temporary (or given) data
+   directory. No AWS account or credentials are needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import boto3
+from botocore.config import Config
+from botocore.credentials import ReadOnlyCredentials
+
+if TYPE_CHECKING:
+    from aiortc import RTCConfiguration
+
+logger = logging.getLogger(__name__)
+
+ENV_TARGET = "KVSNB_TARGET"
+ENV_ENDPOINT = "KVSNB_ENDPOINT_URL"
+ENV_REGION = "KVSNB_REGION"
+DEFAULT_REGION = "us-west-2"
+LOCAL_ACCESS_KEY = "KVSNBLOCAL"
+LOCAL_SECRET_KEY = "kvsnb-local-secret"
+LOOPBACK = ("127.0.0.1",)
+DEFAULT_RETENTION_HOURS = 24
+
+Role = Literal["MASTER", "VIEWER"]
+Protocol = Literal["WSS", "HTTPS", "WEBRTC"]
+
+
+class TargetError(RuntimeError):
+    """The target cannot be reached or is misconfigured."""
+
+
+@dataclass(frozen=True)
+class ChannelEndpoints:
+    """The endpoints of one channel for one role, as GetSignalingChannelEndpoint gave them."""
+
+    channel_arn: str
+    role: Role
+    urls: dict[str, str]
+
+    @property
+    def wss(self) -> str:
+        """The signaling WebSocket endpoint."""
+        return self.urls["WSS"]
+
+    @property
+    def https(self) -> str:
+        """The signaling REST endpoint (GetIceServerConfig)."""
+        return self.urls["HTTPS"]
+
+    @property
+    def webrtc(self) -> str:
+        """The webrtc-storage endpoint (JoinStorageSession[AsViewer])."""
+        return self.urls["WEBRTC"]
+
+
+@dataclass
+class Target:
+    """A KVS target: boto3 clients per plane, credentials and ICE settings.
+
+    Use ``connect()`` to make one. ``close()`` stops an embedded Local KVS.
+    """
+
+    name: str
+    region: str
+    session: boto3.Session
+    endpoint_url: str | None = None
+    local: Any = None  # the embedded kvsnb.local.LocalKvs, if any
+    ice_host_addresses: tuple[str, ...] | None = None
+    add_aws_stun: bool = True
+    _clients: dict[tuple[str, str | None], Any] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        where = self.endpoint_url or f"AWS {self.region}"
+        return f"<kvsnb.Target {self.name}: {where}>"
+
+    # ------------------------------------------------------------------ clients
+
+    def client(self, service: str, endpoint_url: str | None = None) -> Any:
+        """A boto3 client for a KVS plane. Data planes need the ``endpoint_url`` that the
+        control plane returned (GetSignalingChannelEndpoint / GetDataEndpoint)."""
+        url = endpoint_url if endpoint_url is not None else self.endpoint_url
+        key = (service, url)
+        if key not in self._clients:
+            self._clients[key] = self.session.client(
+                service,
+                region_name=self.region,
+                endpoint_url=url,
+                config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+            )
+        return self._clients[key]
+
+    @property
+    def kinesisvideo(self) -> Any:
+        """The control-plane client."""
+        return self.client("kinesisvideo")
+
+    def credentials(self) -> ReadOnlyCredentials:
+        """Frozen credentials, e.g. for presigning the signaling WebSocket URL."""
+        creds = self.session.get_credentials()
+        if creds is None:
+            raise TargetError(
+                "No AWS credentials found (boto3 credential chain). Configure them, or use "
+                "Local KVS (unset KVSNB_TARGET)."
+            )
+        return creds.get_frozen_credentials()  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ discovery
+
+    def channel_arn(self, channel: str) -> str:
+        """The ARN of a channel given by name or ARN (DescribeSignalingChannel)."""
+        if channel.startswith("arn:"):
+            return channel
+        info = self.kinesisvideo.describe_signaling_channel(ChannelName=channel)
+        return str(info["ChannelInfo"]["ChannelARN"])
+
+    def endpoints(
+        self,
+        channel_arn: str,
+        role: Role,
+        protocols: Sequence[Protocol] = ("WSS", "HTTPS", "WEBRTC"),
+    ) -> ChannelEndpoints:
+        """GetSignalingChannelEndpoint for a role."""
+        resp = self.kinesisvideo.get_signaling_channel_endpoint(
+            ChannelARN=channel_arn,
+            SingleMasterChannelEndpointConfiguration={"Protocols": list(protocols), "Role": role},
+        )
+        urls = {e["Protocol"]: e["ResourceEndpoint"] for e in resp["ResourceEndpointList"]}
+        return ChannelEndpoints(channel_arn, role, urls)
+
+    def data_endpoint(self, stream: str, api: str) -> str:
+        """GetDataEndpoint for a stream (name or ARN) and API name."""
+        key = {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
+        return str(self.kinesisvideo.get_data_endpoint(APIName=api, **key)["DataEndpoint"])
+
+    def ice_servers(self, endpoints: ChannelEndpoints, client_id: str | None) -> list[dict[str, Any]]:
+        """GetIceServerConfig, plus KVS's STUN server on AWS (as the SDKs add it)."""
+        client = self.client("kinesis-video-signaling", endpoints.https)
+        args: dict[str, Any] = {"ChannelARN": endpoints.channel_arn, "Service": "TURN"}
+        if client_id:
+            args["ClientId"] = client_id
+        servers: list[dict[str, Any]] = list(client.get_ice_server_config(**args)["IceServerList"])
+        if self.add_aws_stun:
+            servers.insert(0, {"Uris": [f"stun:stun.kinesisvideo.{self.region}.amazonaws.com:443"]})
+        return servers
+
+    def rtc_configuration(self, ice_servers: Sequence[dict[str, Any]]) -> RTCConfiguration:
+        """An aiortc configuration from an IceServerList (never aiortc's default servers)."""
+        from aiortc import RTCConfiguration, RTCIceServer
+
+        return RTCConfiguration(
+            iceServers=[
+                RTCIceServer(urls=list(s["Uris"]), username=s.get("Username"),
+                             credential=s.get("Password"))
+                for s in ice_servers
+            ]
+        )
+
+    # ------------------------------------------------------------------ set-up helpers
+
+    def create_storage_channel(
+        self, name: str, *, stream_name: str | None = None,
+        retention_hours: int = DEFAULT_RETENTION_HOURS,
+    ) -> tuple[str, str]:
+        """Make (or reuse) a channel and a stream of the same name and map them for media
+        storage. Returns ``(channel_arn, stream_arn)``."""
+        kv = self.kinesisvideo
+        stream_name = stream_name or name
+        try:
+            channel_arn = kv.create_signaling_channel(ChannelName=name)["ChannelARN"]
+        except kv.exceptions.ResourceInUseException:
+            channel_arn = self.channel_arn(name)
+        try:
+            stream_arn = kv.create_stream(
+                StreamName=stream_name, DataRetentionInHours=retention_hours,
+                MediaType="video/h264,audio/aac",
+            )["StreamARN"]
+        except kv.exceptions.ResourceInUseException:
+            stream_arn = kv.describe_stream(StreamName=stream_name)["StreamInfo"]["StreamARN"]
+        kv.update_media_storage_configuration(
+            ChannelARN=channel_arn,
+            MediaStorageConfiguration={"StreamARN": stream_arn, "Status": "ENABLED"},
+        )
+        return str(channel_arn), str(stream_arn)
+
+    def close(self) -> None:
+        """Stop the embedded Local KVS, if this target started one."""
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+        if self.local is not None:
+            self.local.stop_in_thread()
+            self.local = None
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _local_session(region: str) -> boto3.Session:
+    return boto3.Session(
+        aws_access_key_id=LOCAL_ACCESS_KEY,
+        aws_secret_access_key=LOCAL_SECRET_KEY,
+        region_name=region,
+    )
+
+
+def connect(
+    target: str | None = None,
+    *,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    data_dir: str | Path | None = None,
+    profile: str | None = None,
+    **local_options: Any,
+) -> Target:
+    """Connect to KVS (see the module docstring for how the target is chosen).
+
+    ``data_dir`` keeps an embedded Local KVS's data across runs; ``local_options`` go to its
+    ``LocalKvsConfig`` (e.g. ``signaling=SignalingLimits(...)``).
+    """
+    choice = (target or os.environ.get(ENV_TARGET) or "").strip()
+    endpoint_url = endpoint_url or (choice if choice.startswith(("http://", "https://")) else None)
+    if not endpoint_url and choice.lower() not in ("aws", "local"):
+        if choice:
+            raise TargetError(f"Unknown target {choice!r}: use 'aws', 'local' or a URL")
+        endpoint_url = os.environ.get(ENV_ENDPOINT) or None
+    region = region or os.environ.get(ENV_REGION) or None
+
+    if choice.lower() == "aws":
+        session = boto3.Session(profile_name=profile, region_name=region)
+        region = session.region_name or DEFAULT_REGION
+        return Target("aws", region, session, add_aws_stun=True)
+
+    region = region or DEFAULT_REGION
+    if endpoint_url:
+        session = boto3.Session(profile_name=profile, region_name=region)
+        if session.get_credentials() is None:
+            session = _local_session(region)
+        return Target(
+            "endpoint", region, session, endpoint_url=endpoint_url.rstrip("/"),
+            ice_host_addresses=LOOPBACK if _is_loopback(endpoint_url) else None,
+            add_aws_stun=False,
+        )
+
+    from .local import LocalKvs, LocalKvsConfig  # the embedded default
+
+    config = LocalKvsConfig(
+        data_dir=Path(data_dir) if data_dir else None, region=region, **local_options
+    )
+    kvs = LocalKvs(config).start_in_thread()
+    return Target(
+        "local", region, _local_session(region), endpoint_url=kvs.url, local=kvs,
+        ice_host_addresses=LOOPBACK, add_aws_stun=False,
+    )
+
+
+def _is_loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def new_client_id(prefix: str = "kvsnb") -> str:
+    """A fresh ClientId ([a-zA-Z0-9_.-], as the API requires)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def run_sync(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking boto3 call off the event loop."""
+    return await asyncio.to_thread(func, *args, **kwargs)
