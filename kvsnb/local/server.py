@@ -111,6 +111,8 @@ class LocalKvs:
         self.planes: dict[str, Any] = {}
         self.control: ControlPlane | None = None
         self.relay: SignalingRelay | None = None
+        self.store: Any = None  # kvsnb.local.store.FragmentStore, once started
+        self.sessions: Any = None  # kvsnb.local.peer.StorageSessionManager, once started
         self._runner: web.AppRunner | None = None
         self._site_port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

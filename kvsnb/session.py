@@ -1,0 +1,492 @@
+"""Joining a channel's WebRTC storage session as the video-producing master.
+
+``StorageSession`` follows the master sequence of WIRE.md ("Storage sessions"):
+DescribeSignalingChannel → DescribeMediaStorageConfiguration → GetSignalingChannelEndpoint
+(WSS, HTTPS, WEBRTC; MASTER) → GetIceServerConfig → open the signaling socket → **then**
+JoinStorageSession → the storage session's offer (candidates may come first: they are
+buffered) → answer and trickle → ICE, DTLS → media.
+
+Retries follow the official JS SDK (``JoinPolicy``): wait for the offer, call again after
+``offer_wait + min(rand·200^(n−1), 10000) ms`` up to 5 calls per connection attempt; retry
+only on ClientLimitExceeded (not the viewer-cap message), network errors, timeouts and 5xx;
+the peer must be connected within 30 s or it re-joins; give up after 5 failures within 10
+minutes; re-join after every signaling reconnect (GO_AWAY included) and at the 1 h limit.
+
+Every step lands in ``session.timeline`` (``SessionTimeline``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+from botocore.exceptions import BotoCoreError, ClientError
+
+from . import ice, sdp
+from .signaling import SignalingClient, SignalingEvent, SignalingMessage
+from .target import ChannelEndpoints, Target, run_sync
+from .timeline import SessionTimeline
+
+logger = logging.getLogger(__name__)
+
+AIORTC_H264_PROFILES = ("42001f", "42e01f")
+VIEWER_CAP_TEXT = "maximum number of viewers"
+State = Literal["new", "joining", "connected", "reconnecting", "failed", "closed"]
+
+
+class SessionError(RuntimeError):
+    """A session could not be joined; ``code`` is the AWS error code when there is one."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class JoinPolicy:
+    """Retry and timeout rules (defaults: the JS SDK's). Tests shorten them."""
+
+    offer_wait_s: float = 6.0
+    jitter_base: float = 200.0
+    jitter_cap_ms: float = 10_000.0
+    max_calls_per_attempt: int = 5
+    connect_timeout_s: float = 30.0
+    max_failures: int = 5
+    failure_window_s: float = 600.0
+    session_max_s: float = 3600.0
+    join_timeout_s: float = 10.0
+
+    def retry_delay(self, n: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait for an offer after the n-th call (n ≥ 1) before calling again."""
+        r = (rng or random).random()
+        jitter_ms = min(r * self.jitter_base ** (n - 1), self.jitter_cap_ms)
+        return self.offer_wait_s + jitter_ms / 1000.0
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether the JS SDK would call JoinStorageSession again after this error."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if err.get("Code") == "ClientLimitExceededException":
+            return VIEWER_CAP_TEXT not in str(err.get("Message", ""))
+        return int(status) >= 500
+    return isinstance(exc, BotoCoreError | asyncio.TimeoutError | OSError)
+
+
+def _aws_error(exc: ClientError) -> SessionError:
+    err = exc.response.get("Error", {})
+    return SessionError(f"{err.get('Code')}: {err.get('Message')}", err.get("Code"))
+
+
+class _InstrumentedTrack(MediaStreamTrack):  # type: ignore[misc]
+    """Wraps a source track: records each frame's send time in the timeline."""
+
+    def __init__(self, source: MediaStreamTrack, on_frame: Callable[[int], None]) -> None:
+        super().__init__()
+        self.kind = source.kind
+        self._source = source
+        self._on_frame = on_frame
+        self._count = 0
+
+    async def recv(self) -> Any:
+        frame = await self._source.recv()
+        self._on_frame(self._count)
+        self._count += 1
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._source.stop()
+
+
+def prepare_remote_offer(offer: str) -> tuple[str, dict[int, str]]:
+    """Make a storage session's offer acceptable to aiortc: explicit bundle-only sections and
+    H.264 profiles aiortc knows. Returns the SDP and the original profile-level-id of each
+    H.264 payload type that was changed (to restore in the answer)."""
+    text = sdp.expand_bundle_only(offer)
+    changed: dict[int, str] = {}
+    for pt in sdp.payload_types(text, "video", "H264"):
+        profile = sdp.fmtp(text, pt).get("profile-level-id")
+        if profile is not None and profile.lower() not in AIORTC_H264_PROFILES:
+            changed[pt] = profile
+            text = sdp.set_fmtp(text, pt, profile_level_id="42e01f")
+    return text, changed
+
+
+class StorageSession:
+    """A master in a channel's storage session (see the module docstring).
+
+    ``video`` is required (H.264 is what the storage session takes); ``audio`` may be
+    ``None`` only where the service accepts video alone. Use ``async with`` or ``await
+    start()`` / ``await stop()``.
+    """
+
+    role: Literal["MASTER", "VIEWER"] = "MASTER"
+
+    def __init__(
+        self,
+        target: Target,
+        channel: str,
+        *,
+        video: MediaStreamTrack | None,
+        audio: MediaStreamTrack | None = None,
+        client_id: str | None = None,
+        policy: JoinPolicy | None = None,
+    ) -> None:
+        self.target = target
+        self.channel = channel
+        self.client_id = client_id
+        self.policy = policy or JoinPolicy()
+        self.timeline = SessionTimeline()
+        self.state: State = "new"
+        self.channel_arn: str | None = None
+        self.endpoints: ChannelEndpoints | None = None
+        self.pc: RTCPeerConnection | None = None
+        self.signaling: SignalingClient | None = None
+        self.joins = 0
+        self.failures: deque[float] = deque()
+        self._video = _InstrumentedTrack(video, self.timeline.frame_sent) if video else None
+        self._audio = audio
+        self._ice_servers: list[dict[str, Any]] = []
+        self._offers: asyncio.Queue[SignalingMessage] = asyncio.Queue()
+        self._early_candidates: list[dict[str, Any]] = []
+        self._remote_set = False
+        self._runner: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._rejoin = asyncio.Event()
+        self._error: BaseException | None = None
+        self._state_listeners: list[Callable[[State], None]] = []
+        self.status_responses: list[SignalingMessage] = []
+
+    # ------------------------------------------------------------------ public
+
+    def on_state(self, listener: Callable[[State], None]) -> None:
+        """Call ``listener(state)`` on every state change."""
+        self._state_listeners.append(listener)
+
+    def _set_state(self, state: State) -> None:
+        if state != self.state:
+            self.state = state
+            for listener in list(self._state_listeners):
+                listener(state)
+
+    async def start(self, timeout: float | None = None) -> StorageSession:
+        """Set up, join and wait until the peer connection is connected.
+
+        Raises ``SessionError`` when the target refuses (e.g. storage not enabled) or after
+        too many failures; ``asyncio.TimeoutError`` after ``timeout`` seconds.
+        """
+        await self._setup()
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+        waiter = asyncio.ensure_future(self._connected.wait())
+        done, _ = await asyncio.wait({waiter, self._runner}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            waiter.cancel()
+            await self.stop()
+            raise asyncio.TimeoutError(f"{self.role} session not connected after {timeout} s")
+        if self._runner in done:
+            waiter.cancel()
+            exc = self._runner.exception()
+            await self.stop()
+            raise exc or SessionError("session ended before connecting")
+        return self
+
+    async def wait_closed(self) -> None:
+        """Wait until the session ends (by ``stop()`` or by giving up)."""
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+
+    async def stop(self) -> None:
+        """Close the peer connection and the signaling socket."""
+        self._set_state("closed")
+        if self._runner is not None and not self._runner.done():
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        await self._close_pc()
+        if self.signaling is not None:
+            await self.signaling.close()
+        self.timeline.mark("stopped")
+
+    async def __aenter__(self) -> StorageSession:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ setup
+
+    async def _aws(self, step: str, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        try:
+            result = await run_sync(func, *args, **kw)
+        except ClientError as exc:
+            self.timeline.mark(step, error=exc.response.get("Error", {}).get("Code"))
+            raise _aws_error(exc) from exc
+        self.timeline.mark(step)
+        return result
+
+    async def _setup(self) -> None:
+        kv = self.target.kinesisvideo
+        if self.channel.startswith("arn:"):
+            info = await self._aws("describe_channel", kv.describe_signaling_channel,
+                                   ChannelARN=self.channel)
+        else:
+            info = await self._aws("describe_channel", kv.describe_signaling_channel,
+                                   ChannelName=self.channel)
+        self.channel_arn = str(info["ChannelInfo"]["ChannelARN"])
+        conf = await self._aws("describe_media_storage", kv.describe_media_storage_configuration,
+                               ChannelARN=self.channel_arn)
+        status = conf["MediaStorageConfiguration"]["Status"]
+        if status != "ENABLED":
+            raise SessionError(
+                f"Channel {self.channel} has media storage {status}: enable it with "
+                "UpdateMediaStorageConfiguration (a stream with retention > 0) first.",
+                "InvalidArgumentException",
+            )
+        self.endpoints = await self._aws("get_endpoints", self.target.endpoints,
+                                         self.channel_arn, self.role)
+        self._ice_servers = await self._aws("get_ice_config", self.target.ice_servers,
+                                            self.endpoints, self.client_id)
+        creds = self.target.credentials()
+        self.signaling = SignalingClient(
+            self.endpoints.wss, self.channel_arn, creds, self.target.region,
+            role=self.role, client_id=self.client_id,
+        )
+        await self.signaling.open()
+        self.timeline.mark("socket_open")
+
+    # ------------------------------------------------------------------ join loop
+
+    async def _run(self) -> None:
+        assert self.signaling is not None
+        reader = asyncio.get_running_loop().create_task(self._read_signaling())
+        try:
+            while True:
+                self._rejoin.clear()
+                try:
+                    await self._attempt()
+                except SessionError:
+                    raise
+                except Exception as exc:  # a failed attempt: count it, maybe give up
+                    logger.info("%s join attempt failed: %s", self.role, exc)
+                    self.timeline.mark("attempt_failed", reason=str(exc)[:200])
+                    self._count_failure()
+                    continue
+                # connected: stay until a re-join is needed
+                self._set_state("connected")
+                self._connected.set()
+                try:
+                    await asyncio.wait_for(self._rejoin.wait(), self.policy.session_max_s)
+                except asyncio.TimeoutError:
+                    self.timeline.mark("session_limit")
+                self._set_state("reconnecting")
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    def _count_failure(self) -> None:
+        now = time.monotonic()
+        self.failures.append(now)
+        while self.failures and now - self.failures[0] > self.policy.failure_window_s:
+            self.failures.popleft()
+        if len(self.failures) >= self.policy.max_failures:
+            self._set_state("failed")
+            raise SessionError(
+                f"gave up after {len(self.failures)} failures within "
+                f"{self.policy.failure_window_s:.0f} s"
+            )
+
+    async def _attempt(self) -> None:
+        """One connection attempt: join (with offer-wait retries), answer, connect."""
+        self._set_state("joining")
+        await self._close_pc()
+        offer = await self._join_until_offer()
+        await self._answer(offer)
+        assert self.pc is not None
+        try:
+            await asyncio.wait_for(self._wait_connected(self.pc), self.policy.connect_timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise TimeoutError(
+                f"peer not connected within {self.policy.connect_timeout_s} s"
+            ) from exc
+
+    async def _join_call(self) -> None:
+        assert self.endpoints is not None and self.channel_arn is not None
+        client = self.target.client("kinesis-video-webrtc-storage", self.endpoints.webrtc)
+        self.joins += 1
+        self.timeline.mark("join_call", n=self.joins)
+        if self.role == "MASTER":
+            await asyncio.wait_for(
+                run_sync(client.join_storage_session, channelArn=self.channel_arn),
+                self.policy.join_timeout_s,
+            )
+        else:
+            await asyncio.wait_for(
+                run_sync(client.join_storage_session_as_viewer, channelArn=self.channel_arn,
+                         clientId=self.client_id),
+                self.policy.join_timeout_s,
+            )
+        self.timeline.mark("join_response", n=self.joins)
+
+    async def _join_until_offer(self) -> SignalingMessage:
+        while not self._offers.empty():  # stale offers from an earlier attempt
+            self._offers.get_nowait()
+        for n in range(1, self.policy.max_calls_per_attempt + 1):
+            try:
+                await self._join_call()
+            except ClientError as exc:
+                self.timeline.mark("join_error", code=exc.response.get("Error", {}).get("Code"))
+                if not is_retryable(exc):
+                    raise _aws_error(exc) from exc
+            except Exception as exc:
+                self.timeline.mark("join_error", error=type(exc).__name__)
+                if not is_retryable(exc):
+                    raise
+            wait = self.policy.retry_delay(n)
+            try:
+                offer = await asyncio.wait_for(self._offers.get(), wait)
+            except asyncio.TimeoutError:
+                self.timeline.mark("offer_timeout", n=n, waited_s=round(wait, 3))
+                continue
+            self.timeline.mark("offer_received", n=n)
+            return offer
+        raise TimeoutError(f"no offer after {self.policy.max_calls_per_attempt} join calls")
+
+    # ------------------------------------------------------------------ WebRTC
+
+    def _attach_tracks(self, pc: RTCPeerConnection) -> None:
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "video":
+                if self._video is None:
+                    raise SessionError("a master must send video")
+                transceiver.sender.replaceTrack(self._video)
+                transceiver.direction = "sendonly"
+            elif transceiver.kind == "audio":
+                if self._audio is not None:
+                    transceiver.sender.replaceTrack(self._audio)
+                    transceiver.direction = "sendrecv"
+                else:
+                    transceiver.direction = "recvonly"
+
+    async def _answer(self, offer: SignalingMessage) -> None:
+        assert self.signaling is not None and offer.payload is not None
+        text, changed = prepare_remote_offer(str(offer.payload.get("sdp", "")))
+        pc = RTCPeerConnection(self.target.rtc_configuration(self._ice_servers))
+        self.pc = pc
+        self._remote_set = False
+        pc.on("connectionstatechange", lambda: self._on_pc_state(pc))
+        pc.on("track", self._on_remote_track)
+        await pc.setRemoteDescription(RTCSessionDescription(text, "offer"))
+        self._remote_set = True
+        for cand in self._early_candidates:
+            await self._add_candidate(cand)
+        self.timeline.mark("candidates_buffered", count=len(self._early_candidates))
+        self._early_candidates.clear()
+        self._attach_tracks(pc)
+        with ice.host_addresses(self.target.ice_host_addresses):
+            await pc.setLocalDescription(await pc.createAnswer())
+        answer = pc.localDescription.sdp
+        for pt, profile in changed.items():
+            answer = sdp.set_fmtp(answer, pt, profile_level_id=profile)
+        answer, candidates = sdp.split_candidates(answer)
+        await self.signaling.send("SDP_ANSWER", {"type": "answer", "sdp": answer})
+        self.timeline.mark("answer_sent")
+        for c in candidates:
+            await self.signaling.send(
+                "ICE_CANDIDATE",
+                {"candidate": c.candidate, "sdpMid": c.sdp_mid, "sdpMLineIndex": c.sdp_mline_index},
+            )
+
+    def _on_remote_track(self, track: MediaStreamTrack) -> None:
+        """Remote media (the storage session's audio to a master); subclasses use it."""
+
+    async def _add_candidate(self, payload: dict[str, Any]) -> None:
+        assert self.pc is not None
+        value = payload.get("candidate")
+        if not isinstance(value, str) or not value:
+            return
+        cand = candidate_from_sdp(value.removeprefix("candidate:"))
+        transceivers = self.pc.getTransceivers()
+        index = payload.get("sdpMLineIndex")
+        i = index if isinstance(index, int) and 0 <= index < len(transceivers) else 0
+        cand.sdpMid = payload.get("sdpMid") or transceivers[i].mid
+        cand.sdpMLineIndex = i
+        await self.pc.addIceCandidate(cand)
+
+    def _on_pc_state(self, pc: RTCPeerConnection) -> None:
+        if pc is not self.pc:
+            return
+        ice_state = pc.iceConnectionState
+        if ice_state in ("connected", "completed") and not self.timeline.first("ice_connected"):
+            self.timeline.mark("ice_connected")
+        state = pc.connectionState
+        self.timeline.mark("pc_state", state=state)
+        if state == "connected":
+            self.timeline.mark("dtls_connected")
+        elif state in ("failed", "closed") and self.state == "connected":
+            self._rejoin.set()
+
+    async def _wait_connected(self, pc: RTCPeerConnection) -> None:
+        while pc.connectionState != "connected":
+            if pc.connectionState in ("failed", "closed"):
+                raise ConnectionError(f"peer connection {pc.connectionState}")
+            await asyncio.sleep(0.01)
+
+    async def _close_pc(self) -> None:
+        if self.pc is not None:
+            pc, self.pc = self.pc, None
+            await pc.close()
+
+    # ------------------------------------------------------------------ signaling
+
+    async def _read_signaling(self) -> None:
+        assert self.signaling is not None
+        async for event in self.signaling.events():
+            await self._on_signaling(event)
+
+    async def _on_signaling(self, event: SignalingEvent) -> None:
+        if event.kind == "open":
+            return  # marked by _setup, when open() returned
+        if event.kind == "reconnected":
+            self.timeline.mark("socket_reconnected")
+            if self.state == "connected":
+                self._rejoin.set()  # the JS SDK re-joins after every signaling reconnect
+            return
+        msg = event.message
+        if msg is None:
+            return
+        if msg.type == "SDP_OFFER" and msg.payload is not None:
+            await self._offers.put(msg)
+        elif msg.type == "ICE_CANDIDATE" and msg.payload is not None:
+            if self.pc is None or not self._remote_set:
+                self._early_candidates.append(msg.payload)
+            else:
+                try:
+                    await self._add_candidate(msg.payload)
+                except Exception as exc:
+                    logger.info("ignoring unusable remote candidate: %s", exc)
+        elif msg.type == "GO_AWAY":
+            self.timeline.mark("go_away")
+        elif msg.type == "RECONNECT_ICE_SERVER":
+            self.timeline.mark("reconnect_ice_server")
+        elif msg.type == "STATUS_RESPONSE":
+            self.status_responses.append(msg)
+            self.timeline.mark(
+                "status_response",
+                error=msg.status.error_type if msg.status else None,
+                description=msg.status.description if msg.status else None,
+            )
