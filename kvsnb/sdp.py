@@ -118,12 +118,12 @@ def fmtp(sdp: str, payload_type: int) -> dict[str, str]:
     """The ``a=fmtp`` parameters of a payload type."""
     for ln in sdp.replace("\r\n", "\n").split("\n"):
         if ln.startswith(f"a=fmtp:{payload_type} "):
-            params = ln.split(" ", 1)[1]
-            return dict(
-                p.strip().split("=", 1) if "=" in p else (p.strip(), "")
-                for p in params.split(";")
-                if p.strip()
-            )
+            out: dict[str, str] = {}
+            for p in ln.split(" ", 1)[1].split(";"):
+                key, _, value = p.strip().partition("=")
+                if key:
+                    out[key] = value
+            return out
     return {}
 
 

@@ -89,7 +89,7 @@ def _aws_error(exc: ClientError) -> SessionError:
     return SessionError(f"{err.get('Code')}: {err.get('Message')}", err.get("Code"))
 
 
-class _InstrumentedTrack(MediaStreamTrack):  # type: ignore[misc]
+class _InstrumentedTrack(MediaStreamTrack):
     """Wraps a source track: records each frame's send time in the timeline."""
 
     def __init__(self, source: MediaStreamTrack, on_frame: Callable[[int], None]) -> None:
@@ -190,12 +190,13 @@ class StorageSession:
         await self._setup()
         self._runner = asyncio.get_running_loop().create_task(self._run())
         waiter = asyncio.ensure_future(self._connected.wait())
-        done, _ = await asyncio.wait({waiter, self._runner}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {waiter, self._runner}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if not done:
             waiter.cancel()
             await self.stop()
-            raise asyncio.TimeoutError(f"{self.role} session not connected after {timeout} s")
+            raise TimeoutError(f"{self.role} session not connected after {timeout} s")
         if self._runner in done:
             waiter.cancel()
             exc = self._runner.exception()
@@ -241,14 +242,19 @@ class StorageSession:
     async def _setup(self) -> None:
         kv = self.target.kinesisvideo
         if self.channel.startswith("arn:"):
-            info = await self._aws("describe_channel", kv.describe_signaling_channel,
-                                   ChannelARN=self.channel)
+            info = await self._aws(
+                "describe_channel", kv.describe_signaling_channel, ChannelARN=self.channel
+            )
         else:
-            info = await self._aws("describe_channel", kv.describe_signaling_channel,
-                                   ChannelName=self.channel)
+            info = await self._aws(
+                "describe_channel", kv.describe_signaling_channel, ChannelName=self.channel
+            )
         self.channel_arn = str(info["ChannelInfo"]["ChannelARN"])
-        conf = await self._aws("describe_media_storage", kv.describe_media_storage_configuration,
-                               ChannelARN=self.channel_arn)
+        conf = await self._aws(
+            "describe_media_storage",
+            kv.describe_media_storage_configuration,
+            ChannelARN=self.channel_arn,
+        )
         status = conf["MediaStorageConfiguration"]["Status"]
         if status != "ENABLED":
             raise SessionError(
@@ -256,14 +262,20 @@ class StorageSession:
                 "UpdateMediaStorageConfiguration (a stream with retention > 0) first.",
                 "InvalidArgumentException",
             )
-        self.endpoints = await self._aws("get_endpoints", self.target.endpoints,
-                                         self.channel_arn, self.role)
-        self._ice_servers = await self._aws("get_ice_config", self.target.ice_servers,
-                                            self.endpoints, self.client_id)
+        self.endpoints = await self._aws(
+            "get_endpoints", self.target.endpoints, self.channel_arn, self.role
+        )
+        self._ice_servers = await self._aws(
+            "get_ice_config", self.target.ice_servers, self.endpoints, self.client_id
+        )
         creds = self.target.credentials()
         self.signaling = SignalingClient(
-            self.endpoints.wss, self.channel_arn, creds, self.target.region,
-            role=self.role, client_id=self.client_id,
+            self.endpoints.wss,
+            self.channel_arn,
+            creds,
+            self.target.region,
+            role=self.role,
+            client_id=self.client_id,
         )
         await self.signaling.open()
         self.timeline.mark("socket_open")
@@ -290,7 +302,7 @@ class StorageSession:
                 self._connected.set()
                 try:
                     await asyncio.wait_for(self._rejoin.wait(), self.policy.session_max_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.timeline.mark("session_limit")
                 self._set_state("reconnecting")
         finally:
@@ -319,7 +331,7 @@ class StorageSession:
         assert self.pc is not None
         try:
             await asyncio.wait_for(self._wait_connected(self.pc), self.policy.connect_timeout_s)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise TimeoutError(
                 f"peer not connected within {self.policy.connect_timeout_s} s"
             ) from exc
@@ -336,8 +348,11 @@ class StorageSession:
             )
         else:
             await asyncio.wait_for(
-                run_sync(client.join_storage_session_as_viewer, channelArn=self.channel_arn,
-                         clientId=self.client_id),
+                run_sync(
+                    client.join_storage_session_as_viewer,
+                    channelArn=self.channel_arn,
+                    clientId=self.client_id,
+                ),
                 self.policy.join_timeout_s,
             )
         self.timeline.mark("join_response", n=self.joins)
@@ -359,7 +374,7 @@ class StorageSession:
             wait = self.policy.retry_delay(n)
             try:
                 offer = await asyncio.wait_for(self._offers.get(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.timeline.mark("offer_timeout", n=n, waited_s=round(wait, 3))
                 continue
             self.timeline.mark("offer_received", n=n)

@@ -104,7 +104,7 @@ class Target:
         url = endpoint_url if endpoint_url is not None else self.endpoint_url
         key = (service, url)
         if key not in self._clients:
-            self._clients[key] = self.session.client(
+            self._clients[key] = self.session.client(  # type: ignore[call-overload]
                 service,
                 region_name=self.region,
                 endpoint_url=url,
@@ -125,7 +125,7 @@ class Target:
                 "No AWS credentials found (boto3 credential chain). Configure them, or use "
                 "Local KVS (unset KVSNB_TARGET)."
             )
-        return creds.get_frozen_credentials()  # type: ignore[no-any-return]
+        return creds.get_frozen_credentials()
 
     # ------------------------------------------------------------------ discovery
 
@@ -155,7 +155,9 @@ class Target:
         key = {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
         return str(self.kinesisvideo.get_data_endpoint(APIName=api, **key)["DataEndpoint"])
 
-    def ice_servers(self, endpoints: ChannelEndpoints, client_id: str | None) -> list[dict[str, Any]]:
+    def ice_servers(
+        self, endpoints: ChannelEndpoints, client_id: str | None
+    ) -> list[dict[str, Any]]:
         """GetIceServerConfig, plus KVS's STUN server on AWS (as the SDKs add it)."""
         client = self.client("kinesis-video-signaling", endpoints.https)
         args: dict[str, Any] = {"ChannelARN": endpoints.channel_arn, "Service": "TURN"}
@@ -172,8 +174,9 @@ class Target:
 
         return RTCConfiguration(
             iceServers=[
-                RTCIceServer(urls=list(s["Uris"]), username=s.get("Username"),
-                             credential=s.get("Password"))
+                RTCIceServer(
+                    urls=list(s["Uris"]), username=s.get("Username"), credential=s.get("Password")
+                )
                 for s in ice_servers
             ]
         )
@@ -181,7 +184,10 @@ class Target:
     # ------------------------------------------------------------------ set-up helpers
 
     def create_storage_channel(
-        self, name: str, *, stream_name: str | None = None,
+        self,
+        name: str,
+        *,
+        stream_name: str | None = None,
         retention_hours: int = DEFAULT_RETENTION_HOURS,
     ) -> tuple[str, str]:
         """Make (or reuse) a channel and a stream of the same name and map them for media
@@ -194,7 +200,8 @@ class Target:
             channel_arn = self.channel_arn(name)
         try:
             stream_arn = kv.create_stream(
-                StreamName=stream_name, DataRetentionInHours=retention_hours,
+                StreamName=stream_name,
+                DataRetentionInHours=retention_hours,
                 MediaType="video/h264,audio/aac",
             )["StreamARN"]
         except kv.exceptions.ResourceInUseException:
@@ -262,7 +269,10 @@ def connect(
         if session.get_credentials() is None:
             session = _local_session(region)
         return Target(
-            "endpoint", region, session, endpoint_url=endpoint_url.rstrip("/"),
+            "endpoint",
+            region,
+            session,
+            endpoint_url=endpoint_url.rstrip("/"),
             ice_host_addresses=LOOPBACK if _is_loopback(endpoint_url) else None,
             add_aws_stun=False,
         )
@@ -274,8 +284,13 @@ def connect(
     )
     kvs = LocalKvs(config).start_in_thread()
     return Target(
-        "local", region, _local_session(region), endpoint_url=kvs.url, local=kvs,
-        ice_host_addresses=LOOPBACK, add_aws_stun=False,
+        "local",
+        region,
+        _local_session(region),
+        endpoint_url=kvs.url,
+        local=kvs,
+        ice_host_addresses=LOOPBACK,
+        add_aws_stun=False,
     )
 
 

@@ -204,8 +204,11 @@ class MasterSession:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         local = self.pc.localDescription.sdp
         mapping = {}
-        for kind, codec, pt in (("audio", "opus", OPUS_PT), ("video", "H264", H264_PT),
-                                ("video", "rtx", H264_RTX_PT)):
+        for kind, codec, pt in (
+            ("audio", "opus", OPUS_PT),
+            ("video", "H264", H264_PT),
+            ("video", "rtx", H264_RTX_PT),
+        ):
             found = sdp.payload_types(local, kind, codec)
             if found:
                 mapping[found[0]] = pt

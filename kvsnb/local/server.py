@@ -43,7 +43,7 @@ from .errors import (
     NotImplementedByLocalKvs,
     UnknownOperationException,
 )
-from .relay import SignalingLimits, SignalingRelay
+from .relay import Role, SignalingLimits, SignalingRelay
 from .sigv4 import SigV4Checker, StrictKeys
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ DEFAULT_HOST = "127.0.0.1"
 PLANE_PREFIXES = (("/signaling", "signaling"), ("/webrtc", "webrtc"), ("/media", "media"))
 PLANE_SERVICE = {plane: name for name, plane in protocol.SERVICES.items()}
 MAX_BODY_BYTES = 8 * 1024 * 1024
+ROLE_PATHS: dict[str, Role] = {"/master": "MASTER", "/viewer": "VIEWER"}
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
 T = TypeVar("T")
 
@@ -149,9 +150,9 @@ class LocalKvs:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
-        server = site._server
-        assert server is not None and getattr(server, "sockets", None)
-        self._site_port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        sockets = getattr(site._server, "sockets", None)
+        assert sockets, "the site did not bind"
+        self._site_port = int(sockets[0].getsockname()[1])
         endpoints = Endpoints(self.url)
         self.control = ControlPlane(
             self.data_dir, endpoints, region=self.config.region, account=self.config.account
@@ -213,7 +214,7 @@ class LocalKvs:
 
     def call(self, coro: Awaitable[T], timeout: float | None = 30) -> T:
         """Run a coroutine on Local KVS's loop from another thread and wait for it."""
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
         return fut.result(timeout)
 
     def stop_in_thread(self) -> None:
@@ -266,20 +267,22 @@ class LocalKvs:
             raise
         except Exception:
             logger.exception("internal error in %s %s", request.method, request.path)
-            err = AwsError("Local KVS hit an internal error; see its log.", status=500)
-            status, headers, body = protocol.error_body(service, err)
+            internal = AwsError("Local KVS hit an internal error; see its log.", status=500)
+            status, headers, body = protocol.error_body(service, internal)
             return web.Response(status=status, headers=headers, body=body)
 
     async def _handle(self, request: web.Request, plane: str, path: str) -> web.StreamResponse:
         if request.method == "GET":
             get_handler = getattr(self.planes.get(plane), "handle_get", None)
             if plane == "signaling":
-                role = {"/master": "MASTER", "/viewer": "VIEWER"}.get(path.rstrip("/") or "/")
-                if path.rstrip("/") in ("", "/master", "/viewer"):
+                sub = path.rstrip("/")
+                if sub in ("", "/master", "/viewer"):
                     assert self.relay is not None
-                    return await self.relay.handle(request, role)  # type: ignore[arg-type]
+                    role = ROLE_PATHS.get(sub)
+                    return await self.relay.handle(request, role)
             if get_handler is not None:
-                return await get_handler(request, path)  # type: ignore[no-any-return]
+                response: web.StreamResponse = await get_handler(request, path)
+                return response
             if plane == "control" and path in ("/", "/_localkvs/health"):
                 return web.json_response({"status": "ok", "service": "Local KVS"})
         if request.method != "POST":
@@ -293,8 +296,7 @@ class LocalKvs:
         method = getattr(backend, operation_method(route.name), None)
         if method is None:
             raise NotImplementedByLocalKvs(
-                f"Local KVS does not implement {route.name}; see the coverage table in the "
-                "README."
+                f"Local KVS does not implement {route.name}; see the coverage table in the README."
             )
         params = protocol.parse_input(route, body)
         result = method(params)

@@ -1,0 +1,157 @@
+"""The ``kvsnb`` command: ``local``, ``demo``, ``ingest``, ``check``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+DEFAULT_PORT = 4566
+
+
+def _cmd_local(args: argparse.Namespace) -> int:
+    from .local import LocalKvs, LocalKvsConfig, StrictKeys
+    from .local.peer import StorageOptions
+
+    strict = None
+    if args.strict:
+        key, _, secret = args.strict.partition(":")
+        if not key or not secret:
+            print("--strict takes ACCESS_KEY:SECRET", file=sys.stderr)
+            return 2
+        strict = StrictKeys(key, secret)
+    config = LocalKvsConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=Path(args.data) if args.data else None,
+        region=args.region,
+        strict_keys=strict,
+        extra={"storage": StorageOptions(fragment_duration_s=args.fragment_seconds)},
+    )
+
+    async def serve() -> None:
+        kvs = LocalKvs(config)
+        await kvs.start()
+        print(f"Local KVS at {kvs.url} (data: {kvs.data_dir})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("stopping Local KVS", flush=True)
+        await kvs.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
+def _target(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .target import connect
+
+    return connect(endpoint_url=args.endpoint_url, region=args.region)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    out = Path(args.out)
+    asyncio.run(run_demo(out, seconds=args.seconds))
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from .ingest import ingest
+    from .session import SessionError
+    from .timeline import TimelineEvent
+
+    target = _target(args)
+    try:
+        if args.create:
+            target.create_storage_channel(args.channel)
+
+        def show(e: TimelineEvent) -> None:
+            detail = " ".join(f"{k}={v}" for k, v in e.detail.items())
+            print(f"{e.step:<22} {detail}", flush=True)
+
+        try:
+            result = asyncio.run(
+                ingest(
+                    target, args.channel, seconds=args.seconds, source=args.source, on_event=show
+                )
+            )
+        except SessionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(result.timeline.to_frame().drop(columns=["time"]).to_string(index=False))
+        print(f"frames sent: {len(result.frames_sent)} in {result.seconds:.1f} s")
+        return 0
+    finally:
+        target.close()
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .media.check import check_tracks
+    from .media.sources import TestPatternTrack
+
+    source: object = TestPatternTrack() if args.source == "testpattern" else args.source
+    report = check_tracks(source, require_audio=not args.video_only)  # type: ignore[arg-type]
+    print(report)
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``kvsnb`` command."""
+    p = argparse.ArgumentParser(prog="kvsnb", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    lp = sub.add_parser("local", help="run Local KVS until interrupted")
+    lp.add_argument("--host", default="127.0.0.1")
+    lp.add_argument("--port", type=int, default=DEFAULT_PORT)
+    lp.add_argument("--data", help="data directory (default: a temporary one)")
+    lp.add_argument("--region", default="us-west-2")
+    lp.add_argument("--strict", metavar="ACCESS_KEY:SECRET", help="verify SigV4 signatures")
+    lp.add_argument("--fragment-seconds", type=float, default=2.0)
+    lp.set_defaults(func=_cmd_local)
+
+    dp = sub.add_parser("demo", help="the main job on Local KVS, with a report")
+    dp.add_argument("--out", default="demo-output")
+    dp.add_argument("--seconds", type=float, default=10.0)
+    dp.set_defaults(func=_cmd_demo)
+
+    ip = sub.add_parser("ingest", help="join a channel's storage session as master and stream")
+    ip.add_argument("--channel", required=True)
+    ip.add_argument("--seconds", type=float, default=10.0)
+    ip.add_argument("--source", default="testpattern", help="testpattern or a media file")
+    ip.add_argument("--endpoint-url", help="a Local KVS URL (default: KVSNB_TARGET/embedded)")
+    ip.add_argument("--region")
+    ip.add_argument(
+        "--create", action="store_true", help="create the channel and a stream and map them first"
+    )
+    ip.set_defaults(func=_cmd_ingest)
+
+    cp = sub.add_parser("check", help="preflight a source against the ingestion rules")
+    cp.add_argument("source", help="testpattern or a media file")
+    cp.add_argument("--video-only", action="store_true", help="audio not required")
+    cp.set_defaults(func=_cmd_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kvsnb`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(args.func(args))
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""H.264 bitstream helpers and the Matroska layout of stored fragments.
+
+A stored fragment is exactly the chunk that KVS ``GetMedia`` / ``GetMediaForFragmentList``
+returns for one fragment: an EBML header and one *live* (unknown-size) Segment holding
+Info, Tracks, a Tags element with the three ``AWS_KINESISVIDEO_*`` tags, and the
+Clusters. Track 1 is ``V_MPEG4/ISO/AVC`` (codec private = avcC, length-prefixed NAL
+units), track 2 ``A_AAC`` when the fragment has audio. Block timestamps are producer
+timestamps in epoch milliseconds (TimecodeScale 1 ms), as KVS writes them.
+
+Wire source: WIRE.md "Archived media" (GetMediaForFragmentList tags) and "Storage
+sessions" (track 1 V_MPEG4/ISO/AVC, track 2 A_AAC, codec private data present).
+
+Why live segments: ffmpeg's Matroska demuxer stops at the end of a Segment whose size is
+known, so a concatenation of ordinary files decodes only the first fragment (and parts of
+later ones after a resync). With unknown-size Segments it reads straight through the next
+EBML header and decodes every frame of every fragment; so the GetMediaForFragmentList
+body is the plain concatenation of the stored fragment files, one Segment (with its own
+Tags) per fragment, in the order asked.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+logger = logging.getLogger(__name__)
+
+NAL_SLICE = 1
+NAL_IDR = 5
+NAL_SEI = 6
+NAL_SPS = 7
+NAL_PPS = 8
+NAL_AUD = 9
+START_CODE = b"\x00\x00\x01"
+MKV_TIME_BASE = Fraction(1, 1000)
+TAG_FRAGMENT_NUMBER = "AWS_KINESISVIDEO_FRAGMENT_NUMBER"
+TAG_SERVER_TIMESTAMP = "AWS_KINESISVIDEO_SERVER_SIDE_TIMESTAMP"
+TAG_PRODUCER_TIMESTAMP = "AWS_KINESISVIDEO_PRODUCER_SIDE_TIMESTAMP"
+VIDEO_CODEC_ID = "V_MPEG4/ISO/AVC"
+AUDIO_CODEC_ID = "A_AAC"
+READ_CHUNK_BYTES = 1 << 20
+HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
+
+# EBML element ids used by the tag reader.
+_ID_EBML = 0x1A45DFA3
+_ID_SEGMENT = 0x18538067
+_ID_CLUSTER = 0x1F43B675
+_ID_TAGS = 0x1254C367
+_ID_TAG = 0x7373
+_ID_SIMPLE_TAG = 0x67C8
+_ID_TAG_NAME = 0x45A3
+_ID_TAG_STRING = 0x4487
+_LEVEL1_IDS = frozenset(
+    {0x114D9B74, 0x1549A966, 0x1654AE6B, _ID_CLUSTER, 0x1C53BB6B, _ID_TAGS, 0x1941A469}
+)
+_MASTER_IDS = frozenset({_ID_SEGMENT, _ID_TAGS, _ID_TAG, _ID_SIMPLE_TAG})
+
+_template_lock = threading.Lock()
+_templates: dict[str, Any] = {}
+
+
+# ---------------------------------------------------------------------------- H.264
+
+
+def split_annexb(data: bytes) -> list[bytes]:
+    """Split an Annex-B byte string (3- or 4-byte start codes) into NAL units."""
+    nals: list[bytes] = []
+    i = data.find(START_CODE)
+    while i != -1:
+        start = i + 3
+        j = data.find(START_CODE, start)
+        nal = data[start:] if j == -1 else data[start:j]
+        # trailing zero bytes belong to the next 4-byte start code (or trailing_zero_8bits)
+        nal = nal.rstrip(b"\x00")
+        if nal:
+            nals.append(nal)
+        i = j
+    return nals
+
+
+def to_length_prefixed(nals: Iterable[bytes]) -> bytes:
+    """Join NAL units with 4-byte big-endian lengths (the avcC / Matroska framing)."""
+    return b"".join(len(n).to_bytes(4, "big") + n for n in nals)
+
+
+def split_length_prefixed(data: bytes, length_size: int = 4) -> list[bytes]:
+    """Split length-prefixed NAL units (avcC framing) back into NAL units."""
+    nals: list[bytes] = []
+    pos = 0
+    while pos + length_size <= len(data):
+        size = int.from_bytes(data[pos : pos + length_size], "big")
+        pos += length_size
+        nals.append(data[pos : pos + size])
+        pos += size
+    return nals
+
+
+def to_annexb(nals: Iterable[bytes]) -> bytes:
+    """Join NAL units with 4-byte start codes."""
+    return b"".join(b"\x00\x00\x00\x01" + n for n in nals)
+
+
+class _BitReader:
+    """Reads bits and Exp-Golomb codes from an RBSP (emulation prevention removed)."""
+
+    def __init__(self, rbsp: bytes) -> None:
+        self._value = int.from_bytes(rbsp, "big")
+        self._left = len(rbsp) * 8
+
+    def u(self, n: int) -> int:
+        if n > self._left:
+            raise ValueError("SPS truncated")
+        self._left -= n
+        return (self._value >> self._left) & ((1 << n) - 1)
+
+    def ue(self) -> int:
+        zeros = 0
+        while self.u(1) == 0:
+            zeros += 1
+            if zeros > 31:
+                raise ValueError("bad Exp-Golomb code")
+        return (1 << zeros) - 1 + self.u(zeros)
+
+    def se(self) -> int:
+        k = self.ue()
+        return (k + 1) // 2 if k % 2 else -(k // 2)
+
+
+def _rbsp(nal: bytes) -> bytes:
+    """Remove emulation prevention bytes (00 00 03 → 00 00)."""
+    return nal.replace(b"\x00\x00\x03", b"\x00\x00")
+
+
+@dataclass(frozen=True, slots=True)
+class SpsInfo:
+    """What the recorder needs from a sequence parameter set (never from decoding)."""
+
+    profile_idc: int
+    constraint_flags: int
+    level_idc: int
+    chroma_format_idc: int
+    bit_depth_luma: int
+    bit_depth_chroma: int
+    width: int
+    height: int
+
+    @property
+    def codec_string(self) -> str:
+        """RFC 6381 codec string, e.g. ``avc1.42e01f`` (HLS CODECS attribute)."""
+        return f"avc1.{self.profile_idc:02x}{self.constraint_flags:02x}{self.level_idc:02x}"
+
+
+def parse_sps(nal: bytes) -> SpsInfo:
+    """Parse an SPS NAL unit (ITU-T H.264 7.3.2.1.1) for profile, level and picture size."""
+    r = _BitReader(_rbsp(nal[1:]))
+    profile = r.u(8)
+    constraints = r.u(8)
+    level = r.u(8)
+    r.ue()  # seq_parameter_set_id
+    chroma_format_idc, depth_luma, depth_chroma = 1, 8, 8
+    if profile in HIGH_PROFILES:
+        chroma_format_idc = r.ue()
+        if chroma_format_idc == 3:
+            r.u(1)  # separate_colour_plane_flag
+        depth_luma = r.ue() + 8
+        depth_chroma = r.ue() + 8
+        r.u(1)  # qpprime_y_zero_transform_bypass_flag
+        if r.u(1):  # seq_scaling_matrix_present_flag
+            for i in range(8 if chroma_format_idc != 3 else 12):
+                if r.u(1):
+                    last, nxt = 8, 8
+                    for _ in range(16 if i < 6 else 64):
+                        if nxt != 0:
+                            nxt = (last + r.se() + 256) % 256
+                        last = nxt if nxt != 0 else last
+    r.ue()  # log2_max_frame_num_minus4
+    poc_type = r.ue()
+    if poc_type == 0:
+        r.ue()
+    elif poc_type == 1:
+        r.u(1)
+        r.se()
+        r.se()
+        for _ in range(r.ue()):
+            r.se()
+    r.ue()  # max_num_ref_frames
+    r.u(1)  # gaps_in_frame_num_value_allowed_flag
+    width_mbs = r.ue() + 1
+    height_units = r.ue() + 1
+    frame_mbs_only = r.u(1)
+    if not frame_mbs_only:
+        r.u(1)  # mb_adaptive_frame_field_flag
+    r.u(1)  # direct_8x8_inference_flag
+    crop_l = crop_r = crop_t = crop_b = 0
+    if r.u(1):
+        crop_l, crop_r, crop_t, crop_b = r.ue(), r.ue(), r.ue(), r.ue()
+    if chroma_format_idc == 1:
+        cx, cy = 2, 2 * (2 - frame_mbs_only)
+    elif chroma_format_idc == 2:
+        cx, cy = 2, 2 - frame_mbs_only
+    else:
+        cx, cy = 1, 2 - frame_mbs_only
+    width = width_mbs * 16 - cx * (crop_l + crop_r)
+    height = (2 - frame_mbs_only) * height_units * 16 - cy * (crop_t + crop_b)
+    return SpsInfo(
+        profile, constraints, level, chroma_format_idc, depth_luma, depth_chroma, width, height
+    )
+
+
+def build_avcc(sps_list: Sequence[bytes], pps_list: Sequence[bytes]) -> bytes:
+    """AVCDecoderConfigurationRecord (ISO/IEC 14496-15 5.3.3.1) with 4-byte NAL lengths."""
+    if not sps_list or not pps_list:
+        raise ValueError("avcC needs at least one SPS and one PPS")
+    sps0 = sps_list[0]
+    out = bytearray([1, sps0[1], sps0[2], sps0[3], 0xFC | 3, 0xE0 | len(sps_list)])
+    for sps in sps_list:
+        out += len(sps).to_bytes(2, "big") + sps
+    out.append(len(pps_list))
+    for pps in pps_list:
+        out += len(pps).to_bytes(2, "big") + pps
+    if sps0[1] in HIGH_PROFILES:
+        info = parse_sps(sps0)
+        out += bytes(
+            [
+                0xFC | info.chroma_format_idc,
+                0xF8 | (info.bit_depth_luma - 8),
+                0xF8 | (info.bit_depth_chroma - 8),
+                0,
+            ]
+        )
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _template_stream(codec: str) -> Any:
+    """A never-opened PyAV stream of ``codec`` used only as a template for output streams.
+
+    ``add_stream_from_template`` creates a stream whose codec context is marked as
+    initialised, so PyAV never opens an encoder for it: the packets are muxed as given.
+    """
+    with _template_lock:
+        stream = _templates.get(codec)
+        if stream is None:
+            holder = _templates.get("_container")
+            if holder is None:
+                holder = av.open(io.BytesIO(), "w", format="matroska")
+                _templates["_container"] = holder
+            stream = holder.add_stream(codec)
+            _templates[codec] = stream
+        return stream
+
+
+def timestamp_tag(epoch_ms: int) -> str:
+    """Epoch seconds with millisecond precision, as KVS writes its timestamp tags."""
+    return f"{epoch_ms // 1000}.{epoch_ms % 1000:03d}"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioTrackConfig:
+    """AAC track parameters: codec private (AudioSpecificConfig), rate and channels."""
+
+    extradata: bytes
+    sample_rate: int
+    layout: str
+
+
+class FragmentWriter:
+    """Writes one fragment as a live Matroska segment into memory, packet by packet.
+
+    Video packets are length-prefixed H.264 access units with ``pts`` in producer epoch
+    ms; audio packets are raw AAC frames. ``finish()`` returns the file bytes. Not
+    thread-safe: the recorder drives one writer from its worker thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        avcc: bytes,
+        width: int,
+        height: int,
+        tags: dict[str, str],
+        audio: AudioTrackConfig | None,
+    ) -> None:
+        self._buffer = io.BytesIO()
+        self._container: Any = av.open(self._buffer, "w", format="matroska", options={"live": "1"})
+        self._container.metadata.update(tags)
+        video = self._container.add_stream_from_template(_template_stream("h264"), opaque=True)
+        ctx = video.codec_context
+        ctx.extradata = avcc
+        ctx.width = width
+        ctx.height = height
+        ctx.pix_fmt = "yuv420p"
+        video.time_base = MKV_TIME_BASE
+        self._video = video
+        self._audio: Any = None
+        if audio is not None:
+            stream = self._container.add_stream_from_template(_template_stream("aac"), opaque=True)
+            actx = stream.codec_context
+            actx.extradata = audio.extradata
+            actx.sample_rate = audio.sample_rate
+            actx.layout = audio.layout
+            actx.format = "fltp"
+            stream.time_base = MKV_TIME_BASE
+            self._audio = stream
+
+    @property
+    def has_audio_track(self) -> bool:
+        """True when the file carries an A_AAC track."""
+        return self._audio is not None
+
+    def write_video(self, data: bytes, pts_ms: int, keyframe: bool) -> None:
+        """Mux one length-prefixed access unit at ``pts_ms`` (strictly increasing)."""
+        packet = av.Packet(data)
+        packet.pts = packet.dts = pts_ms
+        packet.time_base = MKV_TIME_BASE
+        packet.is_keyframe = keyframe
+        packet.stream = self._video
+        self._container.mux_one(packet)
+
+    def write_audio(self, data: bytes, pts_ms: int, duration_ms: int) -> None:
+        """Mux one raw AAC frame at ``pts_ms`` (non-decreasing)."""
+        if self._audio is None:
+            raise RuntimeError("fragment has no audio track")
+        packet = av.Packet(data)
+        packet.pts = packet.dts = pts_ms
+        packet.duration = duration_ms
+        packet.time_base = MKV_TIME_BASE
+        packet.is_keyframe = True
+        packet.stream = self._audio
+        self._container.mux_one(packet)
+
+    def finish(self) -> bytes:
+        """Close the container and return the fragment file's bytes."""
+        self._container.close()
+        return self._buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def iter_fragment_list_body(
+    paths: Iterable[Path], chunk_bytes: int = READ_CHUNK_BYTES
+) -> Iterator[bytes]:
+    """Stream the GetMediaForFragmentList body: the fragment files concatenated in order.
+
+    Each stored file already is one EBML header + live Segment with its own fragment
+    tags (see the module docstring), so the body needs no remuxing.
+    Wire source: WIRE.md "Archived media" (GetMediaForFragmentList → MKV with tags).
+    """
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                yield chunk
+
+
+def build_fragment_list_body(paths: Iterable[Path]) -> bytes:
+    """The whole GetMediaForFragmentList body as bytes (see ``iter_fragment_list_body``)."""
+    return b"".join(iter_fragment_list_body(paths))
+
+
+def _read_vint(data: bytes, pos: int, *, keep_marker: bool) -> tuple[int, int, bool]:
+    """Read an EBML variable-size integer: (value, new position, all-ones/unknown)."""
+    first = data[pos]
+    length = 1
+    mask = 0x80
+    while length <= 8 and not first & mask:
+        mask >>= 1
+        length += 1
+    if length > 8:
+        raise ValueError(f"bad EBML vint at {pos}")
+    value = first if keep_marker else first & (mask - 1)
+    for b in data[pos + 1 : pos + length]:
+        value = (value << 8) | b
+    unknown = not keep_marker and value == (1 << (7 * length)) - 1
+    return value, pos + length, unknown
+
+
+def read_segment_tags(data: bytes) -> list[dict[str, str]]:
+    """The SimpleTag name → string pairs of each Segment in a Matroska byte string.
+
+    A small EBML walker that understands unknown-size Segments and Clusters (the KVS
+    layout); used to check GetMediaForFragmentList bodies.
+    """
+    segments: list[dict[str, str]] = []
+    pos = 0
+    end = len(data)
+    stack_unknown: list[int] = []  # ids of unknown-size masters we are inside
+    pending_name: str | None = None
+    while pos < end:
+        element_id, body, _ = _read_vint(data, pos, keep_marker=True)
+        size, body, unknown = _read_vint(data, body, keep_marker=False)
+        if element_id == _ID_EBML:
+            stack_unknown.clear()
+            pos = body + size
+            continue
+        if element_id == _ID_SEGMENT:
+            segments.append({})
+            stack_unknown = [_ID_SEGMENT] if unknown else []
+            pos = body
+            continue
+        if element_id in _LEVEL1_IDS and stack_unknown and stack_unknown[-1] == _ID_CLUSTER:
+            stack_unknown.pop()
+        if element_id == _ID_CLUSTER and unknown:
+            stack_unknown.append(_ID_CLUSTER)
+            pos = body
+            continue
+        if element_id in _MASTER_IDS:
+            pos = body  # descend
+            continue
+        if element_id == _ID_TAG_NAME:
+            pending_name = data[body : body + size].decode("utf-8", "replace")
+        elif element_id == _ID_TAG_STRING and pending_name is not None and segments:
+            segments[-1][pending_name] = data[body : body + size].decode("utf-8", "replace")
+            pending_name = None
+        if unknown:
+            raise ValueError(f"unknown-size element 0x{element_id:x} at {pos}")
+        pos = body + size
+    return segments

@@ -1,0 +1,325 @@
+"""Receive a remote H.264 track from aiortc as encoded access units, never decoded.
+
+DESIGN principle 3: the storage peer keeps the H.264 access units it receives. aiortc's
+``RTCRtpReceiver.receive()`` starts ``decoder_worker(loop, input_q, output_q, error)`` in a
+thread, and that worker calls ``get_decoder(codec)`` once per codec and feeds it every
+reassembled ``JitterFrame`` (Annex-B access unit, timestamp already unwrapped by the
+receiver). This module hooks both names in ``aiortc.rtcrtpreceiver``:
+
+* the worker wrapper only records, in a thread-local, which track queue (``output_q``) the
+  worker feeds, then runs aiortc's own worker unchanged;
+* the ``get_decoder`` wrapper returns a pass-through "decoder" when that queue belongs to a
+  receiver registered with ``enable_passthrough`` and the codec is H.264; otherwise
+  aiortc's decoder. Audio and unregistered receivers are untouched (Opus stays decoded to
+  PCM, which the recorder transcodes to AAC).
+
+The registered track's ``recv()`` then returns ``EncodedFrame`` objects instead of
+``av.VideoFrame``. Call ``enable_passthrough`` from the ``"track"`` event (it fires in
+``setRemoteDescription``, before the receiver starts); it raises if the receiver already
+chose a decoder.
+
+Producer time: ``RtpClock`` maps RTP timestamps to the producer's wall clock with the
+latest RTCP Sender Report of the media SSRC (NTP ↔ RTP, RFC 3550 6.4.1) once one has
+arrived; before that it anchors the first frame at its arrival time (server clock) and
+advances by the RTP clock. ``EncodedFrame.clock_source`` says which was used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import aiortc.rtcrtpreceiver as _rtcrtpreceiver
+from aiortc.rtp import RtcpSrPacket
+
+logger = logging.getLogger(__name__)
+
+VIDEO_CLOCK_RATE = 90_000
+NTP_EPOCH_OFFSET_S = 2_208_988_800
+CLOCK_SOURCE_SR = "rtcp-sr"
+CLOCK_SOURCE_ARRIVAL = "first-arrival"
+H264_CODEC_NAME = "H264"
+NAL_IDR = 5
+START_CODE = b"\x00\x00\x01"
+
+_original_decoder_worker = _rtcrtpreceiver.decoder_worker
+_original_get_decoder = _rtcrtpreceiver.get_decoder
+_worker_local = threading.local()
+_registry_lock = threading.Lock()
+_registry: weakref.WeakKeyDictionary[Any, _Registration] = weakref.WeakKeyDictionary()
+_seen_queues: weakref.WeakSet[Any] = weakref.WeakSet()
+_pending_tasks: set[asyncio.Task[Any]] = set()
+_installed = False
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    """One received H.264 access unit, exactly as depacketised (never decoded).
+
+    ``data`` is Annex B (start codes), ``rtp_timestamp`` the 32-bit timestamp on the wire,
+    ``timestamp`` the same unwrapped, in 90 kHz ticks since the track's first frame.
+    ``producer_time`` and ``arrival_time`` are epoch seconds (producer clock via RTCP SR or
+    first-arrival anchoring, see ``clock_source``; server wall clock when the access unit
+    was complete).
+    """
+
+    data: bytes
+    rtp_timestamp: int
+    timestamp: int
+    keyframe: bool
+    producer_time: float
+    arrival_time: float
+    clock_source: str = CLOCK_SOURCE_ARRIVAL
+    clock_rate: int = VIDEO_CLOCK_RATE
+
+
+def is_keyframe(annexb: bytes) -> bool:
+    """True when an Annex-B access unit contains an IDR slice (NAL type 5)."""
+    i = annexb.find(START_CODE)
+    while i != -1 and i + 3 < len(annexb):
+        if annexb[i + 3] & 0x1F == NAL_IDR:
+            return True
+        i = annexb.find(START_CODE, i + 3)
+    return False
+
+
+def ntp_to_epoch(ntp: int) -> float:
+    """64-bit NTP timestamp → epoch seconds."""
+    return (ntp >> 32) - NTP_EPOCH_OFFSET_S + (ntp & 0xFFFFFFFF) / 2**32
+
+
+class RtpClock:
+    """Maps a receiver's RTP timestamps to producer wall-clock time (epoch seconds).
+
+    Uses the latest RTCP Sender Report of the media SSRC when one has been received
+    (RFC 3550 6.4.1), else first-arrival anchoring. Works for any receiver (video or
+    audio): pass the unwrapped timestamps aiortc gives (``JitterFrame.timestamp``, or an
+    audio frame's ``pts``). Thread-safe for one writer of SRs and readers in other threads.
+    """
+
+    def __init__(self, receiver: Any, clock_rate: int) -> None:
+        self.clock_rate = clock_rate
+        self._receiver_ref = weakref.ref(receiver)
+        self._sr: tuple[int, float] | None = None  # (raw RTP timestamp, NTP epoch s)
+        self._anchor: tuple[int, float] | None = None  # (unwrapped ts, arrival epoch s)
+        self.sender_reports = 0
+        original = receiver._handle_rtcp_packet
+
+        async def handle_rtcp(packet: Any) -> None:
+            if isinstance(packet, RtcpSrPacket):
+                self.on_sender_report(
+                    packet.ssrc,
+                    packet.sender_info.ntp_timestamp,
+                    packet.sender_info.rtp_timestamp,
+                )
+            await original(packet)
+
+        receiver._handle_rtcp_packet = handle_rtcp
+
+    def on_sender_report(self, ssrc: int, ntp_timestamp: int, rtp_timestamp: int) -> None:
+        """Record a Sender Report (ignored when it comes from an RTX SSRC)."""
+        receiver = self._receiver_ref()
+        if receiver is not None and ssrc in _rtx_map(receiver):
+            return
+        self._sr = (rtp_timestamp & 0xFFFFFFFF, ntp_to_epoch(ntp_timestamp))
+        self.sender_reports += 1
+
+    def raw_rtp(self, timestamp: int) -> int:
+        """The 32-bit wire RTP timestamp of an unwrapped aiortc timestamp."""
+        receiver = self._receiver_ref()
+        origin = None
+        if receiver is not None:
+            mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
+            origin = getattr(mapper, "_origin", None)
+        return (timestamp + (origin or 0)) & 0xFFFFFFFF
+
+    def producer_time(self, timestamp: int, arrival_time: float) -> tuple[float, str]:
+        """(producer epoch seconds, clock source) of an unwrapped timestamp."""
+        if self._anchor is None:
+            self._anchor = (timestamp, arrival_time)
+        sr = self._sr
+        if sr is not None:
+            delta = ((self.raw_rtp(timestamp) - sr[0] + 2**31) % 2**32) - 2**31
+            return sr[1] + delta / self.clock_rate, CLOCK_SOURCE_SR
+        anchor_ts, anchor_time = self._anchor
+        return anchor_time + (timestamp - anchor_ts) / self.clock_rate, CLOCK_SOURCE_ARRIVAL
+
+
+@dataclass(slots=True)
+class _Registration:
+    clock: RtpClock
+    decoder_chosen: bool = False
+    frames: int = 0
+    keyframes: int = 0
+
+
+class _PassthroughDecoder:
+    """Stands in for aiortc's H264Decoder: returns the access unit as an EncodedFrame."""
+
+    def __init__(self, registration: _Registration) -> None:
+        self._registration = registration
+
+    def decode(self, encoded_frame: Any) -> list[EncodedFrame]:
+        arrival = time.time()
+        data = bytes(encoded_frame.data)
+        ts = int(encoded_frame.timestamp)
+        clock = self._registration.clock
+        producer, source = clock.producer_time(ts, arrival)
+        keyframe = is_keyframe(data)
+        self._registration.frames += 1
+        self._registration.keyframes += keyframe
+        return [
+            EncodedFrame(
+                data=data,
+                rtp_timestamp=clock.raw_rtp(ts),
+                timestamp=ts,
+                keyframe=keyframe,
+                producer_time=producer,
+                arrival_time=arrival,
+                clock_source=source,
+            )
+        ]
+
+
+def _decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
+    """aiortc's decoder worker, run with the track queue it feeds noted thread-locally."""
+    with _registry_lock:
+        _seen_queues.add(output_q)
+    _worker_local.output_q = output_q
+    try:
+        _original_decoder_worker(loop, input_q, output_q, decode_error)
+    finally:
+        _worker_local.output_q = None
+
+
+def _get_decoder(codec: Any) -> Any:
+    """aiortc's get_decoder, except for H.264 on a passthrough receiver."""
+    output_q = getattr(_worker_local, "output_q", None)
+    registration = None
+    if output_q is not None:
+        with _registry_lock:
+            registration = _registry.get(output_q)
+            if registration is not None:
+                registration.decoder_chosen = True
+    if registration is not None and codec.name == H264_CODEC_NAME:
+        return _PassthroughDecoder(registration)
+    if registration is not None:
+        logger.warning("passthrough receiver got %s; decoding it as usual", codec.name)
+    return _original_get_decoder(codec)
+
+
+def install() -> None:
+    """Hook aiortc's receiver (idempotent; done on import). Changes nothing by itself."""
+    global _installed
+    if not _installed:
+        _rtcrtpreceiver.decoder_worker = _decoder_worker
+        _rtcrtpreceiver.get_decoder = _get_decoder
+        _installed = True
+
+
+def enable_passthrough(receiver: Any) -> RtpClock:
+    """Make a video ``RTCRtpReceiver``'s track yield ``EncodedFrame`` instead of frames.
+
+    Call before the receiver's first frame is decoded (the ``"track"`` event is the right
+    place). Returns the receiver's ``RtpClock``. Raises ValueError for a non-video
+    receiver and RuntimeError when it is too late.
+    """
+    install()
+    track = receiver.track
+    if track is None or track.kind != "video":
+        raise ValueError("passthrough applies to video receivers only")
+    queue = track._queue
+    with _registry_lock:
+        existing = _registry.get(queue)
+        if existing is not None:
+            return existing.clock
+        started = getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is not None
+        if started and queue not in _seen_queues:
+            raise RuntimeError("receiver started before kvsnb.local.passthrough was installed")
+        clock = RtpClock(receiver, VIDEO_CLOCK_RATE)
+        _registry[queue] = _Registration(clock=clock)
+    return clock
+
+
+def is_passthrough(receiver: Any) -> bool:
+    """True when ``enable_passthrough`` was applied to this receiver."""
+    track = receiver.track
+    with _registry_lock:
+        return track is not None and track._queue in _registry
+
+
+def passthrough_stats(receiver: Any) -> dict[str, int]:
+    """Counters of a passthrough receiver: frames and keyframes handed to its track."""
+    with _registry_lock:
+        registration = _registry.get(receiver.track._queue)
+    if registration is None:
+        return {"frames": 0, "keyframes": 0, "sender_reports": 0}
+    return {
+        "frames": registration.frames,
+        "keyframes": registration.keyframes,
+        "sender_reports": registration.clock.sender_reports,
+    }
+
+
+def receiver_for_track(pc: Any, track: Any) -> Any:
+    """The RTCRtpReceiver of ``pc`` that carries ``track`` (from the ``"track"`` event)."""
+    for receiver in pc.getReceivers():
+        if receiver.track is track:
+            return receiver
+    raise LookupError("track does not belong to this peer connection")
+
+
+def _rtx_map(receiver: Any) -> dict[int, int]:
+    return dict(getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {}) or {})
+
+
+def media_ssrc(receiver: Any) -> int | None:
+    """The SSRC of the media stream (never the RTX one) a receiver is getting.
+
+    From the remote description's ``ssrc-group:FID`` (media, rtx) when signalled, else the
+    most recently active source that is not a known RTX SSRC.
+    """
+    rtx = _rtx_map(receiver)
+    if rtx:
+        return next(iter(rtx.values()))
+    sources = sorted(receiver.getSynchronizationSources(), key=lambda s: s.timestamp)
+    for source in reversed(sources):
+        if source.source not in rtx:
+            return int(source.source)
+    return None
+
+
+async def send_pli(receiver: Any) -> bool:
+    """Send an RTCP PLI for the receiver's media SSRC; False when no SSRC is known yet."""
+    ssrc = media_ssrc(receiver)
+    if ssrc is None:
+        logger.debug("no media SSRC yet: PLI not sent")
+        return False
+    await receiver._send_rtcp_pli(ssrc)
+    return True
+
+
+def request_keyframe(receiver: Any) -> None:
+    """Ask the remote sender for a keyframe (PLI) without waiting. Event-loop thread only."""
+    coro: Coroutine[Any, Any, bool] = send_pli(receiver)
+    task = asyncio.get_running_loop().create_task(coro)
+    _pending_tasks.add(task)
+    task.add_done_callback(_pending_tasks.discard)
+
+
+def keyframe_requester(receiver: Any) -> Callable[[], None]:
+    """A ``request_keyframe`` callback for ``FragmentRecorder`` bound to this receiver."""
+
+    def request() -> None:
+        request_keyframe(receiver)
+
+    return request
+
+
+install()
