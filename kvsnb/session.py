@@ -168,6 +168,8 @@ class StorageSession:
         self._error: BaseException | None = None
         self._state_listeners: list[Callable[[State], None]] = []
         self.status_responses: list[SignalingMessage] = []
+        self._answer_id: str | None = None
+        self._answer_error: SessionError | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -213,8 +215,9 @@ class StorageSession:
     async def stop(self) -> None:
         """Close the peer connection and the signaling socket."""
         self._set_state("closed")
-        if self._runner is not None and not self._runner.done():
-            self._runner.cancel()
+        if self._runner is not None:
+            if not self._runner.done():
+                self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._runner
         await self._close_pc()
@@ -418,7 +421,8 @@ class StorageSession:
         for pt, profile in changed.items():
             answer = sdp.set_fmtp(answer, pt, profile_level_id=profile)
         answer, candidates = sdp.split_candidates(answer)
-        await self.signaling.send("SDP_ANSWER", {"type": "answer", "sdp": answer})
+        self._answer_id = await self.signaling.send("SDP_ANSWER", {"type": "answer", "sdp": answer})
+        self._answer_error = None
         self.timeline.mark("answer_sent")
         for c in candidates:
             await self.signaling.send(
@@ -457,6 +461,8 @@ class StorageSession:
 
     async def _wait_connected(self, pc: RTCPeerConnection) -> None:
         while pc.connectionState != "connected":
+            if self._answer_error is not None:
+                raise self._answer_error
             if pc.connectionState in ("failed", "closed"):
                 raise ConnectionError(f"peer connection {pc.connectionState}")
             await asyncio.sleep(0.01)
@@ -500,6 +506,12 @@ class StorageSession:
             self.timeline.mark("reconnect_ice_server")
         elif msg.type == "STATUS_RESPONSE":
             self.status_responses.append(msg)
+            if msg.status is not None and msg.status.correlation_id == self._answer_id:
+                # the storage session refused our answer: retrying would send the same one
+                self._answer_error = SessionError(
+                    f"answer refused: {msg.status.error_type}: {msg.status.description}",
+                    msg.status.error_type,
+                )
             self.timeline.mark(
                 "status_response",
                 error=msg.status.error_type if msg.status else None,

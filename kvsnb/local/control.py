@@ -179,25 +179,34 @@ class Stream:
 @dataclass
 class ControlEvents:
     """Listeners the other planes register: channel deleted, storage mapping changed, stream
-    deleted."""
+    deleted (what a listener returns is ignored)."""
 
-    channel_deleted: list[Callable[[Channel], None]] = field(default_factory=list)
-    storage_changed: list[Callable[[Channel], None]] = field(default_factory=list)
-    stream_deleted: list[Callable[[Stream], None]] = field(default_factory=list)
-
-
-def _encode_token(offset: int, extra: str = "") -> str:
-    return base64.b64encode(json.dumps([offset, extra]).encode()).decode()
+    channel_deleted: list[Callable[[Channel], object]] = field(default_factory=list)
+    storage_changed: list[Callable[[Channel], object]] = field(default_factory=list)
+    stream_deleted: list[Callable[[Stream], object]] = field(default_factory=list)
 
 
-def _decode_token(token: str | None) -> tuple[int, str]:
+def _encode_token(created: float, name: str, prefix: str) -> str:
+    """A NextToken: the last item listed (a keyset cursor, so items created or deleted
+    between pages neither repeat nor get skipped) and the name prefix it was listed under."""
+    return base64.b64encode(json.dumps([created, name, prefix]).encode()).decode()
+
+
+def _decode_token(token: str | None) -> tuple[float, str, str] | None:
+    """The ``(created, name, prefix)`` a NextToken holds; ``InvalidArgumentException`` for a
+    token Local KVS did not hand out."""
     if not token:
-        return 0, ""
+        return None
     try:
-        offset, extra = json.loads(base64.b64decode(token, validate=True))
-        if not isinstance(offset, int) or offset < 0 or not isinstance(extra, str):
+        created, name, prefix = json.loads(base64.b64decode(token, validate=True))
+        if (
+            isinstance(created, bool)
+            or not isinstance(created, int | float)
+            or not isinstance(name, str)
+            or not isinstance(prefix, str)
+        ):
             raise ValueError(token)
-        return offset, extra
+        return float(created), name, prefix
     except (ValueError, TypeError) as exc:
         raise InvalidArgumentException("The NextToken is not valid.") from exc
 
@@ -243,11 +252,15 @@ class ControlPlane:
                 raise
             self._db.execute("COMMIT")
 
-    def _arn(self, kind: str, name: str) -> str:
-        return (
-            f"arn:aws:kinesisvideo:{self.region}:{self.account}:{kind}/{name}/"
-            f"{int(time.time() * 1000)}"
-        )
+    def _new_arn(self, kind: str, name: str) -> tuple[str, float]:
+        """A new resource's ARN and creation time: the ARN ends in the creation time's epoch
+        milliseconds, as AWS's do, and the time is kept to that millisecond."""
+        millis = int(time.time() * 1000)
+        arn = f"arn:aws:kinesisvideo:{self.region}:{self.account}:{kind}/{name}/{millis}"
+        return arn, millis / 1000
+
+    def _default_kms_key(self) -> str:
+        return f"arn:aws:kms:{self.region}:{self.account}:alias/aws/kinesisvideo"
 
     # ------------------------------------------------------------------ lookups
 
@@ -296,15 +309,21 @@ class ControlPlane:
             "MessageTtlSeconds", DEFAULT_MESSAGE_TTL_S
         )
         tags = {t["Key"]: t["Value"] for t in req.get("Tags", [])}
-        arn = self._arn("channel", name)
+        arn, created = self._new_arn("channel", name)
         with self._tx() as db:
             if db.execute("SELECT 1 FROM channels WHERE name=?", (name,)).fetchone():
                 raise ResourceInUseException(f"The signaling channel {name} already exists.")
             db.execute(
                 "INSERT INTO channels (arn, name, type, status, created, ttl, version) "
                 "VALUES (?, ?, ?, 'ACTIVE', ?, ?, ?)",
-                (arn, name, req.get("ChannelType", "SINGLE_MASTER"), time.time(), ttl,
-                 new_version()),
+                (
+                    arn,
+                    name,
+                    req.get("ChannelType", "SINGLE_MASTER"),
+                    created,
+                    ttl,
+                    new_version(),
+                ),
             )
             self._put_tags(db, arn, tags)
         return {"ChannelARN": arn}
@@ -326,19 +345,24 @@ class ControlPlane:
     def _page(
         self, table: str, prefix: str, req: dict[str, Any]
     ) -> tuple[list[sqlite3.Row], str | None]:
+        """One page of ``table`` in creation order (then name), names starting with
+        ``prefix`` (case-sensitive, as BEGINS_WITH is), after the NextToken's item."""
         limit = req.get("MaxResults", LIST_PAGE_DEFAULT)
-        offset, token_prefix = _decode_token(req.get("NextToken"))
-        if req.get("NextToken") and token_prefix != prefix:
+        after = _decode_token(req.get("NextToken"))
+        if after is not None and after[2] != prefix:
             raise InvalidArgumentException("The NextToken does not match the request.")
-        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        created, name = (after[0], after[1]) if after is not None else (-1.0, "")
         with self._lock:
             rows = self._db.execute(
-                f"SELECT * FROM {table} WHERE name LIKE ? ESCAPE '\\' "  # noqa: S608
-                "ORDER BY created, name LIMIT ? OFFSET ?",
-                (like, limit + 1, offset),
+                f"SELECT * FROM {table} WHERE substr(name, 1, ?) = ? "
+                "AND (created > ? OR (created = ? AND name > ?)) "
+                "ORDER BY created, name LIMIT ?",
+                (len(prefix), prefix, created, created, name, limit + 1),
             ).fetchall()
-        more = len(rows) > limit
-        return rows[:limit], _encode_token(offset + limit, prefix) if more else None
+        if len(rows) <= limit:
+            return rows, None
+        last = rows[limit - 1]
+        return rows[:limit], _encode_token(last["created"], last["name"], prefix)
 
     def update_signaling_channel(self, req: dict[str, Any]) -> dict[str, Any]:
         """UpdateSignalingChannel: new message TTL; CurrentVersion must match."""
@@ -374,7 +398,7 @@ class ControlPlane:
     def create_stream(self, req: dict[str, Any]) -> dict[str, Any]:
         """CreateStream: a new ACTIVE stream; the name must be unused."""
         name = req["StreamName"]
-        arn = self._arn("stream", name)
+        arn, created = self._new_arn("stream", name)
         with self._tx() as db:
             if db.execute("SELECT 1 FROM streams WHERE name=?", (name,)).fetchone():
                 raise ResourceInUseException(f"The stream {name} already exists.")
@@ -387,9 +411,9 @@ class ControlPlane:
                     name,
                     req.get("DeviceName"),
                     req.get("MediaType"),
-                    req.get("KmsKeyId", f"arn:aws:kms:{self.region}:{self.account}:alias/aws/kinesisvideo"),
+                    req.get("KmsKeyId", self._default_kms_key()),
                     req.get("DataRetentionInHours", 0),
-                    time.time(),
+                    created,
                     new_version(),
                     req.get("StreamStorageConfiguration", {}).get("DefaultStorageTier"),
                 ),
@@ -399,7 +423,8 @@ class ControlPlane:
 
     def describe_stream(self, req: dict[str, Any]) -> dict[str, Any]:
         """DescribeStream by name or ARN."""
-        return {"StreamInfo": self.stream(arn=req.get("StreamARN"), name=req.get("StreamName")).to_dict()}
+        st = self.stream(arn=req.get("StreamARN"), name=req.get("StreamName"))
+        return {"StreamInfo": st.to_dict()}
 
     def list_streams(self, req: dict[str, Any]) -> dict[str, Any]:
         """ListStreams, with BEGINS_WITH and NextToken paging."""
@@ -421,8 +446,12 @@ class ControlPlane:
             st = self._stream_for_update(req)
             db.execute(
                 "UPDATE streams SET device_name=?, media_type=?, version=? WHERE arn=?",
-                (req.get("DeviceName", st.device_name), req.get("MediaType", st.media_type),
-                 new_version(), st.arn),
+                (
+                    req.get("DeviceName", st.device_name),
+                    req.get("MediaType", st.media_type),
+                    new_version(),
+                    st.arn,
+                ),
             )
         return {}
 
@@ -585,7 +614,7 @@ class ControlPlane:
             rows = self._db.execute(
                 "SELECT key, value FROM tags WHERE resource_arn=? ORDER BY key", (arn,)
             ).fetchall()
-        return {"Tags": {r[0]: r[1] for r in rows} or None}
+        return {"Tags": {r[0]: r[1] for r in rows}}
 
     def tag_resource(self, req: dict[str, Any]) -> dict[str, Any]:
         """TagResource on a channel or stream ARN."""

@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiortc.rtcrtpreceiver as _rtcrtpreceiver
-from aiortc.rtp import RtcpSrPacket
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtp import RtcpSrPacket, RtpPacket
+from aiortc.utils import uint16_add
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +216,41 @@ def _get_decoder(codec: Any) -> Any:
     return _original_get_decoder(codec)
 
 
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, which also completes a frame at its RTP marker bit.
+
+    aiortc's buffer hands out frame N only when the first packet of frame N+1 arrives: one
+    frame interval of extra latency, and the last frame before a master hangs up is never
+    delivered. For H.264 the marker bit is set on the last packet of an access unit (RFC
+    6184 5.1), so a frame whose packets are all present from the buffer's origin up to the
+    marked one is complete at once. Anything else falls back to aiortc's rule.
+    """
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli_flag, frame = super().add(packet)
+        if frame is None and packet.marker and self._origin is not None:
+            frame = self._complete_at(packet)
+        return pli_flag, frame
+
+    def _complete_at(self, last: RtpPacket) -> JitterFrame | None:
+        assert self._origin is not None
+        count = uint16_add(last.sequence_number, -self._origin) + 1
+        if count > self.capacity:
+            return None
+        packets = []
+        for i in range(count):
+            p = self._packets[(self._origin + i) % self.capacity]
+            if p is None or p.timestamp != last.timestamp:
+                return None
+            packets.append(p)
+        frame = JitterFrame(
+            data=b"".join(p._data for p in packets),  # type: ignore[attr-defined]
+            timestamp=last.timestamp,
+        )
+        self.remove(count)
+        return frame
+
+
 def install() -> None:
     """Hook aiortc's receiver (idempotent; done on import). Changes nothing by itself."""
     global _installed
@@ -244,6 +281,7 @@ def enable_passthrough(receiver: Any) -> RtpClock:
             raise RuntimeError("receiver started before kvsnb.local.passthrough was installed")
         clock = RtpClock(receiver, VIDEO_CLOCK_RATE)
         _registry[queue] = _Registration(clock=clock)
+        receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(capacity=512, is_video=True)
     return clock
 
 

@@ -79,6 +79,9 @@ class StorageOptions:
     max_session_s: float = 3600.0
     master_idle_timeout_s: float = 180.0
     viewer_idle_timeout_s: float = 60.0
+    # AWS sometimes answers JoinStorageSession 200 and never sends the offer (WIRE.md):
+    # the first ``unanswered_joins`` accepted joins of each channel do just that.
+    unanswered_joins: int = 0
 
 
 @dataclass
@@ -113,8 +116,9 @@ def _codec_preferences(pc_transceiver: RTCRtpTransceiver, kind: str) -> None:
     pc_transceiver.setCodecPreferences(wanted)
 
 
-def check_master_answer(answer: str, *, require_audio: bool) -> None:
-    """Raise ``InvalidArgumentException`` unless a master's answer follows AWS's rules."""
+def check_master_answer(answer: str, *, require_audio: bool) -> bool:
+    """Raise ``InvalidArgumentException`` unless a master's answer follows AWS's rules;
+    return whether the master sends audio."""
     kinds = sdp.directions(answer)
     video = [(d, p) for k, d, p in kinds if k == "video"]
     audio = [(d, p) for k, d, p in kinds if k == "audio"]
@@ -135,6 +139,7 @@ def check_master_answer(answer: str, *, require_audio: bool) -> None:
         raise InvalidArgumentException("The answer's video codec must be H.264.")
     if audio_ok and any(c.lower() != "opus" for c in sdp.codec_names(answer, "audio")):
         raise InvalidArgumentException("The answer's audio codec must be Opus.")
+    return audio_ok
 
 
 class MasterSession:
@@ -157,13 +162,8 @@ class MasterSession:
         self.pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
-        self.recorder = FragmentRecorder(
-            store,
-            channel.storage_stream_arn,
-            fragment_duration_s=options.fragment_duration_s,
-            request_keyframe=self._request_keyframe,
-            audio=True,
-        )
+        self.store = store
+        self.recorder: FragmentRecorder | None = None  # made once the answer says what comes
         self._keyframe_requester: Callable[[], None] | None = None
         self._pending_candidates: list[dict[str, Any]] = []
         self._answered = False
@@ -250,10 +250,18 @@ class MasterSession:
         if payload.get("type") != "answer" or not isinstance(text, str):
             raise InvalidArgumentException("SDP_ANSWER payload must be {type: answer, sdp}.")
         try:
-            check_master_answer(text, require_audio=self.options.require_audio)
+            sends_audio = check_master_answer(text, require_audio=self.options.require_audio)
         except InvalidArgumentException:
             await self.close("invalid answer")
             raise
+        assert self.channel.storage_stream_arn is not None
+        self.recorder = FragmentRecorder(
+            self.store,
+            self.channel.storage_stream_arn,
+            fragment_duration_s=self.options.fragment_duration_s,
+            request_keyframe=self._request_keyframe,
+            audio=sends_audio,
+        )
         # The answer keeps AWS's payload types (aiortc adopts the remote ones); only the
         # H.264 profile goes back to the one aiortc's codec table matches.
         answer = sdp.expand_bundle_only(text)
@@ -316,6 +324,7 @@ class MasterSession:
                     self.stats.first_frame_at = now
                 self.stats.last_media_at = now
                 self.stats.video_frames += 1
+                assert self.recorder is not None
                 self.recorder.add_video(frame)
 
     async def _pump_audio(self, track: MediaStreamTrack, clock: RtpClock) -> None:
@@ -326,7 +335,8 @@ class MasterSession:
                 self.stats.last_media_at = time.monotonic()
                 self.stats.audio_frames += 1
                 producer, _ = clock.producer_time(int(frame.pts or 0), arrival)
-                self.recorder.add_audio(frame, producer, arrival)
+                if self.recorder is not None:
+                    self.recorder.add_audio(frame, producer, arrival)
 
     async def _watchdog(self) -> None:
         period = max(0.05, min(self.options.master_idle_timeout_s, 1.0) / 2)
@@ -349,10 +359,12 @@ class MasterSession:
         logger.info("storage session on %s ended: %s", self.channel.name, reason)
         await self.pc.close()
         current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
-        await self.recorder.close()
+        others = [t for t in self._tasks if t is not current]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        if self.recorder is not None:
+            await self.recorder.close()
 
 
 @dataclass
@@ -366,12 +378,17 @@ class StorageSessionManager:
     options: StorageOptions = field(default_factory=StorageOptions)
     sessions: dict[str, MasterSession] = field(default_factory=dict)
     ended: list[MasterSession] = field(default_factory=list)
+    joins: dict[str, int] = field(default_factory=dict)
 
     async def join_master(self, channel: Channel) -> None:
         """Offer a new session to the channel's connected master; the older one ends."""
         conn = self.relay.master(channel.arn)
         if conn is None:
             logger.info("JoinStorageSession on %s with no master socket: no offer", channel.name)
+            return
+        self.joins[channel.arn] = n = self.joins.get(channel.arn, 0) + 1
+        if n <= self.options.unanswered_joins:
+            logger.info("JoinStorageSession %d on %s left unanswered (as AWS may)", n, channel.name)
             return
         old = self.sessions.pop(channel.arn, None)
         if old is not None:

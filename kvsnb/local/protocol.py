@@ -88,25 +88,44 @@ def _wire_name(name: str) -> str:
 
 
 def _render_value(value: Any) -> str:
+    """A value as Coral's (Java's) ``toString`` shows it: ``[a, b]`` and ``{k=v}``."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, list | dict):
-        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, list):
+        return "[" + ", ".join(_render_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_render_value(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+_CONTAINERS = ("structure", "list", "map")
 
 
 class _Validator:
     """Walks a JSON value against a shape, converting and collecting constraint errors."""
 
     def __init__(self) -> None:
-        self.errors: list[str] = []
+        self.failures: list[tuple[Any, str, str]] = []
+
+    @property
+    def errors(self) -> list[str]:
+        """The constraint failures, in Coral's words."""
+        return [
+            f"Value {_quote(value)} at '{path}' failed to satisfy constraint: {constraint}"
+            for value, path, constraint in self.failures
+        ]
 
     def fail(self, value: Any, path: str, constraint: str) -> None:
-        self.errors.append(
-            f"Value {_quote(value)} at '{path}' failed to satisfy constraint: {constraint}"
-        )
+        self.failures.append((value, path, constraint))
+
+    def nested(self, value: Any, path: str, label: str, inner: _Validator) -> None:
+        """Report the members' failures as Coral does for lists and maps of scalars:
+        ``Member must satisfy constraint: [Member must ...]`` on the whole container."""
+        constraints = list(dict.fromkeys(c for _, _, c in inner.failures))
+        if constraints:
+            self.fail(value, path, f"{label}: [{', '.join(constraints)}]")
 
     def check(self, shape: Shape, value: Any, path: str) -> Any:
         kind = shape.type_name
@@ -117,30 +136,41 @@ class _Validator:
                 raise _type_error(value, "a list", path)
             self.length(shape, value, path)
             member = shape.member  # type: ignore[attr-defined]
-            return [self.check(member, v, f"{path}.{i + 1}.member") for i, v in enumerate(value)]
+            if member.type_name in _CONTAINERS:
+                return [
+                    self.check(member, v, f"{path}.{i + 1}.member") for i, v in enumerate(value)
+                ]
+            inner = _Validator()
+            items = [inner.check(member, v, path) for v in value]
+            self.nested(value, path, "Member must satisfy constraint", inner)
+            return items
         if kind == "map":
             if not isinstance(value, dict):
                 raise _type_error(value, "a map", path)
             self.length(shape, value, path)
             key_shape, value_shape = shape.key, shape.value  # type: ignore[attr-defined]
+            keys, values = _Validator(), _Validator()
             out: dict[Any, Any] = {}
             for k, v in value.items():
-                out[self.check(key_shape, k, f"{path}.key")] = self.check(
-                    value_shape, v, f"{path}.{k}.member"
-                )
+                if value_shape.type_name in _CONTAINERS:
+                    out[keys.check(key_shape, k, path)] = self.check(
+                        value_shape, v, f"{path}.{k}.member"
+                    )
+                else:
+                    out[keys.check(key_shape, k, path)] = values.check(value_shape, v, path)
+            self.nested(value, path, "Map keys must satisfy constraint", keys)
+            self.nested(value, path, "Map value must satisfy constraint", values)
             return out
         if kind == "string":
             if not isinstance(value, str):
                 raise _type_error(value, "a string", path)
             self.length(shape, value, path)
-            enum = shape.enum
+            enum: list[str] = getattr(shape, "enum", [])
             if enum and value not in enum:
                 self.fail(value, path, f"Member must satisfy enum value set: [{', '.join(enum)}]")
             pattern = shape.metadata.get("pattern")
             if pattern and not _pattern(pattern).search(value):
-                self.fail(
-                    value, path, f"Member must satisfy regular expression pattern: {pattern}"
-                )
+                self.fail(value, path, f"Member must satisfy regular expression pattern: {pattern}")
             return value
         if kind in ("integer", "long"):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -206,9 +236,7 @@ def _quote(value: Any) -> str:
 def _pattern(pattern: str) -> re.Pattern[str]:
     # The models' patterns are Java regexes; those in the KVS models are also valid Python
     # ones. Coral matches the whole value.
-    pattern = (
-        pattern.replace("\\p{L}", "\\w").replace("\\p{N}", "\\w").replace("\\p{Z}", JAVA_P_Z)
-    )
+    pattern = pattern.replace("\\p{L}", "\\w").replace("\\p{N}", "\\w").replace("\\p{Z}", JAVA_P_Z)
     anchored = pattern if pattern.startswith("^") else "^(?:" + pattern + ")"
     anchored = anchored if anchored.endswith("$") else anchored + "$"
     return re.compile(anchored, re.DOTALL)
@@ -274,7 +302,8 @@ def serialize_output(shape: Shape | None, value: Mapping[str, Any]) -> dict[str,
     """
     if shape is None:
         return {}
-    return _render(shape, value, shape.name)  # type: ignore[no-any-return]
+    rendered: dict[str, Any] = _render(shape, value, shape.name)
+    return rendered
 
 
 def _render(shape: Shape, value: Any, path: str) -> Any:

@@ -99,6 +99,15 @@ def _parse_time(value: str) -> dt.datetime:
         ) from exc
 
 
+def _check_scope_date(date: str, stamp: str) -> None:
+    """The credential scope's date must be the request's (``X-Amz-Date``) date."""
+    if stamp[:8] != date:
+        raise InvalidSignatureException(
+            f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of "
+            f"date from HTTP: '{date}' != '{stamp[:8]}', from '{stamp}'."
+        )
+
+
 def _expected_signature(
     *,
     secret: str,
@@ -177,11 +186,7 @@ class SigV4Checker:
                 "'Date' header."
             )
         when = _parse_time(stamp)
-        if stamp[:8] != date:
-            raise InvalidSignatureException(
-                f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of "
-                f"date from HTTP: '{date}' != '{stamp[:8]}', from '{stamp}'."
-            )
+        _check_scope_date(date, stamp)
         signed = match["sh"].split(";")
         if "host" not in signed:
             raise InvalidSignatureException("'Host' must be a signed header.")
@@ -235,6 +240,7 @@ class SigV4Checker:
         access_key, date, region, _ = _scope(params["X-Amz-Credential"])
         stamp = params["X-Amz-Date"]
         when = _parse_time(stamp)
+        _check_scope_date(date, stamp)
         try:
             expires = int(params["X-Amz-Expires"])
         except ValueError as exc:

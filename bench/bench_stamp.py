@@ -1,0 +1,113 @@
+"""Stamp codec figures: draw/read speed and the share of stamps read back after H.264.
+
+Run: ``python bench/bench_stamp.py`` (prints figures, never passes or fails on time).
+"""
+
+from __future__ import annotations
+
+import fractions
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+
+import av
+import numpy as np
+
+from kvsnb.media import Stamp, TestPatternTrack, draw_stamp, read_stamp, read_stamp_frame
+from kvsnb.media.stamp import draw_stamp_yuv420p, try_read_stamp
+
+logger = logging.getLogger(__name__)
+
+BASE_MS = 1_763_700_000_000
+FRAMES = 150
+SIZES = ((640, 480), (1280, 720))
+BITRATES = (150_000, 200_000, 300_000, 500_000, 1_000_000)
+READ_SIZES = ("full", "quarter", "200x90")
+
+
+def per_call_us(fn: Callable[[], object], repeat: int = 2000) -> float:
+    """Median time of one call in microseconds over ``repeat`` calls."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e6)
+
+
+def speed() -> None:
+    stamp = Stamp(BASE_MS, 1234)
+    for width, height in SIZES:
+        rgb = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        draw_stamp(rgb, stamp)
+        y = rgb[:, :, 1].copy()
+        u = np.zeros((height // 2, width // 2), np.uint8)
+        v = u.copy()
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        small = np.ascontiguousarray(rgb[::4, ::4])
+        track = TestPatternTrack(width, height)
+        print(f"{width}x{height}")
+        calls: list[tuple[str, Callable[[], object], int]] = [
+            ("draw_stamp (RGB)", partial(draw_stamp, rgb, stamp), 2000),
+            ("draw_stamp_yuv420p", partial(draw_stamp_yuv420p, y, u, v, stamp), 2000),
+            ("read_stamp (RGB)", partial(read_stamp, rgb), 2000),
+            ("read_stamp (RGB 1/4)", partial(read_stamp, small), 2000),
+            ("read_stamp_frame (yuv)", partial(read_stamp_frame, frame), 2000),
+            ("TestPatternTrack.render", partial(track.render, 7, BASE_MS), 300),
+        ]
+        for name, fn, repeat in calls:
+            print(f"  {name:<24}{per_call_us(fn, repeat):8.1f} us")
+
+
+def survival(width: int, height: int, bitrate: int) -> tuple[float, dict[str, float]]:
+    """Encode FRAMES pattern frames like aiortc (plus gop 30); return kbps and read shares."""
+    track = TestPatternTrack(width, height)
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height = width, height
+    encoder.pix_fmt = "yuv420p"
+    encoder.bit_rate = bitrate
+    encoder.framerate = fractions.Fraction(30, 1)
+    encoder.time_base = fractions.Fraction(1, 30)
+    encoder.gop_size = 30
+    encoder.options = {"level": "31", "tune": "zerolatency"}
+    encoder.profile = "Baseline"
+    decoder = av.CodecContext.create("h264", "r")
+    size = 0
+    good = dict.fromkeys(READ_SIZES, 0)
+    count = 0
+    for i in range(FRAMES + 1):
+        frame = track.render(i, BASE_MS + 33 * i) if i < FRAMES else None
+        if frame is not None:
+            frame.pts, frame.time_base = i, encoder.time_base
+        for packet in encoder.encode(frame):
+            size += packet.size
+            for decoded in decoder.decode(packet):
+                assert isinstance(decoded, av.VideoFrame)
+                expected = Stamp(BASE_MS + 33 * count, count)
+                count += 1
+                shapes = {
+                    "full": (width, height),
+                    "quarter": (width // 4, height // 4),
+                    "200x90": (200, 90),
+                }
+                for name, (w, h) in shapes.items():
+                    image = decoded.reformat(w, h, format="rgb24").to_ndarray()
+                    good[name] += try_read_stamp(image) == expected
+    kbps = size * 8 / (FRAMES / 30) / 1000
+    return kbps, {name: 100 * n / max(count, 1) for name, n in good.items()}
+
+
+def main() -> None:
+    speed()
+    print(f"\nstamps read back after libx264 baseline zerolatency, {FRAMES} frames, gop 30")
+    print(f"{'size':>10} {'target':>8} {'actual':>8}  " + "  ".join(f"{n:>8}" for n in READ_SIZES))
+    for width, height in SIZES:
+        for bitrate in BITRATES:
+            kbps, shares = survival(width, height, bitrate)
+            cells = "  ".join(f"{shares[n]:7.1f}%" for n in READ_SIZES)
+            print(f"{width}x{height:<4} {bitrate // 1000:>5}k {kbps:>6.0f}k  {cells}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,396 @@
+"""Storage sessions end to end: kvsnb's master (StorageSession, aiortc) joins a real Local KVS
+on 127.0.0.1 and its media is stored; read back with boto3 (ListFragments,
+GetMediaForFragmentList) and decoded with PyAV."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from kvsnb.analysis import compare_delivery, stamps_from_frames
+from kvsnb.ingest import ingest
+from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
+from kvsnb.local.peer import StorageOptions
+from kvsnb.playback import decode_video, get_media, list_fragments
+from kvsnb.session import JoinPolicy, SessionError, StorageSession, is_retryable
+from kvsnb.signaling import SignalingClient
+from kvsnb.target import Target, connect
+from tests.conftest import make_client
+
+FRAGMENT_S = 1.0
+FAST = JoinPolicy(offer_wait_s=0.3, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
+
+
+def start_kvs(data: Path, **storage: Any) -> LocalKvs:
+    """A Local KVS with short fragments and the given storage options."""
+    options = StorageOptions(fragment_duration_s=FRAGMENT_S, **storage)
+    config = LocalKvsConfig(
+        data_dir=data,
+        signaling=SignalingLimits(connects_per_s=100.0),
+        extra={"storage": options},
+    )
+    return LocalKvs(config).start_in_thread()
+
+
+@pytest.fixture
+def kvs(tmp_path: Path) -> Iterator[LocalKvs]:
+    server = start_kvs(tmp_path / "data")
+    yield server
+    server.stop_in_thread()
+
+
+@pytest.fixture
+def target(kvs: LocalKvs) -> Iterator[Target]:
+    tg = connect(endpoint_url=kvs.url)
+    yield tg
+    tg.close()
+
+
+def stored_stamps(target: Target, stream_arn: str) -> Any:
+    """Stamps read from every stored frame, via ListFragments + GetMediaForFragmentList."""
+    fragments = list_fragments(target, stream_arn)
+    media = get_media(target, stream_arn, list(fragments["fragment_number"]))
+    return fragments, stamps_from_frames(decode_video(media))
+
+
+async def test_master_ingests_and_every_frame_is_stored(target: Target, kvs: LocalKvs) -> None:
+    _, stream_arn = target.create_storage_channel("ingest")
+    result = await ingest(target, "ingest", seconds=3.5, policy=FAST)
+    await asyncio.sleep(0.2)
+
+    # ListFragments with a plain boto3 client at the GetDataEndpoint endpoint.
+    kv = make_client("kinesisvideo", kvs.url)
+    endpoint = kv.get_data_endpoint(StreamARN=stream_arn, APIName="LIST_FRAGMENTS")
+    am = make_client("kinesis-video-archived-media", endpoint["DataEndpoint"])
+    listed = am.list_fragments(StreamARN=stream_arn)["Fragments"]
+    assert len(listed) >= 3
+    numbers = sorted(listed, key=lambda f: int(f["FragmentNumber"]))
+    starts = [f["ProducerTimestamp"].timestamp() for f in numbers]
+    assert starts == sorted(starts)
+    # Fragments cover the frames sent: first capture ≥ first fragment start, and contiguous.
+    first_capture = result.frames_sent["capture_ms"].min() / 1000
+    assert abs(first_capture - starts[0]) < 0.5
+    for a, b in itertools.pairwise(numbers):
+        end_a = a["ProducerTimestamp"].timestamp() + a["FragmentLengthInMilliseconds"] / 1000
+        assert abs(end_a - b["ProducerTimestamp"].timestamp()) < 0.1
+
+    # Each fragment is keyframe-aligned: its first decoded frame is a keyframe.
+    for f in numbers:
+        body = am.get_media_for_fragment_list(
+            StreamARN=stream_arn, Fragments=[f["FragmentNumber"]]
+        )["Payload"].read()
+        first = next(iter(decode_video(body)))
+        assert first.keyframe, f["FragmentNumber"]
+        tags = body.count(b"AWS_KINESISVIDEO_FRAGMENT_NUMBER")
+        assert tags == 1
+
+    # Every stamp sent is in the stored media, once, in order (no loss on loopback).
+    _, (stamps, unreadable) = stored_stamps(target, stream_arn)
+    delivery = compare_delivery(result.frames_sent, stamps, unreadable)
+    assert len(result.frames_sent) >= 90
+    assert delivery.complete, str(delivery)
+
+    # The stored media has an AAC track next to H.264.
+    media = get_media(target, stream_arn, [f["FragmentNumber"] for f in numbers])
+    with av.open(io.BytesIO(media)) as c:
+        assert {s.codec_context.name for s in c.streams} == {"h264", "aac"}
+
+
+async def test_timeline_records_every_step_and_early_candidates(target: Target) -> None:
+    target.create_storage_channel("timeline")
+    result = await ingest(target, "timeline", seconds=0.5, policy=FAST)
+    steps = list(result.timeline.to_frame()["step"])
+    for step in (
+        "describe_channel",
+        "describe_media_storage",
+        "get_endpoints",
+        "get_ice_config",
+        "socket_open",
+        "join_call",
+        "join_response",
+        "offer_received",
+        "answer_sent",
+        "ice_connected",
+        "dtls_connected",
+        "first_frame_sent",
+    ):
+        assert step in steps, step
+    assert steps.index("socket_open") < steps.index("join_call")  # socket first, then join
+    # Local KVS trickles its candidates before the offer (candidates_first): buffered.
+    buffered = result.timeline.first("candidates_buffered")
+    assert buffered is not None and buffered.detail["count"] >= 1
+    assert len(result.timeline.frames) >= 10
+
+
+async def test_candidates_after_the_offer(tmp_path: Path) -> None:
+    server = start_kvs(tmp_path / "d", candidates_first=False)
+    try:
+        with connect(endpoint_url=server.url) as tg:
+            tg.create_storage_channel("late-candidates")
+            result = await ingest(tg, "late-candidates", seconds=0.5, policy=FAST)
+            assert result.timeline.first("dtls_connected") is not None
+    finally:
+        server.stop_in_thread()
+
+
+async def test_bundle_only_video_offer(tmp_path: Path) -> None:
+    server = start_kvs(tmp_path / "d", bundle_only_video=True)
+    try:
+        with connect(endpoint_url=server.url) as tg:
+            _, stream_arn = tg.create_storage_channel("bundle")
+            seen: list[str] = []
+            session = StorageSession(tg, "bundle", video=_pattern(), audio=_tone(), policy=FAST)
+            original = session._answer
+
+            async def spy(offer: Any) -> None:
+                seen.append(offer.payload["sdp"])
+                await original(offer)
+
+            session._answer = spy  # type: ignore[method-assign]
+            await session.start(timeout=15)
+            await asyncio.sleep(1.2)
+            await session.stop()
+            assert "m=video 0 " in seen[0] and "a=bundle-only" in seen[0]
+            await asyncio.sleep(0.2)
+            assert len(list_fragments(tg, stream_arn)) >= 1
+    finally:
+        server.stop_in_thread()
+
+
+async def test_offer_shape_is_aws(target: Target, kvs: LocalKvs) -> None:
+    channel_arn, _ = target.create_storage_channel("shape")
+    ep = target.endpoints(channel_arn, "MASTER")
+    client = SignalingClient(ep.wss, channel_arn, target.credentials(), target.region)
+    await client.open()
+    try:
+        webrtc = make_client("kinesis-video-webrtc-storage", ep.webrtc)
+        resp = webrtc.join_storage_session(channelArn=channel_arn)
+        assert resp["ResponseMetadata"]["HTTPStatusCode"] == 200
+        messages = []
+        while not any(m.type == "SDP_OFFER" for m in messages):
+            ev = await client.next_event(5)
+            if ev.message is not None:
+                messages.append(ev.message)
+        offer = next(m for m in messages if m.type == "SDP_OFFER")
+        cands = [m for m in messages if m.type == "ICE_CANDIDATE"]
+        assert offer.sender_client_id is None
+        assert cands and all("sdpMid" not in c.payload for c in cands)  # type: ignore[operator]
+        text = offer.payload["sdp"]  # type: ignore[index]
+        lines = text.splitlines()
+        mlines = [ln for ln in lines if ln.startswith("m=")]
+        assert mlines[0].startswith("m=audio") and mlines[1].startswith("m=video")
+        assert "a=group:BUNDLE 0 1" in lines
+        assert "a=rtpmap:126 H264/90000" in lines and "a=rtpmap:111 opus/48000/2" in lines
+        assert any(
+            ln.startswith("a=fmtp:126 ")
+            and "profile-level-id=42e01f" in ln
+            and "packetization-mode=1" in ln
+            for ln in lines
+        )
+        video = text[text.index("m=video") :]
+        audio = text[text.index("m=audio") : text.index("m=video")]
+        assert "a=recvonly" in video and "a=sendrecv" in audio
+        assert "a=candidate" not in text
+    finally:
+        await client.close()
+
+
+async def test_wrong_answer_gets_status_response_and_no_session(
+    target: Target, kvs: LocalKvs
+) -> None:
+    channel_arn, _ = target.create_storage_channel("wrong")
+    ep = target.endpoints(channel_arn, "MASTER")
+    client = SignalingClient(ep.wss, channel_arn, target.credentials(), target.region)
+    await client.open()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        make_client("kinesis-video-webrtc-storage", ep.webrtc).join_storage_session(
+            channelArn=channel_arn
+        )
+        while True:
+            ev = await client.next_event(5)
+            if ev.message is not None and ev.message.type == "SDP_OFFER":
+                break
+        # An answer with no tracks attached: video inactive instead of sendonly.
+        await pc.setRemoteDescription(RTCSessionDescription(ev.message.payload["sdp"], "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        corr = await client.send("SDP_ANSWER", {"type": "answer", "sdp": pc.localDescription.sdp})
+        while True:
+            ev = await client.next_event(5)
+            if ev.message is not None and ev.message.type == "STATUS_RESPONSE":
+                break
+        status = ev.message.status
+        assert status is not None
+        assert status.correlation_id == corr
+        assert status.error_type == "InvalidArgumentException"
+        assert status.status_code == "400"
+        assert "video must be sendonly" in (status.description or "")
+        assert (
+            kvs.sessions.sessions.get(channel_arn) is None
+            or kvs.sessions.sessions[channel_arn].closed
+        )
+    finally:
+        await pc.close()
+        await client.close()
+
+
+async def test_video_only_master_is_refused_when_audio_is_required(target: Target) -> None:
+    target.create_storage_channel("novideo")
+    session = StorageSession(target, "novideo", video=_pattern(), audio=None, policy=FAST)
+    with pytest.raises(SessionError, match="audio must be sendonly or sendrecv"):
+        await session.start(timeout=15)
+
+
+async def test_video_only_master_accepted_when_switched(tmp_path: Path) -> None:
+    server = start_kvs(tmp_path / "d", require_audio=False)
+    try:
+        with connect(endpoint_url=server.url) as tg:
+            _, stream_arn = tg.create_storage_channel("videoonly")
+            source = _pattern()
+            async with StorageSession(tg, "videoonly", video=source, policy=FAST):
+                await asyncio.sleep(1.5)
+            await asyncio.sleep(0.3)
+            fragments, (stamps, _) = stored_stamps(tg, stream_arn)
+            assert len(fragments) >= 1 and len(stamps) >= 30
+    finally:
+        server.stop_in_thread()
+
+
+async def test_no_offer_is_retried_with_backoff(tmp_path: Path) -> None:
+    server = start_kvs(tmp_path / "d", unanswered_joins=2)
+    try:
+        with connect(endpoint_url=server.url) as tg:
+            tg.create_storage_channel("retry")
+            # offers waited for 0.6 s: calls stay within the 2 joins/s quota
+            policy = JoinPolicy(offer_wait_s=0.6, jitter_base=2.0, jitter_cap_ms=50)
+            session = StorageSession(tg, "retry", video=_pattern(), audio=_tone(), policy=policy)
+            await session.start(timeout=20)
+            await session.stop()
+            events = session.timeline.events
+            calls = [e for e in events if e.step == "join_call"]
+            timeouts = [e for e in events if e.step == "offer_timeout"]
+            assert len(calls) == 3 and len(timeouts) == 2
+            for a, b in itertools.pairwise(calls):
+                assert b.mono - a.mono >= policy.offer_wait_s  # waited before calling again
+            assert session.joins == 3
+    finally:
+        server.stop_in_thread()
+
+
+def test_retry_policy_is_the_js_sdks() -> None:
+    policy = JoinPolicy()
+
+    class Fixed:
+        def __init__(self, r: float) -> None:
+            self.r = r
+
+        def random(self) -> float:
+            return self.r
+
+    assert policy.retry_delay(1, Fixed(0.5)) == pytest.approx(6.0005)  # 200^0 · 0.5 ms
+    assert policy.retry_delay(2, Fixed(0.5)) == pytest.approx(6.1)  # 200^1 · 0.5 ms
+    assert policy.retry_delay(3, Fixed(0.5)) == pytest.approx(16.0)  # capped at 10 s
+    from botocore.exceptions import ClientError
+
+    def err(code: str, msg: str, status: int) -> ClientError:
+        return ClientError(
+            {
+                "Error": {"Code": code, "Message": msg},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            },
+            "JoinStorageSession",
+        )
+
+    assert is_retryable(err("ClientLimitExceededException", "too many calls", 400))
+    assert not is_retryable(
+        err(
+            "ClientLimitExceededException",
+            "Reached the maximum number of viewers connected to the session",
+            400,
+        )
+    )
+    assert is_retryable(err("InternalFailure", "boom", 500))
+    assert not is_retryable(err("InvalidArgumentException", "nope", 400))
+    assert is_retryable(TimeoutError())
+
+
+async def test_session_refuses_channel_without_storage(target: Target) -> None:
+    target.kinesisvideo.create_signaling_channel(ChannelName="nostorage")
+    session = StorageSession(target, "nostorage", video=_pattern(), audio=_tone(), policy=FAST)
+    with pytest.raises(SessionError, match="media storage DISABLED"):
+        await session.start(timeout=10)
+
+
+async def test_disconnect_mid_fragment_loses_nothing(target: Target, kvs: LocalKvs) -> None:
+    _, stream_arn = target.create_storage_channel("partial")
+    result = await ingest(target, "partial", seconds=2.4, policy=FAST)
+    await asyncio.sleep(0.3)
+    fragments, (stamps, unreadable) = stored_stamps(target, stream_arn)
+    delivery = compare_delivery(result.frames_sent, stamps, unreadable)
+    assert delivery.complete, str(delivery)
+    # the last fragment is the partial one, closed when the master left
+    assert fragments["duration_ms"].iloc[-1] < FRAGMENT_S * 1000 * 0.9
+
+
+async def test_restart_serves_stored_fragments(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = start_kvs(data)
+    try:
+        with connect(endpoint_url=server.url) as tg:
+            _, stream_arn = tg.create_storage_channel("durable")
+            result = await ingest(tg, "durable", seconds=1.5, policy=FAST)
+            await asyncio.sleep(0.3)
+            before, _ = stored_stamps(tg, stream_arn)
+    finally:
+        server.stop_in_thread()
+    again = start_kvs(data)
+    try:
+        with connect(endpoint_url=again.url) as tg:
+            after, (stamps, unreadable) = stored_stamps(tg, stream_arn)
+            assert list(after["fragment_number"]) == list(before["fragment_number"])
+            assert compare_delivery(result.frames_sent, stamps, unreadable).complete
+    finally:
+        again.stop_in_thread()
+
+
+async def test_newest_master_wins(target: Target, kvs: LocalKvs) -> None:
+    channel_arn, stream_arn = target.create_storage_channel("two-masters")
+    first_source = _pattern(start_index=0)
+    first = StorageSession(target, "two-masters", video=first_source, audio=_tone(), policy=FAST)
+    await first.start(timeout=15)
+    await asyncio.sleep(1.0)
+    old = kvs.sessions.sessions[channel_arn]
+    second_source = _pattern(start_index=100_000)
+    second = StorageSession(target, "two-masters", video=second_source, audio=_tone(), policy=FAST)
+    await second.start(timeout=15)
+    t_switch = time.time()
+    await asyncio.sleep(1.5)
+    assert old.closed and old.stats.end_reason == "replaced by a newer JoinStorageSession"
+    assert kvs.sessions.sessions[channel_arn] is not old
+    await second.stop()
+    await first.stop()
+    await asyncio.sleep(0.3)
+    _, (stamps, _) = stored_stamps(target, stream_arn)
+    late = stamps[stamps["capture_ms"] > (t_switch + 0.5) * 1000]
+    assert len(late) > 20 and (late["frame_index"] >= 100_000).all()
+
+
+def _pattern(start_index: int = 0) -> Any:
+    from kvsnb.media import TestPatternTrack
+
+    return TestPatternTrack(320, 240, 30, start_index=start_index)
+
+
+def _tone() -> Any:
+    from kvsnb.media import ToneTrack
+
+    return ToneTrack()
