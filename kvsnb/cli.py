@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dp = sub.add_parser("demo", help="the main job on Local KVS, with a report")
     dp.add_argument("--out", default="demo-output")
-    dp.add_argument("--seconds", type=float, default=10.0)
+    dp.add_argument("--seconds", type=float, default=20.0)
     dp.set_defaults(func=_cmd_demo)
 
     ip = sub.add_parser("ingest", help="join a channel's storage session as master and stream")

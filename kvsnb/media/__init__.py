@@ -2,6 +2,7 @@
 codec that reads capture times back from retrieved frames, and track checks."""
 
 from kvsnb.media.check import RuleResult, TrackReport, check_tracks
+from kvsnb.media.faults import DroppingTrack
 from kvsnb.media.sources import (
     AudioRecord,
     CameraNotFoundError,
@@ -28,6 +29,7 @@ __all__ = [
     "AudioRecord",
     "CameraNotFoundError",
     "CameraSource",
+    "DroppingTrack",
     "FileSource",
     "FrameRecord",
     "RuleResult",

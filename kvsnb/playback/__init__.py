@@ -1,6 +1,21 @@
-"""Getting stored media back: fragments, frames and (with the archived-media plane) HLS,
-images and clips, as numpy frames and pandas tables."""
+"""Getting stored media back: fragments, HLS, GetImages and GetClip, as numpy frames and
+pandas tables."""
 
+from .clip import get_clip
 from .fragments import DecodedFrame, decode_video, get_media, list_fragments
+from .hls import HlsFrame, HlsReader, PlaylistError, hls_session_url
+from .images import decode_image, get_images
 
-__all__ = ["DecodedFrame", "decode_video", "get_media", "list_fragments"]
+__all__ = [
+    "DecodedFrame",
+    "HlsFrame",
+    "HlsReader",
+    "PlaylistError",
+    "decode_image",
+    "decode_video",
+    "get_clip",
+    "get_images",
+    "get_media",
+    "hls_session_url",
+    "list_fragments",
+]

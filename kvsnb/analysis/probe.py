@@ -1,0 +1,200 @@
+"""``RetrievalProbe``: watches a stream while a master ingests, to time when media becomes
+retrievable (by ListFragments, in a LIVE HLS playlist, by GetImages).
+
+Three pollers run side by side, each every ``interval_s`` (50 ms by default):
+
+* ListFragments: the wall time each fragment is first listed;
+* a LIVE HLS session (opened once the first fragment exists, as KVS needs one in the last
+  30 s): the wall time each segment first appears, with its PROGRAM-DATE-TIME and duration;
+* GetImages: for sampled capture times (every ``image_every``-th frame sent, given via
+  ``frame_sent``), the wall time GetImages first returns an image for that time. Only the
+  oldest pending time is polled; once it is retrievable the next is tried at once, so the
+  probe costs one small call per interval.
+
+Times are the probe's wall clock (``time.time()``), the same clock as the stamps' capture
+times when the master runs on the same machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from botocore.exceptions import ClientError
+
+from ..media.stamp import Stamp
+from ..playback.hls import HlsReader, hls_session_url
+from ..target import Target
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.05
+
+
+@dataclass
+class ProbeRecord:
+    """What the probe saw (all times epoch seconds)."""
+
+    listed: dict[str, float] = field(default_factory=dict)  # fragment number → first listed
+    fragments: dict[str, dict[str, Any]] = field(default_factory=dict)  # number → ListFragments
+    hls: list[dict[str, Any]] = field(default_factory=list)  # segments: pdt, duration, seen_at
+    images: list[dict[str, Any]] = field(default_factory=list)  # capture_ms, index, retrievable
+    errors: list[str] = field(default_factory=list)
+
+
+class RetrievalProbe:
+    """Polls a stream during an ingest (see the module docstring)."""
+
+    def __init__(
+        self,
+        target: Target,
+        stream: str,
+        *,
+        interval_s: float = POLL_INTERVAL_S,
+        image_every: int = 15,
+        hls: bool = True,
+        images: bool = True,
+    ) -> None:
+        self.target = target
+        self.stream = stream
+        self.interval_s = interval_s
+        self.image_every = image_every
+        self.record = ProbeRecord()
+        self._want_hls = hls
+        self._want_images = images
+        self._pending: deque[Stamp] = deque()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._archive = target.client(
+            "kinesis-video-archived-media", target.data_endpoint(stream, "LIST_FRAGMENTS")
+        )
+        self._stop = asyncio.Event()
+
+    def frame_sent(self, stamp: Stamp) -> None:
+        """Tell the probe a frame was captured (``TestPatternTrack(on_frame=...)``)."""
+        if self._want_images and stamp.index % self.image_every == 0:
+            self._pending.append(stamp)
+
+    async def start(self) -> None:
+        """Start polling."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._poll_list())]
+        if self._want_hls:
+            self._tasks.append(loop.create_task(self._poll_hls()))
+        if self._want_images:
+            self._tasks.append(loop.create_task(self._poll_images()))
+
+    async def stop(self, linger_s: float = 0.0) -> ProbeRecord:
+        """Keep polling ``linger_s`` more seconds (for the last fragment), then stop."""
+        if linger_s:
+            await asyncio.sleep(linger_s)
+        self._stop.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        return self.record
+
+    def _key(self) -> dict[str, str]:
+        return {"StreamARN" if self.stream.startswith("arn:") else "StreamName": self.stream}
+
+    async def _poll_list(self) -> None:
+        while not self._stop.is_set():
+            try:
+                page = await asyncio.to_thread(self._archive.list_fragments, **self._key())
+            except ClientError as exc:
+                self.record.errors.append(f"ListFragments: {exc}")
+                page = {"Fragments": []}
+            now = time.time()
+            for f in page["Fragments"]:
+                n = f["FragmentNumber"]
+                if n not in self.record.listed:
+                    self.record.listed[n] = now
+                    self.record.fragments[n] = f
+            await asyncio.sleep(self.interval_s)
+
+    async def _poll_hls(self) -> None:
+        while not self.record.listed and not self._stop.is_set():
+            await asyncio.sleep(self.interval_s)
+        try:
+            url = await asyncio.to_thread(
+                hls_session_url, self.target, self.stream, mode="LIVE", max_results=10
+            )
+        except ClientError as exc:
+            self.record.errors.append(f"GetHLSStreamingSessionURL: {exc}")
+            return
+        reader = HlsReader(url)
+        seen: set[str] = set()
+        while not self._stop.is_set():
+            try:
+                playlist = await reader.playlist()
+            except Exception as exc:
+                self.record.errors.append(f"LIVE playlist: {exc}")
+                await asyncio.sleep(self.interval_s)
+                continue
+            now = time.time()
+            for seg in playlist.segments:
+                key = seg.uri.split("FragmentNumber=", 1)[-1].split("&", 1)[0]
+                if key not in seen:
+                    seen.add(key)
+                    self.record.hls.append(
+                        {
+                            "segment": key,
+                            "program_date_time": seg.program_date_time,
+                            "duration_s": seg.duration,
+                            "seen_at": now,
+                        }
+                    )
+            await asyncio.sleep(self.interval_s)
+
+    async def _poll_images(self) -> None:
+        client = self.target.client(
+            "kinesis-video-archived-media", self.target.data_endpoint(self.stream, "GET_IMAGES")
+        )
+        while not self._stop.is_set():
+            if not self._pending:
+                await asyncio.sleep(self.interval_s)
+                continue
+            stamp = self._pending[0]
+            t = dt.datetime.fromtimestamp(stamp.capture_ms / 1000, tz=dt.UTC)
+            try:
+                resp = await asyncio.to_thread(
+                    client.get_images,
+                    **self._key(),
+                    ImageSelectorType="PRODUCER_TIMESTAMP",
+                    StartTimestamp=t,
+                    EndTimestamp=t,
+                    SamplingInterval=1000,
+                    Format="JPEG",
+                    WidthPixels=160,
+                    HeightPixels=120,
+                    MaxResults=1,
+                )
+                images = resp.get("Images", [])
+                ok = bool(images) and images[0].get("ImageContent")
+            except ClientError:
+                ok = False  # no fragments yet: ResourceNotFoundException
+            if ok:
+                self._pending.popleft()
+                self.record.images.append(
+                    {
+                        "frame_index": stamp.index,
+                        "capture_ms": stamp.capture_ms,
+                        "retrievable_at": time.time(),
+                    }
+                )
+                continue
+            await asyncio.sleep(self.interval_s)
+
+    def images_frame(self) -> pd.DataFrame:
+        """GetImages results: frame_index, capture_ms, retrievable_at."""
+        return pd.DataFrame(
+            self.record.images, columns=["frame_index", "capture_ms", "retrievable_at"]
+        )

@@ -1,0 +1,106 @@
+"""Frame timelines: every frame sent, and whether and where it was stored and retrieved.
+
+``frame_timeline`` joins the frames a stamped source sent with the stamps read back from
+stored media (GetMediaForFragmentList or HLS) and the fragments (ListFragments): per frame,
+stored or not, how many times, keyframe or not, its fragment, the capture interval to the
+previous frame. ``timeline_summary`` counts drops, gaps (runs of missing frames),
+duplicates, frame-interval jitter, keyframes and fragment boundaries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def producer_offset_ms(capture_ms: np.ndarray, fragment_starts_ms: np.ndarray) -> float:
+    """How far producer timestamps run after capture times: the median, over fragments, of
+    (fragment start − capture time of the frame nearest to it). A fragment starts at a
+    frame, so this is that frame's capture → producer-timestamp offset (encode and the RTP
+    clock mapping), used to place frames in fragments without off-by-one at boundaries."""
+    if len(capture_ms) == 0 or len(fragment_starts_ms) == 0:
+        return 0.0
+    cap = np.sort(capture_ms.astype(float))
+    diffs = []
+    for s in fragment_starts_ms:
+        i = int(np.searchsorted(cap, s))
+        near = [cap[j] for j in (i - 1, i) if 0 <= j < len(cap)]
+        best = min(near, key=lambda c: abs(s - c))
+        diffs.append(s - best)
+    return float(np.median(diffs))
+
+
+def fragment_of(capture_ms: np.ndarray, fragments: pd.DataFrame) -> list[str | None]:
+    """The fragment number holding each capture time (producer clock offset corrected)."""
+    starts = fragments["producer_time"].map(lambda t: t.timestamp() * 1000).to_numpy()
+    numbers = fragments["fragment_number"].to_numpy()
+    order = np.argsort(starts)
+    starts, numbers = starts[order], numbers[order]
+    shifted = capture_ms.astype(float) + producer_offset_ms(capture_ms, starts)
+    pos = np.searchsorted(starts, shifted + 0.5, side="right") - 1
+    return [str(numbers[p]) if p >= 0 else None for p in pos]
+
+
+def frame_timeline(
+    frames_sent: pd.DataFrame,
+    stored: pd.DataFrame,
+    fragments: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per frame sent (see the module docstring). ``stored`` has ``frame_index``
+    (and ``keyframe``, ``pts_s`` if known) for every frame read back, duplicates included."""
+    sent = frames_sent[["frame_index", "capture_ms"]].sort_values("frame_index").copy()
+    counts = stored.groupby("frame_index").size().rename("stored_count")
+    tl = sent.merge(counts, on="frame_index", how="left")
+    tl["stored_count"] = tl["stored_count"].fillna(0).astype(int)
+    tl["stored"] = tl["stored_count"] > 0
+    if "keyframe" in stored:
+        keys = stored.groupby("frame_index")["keyframe"].any()
+        tl["keyframe"] = tl["frame_index"].map(keys).fillna(False).astype(bool)
+    else:
+        tl["keyframe"] = False
+    tl["capture_time"] = pd.to_datetime(tl["capture_ms"], unit="ms", utc=True)
+    tl["interval_ms"] = tl["capture_ms"].diff()
+    if fragments is not None and len(fragments):
+        tl["fragment_number"] = fragment_of(tl["capture_ms"].to_numpy(), fragments)
+        prev = tl["fragment_number"].shift()
+        tl["fragment_start"] = tl["fragment_number"].notna() & tl["fragment_number"].ne(prev)
+    else:
+        tl["fragment_number"] = None
+        tl["fragment_start"] = False
+    return tl
+
+
+def _runs(missing: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for i in missing:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def timeline_summary(tl: pd.DataFrame) -> dict[str, Any]:
+    """Counts and figures of a frame timeline (see the module docstring)."""
+    missing = [int(i) for i in tl.loc[~tl["stored"], "frame_index"]]
+    gaps = _runs(missing)
+    intervals = tl["interval_ms"].dropna()
+    keyframes = int(tl["keyframe"].sum())
+    fragments = int(tl["fragment_start"].sum()) if "fragment_start" in tl else 0
+    return {
+        "frames_sent": len(tl),
+        "frames_stored": int(tl["stored"].sum()),
+        "dropped": len(missing),
+        "drop_rate": round(len(missing) / len(tl), 6) if len(tl) else 0.0,
+        "gaps": len(gaps),
+        "longest_gap_frames": max((b - a + 1 for a, b in gaps), default=0),
+        "gap_ranges": gaps,
+        "duplicates": int((tl["stored_count"] > 1).sum()),
+        "interval_mean_ms": round(float(intervals.mean()), 2) if len(intervals) else None,
+        "interval_jitter_ms": round(float(intervals.std()), 2) if len(intervals) > 1 else None,
+        "interval_max_ms": round(float(intervals.max()), 2) if len(intervals) else None,
+        "keyframes": keyframes,
+        "fragments": fragments,
+    }

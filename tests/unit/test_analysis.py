@@ -1,0 +1,109 @@
+"""Analysis on synthetic tables: frame timelines find drops, gaps and duplicates; latency
+tables match frames to fragments and compute the stages."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import matplotlib
+
+matplotlib.use("Agg")
+import pandas as pd
+import pytest
+
+from kvsnb.analysis import (
+    ProbeRecord,
+    compare_delivery,
+    fragment_latency,
+    frame_latency,
+    frame_timeline,
+    latency_summary,
+    plot_latency_cdf,
+    plot_latency_waterfall,
+    plot_timeline,
+    timeline_summary,
+)
+
+T0 = 1_800_000_000_000  # epoch ms
+
+
+def sent(n: int, fps: float = 30.0) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"frame_index": range(n), "capture_ms": [T0 + round(i * 1000 / fps) for i in range(n)]}
+    )
+
+
+def fragments(count: int, dur_ms: int = 1000, server_lag_ms: int = 20) -> pd.DataFrame:
+    rows = []
+    for i in range(count):
+        start = T0 + i * dur_ms
+        rows.append(
+            {
+                "fragment_number": str(90000 + i),
+                "producer_time": pd.Timestamp(start, unit="ms", tz="UTC"),
+                "server_time": pd.Timestamp(start + server_lag_ms, unit="ms", tz="UTC"),
+                "duration_ms": dur_ms,
+                "size_bytes": 1000,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_timeline_finds_drops_gaps_and_duplicates() -> None:
+    s = sent(90)
+    stored_idx = [i for i in range(90) if i not in (10, 40, 41, 42)] + [5]
+    stored = pd.DataFrame(
+        {"frame_index": stored_idx, "keyframe": [i % 30 == 0 for i in stored_idx]}
+    )
+    tl = frame_timeline(s, stored, fragments(3))
+    summary = timeline_summary(tl)
+    assert summary["dropped"] == 4
+    assert summary["gaps"] == 2
+    assert summary["gap_ranges"] == [(10, 10), (40, 42)]
+    assert summary["longest_gap_frames"] == 3
+    assert summary["duplicates"] == 1
+    assert summary["keyframes"] == 3
+    assert summary["fragments"] == 3
+    assert summary["interval_mean_ms"] == pytest.approx(33.3, abs=0.1)
+    assert list(tl.loc[tl["fragment_start"], "frame_index"]) == [0, 30, 60]
+    d = compare_delivery(s, stored)
+    assert d.missing == [10, 40, 41, 42] and d.duplicates == [5] and not d.complete
+
+
+def test_latency_stages() -> None:
+    frag = fragments(3)
+    record = ProbeRecord()
+    for i, n in enumerate(frag["fragment_number"]):
+        end_s = (T0 + (i + 1) * 1000) / 1000
+        record.listed[n] = end_s + 0.030  # listed 30 ms after the fragment ends
+        record.hls.append(
+            {
+                "segment": str(i),
+                "program_date_time": dt.datetime.fromtimestamp(
+                    (T0 + i * 1000 + 20) / 1000, tz=dt.UTC
+                ),
+                "duration_s": 1.0,
+                "seen_at": end_s + 0.045,
+            }
+        )
+    record.images.append(
+        {"frame_index": 0, "capture_ms": T0, "retrievable_at": (T0 + 1000) / 1000 + 0.05}
+    )
+    fl = fragment_latency(frag, record)
+    assert list(fl["arrival_ms"]) == [20, 20, 20]
+    assert fl["listed_beyond_end_ms"].round().tolist() == [30, 30, 30]
+    assert fl["hls_beyond_end_ms"].round().tolist() == [45, 45, 45]
+    lat = frame_latency(sent(90), frag, record)
+    first = lat.loc[lat["frame_index"] == 0].iloc[0]
+    assert first["fragment_number"] == "90000"
+    assert first["listed_ms"] == pytest.approx(1030, abs=1)
+    assert first["images_ms"] == pytest.approx(1050, abs=1)
+    assert first["images_beyond_end_ms"] == pytest.approx(50, abs=1)
+    summary = latency_summary(lat, fl).set_index("measure")
+    assert summary.loc["fragment end → listed", "p50_ms"] == pytest.approx(30, abs=1)
+    assert summary.loc["capture → retrievable by GetImages", "count"] == 1
+    # the plots draw from these tables
+    for fig in (plot_latency_cdf(lat), plot_latency_waterfall(fl)):
+        assert fig.axes and fig.axes[0].has_data()
+    tl = frame_timeline(sent(90), pd.DataFrame({"frame_index": range(90)}), frag)
+    assert plot_timeline(tl).axes[0].has_data()
