@@ -1,4 +1,4 @@
-"""The ``kvsnb`` command: ``local``, ``demo``, ``ingest``, ``check``."""
+"""The ``kvsnb`` command: ``local``, ``demo``, ``ingest``, ``view``, ``check``."""
 
 from __future__ import annotations
 
@@ -93,6 +93,50 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         target.close()
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    from .media.sources import ToneTrack
+    from .session import SessionError, ViewerSession
+    from .timeline import TimelineEvent
+
+    target = _target(args)
+
+    def show(e: TimelineEvent) -> None:
+        detail = " ".join(f"{k}={v}" for k, v in e.detail.items())
+        print(f"{e.step:<22} {detail}", flush=True)
+
+    async def run() -> int:
+        audio = ToneTrack(args.tone) if args.tone else None
+        viewer = ViewerSession(target, args.channel, client_id=args.client_id, audio=audio)
+        viewer.timeline.on_event(show)
+        try:
+            await viewer.start(timeout=args.connect_timeout)
+        except SessionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            await asyncio.sleep(args.seconds)
+        finally:
+            await viewer.stop()
+        frames = viewer.received.frames_df()
+        print(viewer.timeline.to_frame().drop(columns=["time"]).to_string(index=False))
+        print(f"frames received: {len(frames)}")
+        print(f"audio frames received: {viewer.received.audio_frames}")
+        lat = frames["latency_ms"].dropna()
+        if len(lat):
+            print(
+                f"master → viewer latency: p50 {lat.quantile(0.5):.1f} ms, "
+                f"p95 {lat.quantile(0.95):.1f} ms (stamped frames: {len(lat)})"
+            )
+        else:
+            print("master → viewer latency: no stamped frames received")
+        return 0
+
+    try:
+        return asyncio.run(run())
+    finally:
+        target.close()
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from .media.check import check_tracks
     from .media.sources import TestPatternTrack
@@ -133,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--create", action="store_true", help="create the channel and a stream and map them first"
     )
     ip.set_defaults(func=_cmd_ingest)
+
+    vp = sub.add_parser("view", help="join a channel's storage session as a viewer")
+    vp.add_argument("--channel", required=True)
+    vp.add_argument("--client-id", required=True)
+    vp.add_argument("--seconds", type=float, default=10.0)
+    vp.add_argument("--tone", type=float, help="send a tone of this frequency (Hz) up")
+    vp.add_argument("--endpoint-url", help="a Local KVS URL (default: KVSNB_TARGET/embedded)")
+    vp.add_argument("--region")
+    vp.add_argument("--connect-timeout", type=float, default=60.0)
+    vp.set_defaults(func=_cmd_view)
 
     cp = sub.add_parser("check", help="preflight a source against the ingestion rules")
     cp.add_argument("source", help="testpattern or a media file")

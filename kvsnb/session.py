@@ -27,20 +27,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import av
+import numpy as np
+import pandas as pd
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import ice, sdp
+from .media.stamp import Stamp, StampError, read_stamp_frame
 from .signaling import SignalingClient, SignalingEvent, SignalingMessage
-from .target import ChannelEndpoints, Target, run_sync
+from .target import ChannelEndpoints, Target, new_client_id, run_sync
 from .timeline import SessionTimeline
 
 logger = logging.getLogger(__name__)
 
 AIORTC_H264_PROFILES = ("42001f", "42e01f")
 VIEWER_CAP_TEXT = "maximum number of viewers"
+AUDIO_RATE = 48_000
 State = Literal["new", "joining", "connected", "reconnecting", "failed", "closed"]
 
 
@@ -110,6 +115,85 @@ class _InstrumentedTrack(MediaStreamTrack):
         self._source.stop()
 
 
+@dataclass
+class ReceivedFrame:
+    """A video frame received from the storage session, with its receive time and, for
+    stamped media, the stamp read back (``None`` otherwise)."""
+
+    received_at: float  # epoch s
+    frame: av.VideoFrame
+    stamp: Stamp | None
+
+
+class ReceivedMedia:
+    """What a session receives from the storage session: video frames (the last
+    ``keep_frames`` kept, with a row per frame in ``rows``) and audio (the last
+    ``keep_audio_s`` seconds, mono 48 kHz)."""
+
+    def __init__(self, keep_frames: int = 150, keep_audio_s: float = 30.0) -> None:
+        self.frames: deque[ReceivedFrame] = deque(maxlen=keep_frames)
+        self.rows: list[tuple[float, int | None, int | None]] = []
+        self._audio: deque[np.ndarray] = deque()
+        self._audio_len = 0
+        self.audio_started_at: float | None = None
+        self.keep_audio = int(keep_audio_s * AUDIO_RATE)
+        self.audio_frames = 0
+
+    async def pump(self, track: MediaStreamTrack) -> None:
+        """Read a remote track until it ends."""
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                now = time.time()
+                if isinstance(frame, av.VideoFrame):
+                    stamp = try_read_stamp_frame(frame)
+                    self.frames.append(ReceivedFrame(now, frame, stamp))
+                    self.rows.append(
+                        (now, stamp.index if stamp else None, stamp.capture_ms if stamp else None)
+                    )
+                elif isinstance(frame, av.AudioFrame):
+                    self._add_audio(frame, now)
+
+    def _add_audio(self, frame: av.AudioFrame, now: float) -> None:
+        data = frame.to_ndarray()
+        channels = len(frame.layout.channels)
+        mono = (
+            data.reshape(-1, channels).mean(axis=1)
+            if not frame.format.is_planar
+            else (data.mean(axis=0))
+        )
+        if self.audio_started_at is None:
+            self.audio_started_at = now - frame.samples / AUDIO_RATE
+        self._audio.append(mono.astype(np.int16))
+        self._audio_len += len(mono)
+        self.audio_frames += 1
+        while self._audio_len - len(self._audio[0]) > self.keep_audio:
+            self._audio_len -= len(self._audio.popleft())
+
+    def audio(self) -> np.ndarray:
+        """The audio kept so far, mono int16 at 48 kHz."""
+        return np.concatenate(list(self._audio)) if self._audio else np.zeros(0, np.int16)
+
+    def latest_frame(self, fmt: str = "rgb24") -> np.ndarray | None:
+        """The latest video frame as a numpy array, if any."""
+        return self.frames[-1].frame.to_ndarray(format=fmt) if self.frames else None
+
+    def frames_df(self) -> pd.DataFrame:
+        """One row per video frame received: receive time, and for stamped media the frame
+        index, capture time and capture → receive latency (ms)."""
+        df = pd.DataFrame(self.rows, columns=["received_at", "frame_index", "capture_ms"])
+        df["latency_ms"] = df["received_at"] * 1000 - df["capture_ms"]
+        return df
+
+
+def try_read_stamp_frame(frame: av.VideoFrame) -> Stamp | None:
+    """The stamp of a decoded frame, or ``None`` when it has none."""
+    try:
+        return read_stamp_frame(frame)
+    except StampError:
+        return None
+
+
 def prepare_remote_offer(offer: str) -> tuple[str, dict[int, str]]:
     """Make a storage session's offer acceptable to aiortc: explicit bundle-only sections and
     H.264 profiles aiortc knows. Returns the SDP and the original profile-level-id of each
@@ -169,6 +253,9 @@ class StorageSession:
         self._state_listeners: list[Callable[[State], None]] = []
         self.status_responses: list[SignalingMessage] = []
         self._answer_id: str | None = None
+        self.received = ReceivedMedia()
+        self._pumps: set[asyncio.Task[None]] = set()
+        self._signaling_lost = False
         self._answer_error: SessionError | None = None
 
     # ------------------------------------------------------------------ public
@@ -221,6 +308,9 @@ class StorageSession:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._runner
         await self._close_pc()
+        for task in list(self._pumps):
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
         if self.signaling is not None:
             await self.signaling.close()
         self.timeline.mark("stopped")
@@ -291,6 +381,12 @@ class StorageSession:
         try:
             while True:
                 self._rejoin.clear()
+                if self._signaling_lost:
+                    self._set_state("failed")
+                    raise SessionError(
+                        "the signaling socket was closed for good by the server (a newer "
+                        f"{self.role.lower()} connection replaced it, or the channel was deleted)"
+                    )
                 try:
                     await self._attempt()
                 except SessionError:
@@ -431,7 +527,10 @@ class StorageSession:
             )
 
     def _on_remote_track(self, track: MediaStreamTrack) -> None:
-        """Remote media (the storage session's audio to a master); subclasses use it."""
+        """Remote media from the storage session: kept by ``self.received``."""
+        task = asyncio.get_running_loop().create_task(self.received.pump(track))
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
 
     async def _add_candidate(self, payload: dict[str, Any]) -> None:
         assert self.pc is not None
@@ -482,6 +581,12 @@ class StorageSession:
     async def _on_signaling(self, event: SignalingEvent) -> None:
         if event.kind == "open":
             return  # marked by _setup, when open() returned
+        if event.kind == "closed":
+            if self.state != "closed":
+                self.timeline.mark("socket_closed")
+                self._signaling_lost = True
+                self._rejoin.set()
+            return
         if event.kind == "reconnected":
             self.timeline.mark("socket_reconnected")
             if self.state == "connected":
@@ -517,3 +622,44 @@ class StorageSession:
                 error=msg.status.error_type if msg.status else None,
                 description=msg.status.description if msg.status else None,
             )
+
+
+class ViewerSession(StorageSession):
+    """A viewer in a channel's storage session (JoinStorageSessionAsViewer).
+
+    It receives the master's video and audio from the storage session (never peer to peer)
+    in ``received`` (frames as numpy on demand, per-frame receive times, so stamped media
+    gives master → viewer latency) and may send audio (``audio``), never video. The same
+    join, retry and timeline machinery as the master's.
+    """
+
+    role: Literal["MASTER", "VIEWER"] = "VIEWER"
+
+    def __init__(
+        self,
+        target: Target,
+        channel: str,
+        *,
+        client_id: str | None = None,
+        audio: MediaStreamTrack | None = None,
+        policy: JoinPolicy | None = None,
+    ) -> None:
+        super().__init__(
+            target,
+            channel,
+            video=None,
+            audio=audio,
+            client_id=client_id or new_client_id("viewer"),
+            policy=policy,
+        )
+
+    def _attach_tracks(self, pc: RTCPeerConnection) -> None:
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "video":
+                transceiver.direction = "recvonly"
+            elif transceiver.kind == "audio":
+                if self._audio is not None:
+                    transceiver.sender.replaceTrack(self._audio)
+                    transceiver.direction = "sendrecv"
+                else:
+                    transceiver.direction = "recvonly"

@@ -20,10 +20,20 @@ keyframes (PLI) on its fragment schedule; Opus is decoded by aiortc and transcod
 Not idempotent: each join sends one offer; the newest master wins and the older session
 ends (its partial fragment is stored). Sessions end at the maximum duration and after the
 master's idle timeout (no media).
+
+Viewers (JoinStorageSessionAsViewer) get an offer with audio ``sendrecv`` and video
+``sendonly``; their answer must have video ``recvonly`` and audio ``recvonly`` or
+``sendrecv``. They receive the master's video relayed without decoding (``fanout``) and the
+mix of everyone else's audio; their audio is stored (mixed into the master's) while the
+master is connected. At most 3 viewers; the same ClientId again replaces the older session;
+a departed viewer's slot stays taken for a while (1 min) except for the same ClientId; a
+viewer may wait for a master at most 3 min. A viewer may join before the master and gets
+media once the master arrives.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -45,7 +55,8 @@ from aiortc.sdp import candidate_from_sdp
 
 from .. import ice, sdp
 from .control import Channel, ControlPlane
-from .errors import InvalidArgumentException, NotImplementedByLocalKvs
+from .errors import ClientLimitExceededException, InvalidArgumentException
+from .fanout import MASTER, STORE, AudioMixer, MixedAudioTrack, VideoFanout
 from .passthrough import (
     EncodedFrame,
     RtpClock,
@@ -65,6 +76,7 @@ H264_RTX_PT = 127
 AIORTC_H264_PROFILE = "42e01f"  # the constrained-baseline entry of aiortc's codec table
 LOOPBACK = ["127.0.0.1"]
 AUDIO_CLOCK_RATE = 48_000
+WATCHDOG_PERIOD_S = 0.25
 
 
 @dataclass
@@ -78,7 +90,10 @@ class StorageOptions:
     fragment_duration_s: float = 2.0
     max_session_s: float = 3600.0
     master_idle_timeout_s: float = 180.0
-    viewer_idle_timeout_s: float = 60.0
+    viewer_idle_timeout_s: float = 60.0  # a viewer's peer not connected for this long ends
+    max_viewers: int = 3
+    viewer_wait_for_master_s: float = 180.0
+    viewer_slot_hold_s: float = 60.0
     # AWS sometimes answers JoinStorageSession 200 and never sends the offer (WIRE.md):
     # the first ``unanswered_joins`` accepted joins of each channel do just that.
     unanswered_joins: int = 0
@@ -116,6 +131,28 @@ def _codec_preferences(pc_transceiver: RTCRtpTransceiver, kind: str) -> None:
     pc_transceiver.setCodecPreferences(wanted)
 
 
+VIEWER_LIMIT_MESSAGE = "Reached the maximum number of viewers connected to the session."
+
+
+def check_viewer_answer(answer: str) -> bool:
+    """Raise ``InvalidArgumentException`` unless a viewer's answer follows AWS's rules;
+    return whether the viewer sends audio."""
+    kinds = sdp.directions(answer)
+    video = [(d, p) for k, d, p in kinds if k == "video"]
+    audio = [(d, p) for k, d, p in kinds if k == "audio"]
+    if not video or video[0][0] != "recvonly":
+        raise InvalidArgumentException(
+            "The answer's video must be recvonly: a viewer receives video and never sends it."
+        )
+    if not audio or audio[0][0] not in ("recvonly", "sendrecv"):
+        raise InvalidArgumentException("The answer's audio must be recvonly or sendrecv.")
+    if any(c.upper() != "H264" for c in sdp.codec_names(answer, "video")):
+        raise InvalidArgumentException("The answer's video codec must be H.264.")
+    if any(c.lower() != "opus" for c in sdp.codec_names(answer, "audio")):
+        raise InvalidArgumentException("The answer's audio codec must be Opus.")
+    return audio[0][0] == "sendrecv" and audio[0][1] != 0
+
+
 def check_master_answer(answer: str, *, require_audio: bool) -> bool:
     """Raise ``InvalidArgumentException`` unless a master's answer follows AWS's rules;
     return whether the master sends audio."""
@@ -142,19 +179,20 @@ def check_master_answer(answer: str, *, require_audio: bool) -> bool:
     return audio_ok
 
 
-class MasterSession:
-    """One storage session with a master: the aiortc peer, the recorder and its stats."""
+class _StoragePeer(abc.ABC):
+    """The storage session's side of one participant: offer, answer, candidates, lifetime."""
+
+    role = "MASTER"
 
     def __init__(
         self,
-        channel: Channel,
+        state: ChannelState,
         conn: Connection,
         relay: SignalingRelay,
-        store: FragmentStore,
         options: StorageOptions,
     ) -> None:
-        assert channel.storage_stream_arn is not None
-        self.channel = channel
+        self.state = state
+        self.channel = state.channel
         self.conn = conn
         self.relay = relay
         self.options = options
@@ -162,18 +200,12 @@ class MasterSession:
         self.pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
-        self.store = store
-        self.recorder: FragmentRecorder | None = None  # made once the answer says what comes
-        self._keyframe_requester: Callable[[], None] | None = None
         self._pending_candidates: list[dict[str, Any]] = []
         self._answered = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
-
-    def _request_keyframe(self) -> None:
-        if self._keyframe_requester is not None and not self.closed:
-            self._keyframe_requester()
 
     @property
     def closed(self) -> bool:
@@ -192,11 +224,14 @@ class MasterSession:
                 "storage session task on %s failed", self.channel.name, exc_info=task.exception()
             )
 
+    @abc.abstractmethod
+    def _transceivers(self) -> tuple[RTCRtpTransceiver, RTCRtpTransceiver]:
+        """Add the audio (first) and video transceivers in this role's directions."""
+
     async def start(self) -> None:
-        """Create the offer in AWS's shape and send it (and the candidates) to the master."""
+        """Create the offer in AWS's shape and send it (and the candidates) to the client."""
         ice.set_host_addresses(LOOPBACK)
-        audio = self.pc.addTransceiver("audio", direction="sendrecv")
-        video = self.pc.addTransceiver("video", direction="recvonly")
+        audio, video = self._transceivers()
         _codec_preferences(audio, "audio")
         _codec_preferences(video, "video")
         self.pc.on("track", self._on_track)
@@ -231,7 +266,7 @@ class MasterSession:
         self._spawn(self._watchdog())
 
     async def on_message(self, msg: ClientMessage) -> None:
-        """An SDP_ANSWER or ICE_CANDIDATE from the master."""
+        """An SDP_ANSWER or ICE_CANDIDATE from the client."""
         payload = msg.decoded()
         if msg.action == "SDP_ANSWER":
             await self._on_answer(payload)
@@ -241,7 +276,14 @@ class MasterSession:
             else:
                 await self._add_candidate(payload)
         else:
-            raise InvalidArgumentException("A master sends answers and candidates, not offers.")
+            raise InvalidArgumentException(
+                "Clients send answers and candidates to the storage session, not offers."
+            )
+
+    @abc.abstractmethod
+    def _check_answer(self, text: str) -> None:
+        """Raise ``InvalidArgumentException`` for an answer against AWS's rules; prepare
+        what the answer decides (the role's job)."""
 
     async def _on_answer(self, payload: dict[str, Any]) -> None:
         if self._answered:
@@ -250,18 +292,10 @@ class MasterSession:
         if payload.get("type") != "answer" or not isinstance(text, str):
             raise InvalidArgumentException("SDP_ANSWER payload must be {type: answer, sdp}.")
         try:
-            sends_audio = check_master_answer(text, require_audio=self.options.require_audio)
+            self._check_answer(text)
         except InvalidArgumentException:
             await self.close("invalid answer")
             raise
-        assert self.channel.storage_stream_arn is not None
-        self.recorder = FragmentRecorder(
-            self.store,
-            self.channel.storage_stream_arn,
-            fragment_duration_s=self.options.fragment_duration_s,
-            request_keyframe=self._request_keyframe,
-            audio=sends_audio,
-        )
         # The answer keeps AWS's payload types (aiortc adopts the remote ones); only the
         # H.264 profile goes back to the one aiortc's codec table matches.
         answer = sdp.expand_bundle_only(text)
@@ -305,11 +339,111 @@ class MasterSession:
         elif state in ("failed", "closed"):
             self._spawn(self.close(f"peer connection {state}"))
 
+    @abc.abstractmethod
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        """Media from the client (the role's job)."""
+
+    async def _pump_audio(self, track: MediaStreamTrack, clock: RtpClock) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                arrival = time.time()
+                self.stats.last_media_at = time.monotonic()
+                self.stats.audio_frames += 1
+                producer, _ = clock.producer_time(int(frame.pts or 0), arrival)
+                self._on_audio(frame, producer, arrival)
+
+    @abc.abstractmethod
+    def _on_audio(self, frame: Any, producer: float, arrival: float) -> None:
+        """A decoded audio frame from the client (the role's job)."""
+
+    def _idle(self, now: float) -> str | None:
+        """Why the session should end now, if it should."""
+        if now - self._started > self.options.max_session_s:
+            return "maximum session duration"
+        return None
+
+    async def _watchdog(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(WATCHDOG_PERIOD_S)
+            reason = self._idle(time.monotonic())
+            if reason is not None:
+                await self.close(reason)
+
+    async def close(self, reason: str) -> None:
+        """End the session and release what it holds; every caller waits for the end."""
+        if self._close_task is None:
+            self._closed.set()
+            self.stats.ended_at = time.monotonic()
+            self.stats.end_reason = reason
+            self._close_task = asyncio.get_running_loop().create_task(self._shutdown())
+        await asyncio.shield(self._close_task)
+
+    async def _shutdown(self) -> None:
+        logger.info(
+            "storage session (%s) on %s ended: %s",
+            self.role,
+            self.channel.name,
+            self.stats.end_reason,
+        )
+        await self.pc.close()
+        others = list(self._tasks)
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await self._release()
+
+    @abc.abstractmethod
+    async def _release(self) -> None:
+        """Role-specific clean-up after the peer closed."""
+
+
+class MasterSession(_StoragePeer):
+    """The storage session with the master: records its media, relays it to viewers."""
+
+    role = "MASTER"
+
+    def __init__(
+        self,
+        state: ChannelState,
+        conn: Connection,
+        relay: SignalingRelay,
+        store: FragmentStore,
+        options: StorageOptions,
+    ) -> None:
+        super().__init__(state, conn, relay, options)
+        self.store = store
+        self.recorder: FragmentRecorder | None = None  # made once the answer says what comes
+        self._keyframe_requester: Callable[[], None] | None = None
+
+    def _request_keyframe(self) -> None:
+        if self._keyframe_requester is not None and not self.closed:
+            self._keyframe_requester()
+
+    def _transceivers(self) -> tuple[RTCRtpTransceiver, RTCRtpTransceiver]:
+        audio = self.pc.addTransceiver(
+            MixedAudioTrack(self.state.mixer, MASTER), direction="sendrecv"
+        )
+        video = self.pc.addTransceiver("video", direction="recvonly")
+        return audio, video
+
+    def _check_answer(self, text: str) -> None:
+        sends_audio = check_master_answer(text, require_audio=self.options.require_audio)
+        assert self.channel.storage_stream_arn is not None
+        self.recorder = FragmentRecorder(
+            self.store,
+            self.channel.storage_stream_arn,
+            fragment_duration_s=self.options.fragment_duration_s,
+            request_keyframe=self._request_keyframe,
+            audio=sends_audio,
+        )
+
     def _on_track(self, track: MediaStreamTrack) -> None:
         receiver = receiver_for_track(self.pc, track)
         if track.kind == "video":
             enable_passthrough(receiver)
             self._keyframe_requester = keyframe_requester(receiver)
+            self.state.fanout.request_keyframe = self._request_keyframe
             self._spawn(self._pump_video(track))
         else:
             self._spawn(self._pump_audio(track, RtpClock(receiver, AUDIO_CLOCK_RATE)))
@@ -326,45 +460,108 @@ class MasterSession:
                 self.stats.video_frames += 1
                 assert self.recorder is not None
                 self.recorder.add_video(frame)
+                self.state.fanout.push(frame)
 
-    async def _pump_audio(self, track: MediaStreamTrack, clock: RtpClock) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                arrival = time.time()
-                self.stats.last_media_at = time.monotonic()
-                self.stats.audio_frames += 1
-                producer, _ = clock.producer_time(int(frame.pts or 0), arrival)
-                if self.recorder is not None:
-                    self.recorder.add_audio(frame, producer, arrival)
+    def _on_audio(self, frame: Any, producer: float, arrival: float) -> None:
+        self.state.mixer.push(MASTER, frame)
+        if self.recorder is not None:
+            self.recorder.add_audio(self.state.mixer.mix_into(frame), producer, arrival)
 
-    async def _watchdog(self) -> None:
-        period = max(0.05, min(self.options.master_idle_timeout_s, 1.0) / 2)
-        while not self.closed:
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            if now - self._started > self.options.max_session_s:
-                await self.close("maximum session duration")
-            last = self.stats.last_media_at or self.stats.offer_sent_at or self._started
-            if now - last > self.options.master_idle_timeout_s:
-                await self.close("idle timeout")
+    def _idle(self, now: float) -> str | None:
+        last = self.stats.last_media_at or self.stats.offer_sent_at or self._started
+        if now - last > self.options.master_idle_timeout_s:
+            return "idle timeout"
+        return super()._idle(now)
 
-    async def close(self, reason: str) -> None:
-        """End the session: close the peer and store the partial fragment."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self.stats.ended_at = time.monotonic()
-        self.stats.end_reason = reason
-        logger.info("storage session on %s ended: %s", self.channel.name, reason)
-        await self.pc.close()
-        current = asyncio.current_task()
-        others = [t for t in self._tasks if t is not current]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
+    async def _release(self) -> None:
+        if self.state.fanout.request_keyframe == self._request_keyframe:
+            self.state.fanout.request_keyframe = None
+        if self.state.master is self:
+            self.state.mixer.master_present = False
+            self.state.master_left_at = time.monotonic()
         if self.recorder is not None:
             await self.recorder.close()
+
+
+class ViewerPeer(_StoragePeer):
+    """The storage session with one viewer: the master's video relayed to it, the others'
+    audio mixed for it, its audio mixed into the others' (and the stored track)."""
+
+    role = "VIEWER"
+
+    def __init__(
+        self,
+        state: ChannelState,
+        conn: Connection,
+        relay: SignalingRelay,
+        options: StorageOptions,
+        client_id: str,
+    ) -> None:
+        super().__init__(state, conn, relay, options)
+        self.client_id = client_id
+        self.listener = f"viewer:{client_id}"
+        self.video_track = state.fanout.new_track()
+        self.audio_track = MixedAudioTrack(state.mixer, self.listener)
+
+    def _transceivers(self) -> tuple[RTCRtpTransceiver, RTCRtpTransceiver]:
+        audio = self.pc.addTransceiver(self.audio_track, direction="sendrecv")
+        video = self.pc.addTransceiver(self.video_track, direction="sendonly")
+        self.state.fanout.forward_pli(video.sender)
+        return audio, video
+
+    def _check_answer(self, text: str) -> None:
+        check_viewer_answer(text)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            receiver = receiver_for_track(self.pc, track)
+            self._spawn(self._pump_audio(track, RtpClock(receiver, AUDIO_CLOCK_RATE)))
+
+    def _on_audio(self, frame: Any, producer: float, arrival: float) -> None:
+        self.state.mixer.push(self.listener, frame)
+
+    def _idle(self, now: float) -> str | None:
+        if self.state.master is None or self.state.master.closed:
+            waiting_since = self.state.master_left_at or self._started
+            if now - max(waiting_since, self._started) > self.options.viewer_wait_for_master_s:
+                return "no master within the viewer wait limit"
+        connected = self.stats.connected_at is not None and self.pc.connectionState == "connected"
+        if not connected and now - self._started > self.options.viewer_idle_timeout_s:
+            return "viewer idle timeout"
+        return super()._idle(now)
+
+    async def _release(self) -> None:
+        self.video_track.stop()
+        self.audio_track.stop()
+        self.state.left_viewers[self.client_id] = time.monotonic()
+        if self.state.viewers.get(self.client_id) is self:
+            del self.state.viewers[self.client_id]
+
+
+@dataclass
+class ChannelState:
+    """One channel's storage session: master, viewers, the video fan-out and audio mixer."""
+
+    channel: Channel
+    master: MasterSession | None = None
+    viewers: dict[str, ViewerPeer] = field(default_factory=dict)
+    left_viewers: dict[str, float] = field(default_factory=dict)  # ClientId → left at
+    master_left_at: float | None = None
+    fanout: VideoFanout = field(default_factory=VideoFanout)
+    mixer: AudioMixer = field(default_factory=AudioMixer)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # joins of this channel, in turn
+
+    def __post_init__(self) -> None:
+        self.mixer.add_listener(STORE)
+
+    def viewer_slots_taken(self, hold_s: float, except_client: str) -> int:
+        """Viewers connected plus departed viewers whose slot is still held."""
+        now = time.monotonic()
+        for cid, left in list(self.left_viewers.items()):
+            if now - left > hold_s:
+                del self.left_viewers[cid]
+        held = {c for c in self.left_viewers if c not in self.viewers}
+        return len(set(self.viewers) - {except_client}) + len(held - {except_client})
 
 
 @dataclass
@@ -376,9 +573,29 @@ class StorageSessionManager:
     relay: SignalingRelay
     store: FragmentStore
     options: StorageOptions = field(default_factory=StorageOptions)
-    sessions: dict[str, MasterSession] = field(default_factory=dict)
-    ended: list[MasterSession] = field(default_factory=list)
+    channels: dict[str, ChannelState] = field(default_factory=dict)
+    ended: list[_StoragePeer] = field(default_factory=list)
     joins: dict[str, int] = field(default_factory=dict)
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def sessions(self) -> dict[str, MasterSession]:
+        """The current master session of each channel that has one."""
+        return {arn: st.master for arn, st in self.channels.items() if st.master is not None}
+
+    def _state(self, channel: Channel) -> ChannelState:
+        st = self.channels.get(channel.arn)
+        if st is None:
+            st = self.channels[channel.arn] = ChannelState(channel)
+        st.channel = channel
+        return st
+
+    def _unanswered(self, channel: Channel) -> bool:
+        self.joins[channel.arn] = n = self.joins.get(channel.arn, 0) + 1
+        if n <= self.options.unanswered_joins:
+            logger.info("JoinStorageSession %d on %s left unanswered (as AWS may)", n, channel.name)
+            return True
+        return False
 
     async def join_master(self, channel: Channel) -> None:
         """Offer a new session to the channel's connected master; the older one ends."""
@@ -386,54 +603,85 @@ class StorageSessionManager:
         if conn is None:
             logger.info("JoinStorageSession on %s with no master socket: no offer", channel.name)
             return
-        self.joins[channel.arn] = n = self.joins.get(channel.arn, 0) + 1
-        if n <= self.options.unanswered_joins:
-            logger.info("JoinStorageSession %d on %s left unanswered (as AWS may)", n, channel.name)
+        if self._unanswered(channel):
             return
-        old = self.sessions.pop(channel.arn, None)
-        if old is not None:
-            await old.close("replaced by a newer JoinStorageSession")
-            self.ended.append(old)
-        session = MasterSession(channel, conn, self.relay, self.store, self.options)
-        self.sessions[channel.arn] = session
-        await session.start()
+        st = self._state(channel)
+        async with st.lock:
+            old = st.master
+            if old is not None:
+                await old.close("replaced by a newer JoinStorageSession")
+                self.ended.append(old)
+            session = MasterSession(st, conn, self.relay, self.store, self.options)
+            st.master = session
+            st.mixer.master_present = True
+            st.master_left_at = None
+            await session.start()
 
     async def join_viewer(self, channel: Channel, client_id: str) -> None:
-        """Viewers in storage sessions are not in Local KVS yet (see the README)."""
-        raise NotImplementedByLocalKvs(
-            "Local KVS does not implement JoinStorageSessionAsViewer yet; see the coverage "
-            "table in the README."
-        )
+        """Offer a session to a viewer: at most ``max_viewers`` (slots of departed viewers
+        held for a while); the same ClientId replaces its older session."""
+        st = self._state(channel)
+        if st.viewer_slots_taken(self.options.viewer_slot_hold_s, client_id) >= (
+            self.options.max_viewers
+        ):
+            raise ClientLimitExceededException(VIEWER_LIMIT_MESSAGE)
+        conn = self.relay.viewer(channel.arn, client_id)
+        if conn is None:
+            logger.info("JoinStorageSessionAsViewer for %s with no socket: no offer", client_id)
+            return
+        if self._unanswered(channel):
+            return
+        async with st.lock:
+            old = st.viewers.pop(client_id, None)
+            if old is not None:
+                await old.close("replaced by a newer JoinStorageSessionAsViewer")
+                self.ended.append(old)
+            st.left_viewers.pop(client_id, None)
+            viewer = ViewerPeer(st, conn, self.relay, self.options, client_id)
+            st.viewers[client_id] = viewer
+            await viewer.start()
 
     async def on_client_message(self, conn: Connection, msg: ClientMessage) -> None:
-        """Route a master's answer or candidate to its session."""
-        session = self.sessions.get(conn.channel_arn)
-        if conn.role != "MASTER" or session is None or session.closed:
+        """Route a client's answer or candidate to its session."""
+        st = self.channels.get(conn.channel_arn)
+        peer: _StoragePeer | None = None
+        if st is not None:
+            peer = st.master if conn.role == "MASTER" else st.viewers.get(str(conn.client_id))
+        if peer is None or peer.closed:
             raise InvalidArgumentException(
-                "No storage session awaits this message; call JoinStorageSession first."
+                "No storage session awaits this message; call JoinStorageSession"
+                + ("AsViewer" if conn.role == "VIEWER" else "")
+                + " first."
             )
-        if session.conn is not conn:
-            session.conn = conn  # the master reconnected its socket
-        await session.on_message(msg)
+        if peer.conn is not conn:
+            peer.conn = conn  # the client reconnected its socket
+        await peer.on_message(msg)
 
     async def on_client_connected(self, conn: Connection) -> None:
-        """Nothing to do: a session starts on JoinStorageSession."""
+        """Nothing to do: a session starts on JoinStorageSession[AsViewer]."""
 
     async def on_client_disconnected(self, conn: Connection) -> None:
-        """The media path outlives the socket; the idle timeout ends a silent session."""
+        """The media path outlives the socket; the idle timeouts end silent sessions."""
 
     def on_storage_changed(self, channel: Channel) -> None:
-        """Storage disabled or remapped: end the channel's session."""
-        session = self.sessions.get(channel.arn)
-        if session is not None and (
+        """Storage disabled or remapped: end the channel's sessions."""
+        st = self.channels.get(channel.arn)
+        if st is None or st.master is None:
+            return
+        if (
             not channel.storage_enabled
-            or channel.storage_stream_arn != session.channel.storage_stream_arn
+            or channel.storage_stream_arn != st.master.channel.storage_stream_arn
         ):
-            self.sessions.pop(channel.arn, None)
-            asyncio.get_running_loop().create_task(session.close("storage configuration changed"))
+            self.channels.pop(channel.arn, None)
+            loop = asyncio.get_running_loop()
+            for peer in [st.master, *st.viewers.values()]:
+                task = loop.create_task(peer.close("storage configuration changed"))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """End every session (their partial fragments are stored)."""
-        for session in list(self.sessions.values()):
-            await session.close("Local KVS stopping")
-        self.sessions.clear()
+        for st in list(self.channels.values()):
+            for peer in [*st.viewers.values(), *([st.master] if st.master else [])]:
+                await peer.close("Local KVS stopping")
+        self.channels.clear()
