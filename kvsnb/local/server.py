@@ -53,13 +53,13 @@ PLANE_PREFIXES = (("/signaling", "signaling"), ("/webrtc", "webrtc"), ("/media",
 PLANE_SERVICE = {plane: name for name, plane in protocol.SERVICES.items()}
 MAX_BODY_BYTES = 8 * 1024 * 1024
 ROLE_PATHS: dict[str, Role] = {"/master": "MASTER", "/viewer": "VIEWER"}
-_SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
+_SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 T = TypeVar("T")
 
 
 def operation_method(name: str) -> str:
     """``CreateSignalingChannel`` → ``create_signaling_channel``."""
-    return _SNAKE.sub("_", name).lower().replace("h_l_s", "hls").replace("d_a_s_h", "dash")
+    return _SNAKE.sub("_", name).lower()
 
 
 @dataclass(frozen=True)

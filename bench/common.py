@@ -1,0 +1,76 @@
+"""Helpers shared by the benchmarks: a Local KVS in its own process (so its CPU can be
+measured apart from the clients'), CPU readings from /proc, percentiles."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class LocalKvsProcess:
+    """``kvsnb local`` in a child process on 127.0.0.1 and an ephemeral port."""
+
+    def __init__(self, *extra: str) -> None:
+        self.data = tempfile.mkdtemp(prefix="kvsnb-bench-")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kvsnb.cli", "local", "--port", "0", "--data", self.data,
+             *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "Local KVS at" not in line:
+            raise RuntimeError(f"Local KVS did not start: {line}")
+        self.url = line.split("Local KVS at ", 1)[1].split()[0]
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """Stop the child (SIGTERM, then wait)."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def __enter__(self) -> LocalKvsProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (NaN for no values)."""
+    return float(np.percentile(values, p)) if len(values) else float("nan")
+
+
+def now_ms() -> float:
+    """Wall clock in ms."""
+    return time.time() * 1000
