@@ -1,0 +1,89 @@
+"""Master → viewer frame latency through a storage session, and Local KVS CPU per viewer.
+
+Local KVS runs in its own process (``kvsnb local``) so that its CPU is measured apart from
+the master and the viewers (this process). The master sends the stamped test pattern
+(640x480, 30 fps) and a tone; viewers read the stamps of the frames they receive:
+latency = receive time − capture time, on one machine's clock. CPU per viewer is the
+increase in Local KVS's CPU over the same interval with 0, 1 and 3 viewers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from bench.common import LocalKvsProcess, cpu_seconds, pct, rss_mib
+from kvsnb.media import TestPatternTrack, ToneTrack
+from kvsnb.session import JoinPolicy, StorageSession, ViewerSession
+from kvsnb.target import connect
+
+WINDOW_S = 8.0
+POLICY = JoinPolicy(offer_wait_s=1.0)
+
+
+async def _cpu_over(pid: int, seconds: float) -> float:
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+
+
+async def run(window_s: float = WINDOW_S) -> dict[str, Any]:
+    """Measure; returns the figures."""
+    with LocalKvsProcess() as kvs:
+        tg = connect(endpoint_url=kvs.url)
+        tg.create_storage_channel("bench-viewers")
+        master = StorageSession(
+            tg,
+            "bench-viewers",
+            video=TestPatternTrack(640, 480, 30),
+            audio=ToneTrack(),
+            policy=POLICY,
+        )
+        await master.start(timeout=30)
+        await asyncio.sleep(1.0)
+        cpu = {0: await _cpu_over(kvs.pid, window_s)}
+        viewers: list[ViewerSession] = []
+        for n in (1, 3):
+            while len(viewers) < n:
+                v = ViewerSession(
+                    tg, "bench-viewers", client_id=f"bench-{len(viewers)}", policy=POLICY
+                )
+                await v.start(timeout=30)
+                viewers.append(v)
+            await asyncio.sleep(1.0)
+            marks = [len(v.received.rows) for v in viewers]
+            cpu[n] = await _cpu_over(kvs.pid, window_s)
+            latencies = [
+                lat
+                for v, m in zip(viewers, marks, strict=True)
+                for lat in v.received.frames_df().iloc[m:]["latency_ms"].dropna()
+            ]
+        rss = rss_mib(kvs.pid)
+        for v in viewers:
+            await v.stop()
+        await master.stop()
+        tg.close()
+    return {
+        "viewers": 3,
+        "master_to_viewer_latency_ms_p50": round(pct(latencies, 50), 1),
+        "master_to_viewer_latency_ms_p95": round(pct(latencies, 95), 1),
+        "frames_measured": len(latencies),
+        "local_kvs_cpu_0_viewers": round(cpu[0], 3),
+        "local_kvs_cpu_1_viewer": round(cpu[1], 3),
+        "local_kvs_cpu_3_viewers": round(cpu[3], 3),
+        "local_kvs_cpu_per_viewer": round((cpu[3] - cpu[0]) / 3, 3),
+        "local_kvs_rss_mib": round(rss, 1),
+        "window_s": window_s,
+    }
+
+
+def main() -> dict[str, Any]:
+    """Run and print."""
+    figures = asyncio.run(run())
+    print(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
