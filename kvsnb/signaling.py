@@ -8,7 +8,10 @@ server closes), RECONNECT_ICE_SERVER, and unknown or unparseable frames (ignored
 
 If the socket closes without ``close()`` being called, the client reconnects with
 exponential backoff and emits a ``reconnected`` event, so that sessions can re-join (the JS
-SDK re-joins the storage session after every signaling reconnect).
+SDK re-joins the storage session after every signaling reconnect). It does not come back when
+the server says that coming back is pointless: the socket was replaced by a newer connection
+with the same role and ClientId (reconnecting would close that one, and so on for ever), or
+the channel was deleted (Local KVS's close codes ``4001`` and ``4004``); it emits ``closed``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import aiohttp
 from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
+from yarl import URL
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,9 @@ PRESIGN_EXPIRES_S = 299  # the JS and C SDKs presign for 299 s
 SIGNING_NAME = "kinesisvideo"
 RECONNECT_BASE_S = 0.2
 RECONNECT_MAX_S = 10.0
+CLOSE_REPLACED = 4001  # Local KVS: a newer connection took this one's place
+CLOSE_CHANNEL_DELETED = 4004  # Local KVS: the channel was deleted
+NO_RECONNECT_CLOSE_CODES = frozenset({CLOSE_REPLACED, CLOSE_CHANNEL_DELETED})
 MESSAGE_TYPES = (
     "SDP_OFFER",
     "SDP_ANSWER",
@@ -96,13 +103,18 @@ def presign_url(
     client_id: str | None = None,
     expires: int = PRESIGN_EXPIRES_S,
 ) -> str:
-    """The SigV4-presigned signaling URL (``X-Amz-ChannelARN`` [+ ``X-Amz-ClientId``])."""
+    """The SigV4-presigned signaling URL (``X-Amz-ChannelARN`` [+ ``X-Amz-ClientId``]).
+
+    Send it byte for byte as signed: with aiohttp, ``ws_connect(URL(url, encoded=True))``,
+    since yarl would otherwise decode the ``%3A`` and ``%2F`` of the ARN, and a server that
+    compares the canonical query as sent then refuses the signature.
+    """
     query = f"X-Amz-ChannelARN={quote(channel_arn, safe='')}"
     if client_id:
         query += f"&X-Amz-ClientId={quote(client_id, safe='')}"
     base = endpoint if "/" in endpoint.split("://", 1)[1] else endpoint + "/"
     request = AWSRequest(method="GET", url=f"{base}?{query}")
-    creds = Credentials(credentials.access_key, credentials.secret_key, credentials.token)
+    creds = Credentials(str(credentials.access_key), str(credentials.secret_key), credentials.token)
     SigV4QueryAuth(creds, SIGNING_NAME, region, expires).add_auth(request)
     return str(request.url)
 
@@ -126,8 +138,12 @@ def decode_message(text: str) -> SignalingMessage | None:
     status = None
     if isinstance(data.get("statusResponse"), dict):
         s = data["statusResponse"]
+        code = s.get("statusCode")
         status = StatusResponse(
-            s.get("correlationId"), s.get("errorType"), s.get("statusCode"), s.get("description")
+            s.get("correlationId"),
+            s.get("errorType"),
+            None if code is None else str(code),
+            s.get("description"),
         )
     sender = data.get("senderClientId") or None
     return SignalingMessage(str(data["messageType"]), payload, sender, status)
@@ -162,6 +178,7 @@ class SignalingClient:
         self._events: asyncio.Queue[SignalingEvent] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
+        self._stop = asyncio.Event()
 
     @property
     def is_open(self) -> bool:
@@ -177,17 +194,27 @@ class SignalingClient:
     async def open(self) -> None:
         """Open the socket (raises ``SignalingError`` with the HTTP status on refusal)."""
         self._closing = False
+        self._stop.clear()
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        await self._connect()
+        try:
+            await self._connect()
+        except BaseException:
+            await self._session.close()
+            self._session = None
+            raise
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def _connect(self) -> None:
         assert self._session is not None
         try:
-            self._ws = await self._session.ws_connect(self.url(), autoping=True, heartbeat=None)
+            self._ws = await self._session.ws_connect(
+                URL(self.url(), encoded=True), autoping=True, heartbeat=None
+            )
         except aiohttp.WSServerHandshakeError as exc:
-            raise SignalingError(f"signaling refused: {exc.status} {exc.message}", exc.status) from exc
+            raise SignalingError(
+                f"signaling refused: {exc.status} {exc.message}", exc.status
+            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise SignalingError(f"signaling unreachable: {exc}") from exc
         self.connects += 1
@@ -197,6 +224,9 @@ class SignalingClient:
         attempt = 0
         while True:
             if not first:
+                if self._closing:
+                    await self._events.put(SignalingEvent("closed"))
+                    return
                 try:
                     await self._connect()
                 except SignalingError as exc:
@@ -205,7 +235,12 @@ class SignalingClient:
                         0.5 + random.random() / 2
                     )
                     logger.info("signaling reconnect failed (%s); retry in %.2fs", exc, delay)
-                    await asyncio.sleep(delay)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), delay)
+                    continue
+                if self._closing:  # close() was called while connecting
+                    assert self._ws is not None
+                    await self._ws.close()
                     continue
                 attempt = 0
                 await self._events.put(SignalingEvent("reconnected"))
@@ -214,24 +249,37 @@ class SignalingClient:
             first = False
             ws = self._ws
             assert ws is not None
-            go_away = False
-            async for frame in ws:
-                if frame.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                msg = decode_message(frame.data)
-                if msg is None:
-                    logger.debug("ignoring unknown signaling frame: %.200s", frame.data)
-                    continue
-                await self._events.put(SignalingEvent("message", msg))
-                if msg.type == "GO_AWAY":
-                    go_away = True
-                    break
-            if go_away:
-                await ws.close()
-            if self._closing or not self.reconnect:
+            code = await self._read_socket(ws)
+            if self._closing or not self.reconnect or code in NO_RECONNECT_CLOSE_CODES:
+                logger.info("signaling socket closed (code %s)", code)
                 await self._events.put(SignalingEvent("closed"))
                 return
-            logger.info("signaling socket closed (code %s); reconnecting", ws.close_code)
+            logger.info("signaling socket closed (code %s); reconnecting", code)
+
+    async def _read_socket(self, ws: aiohttp.ClientWebSocketResponse) -> int | None:
+        """Turn one socket's frames into events until it closes or says GO_AWAY; returns the
+        server's close code. That is read from the close frame itself: aiohttp reports 1006
+        in ``close_code`` when the server drops the connection before our close reply."""
+        while True:
+            frame = await ws.receive()
+            if frame.type == aiohttp.WSMsgType.CLOSE:
+                return int(frame.data) if isinstance(frame.data, int) else ws.close_code
+            if frame.type in (
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.ERROR,
+            ):
+                return ws.close_code
+            if frame.type != aiohttp.WSMsgType.TEXT:
+                continue
+            msg = decode_message(frame.data)
+            if msg is None:
+                logger.debug("ignoring unknown signaling frame: %.200s", frame.data)
+                continue
+            await self._events.put(SignalingEvent("message", msg))
+            if msg.type == "GO_AWAY":  # reconnect now, before the server closes
+                await ws.close()
+                return None
 
     async def events(self) -> AsyncIterator[SignalingEvent]:
         """Events in order until the client is closed."""
@@ -283,6 +331,7 @@ class SignalingClient:
     async def close(self) -> None:
         """Close for good (no reconnect)."""
         self._closing = True
+        self._stop.set()
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:

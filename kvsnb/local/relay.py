@@ -28,14 +28,20 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from . import protocol
 from .control import Channel, ControlPlane
-from .errors import AwsError, ClientLimitExceededException, InvalidArgumentException
+from .errors import (
+    AwsError,
+    ClientLimitExceededException,
+    InvalidArgumentException,
+    ResourceNotFoundException,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,7 @@ CLOSE_MAX_DURATION = 4003
 CLOSE_CHANNEL_DELETED = 4004
 CLOSE_GO_AWAY = 4005
 CLOSE_RATE = 4006
+SIGNALING_SERVICE = "kinesis-video-signaling"  # whose error shapes give STATUS_RESPONSE codes
 
 
 @dataclass
@@ -219,13 +226,16 @@ def parse_client_message(text: str, max_payload: int) -> ClientMessage:
 
 
 def status_response(corr: str, err: AwsError) -> dict[str, Any]:
-    """A STATUS_RESPONSE frame for an error."""
+    """A STATUS_RESPONSE frame for an error; ``statusCode`` is the HTTP status the
+    kinesis-video-signaling model gives the error (``"404"`` for ResourceNotFound), as a
+    string."""
+    status, _, _ = protocol.error_body(protocol.service_model(SIGNALING_SERVICE), err)
     return {
         "messageType": "STATUS_RESPONSE",
         "statusResponse": {
             "correlationId": corr,
             "errorType": err.code,
-            "statusCode": str(err.status or 400),
+            "statusCode": str(status),
             "description": err.message,
             "success": False,
         },
@@ -247,6 +257,8 @@ class SignalingRelay:
         self._channels: dict[str, _ChannelState] = {}
         self.storage: StorageSink | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         control.events.channel_deleted.append(self._on_channel_deleted)
 
     # ------------------------------------------------------------------ introspection
@@ -273,6 +285,7 @@ class SignalingRelay:
     async def handle(self, request: web.Request, role_hint: Role | None) -> web.StreamResponse:
         """The WebSocket upgrade: check the presigned URL, the channel, the role and limits,
         then serve the socket until it closes."""
+        self._loop = asyncio.get_running_loop()
         await self._authorize(request)
         arn = request.query.get("X-Amz-ChannelARN")
         if not arn:
@@ -301,10 +314,15 @@ class SignalingRelay:
             )
         ws = web.WebSocketResponse(heartbeat=None, autoping=True, max_msg_size=1 << 20)
         await ws.prepare(request)
-        conn = Connection(ws, channel.arn, role, client_id if role == "VIEWER" else None, self.limits)
-        await self._register(st, conn)
-        self._ensure_reaper()
+        conn = Connection(
+            ws, channel.arn, role, client_id if role == "VIEWER" else None, self.limits
+        )
+        if self._channels.get(channel.arn) is not st:  # deleted during the handshake
+            await _close(conn, CLOSE_CHANNEL_DELETED, "channel deleted")
+            return ws
         try:
+            await self._register(st, conn)
+            self._ensure_reaper()
             await self._serve(conn)
         finally:
             await self._unregister(conn)
@@ -320,7 +338,10 @@ class SignalingRelay:
             await old.ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer connection")
         await self._flush_pending(st, conn)
         if self.storage is not None and self._storage_enabled(conn.channel_arn):
-            await self.storage.on_client_connected(conn)
+            try:
+                await self.storage.on_client_connected(conn)
+            except Exception:
+                logger.exception("storage session failed on a %s connecting", conn.role)
 
     async def _unregister(self, conn: Connection) -> None:
         st = self._channels.get(conn.channel_arn)
@@ -330,7 +351,10 @@ class SignalingRelay:
             elif conn.role == "VIEWER" and st.viewers.get(str(conn.client_id)) is conn:
                 del st.viewers[str(conn.client_id)]
         if self.storage is not None:
-            await self.storage.on_client_disconnected(conn)
+            try:
+                await self.storage.on_client_disconnected(conn)
+            except Exception:
+                logger.exception("storage session failed on a %s leaving", conn.role)
 
     # ------------------------------------------------------------------ messages
 
@@ -365,6 +389,11 @@ class SignalingRelay:
         except AwsError as err:
             if msg.correlation_id:
                 await conn.send(status_response(msg.correlation_id, err))
+        except Exception:  # a bug behind the relay must not take the socket down
+            logger.exception("internal error handling a %s from a %s", msg.action, conn.role)
+            if msg.correlation_id:
+                internal = AwsError("Local KVS hit an internal error; see its log.", status=500)
+                await conn.send(status_response(msg.correlation_id, internal))
 
     def _storage_enabled(self, channel_arn: str) -> bool:
         try:
@@ -378,7 +407,9 @@ class SignalingRelay:
                 raise InvalidArgumentException("The storage session is not available")
             await self.storage.on_client_message(conn, msg)
             return
-        st = self._channels[conn.channel_arn]
+        st = self._channels.get(conn.channel_arn)
+        if st is None:  # deleted while this frame was in flight; the socket is closing
+            raise ResourceNotFoundException("The signaling channel no longer exists.")
         if conn.role == "VIEWER":
             out = {
                 "senderClientId": conn.client_id,
@@ -421,9 +452,16 @@ class SignalingRelay:
         while queue:
             item = queue.popleft()
             if item.expires >= now and not await conn.send(item.message):
+                # The socket went away: keep this and the rest for the next connection.
+                queue.appendleft(item)
+                for later in st.pending.pop(conn.key, deque()):
+                    queue.append(later)
+                st.pending[conn.key] = queue
                 break
 
-    async def send_from_storage(self, conn: Connection, message_type: str, payload: dict[str, Any]) -> bool:
+    async def send_from_storage(
+        self, conn: Connection, message_type: str, payload: dict[str, Any]
+    ) -> bool:
         """Send a storage-session message (no senderClientId) to a client connection."""
         encoded = base64.b64encode(json.dumps(payload).encode()).decode()
         return await conn.send({"messageType": message_type, "messagePayload": encoded})
@@ -441,9 +479,9 @@ class SignalingRelay:
         async def close_later() -> None:
             await asyncio.sleep(grace)
             for c in conns:
-                await c.ws.close(code=CLOSE_GO_AWAY, message=b"GO_AWAY")
+                self._spawn(_close(c, CLOSE_GO_AWAY, "GO_AWAY"))
 
-        asyncio.get_running_loop().create_task(close_later())
+        self._spawn(close_later())
         return len(conns)
 
     async def reconnect_ice_server(self, channel_arn: str | None = None) -> int:
@@ -453,14 +491,38 @@ class SignalingRelay:
             await c.send({"messageType": "RECONNECT_ICE_SERVER", "messagePayload": ""})
         return len(conns)
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background on the relay's loop (from any thread), keeping a
+        reference until it is done."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or (self._loop is not None and loop is not self._loop):
+            if self._loop is None or self._loop.is_closed():
+                coro.close()
+                return
+            self._loop.call_soon_threadsafe(self._spawn, coro)
+            return
+        task = loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _on_channel_deleted(self, channel: Channel) -> None:
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if not on_loop and self._loop is not None and not self._loop.is_closed():
+            # Called from another thread: the relay's state belongs to its loop.
+            self._loop.call_soon_threadsafe(self._on_channel_deleted, channel)
+            return
         st = self._channels.pop(channel.arn, None)
         if st is None:
             return
         conns = ([st.master] if st.master else []) + list(st.viewers.values())
-        loop = asyncio.get_running_loop()
         for c in conns:
-            loop.create_task(c.ws.close(code=CLOSE_CHANNEL_DELETED, message=b"channel deleted"))
+            self._spawn(_close(c, CLOSE_CHANNEL_DELETED, "channel deleted"))
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():
@@ -473,10 +535,12 @@ class SignalingRelay:
             await asyncio.sleep(min(period, 5.0))
             now = time.monotonic()
             for c in self.connections():
+                if c.ws.closed:
+                    continue
                 if now - c.opened > self.limits.max_connection_s:
-                    await c.ws.close(code=CLOSE_MAX_DURATION, message=b"maximum connection time")
+                    self._spawn(_close(c, CLOSE_MAX_DURATION, "maximum connection time"))
                 elif now - c.last_active > self.limits.idle_timeout_s:
-                    await c.ws.close(code=CLOSE_IDLE, message=b"idle timeout")
+                    self._spawn(_close(c, CLOSE_IDLE, "idle timeout"))
             for st in self._channels.values():
                 for key in list(st.pending):
                     q = st.pending[key]
@@ -492,3 +556,13 @@ class SignalingRelay:
                 await c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
         if self._reaper is not None:
             self._reaper.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+async def _close(conn: Connection, code: int, reason: str) -> None:
+    """Close a connection's socket with a close code and reason text (never raises)."""
+    try:
+        await conn.ws.close(code=code, message=reason.encode())
+    except Exception:
+        logger.debug("error closing a %s socket", conn.role, exc_info=True)
