@@ -120,7 +120,14 @@ def _expected_signature(
     headers: Mapping[str, str],
     body: bytes,
 ) -> str:
-    request = AWSRequest(method=method, url=url, headers=dict(headers), data=body)
+    # The canonical query is built from the decoded parameters, re-encoded (RFC 3986, as
+    # SigV4 specifies), so a client whose HTTP stack re-quoted the URL (yarl turns the
+    # ARN's %3A into :) still matches, as it does on AWS.
+    base, _, query = url.partition("?")
+    params = parse_qsl(query, keep_blank_values=True)
+    request = AWSRequest(
+        method=method, url=base, headers=dict(headers), data=body, params=params or None
+    )
     request.context["timestamp"] = timestamp
     verifier = _Verifier(secret, access_key, region, signed_headers)
     canonical = verifier.canonical_request(request)

@@ -1100,14 +1100,10 @@ async def test_presigned_url_in_strict_mode(tmp_path: Path) -> None:
         await client.close()
 
 
-@pytest.mark.xfail(
-    reason="sigv4.py builds the canonical query from the raw query as sent; AWS decodes and "
-    "re-encodes it, so it accepts a URL whose HTTP stack normalized the percent-encoding "
-    "(yarl turns the ARN's %3A and %2F into : and /)",
-    strict=False,
-)
 async def test_strict_mode_accepts_a_normalized_query(tmp_path: Path) -> None:
     keys = StrictKeys("AKIDSTRICTEXAMPLE", "strict-secret")
+    """AWS decodes and re-encodes the query before checking the signature, so a URL whose
+    HTTP stack normalized the percent-encoding (yarl turns the ARN's %3A into :) passes."""
     async with local(tmp_path, strict_keys=keys) as (kvs, _kv, net):
         creds = {"aws_access_key_id": keys.access_key, "aws_secret_access_key": keys.secret_key}
         chan = make_channel(make_client("kinesisvideo", kvs.url, **creds))
