@@ -3,24 +3,39 @@
 1. Start Local KVS (embedded), create a channel and a stream, map them for storage.
 2. Signaling check on a second channel with storage disabled: a master and a viewer relay
    an offer and an answer through the signaling WebSocket.
-3. A master ingests stamped test media through a storage session (JoinStorageSession).
-4. The stored fragments are listed (ListFragments), fetched (GetMediaForFragmentList) and
-   decoded; the stamps read back prove which frames were stored.
-5. Tables go to the output folder (CSV): timeline, fragments, frames.
+3. A master ingests stamped test media through a storage session (JoinStorageSession) while
+   a ``RetrievalProbe`` times when fragments are listed, appear in a LIVE HLS playlist and
+   become retrievable by GetImages.
+4. The media is read back: every stored frame through GetMediaForFragmentList, the session
+   through ON_DEMAND HLS (fMP4), and one image a second through GetImages; the stamps read
+   back say which frames were stored and retrieved, and when they were captured.
+5. The latency and frame-timeline summaries are printed; tables (CSV), plots (PNG) and an
+   HTML report go to the output folder.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .analysis.latency import fragment_latency, frame_latency, latency_summary
+from .analysis.plots import (
+    plot_intervals,
+    plot_latency_cdf,
+    plot_latency_waterfall,
+    plot_timeline,
+)
+from .analysis.probe import RetrievalProbe
 from .analysis.stamps import compare_delivery, stamps_from_frames
-from .ingest import ingest
+from .analysis.timeline import frame_timeline, timeline_summary
+from .ingest import ingest, make_source
+from .media.stamp import try_read_stamp
 from .playback.fragments import decode_video, get_media, list_fragments
+from .playback.hls import HlsReader, hls_session_url
+from .playback.images import get_images
 from .signaling import SignalingClient
 from .target import Target, connect
 from .timeline import TimelineEvent
@@ -103,11 +118,18 @@ async def signaling_check(target: Target, printer: StepPrinter) -> None:
 async def run_demo(
     out_dir: Path,
     *,
-    seconds: float = 10.0,
+    seconds: float = 20.0,
     target: Target | None = None,
     out: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo (see the module docstring); returns the figures it printed."""
+    import datetime as dt
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
     out_dir.mkdir(parents=True, exist_ok=True)
     printer = StepPrinter(out)
     out("kvsnb demo")
@@ -124,21 +146,26 @@ async def run_demo(
         await signaling_check(tg, printer)
 
         out(f"storage session: a master ingests {seconds:g} s of stamped test pattern")
+        source = make_source()
+        probe = RetrievalProbe(tg, stream_arn)
+        assert source.pattern is not None
+        source.pattern.on_frame = probe.frame_sent
 
         def show(e: TimelineEvent) -> None:
-            if e.step not in ("pc_state",):
+            if e.step != "pc_state":
                 out(f"    · {e.step:<22} {e.detail if e.detail else ''}")
 
+        await probe.start()
         result = await printer.astep(
             f"ingest {seconds:g} s (JoinStorageSession)",
-            ingest(tg, name, seconds=seconds, on_event=show),
+            ingest(tg, name, seconds=seconds, source=source, on_event=show),
         )
+        record = await printer.astep("probe: wait for the last fragment", probe.stop(2.5))
         timeline = result.timeline.to_frame()
         join_to_frame = result.timeline.between("join_call", "first_frame_sent")
         out("setup timeline:")
         out(timeline.drop(columns=["time"]).to_string(index=False))
 
-        await asyncio.sleep(0.2)
         fragments = printer.step("ListFragments", lambda: list_fragments(tg, stream_arn))
         out(f"stored fragments ({len(fragments)}):")
         out(fragments.to_string(index=False))
@@ -146,27 +173,113 @@ async def run_demo(
             "GetMediaForFragmentList",
             lambda: get_media(tg, stream_arn, list(fragments["fragment_number"])),
         )
-        stamps, unreadable = printer.step(
-            "decode frames, read stamps", lambda: stamps_from_frames(decode_video(media))
+        stored, unreadable = printer.step(
+            "decode stored frames, read stamps", lambda: stamps_from_frames(decode_video(media))
         )
-        delivery = compare_delivery(result.frames_sent, stamps, unreadable)
-        out(f"frames: {delivery}")
-        timeline.to_csv(out_dir / "timeline.csv", index=False)
+        delivery = compare_delivery(result.frames_sent, stored, unreadable)
+        out(f"stored frames: {delivery}")
+
+        url = printer.step(
+            "GetHLSStreamingSessionURL (ON_DEMAND, fMP4)",
+            lambda: hls_session_url(
+                tg,
+                stream_arn,
+                mode="ON_DEMAND",
+                start=fragments["server_time"].min().to_pydatetime(),
+                end=fragments["server_time"].max().to_pydatetime() + dt.timedelta(seconds=5),
+            ),
+        )
+        hls_frames = await printer.astep(
+            "read HLS: playlists, segments, decode", HlsReader(url).to_frame(follow=False)
+        )
+        hls_stamps = [try_read_stamp(f.to_ndarray(format="gray")) for f in hls_frames["frame"]]
+        hls_indexes = {s.index for s in hls_stamps if s is not None}
+        out(f"HLS frames: {len(hls_frames)}, stamps read {len(hls_indexes)}")
+
+        first = result.frames_sent["capture_ms"].min() / 1000
+        last = result.frames_sent["capture_ms"].max() / 1000
+        images = printer.step(
+            "GetImages, 1 s sampling (PRODUCER_TIMESTAMP)",
+            lambda: get_images(
+                tg,
+                stream_arn,
+                dt.datetime.fromtimestamp(first, tz=dt.UTC),
+                dt.datetime.fromtimestamp(last, tz=dt.UTC),
+                interval_ms=1000,
+                progress=False,
+            ),
+        )
+        image_stamps = [try_read_stamp(i) if i is not None else None for i in images["image"]]
+        images["stamp_capture_ms"] = [s.capture_ms if s else None for s in image_stamps]
+        images["offset_ms"] = images["stamp_capture_ms"] - images["timestamp"].map(
+            lambda t: t.timestamp() * 1000
+        )
+        ok = images["error"].isna().sum()
+        out(
+            f"GetImages: {len(images)} images, {ok} with media, stamp − sampled time "
+            f"p50 {images['offset_ms'].abs().median():.0f} ms"
+        )
+
+        frame_lat = frame_latency(result.frames_sent, fragments, record)
+        frag_lat = fragment_latency(fragments, record, result.frames_sent)
+        summary = latency_summary(frame_lat, frag_lat)
+        out("ingest latency (ms):")
+        out(summary.to_string(index=False))
+        stored_rows = stored.assign(frame_index=stored["frame_index"].astype(int))
+        tl = frame_timeline(result.frames_sent, stored_rows, fragments)
+        tls = timeline_summary(tl)
+        tl["in_hls"] = tl["frame_index"].isin(hls_indexes)
+        out("frame timeline: " + ", ".join(f"{k} {v}" for k, v in tls.items() if k != "gap_ranges"))
+
+        paths = {
+            "latency_cdf.png": plot_latency_cdf(frame_lat),
+            "latency_waterfall.png": plot_latency_waterfall(frag_lat),
+            "frame_timeline.png": plot_timeline(tl),
+            "frame_intervals.png": plot_intervals(tl),
+        }
+        for fname, fig in paths.items():
+            fig.savefig(out_dir / fname, dpi=110)
+        timeline.to_csv(out_dir / "setup_timeline.csv", index=False)
         fragments.to_csv(out_dir / "fragments.csv", index=False)
-        merged = result.frames_sent.merge(
-            stamps, on="frame_index", how="left", suffixes=("", "_stored")
-        )
-        merged["stored"] = merged["pts_s"].notna()
-        merged.to_csv(out_dir / "frames.csv", index=False)
+        frame_lat.to_csv(out_dir / "frame_latency.csv", index=False)
+        frag_lat.to_csv(out_dir / "fragment_latency.csv", index=False)
+        summary.to_csv(out_dir / "latency_summary.csv", index=False)
+        tl.to_csv(out_dir / "frame_timeline.csv", index=False)
+        images.drop(columns=["image"]).to_csv(out_dir / "images.csv", index=False)
+        html = [
+            "<html><head><meta charset='utf-8'><title>kvsnb demo report</title></head><body>",
+            "<h1>kvsnb demo report</h1>",
+            f"<p>{seconds:g} s of stamped test pattern through a storage session on {tg!r}.</p>",
+            "<h2>Ingest latency</h2>",
+            summary.to_html(index=False),
+            "<h2>Frame timeline</h2>",
+            pd.DataFrame([{k: v for k, v in tls.items() if k != "gap_ranges"}]).to_html(
+                index=False
+            ),
+            "<h2>Setup timeline</h2>",
+            timeline.drop(columns=["time"]).to_html(index=False),
+            "<h2>Stored fragments</h2>",
+            fragments.to_html(index=False),
+        ]
+        html += [f"<h3>{f}</h3><img src='{f}'>" for f in paths]
+        html.append("</body></html>")
+        (out_dir / "report.html").write_text("\n".join(html), encoding="utf-8")
+
         figures = {
-            "join_call_to_first_frame_ms": None if join_to_frame is None else join_to_frame * 1000,
+            "join_call_to_first_frame_sent_ms": None
+            if join_to_frame is None
+            else round(join_to_frame * 1000, 1),
             "fragments": len(fragments),
             "frames_sent": delivery.sent,
             "frames_stored": delivery.received,
             "frames_missing": len(delivery.missing),
+            "hls_frames": len(hls_frames),
+            "images": len(images),
+            "latency": summary,
+            "timeline": tls,
             "step_ms": printer.durations,
         }
-        out(f"written: {', '.join(str(p) for p in sorted(out_dir.iterdir()))}")
+        out(f"report: {out_dir / 'report.html'} (and CSV tables, PNG plots in {out_dir})")
         return figures
     finally:
         if own:

@@ -43,8 +43,15 @@ def _hls_seen(record: ProbeRecord) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["pdt_ms", "hls_at"])
 
 
-def fragment_latency(fragments: pd.DataFrame, record: ProbeRecord) -> pd.DataFrame:
-    """One row per fragment: its times and the latencies beyond its end (module docstring)."""
+def fragment_latency(
+    fragments: pd.DataFrame, record: ProbeRecord, frames_sent: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One row per fragment: its times and the latencies beyond its end (module docstring).
+
+    With ``frames_sent`` (stamped capture times), ``arrival_ms`` is measured from the capture
+    of the fragment's first frame, and ``producer_offset_ms`` says how far the producer
+    timestamp (the sender's RTP/NTP mapping) runs after that capture; without, ``arrival_ms``
+    is server − producer timestamp."""
     f = _fragments_ms(fragments)
     f["listed_at"] = f["fragment_number"].map(record.listed)
     hls = _hls_seen(record)
@@ -59,6 +66,19 @@ def fragment_latency(fragments: pd.DataFrame, record: ProbeRecord) -> pd.DataFra
 
     f["hls_at"] = f.apply(hls_at, axis=1) if len(f) else pd.Series(dtype=float)
     f["arrival_ms"] = f["server_ms"] - f["producer_ms"]
+    f["producer_offset_ms"] = np.nan
+    if frames_sent is not None and len(frames_sent) and len(fragments):
+        capture = frames_sent["capture_ms"].to_numpy(dtype=float)
+        first = (
+            pd.DataFrame(
+                {"fragment_number": fragment_of(capture, fragments), "capture_ms": capture}
+            )
+            .groupby("fragment_number")["capture_ms"]
+            .min()
+        )
+        first_capture = f["fragment_number"].map(first)
+        f["arrival_ms"] = f["server_ms"] - first_capture
+        f["producer_offset_ms"] = f["producer_ms"] - first_capture
     f["listed_beyond_end_ms"] = f["listed_at"] * 1000 - f["end_ms"]
     f["hls_beyond_end_ms"] = f["hls_at"] * 1000 - f["end_ms"]
     return f
@@ -70,7 +90,7 @@ def frame_latency(
     """One row per frame sent: capture time, fragment, and capture → listed / LIVE HLS /
     GetImages (sampled frames) in ms; ``beyond_end`` columns subtract the wait for the
     fragment to end."""
-    frag = fragment_latency(fragments, record)
+    frag = fragment_latency(fragments, record, frames_sent)
     merged = frames_sent[["frame_index", "capture_ms"]].sort_values("capture_ms").copy()
     merged["capture_ms"] = merged["capture_ms"].astype(float)
     merged["fragment_number"] = fragment_of(merged["capture_ms"].to_numpy(), fragments)
@@ -93,6 +113,7 @@ def latency_summary(frame_lat: pd.DataFrame, fragment_lat: pd.DataFrame) -> pd.D
     """Count, p50, p95 and max (ms) of every latency, one row per measure."""
     measures = {
         "capture → server (fragment's first frame)": fragment_lat["arrival_ms"],
+        "capture → producer timestamp (sender clock)": fragment_lat["producer_offset_ms"],
         "capture → listed (ListFragments)": frame_lat["listed_ms"],
         "capture → in LIVE HLS playlist": frame_lat["hls_ms"],
         "capture → retrievable by GetImages": frame_lat["images_ms"],

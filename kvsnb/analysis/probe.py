@@ -78,7 +78,8 @@ class RetrievalProbe:
 
     def frame_sent(self, stamp: Stamp) -> None:
         """Tell the probe a frame was captured (``TestPatternTrack(on_frame=...)``)."""
-        if self._want_images and stamp.index % self.image_every == 0:
+        # mid-interval frames: away from fragment starts (the first frame of all included)
+        if self._want_images and stamp.index % self.image_every == self.image_every // 2:
             self._pending.append(stamp)
 
     async def start(self) -> None:
@@ -191,7 +192,26 @@ class RetrievalProbe:
                     }
                 )
                 continue
+            if self._listed_beyond(stamp.capture_ms):
+                # a later fragment is listed and this time still has no media: it never
+                # will be retrievable (fragments are listed in order)
+                self._pending.popleft()
+                self.record.images.append(
+                    {
+                        "frame_index": stamp.index,
+                        "capture_ms": stamp.capture_ms,
+                        "retrievable_at": None,
+                    }
+                )
+                continue
             await asyncio.sleep(self.interval_s)
+
+    def _listed_beyond(self, capture_ms: int) -> bool:
+        """Whether a listed fragment starts (producer time) after ``capture_ms``."""
+        return any(
+            f["ProducerTimestamp"].timestamp() * 1000 > capture_ms
+            for f in list(self.record.fragments.values())
+        )
 
     def images_frame(self) -> pd.DataFrame:
         """GetImages results: frame_index, capture_ms, retrievable_at."""

@@ -251,6 +251,32 @@ class MarkerJitterBuffer(JitterBuffer):
         return frame
 
 
+class ImmediateAudioJitterBuffer(JitterBuffer):
+    """An audio jitter buffer that hands out each packet as soon as it arrives.
+
+    aiortc's audio buffer holds back 4 packets (80 ms of Opus) to smooth playout. A
+    recorder plays nothing out: it needs every packet, in order, as early as possible, and
+    the recorder's own timeline (sample counts, silence for gaps) absorbs jitter. A packet
+    older than the last one handed out is dropped (Opus frames are independent)."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+        self._last: int | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        if self._last is not None and uint16_add(packet.sequence_number, -self._last) >= 0x8000:
+            return False, None  # late or duplicate
+        self._last = packet.sequence_number
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+
+def enable_immediate_audio(receiver: Any) -> None:
+    """Give an audio receiver the ``ImmediateAudioJitterBuffer`` (before media flows)."""
+    if receiver.track is None or receiver.track.kind != "audio":
+        raise ValueError("immediate audio applies to audio receivers only")
+    receiver._RTCRtpReceiver__jitter_buffer = ImmediateAudioJitterBuffer()
+
+
 def install() -> None:
     """Hook aiortc's receiver (idempotent; done on import). Changes nothing by itself."""
     global _installed

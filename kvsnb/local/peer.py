@@ -60,6 +60,7 @@ from .fanout import MASTER, STORE, AudioMixer, MixedAudioTrack, VideoFanout
 from .passthrough import (
     EncodedFrame,
     RtpClock,
+    enable_immediate_audio,
     enable_passthrough,
     keyframe_requester,
     receiver_for_track,
@@ -446,6 +447,7 @@ class MasterSession(_StoragePeer):
             self.state.fanout.request_keyframe = self._request_keyframe
             self._spawn(self._pump_video(track))
         else:
+            enable_immediate_audio(receiver)  # recorded, not played out: no 80 ms prefetch
             self._spawn(self._pump_audio(track, RtpClock(receiver, AUDIO_CLOCK_RATE)))
 
     async def _pump_video(self, track: MediaStreamTrack) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .archive import ArchivePlane
+from .hls import HlsPlane
+from .images import ImagesPlane
 from .peer import StorageOptions, StorageSessionManager
 from .signaling_rest import SignalingRestPlane
 from .storage import StoragePlane
@@ -13,6 +15,20 @@ from .store import FragmentStore
 
 if TYPE_CHECKING:
     from .server import LocalKvs
+
+
+class CompositePlane:
+    """One plane served by several objects: an operation (or ``handle_get``) is looked up on
+    each part in turn."""
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = parts
+
+    def __getattr__(self, name: str) -> Any:
+        for part in self.parts:
+            if hasattr(part, name):
+                return getattr(part, name)
+        raise AttributeError(name)
 
 
 async def build_planes(kvs: LocalKvs) -> None:
@@ -32,7 +48,11 @@ async def build_planes(kvs: LocalKvs) -> None:
     kvs.sessions = sessions
     kvs.planes["signaling"] = SignalingRestPlane(control)
     kvs.planes["webrtc"] = StoragePlane(control, sessions)
-    kvs.planes["media"] = ArchivePlane(control, store)
+    kvs.planes["media"] = CompositePlane(
+        ArchivePlane(control, store),
+        HlsPlane(control, store, control.endpoints),
+        ImagesPlane(control, store),
+    )
 
     async def close() -> None:
         await sessions.close()

@@ -19,6 +19,7 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from botocore.auth import SigV4Auth
@@ -126,7 +127,7 @@ def _expected_signature(
     base, _, query = url.partition("?")
     params = parse_qsl(query, keep_blank_values=True)
     request = AWSRequest(
-        method=method, url=base, headers=dict(headers), data=body, params=params or None
+        method=method, url=base, headers=dict(headers), data=body, params=cast(Any, params)
     )
     request.context["timestamp"] = timestamp
     verifier = _Verifier(secret, access_key, region, signed_headers)
