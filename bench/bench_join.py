@@ -37,7 +37,10 @@ async def run(joins: int = JOINS) -> dict[str, Any]:
             name = f"join-{i}"
             _, stream_arn = tg.create_storage_channel(name)
             session = StorageSession(
-                tg, name, video=TestPatternTrack(640, 480, 30), audio=ToneTrack(),
+                tg,
+                name,
+                video=TestPatternTrack(640, 480, 30),
+                audio=ToneTrack(),
                 policy=JoinPolicy(offer_wait_s=2.0),
             )
             await session.start(timeout=20)

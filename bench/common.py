@@ -36,9 +36,20 @@ class LocalKvsProcess:
     def __init__(self, *extra: str) -> None:
         self.data = tempfile.mkdtemp(prefix="kvsnb-bench-")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kvsnb.cli", "local", "--port", "0", "--data", self.data,
-             *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "kvsnb.cli",
+                "local",
+                "--port",
+                "0",
+                "--data",
+                self.data,
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
