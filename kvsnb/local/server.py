@@ -40,6 +40,7 @@ from . import protocol
 from .control import ControlPlane, Endpoints
 from .errors import (
     AwsError,
+    InvalidArgumentException,
     NotImplementedByLocalKvs,
     UnknownOperationException,
 )
@@ -52,6 +53,7 @@ DEFAULT_HOST = "127.0.0.1"
 PLANE_PREFIXES = (("/signaling", "signaling"), ("/webrtc", "webrtc"), ("/media", "media"))
 PLANE_SERVICE = {plane: name for name, plane in protocol.SERVICES.items()}
 MAX_BODY_BYTES = 8 * 1024 * 1024
+ADMIN_PREFIX = "/_localkvs/"
 ROLE_PATHS: dict[str, Role] = {"/master": "MASTER", "/viewer": "VIEWER"}
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 T = TypeVar("T")
@@ -238,6 +240,31 @@ class LocalKvs:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    # ------------------------------------------------------------------ admin
+
+    async def _admin(self, request: web.Request, action: str) -> web.StreamResponse:
+        """Local KVS's own controls (not AWS APIs), signed like any request:
+        ``POST /_localkvs/go-away`` and ``/_localkvs/reconnect-ice-server``, each with an
+        optional ``ChannelARN`` query parameter (all channels otherwise); ``go-away`` takes
+        ``GraceSeconds`` (default: the configured grace)."""
+        await self._authorize(request, await request.read())
+        assert self.relay is not None and self.control is not None
+        arn = request.query.get("ChannelARN") or None
+        if arn is not None:
+            self.control.channel(arn=arn)  # ResourceNotFoundException for an unknown channel
+        if action == "go-away":
+            grace = request.query.get("GraceSeconds")
+            try:
+                grace_s = float(grace) if grace else None
+            except ValueError:
+                raise InvalidArgumentException("GraceSeconds must be a number") from None
+            told = await self.relay.go_away(arn, grace_s)
+        elif action == "reconnect-ice-server":
+            told = await self.relay.reconnect_ice_server(arn)
+        else:
+            raise UnknownOperationException(f"No Local KVS control at {request.path}")
+        return web.json_response({"connections": told})
+
     # ------------------------------------------------------------------ requests
 
     async def _authorize(self, request: web.Request, body: bytes) -> None:
@@ -285,6 +312,8 @@ class LocalKvs:
                 return response
             if plane == "control" and path in ("/", "/_localkvs/health"):
                 return web.json_response({"status": "ok", "service": "Local KVS"})
+        if request.method == "POST" and plane == "control" and path.startswith(ADMIN_PREFIX):
+            return await self._admin(request, path[len(ADMIN_PREFIX) :])
         if request.method != "POST":
             raise UnknownOperationException(f"No KVS operation at {request.method} {request.path}")
         route = protocol.routes().get((plane, path))

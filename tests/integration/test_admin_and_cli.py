@@ -1,0 +1,141 @@
+"""Local KVS's own controls (GO_AWAY, RECONNECT_ICE_SERVER over signed HTTP), the ``kvsnb``
+commands against a running Local KVS, and a master coping with an H.264 profile aiortc
+would refuse."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from kvsnb.local import LocalKvs
+from kvsnb.media import make_test_file
+from kvsnb.signaling import SignalingClient
+from kvsnb.target import connect
+from tests.integration.conftest import Http
+from tests.integration.test_storage_session import FAST, start_kvs, stored_stamps
+
+
+async def test_go_away_and_reconnect_ice_server_over_http(
+    local_kvs: LocalKvs, kv: Any, http: Http
+) -> None:
+    arn = kv.create_signaling_channel(ChannelName="admin")["ChannelARN"]
+    with connect(endpoint_url=local_kvs.url) as tg:
+        ep = tg.endpoints(arn, "MASTER", ("WSS", "HTTPS"))
+        client = SignalingClient(ep.wss, arn, tg.credentials(), tg.region)
+        await client.open()
+        assert (await client.next_event(5)).kind == "open"
+        url = f"{local_kvs.url}/_localkvs/reconnect-ice-server?ChannelARN={arn}"
+        resp = await asyncio.to_thread(http.signed_post, url, b"")
+        assert resp.status == 200 and resp.json == {"connections": 1}
+        ev = await client.next_event(5)
+        assert ev.message is not None and ev.message.type == "RECONNECT_ICE_SERVER"
+        resp = await asyncio.to_thread(
+            http.signed_post, f"{local_kvs.url}/_localkvs/go-away?GraceSeconds=0.2", b""
+        )
+        assert resp.status == 200 and resp.json == {"connections": 1}
+        ev = await client.next_event(5)
+        assert ev.message is not None and ev.message.type == "GO_AWAY"
+        assert (await client.next_event(5)).kind == "reconnected"  # the client comes back
+        await client.close()
+    unsigned = await asyncio.to_thread(http.request, "POST", f"{local_kvs.url}/_localkvs/go-away")
+    assert unsigned.status == 403 and unsigned.error_code == "MissingAuthenticationTokenException"
+    bad = await asyncio.to_thread(
+        http.signed_post, f"{local_kvs.url}/_localkvs/go-away?GraceSeconds=soon", b""
+    )
+    assert bad.status == 400 and bad.error_code == "InvalidArgumentException"
+    unknown = await asyncio.to_thread(
+        http.signed_post, f"{local_kvs.url}/_localkvs/go-away?ChannelARN={arn}x", b""
+    )
+    assert unknown.status == 404 and unknown.error_code == "ResourceNotFoundException"
+
+
+def test_ingest_and_check_commands(local_kvs: LocalKvs, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kvsnb.cli",
+            "ingest",
+            "--channel",
+            "cli",
+            "--create",
+            "--seconds",
+            "1.5",
+            "--endpoint-url",
+            local_kvs.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "first_frame_sent" in done.stdout and "join_call" in done.stdout
+    sent = next(ln for ln in done.stdout.splitlines() if ln.startswith("frames sent:"))
+    assert int(sent.split(":")[1].split()[0]) >= 30
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kvsnb.cli",
+            "ingest",
+            "--channel",
+            "nope",
+            "--seconds",
+            "1",
+            "--endpoint-url",
+            local_kvs.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "ResourceNotFoundException" in refused.stderr
+
+    good = make_test_file(tmp_path / "good.mp4", seconds=1.0, audio_codec="opus")
+    high = make_test_file(tmp_path / "high.mp4", seconds=1.0, profile="high")
+    ok = subprocess.run(
+        [sys.executable, "-m", "kvsnb.cli", "check", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "kvsnb.cli", "check", str(high)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "High" in bad.stdout
+
+
+async def test_master_copes_with_a_high_profile_offer(tmp_path: Path) -> None:
+    server = start_kvs(tmp_path / "d", h264_profile_level_id="640c1f")
+    try:
+        with connect(endpoint_url=server.url) as tg:
+            _, stream_arn = tg.create_storage_channel("high")
+            from kvsnb.ingest import ingest
+
+            seen: list[str] = []
+            import kvsnb.session as session_module
+
+            original = session_module.prepare_remote_offer
+
+            def spy(offer: str) -> tuple[str, dict[int, str]]:
+                seen.append(offer)
+                return original(offer)
+
+            session_module.prepare_remote_offer = spy
+            try:
+                await ingest(tg, "high", seconds=1.0, policy=FAST)
+            finally:
+                session_module.prepare_remote_offer = original
+            assert "profile-level-id=640c1f" in seen[0]
+            await asyncio.sleep(0.3)
+            fragments, (stamps, _) = stored_stamps(tg, stream_arn)
+            assert len(fragments) >= 1 and len(stamps) >= 20
+    finally:
+        server.stop_in_thread()
