@@ -68,7 +68,7 @@ POLL_INTERVAL_MS = 250
 
 def client(service: str, url: str) -> Any:
     """A boto3 client for Local KVS (no retries)."""
-    return boto3.client(
+    return boto3.client(  # type: ignore[call-overload]
         service,
         endpoint_url=url,
         region_name=REGION,
@@ -141,7 +141,7 @@ def time_get_images(archived: Any, stream_arn: str, start_ms: int) -> tuple[floa
     token = None
     t0 = time.perf_counter()
     while True:
-        kw = {"NextToken": token} if token else {}
+        kw: dict[str, str] = {"NextToken": token} if token else {}
         page = archived.get_images(
             StreamARN=stream_arn,
             ImageSelectorType="PRODUCER_TIMESTAMP",
