@@ -13,12 +13,20 @@ setup: $(STAMP)
 
 system: $(SYSTEM_STAMP)
 
-# System packages: ffmpeg (ffprobe checks what Local KVS serves), installed only when missing.
+# System packages, installed only when missing: ffmpeg (ffprobe checks what Local KVS
+# serves) and Debian's chromium (the browser tests drive it with Playwright; no browser
+# download).
+SYSTEM_PACKAGES := ffmpeg:ffprobe chromium:chromium
 $(SYSTEM_STAMP):
-	@if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then \
-		echo "installing ffmpeg (apt-get)"; \
+	@missing=""; for pc in $(SYSTEM_PACKAGES); do \
+		pkg=$${pc%%:*}; cmd=$${pc##*:}; \
+		command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (apt-get)"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 

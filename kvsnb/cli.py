@@ -139,10 +139,8 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from .media.check import check_tracks
-    from .media.sources import TestPatternTrack
 
-    source: object = TestPatternTrack() if args.source == "testpattern" else args.source
-    report = check_tracks(source, require_audio=not args.video_only)  # type: ignore[arg-type]
+    report = check_tracks(args.source, require_audio=not args.video_only)
     print(report)
     return 0 if report.ok else 1
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .analysis.latency import fragment_latency, frame_latency, latency_summary
 from .analysis.plots import (
@@ -29,16 +29,22 @@ from .analysis.plots import (
     plot_timeline,
 )
 from .analysis.probe import RetrievalProbe
-from .analysis.stamps import compare_delivery, stamps_from_frames
+from .analysis.stamps import compare_delivery, stamps_from_frames, stamps_from_images
 from .analysis.timeline import frame_timeline, timeline_summary
 from .ingest import ingest, make_source
-from .media.stamp import try_read_stamp
 from .playback.fragments import decode_video, get_media, list_fragments
 from .playback.hls import HlsReader, hls_session_url
 from .playback.images import get_images
 from .signaling import SignalingClient
 from .target import Target, connect
 from .timeline import TimelineEvent
+
+T = TypeVar("T")
+
+
+async def collect(frames: AsyncIterator[T]) -> list[T]:
+    """Every item of an async iterator, as a list."""
+    return [f async for f in frames]
 
 
 class StepPrinter:
@@ -181,19 +187,15 @@ async def run_demo(
 
         url = printer.step(
             "GetHLSStreamingSessionURL (ON_DEMAND, fMP4)",
-            lambda: hls_session_url(
-                tg,
-                stream_arn,
-                mode="ON_DEMAND",
-                start=fragments["server_time"].min().to_pydatetime(),
-                end=fragments["server_time"].max().to_pydatetime() + dt.timedelta(seconds=5),
-            ),
+            lambda: hls_session_url(tg, stream_arn, mode="ON_DEMAND"),  # whole stored range
         )
+        reader = HlsReader(url)
         hls_frames = await printer.astep(
-            "read HLS: playlists, segments, decode", HlsReader(url).to_frame(follow=False)
+            "read HLS: playlists, segments, decode",
+            collect(reader.frames(follow=False)),
         )
-        hls_stamps = [try_read_stamp(f.to_ndarray(format="gray")) for f in hls_frames["frame"]]
-        hls_indexes = {s.index for s in hls_stamps if s is not None}
+        hls_stamps, _ = stamps_from_frames(hls_frames)
+        hls_indexes = set(hls_stamps["frame_index"].astype(int))
         out(f"HLS frames: {len(hls_frames)}, stamps read {len(hls_indexes)}")
 
         first = result.frames_sent["capture_ms"].min() / 1000
@@ -209,15 +211,11 @@ async def run_demo(
                 progress=False,
             ),
         )
-        image_stamps = [try_read_stamp(i) if i is not None else None for i in images["image"]]
-        images["stamp_capture_ms"] = [s.capture_ms if s else None for s in image_stamps]
-        images["offset_ms"] = images["stamp_capture_ms"] - images["timestamp"].map(
-            lambda t: t.timestamp() * 1000
-        )
+        images = stamps_from_images(images)
         ok = images["error"].isna().sum()
         out(
             f"GetImages: {len(images)} images, {ok} with media, stamp − sampled time "
-            f"p50 {images['offset_ms'].abs().median():.0f} ms"
+            f"p50 {images['stamp_offset_ms'].abs().median():.0f} ms"
         )
 
         frame_lat = frame_latency(result.frames_sent, fragments, record)

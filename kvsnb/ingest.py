@@ -13,14 +13,12 @@ from pathlib import Path
 import pandas as pd
 from aiortc.mediastreams import MediaStreamTrack
 
-from .media.sources import FileSource, TestPatternTrack, ToneTrack
+from .media.sources import TEST_PATTERN, FileSource, TestPatternTrack, ToneTrack
 from .session import JoinPolicy, StorageSession
 from .target import Target
 from .timeline import SessionTimeline, TimelineEvent
 
 logger = logging.getLogger(__name__)
-
-TEST_PATTERN = "testpattern"
 
 
 @dataclass
@@ -31,12 +29,12 @@ class Source:
     audio: MediaStreamTrack | None
     pattern: TestPatternTrack | None = None
     description: str = ""
-    _file: FileSource | None = field(default=None, repr=False)
+    file: FileSource | None = field(default=None, repr=False)
 
     def stop(self) -> None:
         """Stop the tracks (and close the file)."""
-        if self._file is not None:
-            self._file.stop()
+        if self.file is not None:
+            self.file.stop()
         for t in (self.video, self.audio):
             if t is not None:
                 t.stop()

@@ -36,6 +36,7 @@ from aiortc.sdp import candidate_from_sdp
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import ice, sdp
+from .media.sources import MASTER_VIDEO_BITRATE_BPS
 from .media.stamp import Stamp, StampError, read_stamp_frame
 from .signaling import SignalingClient, SignalingEvent, SignalingMessage
 from .target import ChannelEndpoints, Target, new_client_id, run_sync
@@ -70,6 +71,9 @@ class JoinPolicy:
     failure_window_s: float = 600.0
     session_max_s: float = 3600.0
     join_timeout_s: float = 10.0
+    # kvsnb's own cap on the H.264 encoder: the storage session takes 1 Mbps in all; the
+    # receiver's bandwidth estimate (REMB) may otherwise raise aiortc's target to 3 Mbps
+    max_video_bitrate_bps: int = MASTER_VIDEO_BITRATE_BPS
 
     def retry_delay(self, n: int, rng: random.Random | None = None) -> float:
         """Seconds to wait for an offer after the n-th call (n ≥ 1) before calling again."""
@@ -173,6 +177,16 @@ class ReceivedMedia:
     def audio(self) -> np.ndarray:
         """The audio kept so far, mono int16 at 48 kHz."""
         return np.concatenate(list(self._audio)) if self._audio else np.zeros(0, np.int16)
+
+    def rate(self, window_s: float = 1.0) -> float:
+        """Video frames received per second over the last ``window_s`` seconds."""
+        now = time.time()
+        n = 0
+        for received_at, _, _ in reversed(self.rows):
+            if now - received_at > window_s:
+                break
+            n += 1
+        return n / window_s
 
     def latest_frame(self, fmt: str = "rgb24") -> np.ndarray | None:
         """The latest video frame as a numpy array, if any."""
@@ -399,10 +413,13 @@ class StorageSession:
                 # connected: stay until a re-join is needed
                 self._set_state("connected")
                 self._connected.set()
+                guard = asyncio.get_running_loop().create_task(self._cap_bitrate())
                 try:
                     await asyncio.wait_for(self._rejoin.wait(), self.policy.session_max_s)
                 except TimeoutError:
                     self.timeline.mark("session_limit")
+                finally:
+                    guard.cancel()
                 self._set_state("reconnecting")
         finally:
             reader.cancel()
@@ -525,6 +542,44 @@ class StorageSession:
                 "ICE_CANDIDATE",
                 {"candidate": c.candidate, "sdpMid": c.sdp_mid, "sdpMLineIndex": c.sdp_mline_index},
             )
+
+    async def _cap_bitrate(self) -> None:
+        """Keep the video encoder's target at or below ``policy.max_video_bitrate_bps``.
+
+        aiortc raises the target on the receiver's REMB and offers no public cap, so this
+        sets the sender's encoder (created on the first frame) every half second."""
+        cap = self.policy.max_video_bitrate_bps
+        while True:
+            pc = self.pc
+            for sender in pc.getSenders() if pc is not None else []:
+                encoder: Any = getattr(sender, "_RTCRtpSender__encoder", None)
+                if sender.kind == "video" and encoder is not None:
+                    if getattr(encoder, "target_bitrate", 0) > cap:
+                        encoder.target_bitrate = cap
+            await asyncio.sleep(0.5)
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """What the peer connection sent and received so far, per kind: ``bytes_sent``,
+        ``packets_sent``, ``bytes_received``, ``packets_received`` (from RTCStats)."""
+        out: dict[str, dict[str, int]] = {}
+        if self.pc is None:
+            return out
+        report = await self.pc.getStats()
+        for stat in report.values():
+            kind = getattr(stat, "kind", None)
+            if kind is None:
+                continue
+            entry = out.setdefault(
+                kind,
+                {"bytes_sent": 0, "packets_sent": 0, "bytes_received": 0, "packets_received": 0},
+            )
+            if stat.type == "outbound-rtp":
+                entry["bytes_sent"] += int(stat.bytesSent)
+                entry["packets_sent"] += int(stat.packetsSent)
+            elif stat.type == "inbound-rtp":
+                entry["bytes_received"] += int(getattr(stat, "bytesReceived", 0))
+                entry["packets_received"] += int(stat.packetsReceived)
+        return out
 
     def _on_remote_track(self, track: MediaStreamTrack) -> None:
         """Remote media from the storage session: kept by ``self.received``."""

@@ -3,7 +3,7 @@
 from .latency import fragment_latency, frame_latency, latency_summary
 from .plots import plot_intervals, plot_latency_cdf, plot_latency_waterfall, plot_timeline
 from .probe import ProbeRecord, RetrievalProbe
-from .stamps import Delivery, compare_delivery, stamps_from_frames
+from .stamps import Delivery, compare_delivery, stamps_from_frames, stamps_from_images
 from .timeline import frame_timeline, timeline_summary
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "plot_latency_waterfall",
     "plot_timeline",
     "stamps_from_frames",
+    "stamps_from_images",
     "timeline_summary",
 ]

@@ -30,6 +30,7 @@ import pandas as pd
 from botocore.exceptions import ClientError
 
 from ..media.stamp import Stamp
+from ..playback.fragments import FRAGMENT_COLUMNS
 from ..playback.hls import HlsReader, hls_session_url
 from ..target import Target
 
@@ -47,6 +48,21 @@ class ProbeRecord:
     hls: list[dict[str, Any]] = field(default_factory=list)  # segments: pdt, duration, seen_at
     images: list[dict[str, Any]] = field(default_factory=list)  # capture_ms, index, retrievable
     errors: list[str] = field(default_factory=list)
+
+    def fragments_frame(self) -> pd.DataFrame:
+        """The fragments seen so far, as ``playback.list_fragments`` gives them."""
+        rows = [
+            {
+                "fragment_number": f["FragmentNumber"],
+                "producer_time": pd.Timestamp(f["ProducerTimestamp"]).tz_convert("UTC"),
+                "server_time": pd.Timestamp(f["ServerTimestamp"]).tz_convert("UTC"),
+                "duration_ms": int(f["FragmentLengthInMilliseconds"]),
+                "size_bytes": int(f["FragmentSizeInBytes"]),
+            }
+            for f in list(self.fragments.values())
+        ]
+        df = pd.DataFrame(rows, columns=FRAGMENT_COLUMNS)
+        return df.sort_values(["producer_time", "fragment_number"], ignore_index=True)
 
 
 class RetrievalProbe:

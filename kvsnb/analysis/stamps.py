@@ -4,18 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
+import av
 import pandas as pd
 
-from ..media.stamp import StampError, read_stamp_frame
-from ..playback.fragments import DecodedFrame
+from ..media.stamp import Stamp, StampError, read_stamp_frame, try_read_stamp
+from ..playback.images import decode_image
 
 STAMP_COLUMNS = ["frame_index", "capture_ms", "pts_s", "keyframe"]
 
 
-def stamps_from_frames(frames: Iterable[DecodedFrame]) -> tuple[pd.DataFrame, int]:
-    """Read the stamp of each frame: a DataFrame (frame_index, capture_ms, pts_s, keyframe)
-    and the number of frames whose stamp could not be read."""
+class FrameLike(Protocol):
+    """A decoded frame with its presentation time (``DecodedFrame``, ``HlsFrame``)."""
+
+    @property
+    def pts_s(self) -> float: ...
+
+    @property
+    def keyframe(self) -> bool: ...
+
+    @property
+    def frame(self) -> av.VideoFrame: ...
+
+
+def stamps_from_frames(frames: Iterable[FrameLike]) -> tuple[pd.DataFrame, int]:
+    """Read the stamp of each frame (from fragments, HLS, ...): a DataFrame (frame_index,
+    capture_ms, pts_s, keyframe) and the number of frames whose stamp could not be read."""
     rows = []
     unreadable = 0
     for f in frames:
@@ -66,3 +81,22 @@ def compare_delivery(sent: pd.DataFrame, received: pd.DataFrame, unreadable: int
         duplicates=sorted(int(i) for i in counts[counts > 1].index),
         out_of_order=int((order < 0).sum()),
     )
+
+
+def stamps_from_images(images: pd.DataFrame) -> pd.DataFrame:
+    """GetImages rows (``get_images``) with the stamp read from each image: ``stamp_index``,
+    ``stamp_capture_ms`` and ``stamp_offset_ms`` (stamp capture time − sampled time).
+    Images may be decoded arrays or JPEG/PNG bytes; rows without a readable stamp get NA."""
+    stamps: list[Stamp | None] = []
+    for image in images["image"]:
+        if image is None:
+            stamps.append(None)
+            continue
+        rgb = decode_image(bytes(image)) if isinstance(image, bytes | bytearray) else image
+        stamps.append(try_read_stamp(rgb))
+    out = images.copy()
+    out["stamp_index"] = pd.array([s.index if s else None for s in stamps], dtype="Int64")
+    out["stamp_capture_ms"] = pd.array([s.capture_ms if s else None for s in stamps], dtype="Int64")
+    sampled_ms = out["timestamp"].map(lambda t: t.timestamp() * 1000)
+    out["stamp_offset_ms"] = (out["stamp_capture_ms"].astype("Float64") - sampled_ms).round(1)
+    return out

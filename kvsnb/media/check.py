@@ -44,9 +44,14 @@ from typing import Any
 
 import av
 import pandas as pd
-from aiortc.codecs.h264 import DEFAULT_BITRATE as AIORTC_H264_BITRATE
 
-from kvsnb.media.sources import FileSource, TestPatternTrack, ToneTrack
+from kvsnb.media.sources import (
+    MASTER_VIDEO_BITRATE_BPS,
+    TEST_PATTERN,
+    FileSource,
+    TestPatternTrack,
+    ToneTrack,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +282,7 @@ def _probe_pattern(track: TestPatternTrack, tone: ToneTrack | None) -> dict[str,
     frames = max(1, round(TRACK_CHECK_SECONDS * track.fps))
     cc = av.CodecContext.create("libx264", "w")
     cc.width, cc.height = track.width, track.height
-    cc.bit_rate = AIORTC_H264_BITRATE
+    cc.bit_rate = MASTER_VIDEO_BITRATE_BPS
     cc.pix_fmt = "yuv420p"
     cc.framerate = fractions.Fraction(30, 1)  # as aiortc's H264Encoder
     cc.time_base = fractions.Fraction(1, 30)
@@ -332,7 +337,8 @@ def check_tracks(
     | os.PathLike[str]
     | FileSource
     | TestPatternTrack
-    | tuple[TestPatternTrack, ToneTrack],
+    | tuple[TestPatternTrack, ToneTrack]
+    | Any,
     *,
     require_audio: bool = True,
     max_bitrate_bps: int = DEFAULT_MAX_BITRATE_BPS,
@@ -340,11 +346,24 @@ def check_tracks(
     """Apply the ingestion rules (see the module docstring) to ``source`` and report.
 
     ``source`` is a media file path, a ``FileSource`` (its file), a ``TestPatternTrack``
-    (encoded for ``TRACK_CHECK_SECONDS`` with aiortc's libx264 settings; it has no audio) or a
-    ``(TestPatternTrack, ToneTrack)`` pair. Files are demuxed, not decoded, for at most
-    ``MAX_SCAN_SECONDS``. Raises ``FileNotFoundError`` for a missing file, ``TypeError`` for
-    another kind of source and ``av.FFmpegError`` for a file FFmpeg cannot open.
+    (encoded for ``TRACK_CHECK_SECONDS`` with aiortc's libx264 settings at the bitrate kvsnb
+    masters cap video to; it has no audio), a ``(TestPatternTrack, ToneTrack)`` pair,
+    ``"testpattern"`` (that pair) or a ``kvsnb.ingest.Source``. Files are demuxed, not
+    decoded, for at most ``MAX_SCAN_SECONDS``. Raises ``FileNotFoundError`` for a missing
+    file, ``TypeError`` for another kind of source and ``av.FFmpegError`` for a file FFmpeg
+    cannot open.
     """
+    if isinstance(source, str) and source == TEST_PATTERN:
+        source = (TestPatternTrack(), ToneTrack())
+    elif not isinstance(source, str | os.PathLike | tuple) and hasattr(source, "pattern"):
+        # a kvsnb.ingest.Source: its stamped pattern (with its audio), or its file
+        pattern, file = source.pattern, getattr(source, "file", None)
+        audio = getattr(source, "audio", None)
+        if pattern is not None:
+            audio = audio if isinstance(audio, ToneTrack) else None
+            source = (pattern, audio) if audio is not None else pattern
+        elif file is not None:
+            source = file
     label = _describe(source)
     if isinstance(source, FileSource):
         source = source.path
@@ -471,7 +490,7 @@ def _video_rules(info: dict[str, Any], max_bitrate_bps: int) -> list[RuleResult]
     video_bps = info.get("video_bitrate_bps")
     audio_bps = AIORTC_OPUS_BITRATE_BPS if info.get("audio_codec") else 0
     total = None if video_bps is None else video_bps + audio_bps
-    source_of_video = "aiortc's default target" if encoded else "the file's video"
+    source_of_video = "the target kvsnb masters cap video to" if encoded else "the file's video"
     rules.append(
         RuleResult(
             "bitrate",

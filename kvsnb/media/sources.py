@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_WIDTH = 640
 DEFAULT_HEIGHT = 480
 DEFAULT_FPS = 30.0
+TEST_PATTERN = "testpattern"  # the name of the stamped test pattern as a source
+# kvsnb masters cap the H.264 encoder here, so that video plus aiortc's 96 kbps Opus stays
+# under the 1 Mbps ingest quota of storage sessions (WIRE.md, "Quotas").
+MASTER_VIDEO_BITRATE_BPS = 850_000
 VIDEO_CLOCK_RATE = 90_000  # RTP clock of H.264 (RFC 6184)
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 INDEX_MODULUS = 1 << 24  # frame indexes wrap here (the stamp carries 24 bits)
@@ -222,6 +226,14 @@ class TestPatternTrack(VideoStreamTrack):
             except Exception:
                 logger.exception("TestPatternTrack on_frame callback failed for %s", stamp)
         return frame
+
+    def latest_frame(self, fmt: str = "rgb24") -> np.ndarray | None:
+        """The last frame sent, as a numpy array (rendered again: the pattern is a function
+        of the index and the stamp), or ``None`` before the first."""
+        if not self.sent:
+            return None
+        last = self.sent[-1]
+        return self.render(last.frame_index, last.capture_ms).to_ndarray(format=fmt)
 
     def frames_df(self) -> pd.DataFrame:
         """The frames sent so far: frame_index, capture_ms, pts, monotonic_s, capture_time."""

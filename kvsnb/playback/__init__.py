@@ -4,7 +4,8 @@ pandas tables."""
 from .clip import get_clip
 from .fragments import DecodedFrame, decode_video, get_media, list_fragments
 from .hls import HlsFrame, HlsReader, PlaylistError, hls_session_url
-from .images import decode_image, get_images
+from .images import decode_image, get_images, image_windows
+from .times import parse_time
 
 __all__ = [
     "DecodedFrame",
@@ -17,5 +18,7 @@ __all__ = [
     "get_images",
     "get_media",
     "hls_session_url",
+    "image_windows",
     "list_fragments",
+    "parse_time",
 ]

@@ -306,6 +306,21 @@ class HlsReader:
         return pd.DataFrame(rows, columns=["timestamp", "pts_s", "sequence", "keyframe", "frame"])
 
 
+def stored_range(
+    target: Target, stream: str, selector: str = "SERVER_TIMESTAMP"
+) -> tuple[dt.datetime, dt.datetime]:
+    """The first fragment's start and the last fragment's end (``selector`` clock)."""
+    from .fragments import list_fragments
+
+    frags = list_fragments(target, stream, selector=selector)  # type: ignore[arg-type]
+    if frags.empty:
+        raise PlaylistError(f"stream {stream} has no fragments")
+    col = "producer_time" if selector == "PRODUCER_TIMESTAMP" else "server_time"
+    starts = frags[col]
+    ends = starts + pd.to_timedelta(frags["duration_ms"], unit="ms")
+    return starts.min().to_pydatetime(), ends.max().to_pydatetime()
+
+
 def hls_session_url(
     target: Target,
     stream: str,
@@ -319,7 +334,10 @@ def hls_session_url(
     expires: int = 300,
     max_results: int | None = None,
 ) -> str:
-    """GetHLSStreamingSessionURL at the stream's data endpoint."""
+    """GetHLSStreamingSessionURL at the stream's data endpoint.
+
+    ON_DEMAND and LIVE_REPLAY need a range; without ``start``/``end`` the whole stored range
+    of the stream is used (from ListFragments, by ``selector``)."""
     client = target.client(
         "kinesis-video-archived-media",
         target.data_endpoint(stream, "GET_HLS_STREAMING_SESSION_URL"),
@@ -331,6 +349,10 @@ def hls_session_url(
         "DisplayFragmentTimestamp": "ALWAYS" if display_timestamps else "NEVER",
         "Expires": expires,
     }
+    if mode != "LIVE" and (start is None or end is None):
+        first, last = stored_range(target, stream, selector)
+        start = start or first
+        end = end or last
     if start is not None or end is not None:
         rng: dict[str, dt.datetime] = {}
         if start is not None:

@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import io
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 import av
@@ -35,6 +36,21 @@ def decode_image(data: bytes) -> np.ndarray:
         return frame.to_ndarray(format="rgb24")
 
 
+def image_windows(
+    start: dt.datetime, end: dt.datetime, interval_ms: int
+) -> list[tuple[dt.datetime, dt.datetime]]:
+    """``[start, end]`` cut into GetImages calls of at most 300 s, on the sampling grid."""
+    step = dt.timedelta(milliseconds=interval_ms)
+    per_window = int(MAX_RANGE_S * 1000 // interval_ms)
+    out = []
+    t = start
+    while t <= end:
+        stop = min(end, t + step * (per_window - 1))
+        out.append((t, stop))
+        t = stop + step
+    return out
+
+
 def get_images(
     target: Target,
     stream: str,
@@ -49,11 +65,13 @@ def get_images(
     jpeg_quality: int | None = None,
     decode: bool = True,
     progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Images sampled every ``interval_ms`` from ``start`` to ``end`` (any length).
 
     Returns columns ``timestamp`` (UTC), ``error`` (None, NO_MEDIA or MEDIA_ERROR) and
     ``image`` (numpy RGB when ``decode``, else the JPEG/PNG bytes; None on error).
+    ``on_progress(done, total)`` is called after every page (images so far, images asked).
     """
     if interval_ms < MIN_INTERVAL_MS:
         raise ValueError(f"interval_ms must be at least {MIN_INTERVAL_MS}")
@@ -77,13 +95,8 @@ def get_images(
     total = int((end - start).total_seconds() * 1000 // interval_ms) + 1
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=total, disable=not progress, unit="img", desc="GetImages")
-    window_start = start
-    step = dt.timedelta(milliseconds=interval_ms)
-    # windows aligned on the sampling grid, each at most 300 s
-    per_window = int(MAX_RANGE_S * 1000 // interval_ms)
     try:
-        while window_start <= end:
-            window_end = min(end, window_start + step * (per_window - 1))
+        for window_start, window_end in image_windows(start, end, interval_ms):
             token = None
             while True:
                 args = dict(base, StartTimestamp=window_start, EndTimestamp=window_end)
@@ -104,10 +117,11 @@ def get_images(
                         }
                     )
                     bar.update(1)
+                if on_progress is not None:
+                    on_progress(len(rows), total)
                 token = page.get("NextToken")
                 if not token:
                     break
-            window_start = window_end + step
     finally:
         bar.close()
     return pd.DataFrame(rows, columns=IMAGE_COLUMNS)

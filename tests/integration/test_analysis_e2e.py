@@ -66,11 +66,13 @@ async def test_timeline_finds_an_injected_drop(target: Target) -> None:
     assert summary["fragments"] == len(fragments)
     assert summary["keyframes"] >= len(fragments)  # every fragment starts with one
 
-    # every fragment was seen being listed, after its end, within a second
-    frag_lat = fragment_latency(fragments, record)
+    # every fragment was seen being listed after its end; those the recorder cut (all but
+    # the last, which closes when the master leaves) within a second of it
+    frag_lat = fragment_latency(fragments, record, result.frames_sent)
     assert frag_lat["listed_at"].notna().all()
     beyond = frag_lat["listed_beyond_end_ms"]
-    assert (beyond > -50).all() and (beyond < 1000).all(), beyond.tolist()
+    assert (beyond > -50).all(), beyond.tolist()
+    assert (beyond.iloc[:-1] < 1000).all(), beyond.tolist()
     lat = frame_latency(result.frames_sent, fragments, record)
     assert lat["fragment_number"].notna().mean() > 0.95
     table = latency_summary(lat, frag_lat).set_index("measure")

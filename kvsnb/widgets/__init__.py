@@ -1,0 +1,32 @@
+"""ipywidgets front ends of kvsnb, one module per family, built from standard widgets only
+(nothing to build or enable in JupyterLab):
+
+- ``SessionPanel``: join a storage session as master or viewer and watch it;
+- ``TrackTester``: preflight checklist of a source, then an end-to-end ingest test;
+- ``ImageBrowser``: GetImages over a time range, image by image with stamps;
+- ``HlsViewer``: the decoded frames of an HLS session with fragment boundaries;
+- ``LatencyView``, ``TimelineView``: the analysis plots and summaries, live.
+
+Button callbacks schedule coroutines on the running event loop (the kernel's); each widget
+keeps its last action in ``task`` so that code (and tests) can ``await widget.task``.
+"""
+
+from .analysis_views import FramesSource, LatencyView, TimelineView
+from .hls_viewer import HlsViewer, PlaybackMode
+from .image_browser import ImageBrowser, ImageFormat
+from .session_panel import Role, SessionPanel
+from .track_tester import TrackTester, checklist_html
+
+__all__ = [
+    "FramesSource",
+    "HlsViewer",
+    "ImageBrowser",
+    "ImageFormat",
+    "LatencyView",
+    "PlaybackMode",
+    "Role",
+    "SessionPanel",
+    "TimelineView",
+    "TrackTester",
+    "checklist_html",
+]

@@ -1,0 +1,144 @@
+"""What every widget family shares: scheduling coroutines from button callbacks, plain-word
+errors, JPEG/PNG rendering for ``Image`` widgets, HTML tables and time-range text.
+
+Nothing here knows about KVS: it is the glue between the kvsnb API and ipywidgets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import html
+import io
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import av
+import numpy as np
+import pandas as pd
+from botocore.exceptions import BotoCoreError, ClientError
+from matplotlib.figure import Figure
+from PIL import Image as PILImage
+
+from ..session import SessionError
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_WIDTH = 320  # pixels: previews are scaled down to this width before JPEG encoding
+JPEG_QUALITY = 80
+FIGURE_DPI = 90
+ERROR_COLOUR = "#cf222e"
+OK_COLOUR = "#1a7f37"
+
+
+class Tasks:
+    """Keeps a reference to every task a widget schedules (asyncio holds only weak ones),
+    and logs a task's exception if nobody awaited it."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Schedule ``coro`` on the running loop (the kernel's, in a notebook)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = asyncio.get_event_loop()
+        task = loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("widget task failed", exc_info=task.exception())
+
+    def cancel(self) -> None:
+        """Cancel every task still running."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception in plain words: the AWS error code and message, the session's reason,
+    or the exception's own text."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
+    if isinstance(exc, SessionError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return f"timed out: {exc}" if str(exc) else "timed out"
+    if isinstance(exc, BotoCoreError | OSError) and str(exc):
+        return str(exc)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def error_html(text: str) -> str:
+    """``text`` as a red line of HTML ('' when there is no error)."""
+    if not text:
+        return ""
+    return f'<div style="color:{ERROR_COLOUR}"><b>Error:</b> {html.escape(text)}</div>'
+
+
+def table_html(df: pd.DataFrame, *, max_rows: int | None = None) -> str:
+    """A DataFrame as a compact HTML table without the index."""
+    return str(
+        df.to_html(
+            index=False,
+            border=0,
+            na_rep="–",
+            max_rows=max_rows,
+            float_format=lambda v: f"{v:.1f}",
+        )
+    )
+
+
+def to_jpeg(
+    image: np.ndarray | av.VideoFrame,
+    *,
+    width: int | None = PREVIEW_WIDTH,
+    quality: int = JPEG_QUALITY,
+) -> bytes:
+    """A frame (RGB numpy array or PyAV frame) as JPEG bytes, scaled down to ``width``."""
+    if isinstance(image, av.VideoFrame):
+        if width is not None and image.width > width:
+            height = max(2, round(image.height * width / image.width) & ~1)
+            image = image.reformat(width=width, height=height, format="rgb24")
+        rgb = image.to_ndarray(format="rgb24")
+    else:
+        rgb = np.asarray(image)
+    picture = PILImage.fromarray(rgb, "RGB")
+    if width is not None and picture.width > width:
+        picture = picture.resize((width, max(1, round(picture.height * width / picture.width))))
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def figure_png(
+    plot: Callable[..., Figure], *args: Any, size: tuple[float, float] = (7, 3.5)
+) -> bytes:
+    """Draw ``plot(*args, ax=...)`` (one of ``kvsnb.analysis``' plots) on a figure outside
+    pyplot, so notebooks show it only in the widget, and return it as PNG bytes."""
+    fig = Figure(figsize=size)
+    ax = fig.subplots()
+    plot(*args, ax=ax)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    return buffer.getvalue()
+
+
+def iso(t: dt.datetime | pd.Timestamp | None) -> str:
+    """A UTC time as ISO 8601 with milliseconds, or '–'."""
+    if t is None or pd.isna(t):
+        return "–"
+    ts = pd.Timestamp(t)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.isoformat(timespec="milliseconds")
