@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import re
@@ -72,6 +71,9 @@ class SignalingLimits:
     idle_timeout_s: float = 600.0
     max_connection_s: float = 3600.0
     go_away_grace_s: float = 60.0
+    # A socket that takes longer than this to accept a frame (its reader stopped reading
+    # and every buffer toward it is full) is cut off, so it never stalls the sender.
+    send_timeout_s: float = 1.0
 
 
 class _Bucket:
@@ -101,9 +103,11 @@ class Connection:
     role: Role
     client_id: str | None
     limits: SignalingLimits
+    transport: asyncio.Transport | None = None
     opened: float = field(default_factory=time.monotonic)
     last_active: float = field(default_factory=time.monotonic)
     buckets: dict[str, _Bucket] = field(default_factory=dict)
+    dead: bool = False
 
     def __post_init__(self) -> None:
         self.buckets = {
@@ -118,14 +122,41 @@ class Connection:
         return MASTER_KEY if self.role == "MASTER" else str(self.client_id)
 
     async def send(self, message: dict[str, Any]) -> bool:
-        """Send a JSON text frame; False if the socket is gone."""
-        if self.ws.closed:
+        """Send a JSON text frame; False if the socket is gone. A socket that does not take
+        the frame within ``send_timeout_s`` is cut off (``abort``): a client that stopped
+        reading must not stall whoever is sending to it."""
+        if self.ws.closed or self.dead:
             return False
+        text = json.dumps(message, separators=(",", ":"))
         try:
-            await self.ws.send_str(json.dumps(message, separators=(",", ":")))
+            await asyncio.wait_for(self.ws.send_str(text), self.limits.send_timeout_s)
             return True
+        except TimeoutError:
+            logger.info("cutting off a %s that stopped reading", self.role)
+            self.abort()
+            return False
         except (ConnectionError, RuntimeError):
             return False
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the socket with a close code and reason text (never raises); a client that
+        does not take the close frame within ``send_timeout_s`` is cut off."""
+        if self.dead:
+            return
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=code, message=reason.encode()), self.limits.send_timeout_s
+            )
+        except TimeoutError:
+            self.abort()
+        except Exception:
+            logger.debug("error closing a %s socket", self.role, exc_info=True)
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once (no close handshake); its reader loop ends."""
+        self.dead = True
+        if self.transport is not None:
+            self.transport.abort()
 
 
 @dataclass
@@ -315,7 +346,12 @@ class SignalingRelay:
         ws = web.WebSocketResponse(heartbeat=None, autoping=True, max_msg_size=1 << 20)
         await ws.prepare(request)
         conn = Connection(
-            ws, channel.arn, role, client_id if role == "VIEWER" else None, self.limits
+            ws,
+            channel.arn,
+            role,
+            client_id if role == "VIEWER" else None,
+            self.limits,
+            transport=request.transport,
         )
         if self._channels.get(channel.arn) is not st:  # deleted during the handshake
             await _close(conn, CLOSE_CHANNEL_DELETED, "channel deleted")
@@ -335,7 +371,7 @@ class SignalingRelay:
         else:
             st.viewers[str(conn.client_id)] = conn
         if old is not None:
-            await old.ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer connection")
+            await old.close(CLOSE_REPLACED, "replaced by a newer connection")
         await self._flush_pending(st, conn)
         if self.storage is not None and self._storage_enabled(conn.channel_arn):
             try:
@@ -365,7 +401,7 @@ class SignalingRelay:
                 await self._on_text(conn, frame.data)
             elif frame.type == WSMsgType.BINARY:
                 logger.info("closing %s: binary frame", conn.role)
-                await conn.ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"text frames only")
+                await conn.close(WSCloseCode.UNSUPPORTED_DATA, "text frames only")
             elif frame.type == WSMsgType.ERROR:
                 break
 
@@ -552,8 +588,7 @@ class SignalingRelay:
     async def close(self) -> None:
         """Close every connection and stop the reaper."""
         for c in self.connections():
-            with contextlib.suppress(Exception):
-                await c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+            await c.close(WSCloseCode.GOING_AWAY, "server shutdown")
         if self._reaper is not None:
             self._reaper.cancel()
         for task in list(self._tasks):
@@ -562,7 +597,4 @@ class SignalingRelay:
 
 async def _close(conn: Connection, code: int, reason: str) -> None:
     """Close a connection's socket with a close code and reason text (never raises)."""
-    try:
-        await conn.ws.close(code=code, message=reason.encode())
-    except Exception:
-        logger.debug("error closing a %s socket", conn.role, exc_info=True)
+    await conn.close(code, reason)

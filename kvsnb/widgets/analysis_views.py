@@ -150,9 +150,9 @@ class LatencyView(_LiveView):
         if sent.empty:
             self.status.value = "no frames sent yet"
             return
-        fragments = await asyncio.to_thread(list_fragments, probe.target, probe.stream)
+        fragments = probe.record.fragments_frame()
         frame_lat = frame_latency(sent, fragments, probe.record)
-        self.update(frame_lat, fragment_latency(fragments, probe.record))
+        self.update(frame_lat, fragment_latency(fragments, probe.record, sent))
 
     def attach(
         self,

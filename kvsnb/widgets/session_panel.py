@@ -86,6 +86,8 @@ class SessionPanel(widgets.VBox):
         self._refresher: asyncio.Task[None] | None = None
         self._join_task: asyncio.Task[Any] | None = None
         self._preview_key: object = None
+        self._bytes_sample: tuple[float, int] | None = None  # (monotonic s, bytes so far)
+        self._bitrate_bps: float | None = None
 
         self.channel_input = widgets.Dropdown(description="channel", options=[])
         self.refresh_button = widgets.Button(
@@ -220,6 +222,8 @@ class SessionPanel(widgets.VBox):
         self.timeline_html.value = ""
         self.preview.value = b""
         self._preview_key = None
+        self._bytes_sample = None
+        self._bitrate_bps = None
         self._buttons(joined=True)
         try:
             if self.role_input.value == "master":
@@ -311,11 +315,32 @@ class SessionPanel(widgets.VBox):
     async def _refresh_loop(self) -> None:
         while True:
             try:
+                await self._sample_bitrate()
                 self.refresh()
             except Exception as exc:  # a display glitch must not end the updates
                 logger.exception("SessionPanel refresh failed")
                 self._show_error(describe_error(exc))
             await asyncio.sleep(self.refresh_s)
+
+    async def _sample_bitrate(self) -> None:
+        """Bits per second sent (master) or received (viewer) since the last sample, from
+        the session's RTP statistics."""
+        session = self.session
+        if session is None:
+            return
+        stats = await session.stats()
+        key = "bytes_received" if isinstance(session, ViewerSession) else "bytes_sent"
+        total = sum(kind.get(key, 0) for kind in stats.values())
+        now = time.monotonic()
+        if self._bytes_sample is not None and now > self._bytes_sample[0]:
+            t0, b0 = self._bytes_sample
+            self._bitrate_bps = max(0.0, (total - b0) * 8 / (now - t0))
+        self._bytes_sample = (now, total)
+
+    def _bitrate_text(self) -> str:
+        if self._bitrate_bps is None:
+            return "bitrate: measuring"
+        return f"bitrate: {self._bitrate_bps / 1000:.0f} kbps"
 
     def refresh(self) -> None:
         """Update the counters and the preview from the session now."""
@@ -332,27 +357,23 @@ class SessionPanel(widgets.VBox):
         frames = session.timeline.frames
         now = time.monotonic()
         rate = sum(1 for f in frames[-240:] if now - f[2] <= RATE_WINDOW_S)
-        text = (
-            f"frames sent: {len(frames)} · {rate} frames/s · bitrate: unavailable "
-            "(the session API has no bytes-sent counter)"
-        )
+        text = f"frames sent: {len(frames)} · {rate} frames/s · {self._bitrate_text()}"
         pattern = self.source.pattern if self.source is not None else None
         if pattern is None:
             text += " · no preview for a file source"
-        elif pattern.sent:
-            last = pattern.sent[-1]
-            if last.frame_index != self._preview_key:
-                self._preview_key = last.frame_index
-                self.preview.value = to_jpeg(pattern.render(last.frame_index, last.capture_ms))
+        elif pattern.sent and pattern.sent[-1].frame_index != self._preview_key:
+            self._preview_key = pattern.sent[-1].frame_index
+            image = pattern.latest_frame()
+            if image is not None:
+                self.preview.value = to_jpeg(image)
         self.stats_label.value = text
 
     def _refresh_viewer(self, session: StorageSession) -> None:
         received = session.received
         rows = received.rows
-        now = time.time()
-        rate = sum(1 for r in rows[-240:] if now - r[0] <= RATE_WINDOW_S)
-        text = f"frames received: {len(rows)} · {rate} frames/s · audio frames: "
-        text += str(received.audio_frames)
+        rate = received.rate(RATE_WINDOW_S)
+        text = f"frames received: {len(rows)} · {rate:.0f} frames/s · {self._bitrate_text()}"
+        text += f" · audio frames: {received.audio_frames}"
         if rows and rows[-1][2] is not None:
             text += f" · latest master → viewer latency: {rows[-1][0] * 1000 - rows[-1][2]:.0f} ms"
         if received.frames:
