@@ -30,7 +30,12 @@ def _cmd_local(args: argparse.Namespace) -> int:
         data_dir=Path(args.data) if args.data else None,
         region=args.region,
         strict_keys=strict,
-        extra={"storage": StorageOptions(fragment_duration_s=args.fragment_seconds)},
+        extra={
+            "storage": StorageOptions(
+                fragment_duration_s=args.fragment_seconds,
+                require_audio=not args.allow_video_only,
+            )
+        },
     )
 
     async def serve() -> None:
@@ -158,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--region", default="us-west-2")
     lp.add_argument("--strict", metavar="ACCESS_KEY:SECRET", help="verify SigV4 signatures")
     lp.add_argument("--fragment-seconds", type=float, default=2.0)
+    lp.add_argument(
+        "--allow-video-only",
+        action="store_true",
+        help="accept masters that send no audio (current SDKs; the API reference needs both)",
+    )
     lp.set_defaults(func=_cmd_local)
 
     dp = sub.add_parser("demo", help="the main job on Local KVS, with a report")

@@ -39,6 +39,7 @@ AUDIO_SAMPLES = int(AUDIO_RATE * AUDIO_PTIME_S)  # 960 samples per 20 ms
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
 MAX_BUFFERED_S = 0.2  # per listener and source; older audio is dropped (latency bound)
 VIDEO_QUEUE_FRAMES = 90  # a viewer that falls further behind skips to the next keyframe
+IDLE_POLL_S = 0.1  # how often a silent mix checks whether someone joined
 MASTER = "master"
 STORE = "store"
 
@@ -160,17 +161,27 @@ class AudioMixer:
             sources.pop(name, None)
 
     def push(self, source: str, frame: av.AudioFrame) -> None:
-        """Audio from a participant: buffered for every other listener."""
-        samples = to_mono(frame)
+        """Audio from a participant: buffered for every other listener (converted only when
+        someone is there to hear it)."""
+        samples: np.ndarray | None = None
         for listener, sources in self._buffers.items():
             if listener == source:
                 continue
             if listener == STORE and source == MASTER:
                 continue  # the master's own frames carry the stored track
+            if samples is None:
+                samples = to_mono(frame)
             buf = sources.setdefault(source, deque())
             buf.append(samples)
             while sum(len(b) for b in buf) > self.max_samples:
                 buf.popleft()
+
+    def has_audience_for(self, listener: str) -> bool:
+        """Whether ``listener`` has anyone to hear: the master hears viewers; a viewer hears
+        the master and, while the master is there, the other viewers."""
+        if listener == MASTER:
+            return any(name not in (MASTER, STORE) for name in self._buffers)
+        return self.master_present
 
     def pull(self, listener: str, n: int = AUDIO_SAMPLES) -> np.ndarray:
         """The next ``n`` samples of ``listener``'s mix (int32, not yet clipped)."""
@@ -186,6 +197,8 @@ class AudioMixer:
 
     def mix_into(self, frame: av.AudioFrame) -> av.AudioFrame:
         """The master's frame with the viewers' audio added (what is stored)."""
+        if not any(self._buffers.get(STORE, {}).values()):
+            return frame  # no viewer audio waiting: the master's frame as it is
         extra = self.pull(STORE, frame.samples)
         if not extra.any():
             return frame
@@ -222,7 +235,10 @@ def _take(buf: deque[np.ndarray], n: int) -> np.ndarray:
 
 
 class MixedAudioTrack(MediaStreamTrack):
-    """What one listener hears: its mix, 20 ms s16 mono frames at 48 kHz, in real time."""
+    """What one listener hears: its mix, 20 ms s16 mono frames at 48 kHz, in real time.
+
+    While there is no one to hear (a master without viewers, a viewer without a master) it
+    sends nothing, rather than encoding silence 50 times a second for every session."""
 
     kind = "audio"
 
@@ -238,8 +254,13 @@ class MixedAudioTrack(MediaStreamTrack):
         """The next 20 ms of the listener's mix."""
         if self.readyState != "live":
             raise MediaStreamError
+        while not self.mixer.has_audience_for(self.listener):
+            self._start = None  # pacing restarts when audio flows again
+            await asyncio.sleep(IDLE_POLL_S)
+            if self.readyState != "live":
+                raise MediaStreamError
         if self._start is None:
-            self._start = time.monotonic()
+            self._start = time.monotonic() - self._samples / AUDIO_RATE
         else:
             wait = self._start + self._samples / AUDIO_RATE - time.monotonic()
             if wait > 0:
