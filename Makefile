@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kvsnb-installed
 SYSTEM_STAMP := $(VENV)/.kvsnb-system
 
-.PHONY: demo test lint typecheck unit setup system clean bench
+.PHONY: demo test lint typecheck unit setup system clean bench soak
 
 setup: $(STAMP)
 
@@ -58,6 +58,11 @@ test: setup lint typecheck
 
 bench: setup
 	$(PY) -m bench
+
+# A long run: 4 masters and 2 viewers, memory and loss over time (SOAK_MINUTES=60 default).
+SOAK_MINUTES ?= 60
+soak: setup
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache

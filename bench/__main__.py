@@ -18,6 +18,7 @@ BENCHES = (
     "bench_hls",
     "bench_get_images",
     "bench_viewers",
+    "bench_concurrency",
 )
 RESULTS = Path(__file__).parent / "results"
 

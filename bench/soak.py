@@ -72,7 +72,7 @@ async def soak(minutes: float, interval_s: float) -> dict[str, Any]:
             samples.append(sample)
             print(
                 f"{sample['t_s']:>7} {sample['rss_mib']:>8} {sample['cpu_cores']:>6} "
-                f"{sample['viewer_fps']!s:>10} {sorted(set(sample['states']))!s:>20}",
+                f"{sample['viewer_fps']!s:>10} {sorted(set(states))!s:>20}",
                 flush=True,
             )
         for t in tracks:
