@@ -1,15 +1,21 @@
 """``make bench`` / ``python -m bench``: run every benchmark in turn, each in its own
-process, print what each prints, and keep the outputs in ``bench/results/``.
+process, print what each prints, and keep the outputs in ``bench/results/``: the text of
+each (``NAME.txt``) and every JSON object a benchmark printed on a line of its own, with
+the machine it ran on (``latest.json``).
 
 Benchmarks print figures (ratios against a baseline run in the same process where one
 exists); none passes or fails on time. ``python -m bench NAME...`` runs only those."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 BENCHES = (
     "bench_stamp",
@@ -32,6 +38,15 @@ def main(argv: list[str]) -> int:
         return 2
     RESULTS.mkdir(exist_ok=True)
     failed = []
+    collected: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "results": {},
+    }
     for name in names:
         print(f"=== {name}", flush=True)
         t = time.monotonic()
@@ -41,6 +56,7 @@ def main(argv: list[str]) -> int:
         out = done.stdout + (f"\n[stderr]\n{done.stderr}" if done.returncode else "")
         print(out, flush=True)
         (RESULTS / f"{name}.txt").write_text(out, encoding="utf-8")
+        collected["results"][name] = json_objects(done.stdout)
         print(
             f"=== {name}: {'ok' if done.returncode == 0 else 'FAILED'} "
             f"in {time.monotonic() - t:.1f} s",
@@ -48,7 +64,31 @@ def main(argv: list[str]) -> int:
         )
         if done.returncode:
             failed.append(name)
+    (RESULTS / "latest.json").write_text(json.dumps(collected, indent=2), encoding="utf-8")
     return 1 if failed else 0
+
+
+def json_objects(text: str) -> list[Any]:
+    """Every JSON object printed by a benchmark: one per line, or one pretty-printed block."""
+    found: list[Any] = []
+    block: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("{") and stripped.endswith("}"):
+            try:
+                found.append(json.loads(stripped))
+                continue
+            except ValueError:
+                pass
+        if stripped == "{" or block:
+            block.append(line)
+            if stripped == "}":
+                try:
+                    found.append(json.loads("\n".join(block)))
+                except ValueError:
+                    pass
+                block = []
+    return found
 
 
 if __name__ == "__main__":
