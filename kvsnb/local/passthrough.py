@@ -33,9 +33,11 @@ import time
 import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import aiortc.rtcrtpreceiver as _rtcrtpreceiver
+import av
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 from aiortc.utils import uint16_add
@@ -43,6 +45,8 @@ from aiortc.utils import uint16_add
 logger = logging.getLogger(__name__)
 
 VIDEO_CLOCK_RATE = 90_000
+AUDIO_CLOCK_RATE = 48_000
+AUDIO_TIME_BASE = Fraction(1, AUDIO_CLOCK_RATE)
 NTP_EPOCH_OFFSET_S = 2_208_988_800
 CLOCK_SOURCE_SR = "rtcp-sr"
 CLOCK_SOURCE_ARRIVAL = "first-arrival"
@@ -161,6 +165,27 @@ class _Registration:
     keyframes: int = 0
 
 
+def _encoded_frame(registration: _Registration, encoded_frame: Any) -> EncodedFrame:
+    """The ``EncodedFrame`` of one reassembled access unit (timestamp already unwrapped)."""
+    arrival = time.time()
+    data = bytes(encoded_frame.data)
+    ts = int(encoded_frame.timestamp)
+    clock = registration.clock
+    producer, source = clock.producer_time(ts, arrival)
+    keyframe = is_keyframe(data)
+    registration.frames += 1
+    registration.keyframes += keyframe
+    return EncodedFrame(
+        data=data,
+        rtp_timestamp=clock.raw_rtp(ts),
+        timestamp=ts,
+        keyframe=keyframe,
+        producer_time=producer,
+        arrival_time=arrival,
+        clock_source=source,
+    )
+
+
 class _PassthroughDecoder:
     """Stands in for aiortc's H264Decoder: returns the access unit as an EncodedFrame."""
 
@@ -168,25 +193,87 @@ class _PassthroughDecoder:
         self._registration = registration
 
     def decode(self, encoded_frame: Any) -> list[EncodedFrame]:
+        return [_encoded_frame(self._registration, encoded_frame)]
+
+
+class _DirectQueue:
+    """Takes the place of an ``RTCRtpReceiver``'s decoder queue, so that each reassembled
+    frame goes to ``sink`` at once, on the event loop that received it: no hop to aiortc's
+    decoder thread and back through an asyncio queue (two thread switches and a task per
+    frame, most of a storage session's CPU). aiortc's decoder thread still starts; it waits
+    here until the receiver stops and then ends the track as usual."""
+
+    def __init__(self, sink: Callable[[Any], None]) -> None:
+        self._sink = sink
+        self._stopped = threading.Event()
+
+    def put(self, item: Any) -> None:
+        if item is None:
+            self._stopped.set()
+            return
+        _codec, encoded_frame = item
+        try:
+            self._sink(encoded_frame)
+        except Exception:
+            logger.exception("direct media sink failed; frame dropped")
+
+    def get(self, *args: Any, **kwargs: Any) -> None:
+        self._stopped.wait()
+
+
+def _check_not_started(receiver: Any) -> None:
+    if getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is not None:
+        raise RuntimeError("the receiver already started: register its sink in the track event")
+
+
+def direct_video(receiver: Any, sink: Callable[[EncodedFrame], None]) -> RtpClock:
+    """Hand a video receiver's H.264 access units to ``sink`` as ``EncodedFrame``s, on the
+    event loop, as they complete (marker bit), never decoded. Call from the ``"track"``
+    event. The track itself yields nothing until it ends."""
+    if receiver.track is None or receiver.track.kind != "video":
+        raise ValueError("direct video applies to video receivers only")
+    _check_not_started(receiver)
+    registration = _Registration(clock=RtpClock(receiver, VIDEO_CLOCK_RATE))
+    receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(capacity=512, is_video=True)
+    # No receive-side bandwidth estimation (REMB): a recorder does not steer the sender's
+    # bitrate (the 1 Mbps quota is the master's to keep), and it costs Python per packet.
+    receiver._RTCRtpReceiver__remote_bitrate_estimator = None
+    receiver._RTCRtpReceiver__decoder_queue = _DirectQueue(
+        lambda jf: sink(_encoded_frame(registration, jf))
+    )
+    return registration.clock
+
+
+def direct_audio(receiver: Any, sink: Callable[[Any, float, float], None]) -> RtpClock:
+    """Decode an audio receiver's Opus on the event loop as each packet arrives (no playout
+    buffer: ``ImmediateAudioJitterBuffer``) and hand ``sink(frame, producer_time,
+    arrival_time)`` the s16 stereo 48 kHz frame. Call from the ``"track"`` event."""
+    if receiver.track is None or receiver.track.kind != "audio":
+        raise ValueError("direct audio applies to audio receivers only")
+    _check_not_started(receiver)
+    clock = RtpClock(receiver, AUDIO_CLOCK_RATE)
+    decoder = av.CodecContext.create("libopus", "r")
+    decoder.format = "s16"
+    decoder.layout = "stereo"
+    decoder.sample_rate = AUDIO_CLOCK_RATE
+
+    def decode(encoded_frame: Any) -> None:
         arrival = time.time()
-        data = bytes(encoded_frame.data)
-        ts = int(encoded_frame.timestamp)
-        clock = self._registration.clock
-        producer, source = clock.producer_time(ts, arrival)
-        keyframe = is_keyframe(data)
-        self._registration.frames += 1
-        self._registration.keyframes += keyframe
-        return [
-            EncodedFrame(
-                data=data,
-                rtp_timestamp=clock.raw_rtp(ts),
-                timestamp=ts,
-                keyframe=keyframe,
-                producer_time=producer,
-                arrival_time=arrival,
-                clock_source=source,
-            )
-        ]
+        packet = av.Packet(encoded_frame.data)
+        packet.pts = int(encoded_frame.timestamp)
+        packet.time_base = AUDIO_TIME_BASE
+        try:
+            frames = decoder.decode(packet)
+        except av.FFmpegError as exc:
+            logger.debug("Opus packet not decodable: %s", exc)
+            return
+        for frame in frames:
+            producer, _ = clock.producer_time(int(frame.pts or 0), arrival)
+            sink(frame, producer, arrival)
+
+    receiver._RTCRtpReceiver__jitter_buffer = ImmediateAudioJitterBuffer()
+    receiver._RTCRtpReceiver__decoder_queue = _DirectQueue(decode)
+    return clock
 
 
 def _decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -49,7 +48,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.sdp import candidate_from_sdp
 
@@ -59,9 +58,8 @@ from .errors import ClientLimitExceededException, InvalidArgumentException
 from .fanout import MASTER, STORE, AudioMixer, MixedAudioTrack, VideoFanout
 from .passthrough import (
     EncodedFrame,
-    RtpClock,
-    enable_immediate_audio,
-    enable_passthrough,
+    direct_audio,
+    direct_video,
     keyframe_requester,
     receiver_for_track,
 )
@@ -344,15 +342,13 @@ class _StoragePeer(abc.ABC):
     def _on_track(self, track: MediaStreamTrack) -> None:
         """Media from the client (the role's job)."""
 
-    async def _pump_audio(self, track: MediaStreamTrack, clock: RtpClock) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                arrival = time.time()
-                self.stats.last_media_at = time.monotonic()
-                self.stats.audio_frames += 1
-                producer, _ = clock.producer_time(int(frame.pts or 0), arrival)
-                self._on_audio(frame, producer, arrival)
+    def _audio_frame(self, frame: Any, producer: float, arrival: float) -> None:
+        """A decoded audio frame from the client (``direct_audio`` sink, on the loop)."""
+        if self.closed:
+            return
+        self.stats.last_media_at = time.monotonic()
+        self.stats.audio_frames += 1
+        self._on_audio(frame, producer, arrival)
 
     @abc.abstractmethod
     def _on_audio(self, frame: Any, producer: float, arrival: float) -> None:
@@ -440,29 +436,27 @@ class MasterSession(_StoragePeer):
         )
 
     def _on_track(self, track: MediaStreamTrack) -> None:
+        # Media goes straight from the jitter buffers to the recorder, on the event loop:
+        # video as received (passthrough), Opus decoded as it arrives (no playout buffer).
         receiver = receiver_for_track(self.pc, track)
         if track.kind == "video":
-            enable_passthrough(receiver)
+            direct_video(receiver, self._video_frame)
             self._keyframe_requester = keyframe_requester(receiver)
             self.state.fanout.request_keyframe = self._request_keyframe
-            self._spawn(self._pump_video(track))
         else:
-            enable_immediate_audio(receiver)  # recorded, not played out: no 80 ms prefetch
-            self._spawn(self._pump_audio(track, RtpClock(receiver, AUDIO_CLOCK_RATE)))
+            direct_audio(receiver, self._audio_frame)
 
-    async def _pump_video(self, track: MediaStreamTrack) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                assert isinstance(frame, EncodedFrame)
-                now = time.monotonic()
-                if self.stats.first_frame_at is None:
-                    self.stats.first_frame_at = now
-                self.stats.last_media_at = now
-                self.stats.video_frames += 1
-                assert self.recorder is not None
-                self.recorder.add_video(frame)
-                self.state.fanout.push(frame)
+    def _video_frame(self, frame: EncodedFrame) -> None:
+        """An H.264 access unit from the master (``direct_video`` sink, on the loop)."""
+        if self.closed or self.recorder is None:
+            return
+        now = time.monotonic()
+        if self.stats.first_frame_at is None:
+            self.stats.first_frame_at = now
+        self.stats.last_media_at = now
+        self.stats.video_frames += 1
+        self.recorder.add_video(frame)
+        self.state.fanout.push(frame)
 
     def _on_audio(self, frame: Any, producer: float, arrival: float) -> None:
         self.state.mixer.push(MASTER, frame)
@@ -516,8 +510,7 @@ class ViewerPeer(_StoragePeer):
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
-            receiver = receiver_for_track(self.pc, track)
-            self._spawn(self._pump_audio(track, RtpClock(receiver, AUDIO_CLOCK_RATE)))
+            direct_audio(receiver_for_track(self.pc, track), self._audio_frame)
 
     def _on_audio(self, frame: Any, producer: float, arrival: float) -> None:
         self.state.mixer.push(self.listener, frame)

@@ -15,6 +15,8 @@ WebSocket").
 * Limits: connects per second per channel, per-connection offers/answers/candidates per
   second, 10 KB payloads, idle and maximum connection time, GO_AWAY and
   RECONNECT_ICE_SERVER on demand. All configurable (``SignalingLimits``).
+* A socket that stops reading is cut off once a frame to it waits ``send_timeout_s``, so
+  one stalled client never blocks the sender's socket (or a close, or shutdown).
 """
 
 from __future__ import annotations
