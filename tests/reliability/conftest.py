@@ -1,0 +1,233 @@
+"""Shared pieces of the reliability suite: Local KVS on its own thread or in a child process
+(``kvsnb local``), raw SigV4-signed HTTP, stored-media readers and the join policy the
+tests use. Everything talks to 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from hypothesis.configuration import set_hypothesis_home_dir
+
+from kvsnb.analysis import stamps_from_frames
+from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
+from kvsnb.local.peer import StorageOptions
+from kvsnb.playback import decode_video, get_media, list_fragments
+from kvsnb.session import JoinPolicy
+from kvsnb.target import Target
+
+REGION = "us-west-2"
+ACCESS_KEY = "AKIDLOCALTEST"
+SECRET_KEY = "local-secret"
+FRAGMENT_S = 1.0
+FAST = JoinPolicy(offer_wait_s=0.3, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
+HTTP_TIMEOUT_S = 10.0
+
+# hypothesis keeps caches in ./.hypothesis by default: keep the working tree clean
+set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "kvsnb-hypothesis"))
+CHILD_START_TIMEOUT_S = 30.0
+
+
+def start_kvs(
+    data: Path,
+    *,
+    signaling: SignalingLimits | None = None,
+    strict_keys: Any = None,
+    **storage: Any,
+) -> LocalKvs:
+    """A Local KVS on its own event-loop thread with 1 s fragments and ``storage`` options
+    (``StorageOptions`` fields)."""
+    options = StorageOptions(**{"fragment_duration_s": FRAGMENT_S, **storage})
+    config = LocalKvsConfig(
+        data_dir=data,
+        signaling=signaling or SignalingLimits(connects_per_s=100.0),
+        strict_keys=strict_keys,
+        extra={"storage": options},
+    )
+    return LocalKvs(config).start_in_thread()
+
+
+@pytest.fixture
+def kvs(tmp_path: Path) -> Iterator[LocalKvs]:
+    """A fresh Local KVS (1 s fragments) on its own thread."""
+    server = start_kvs(tmp_path / "data")
+    yield server
+    server.stop_in_thread()
+
+
+# ---------------------------------------------------------------------------- raw HTTP
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """What a raw HTTP call answered (header names lower-cased)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def error_code(self) -> str:
+        """The AWS error code as botocore reads it (``x-amzn-ErrorType`` before ``:``)."""
+        return self.headers.get("x-amzn-errortype", "").split(":", 1)[0]
+
+    @property
+    def message(self) -> str:
+        """The error message (``Message`` or ``message`` member), or ``""``."""
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            return ""
+        if not isinstance(data, dict):
+            return ""
+        return str(data.get("Message", data.get("message", "")))
+
+
+def http(
+    method: str,
+    url: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    timeout: float = HTTP_TIMEOUT_S,
+) -> RawResponse:
+    """One HTTP request with urllib; error statuses come back as responses too. A hang
+    raises (``TimeoutError``/``URLError``) after ``timeout`` seconds."""
+    req = urllib.request.Request(url, data=body or None, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return RawResponse(resp.status, _lower(resp.headers.items()), resp.read())
+    except urllib.error.HTTPError as exc:
+        return RawResponse(exc.code, _lower(exc.headers.items()), exc.read())
+
+
+def _lower(items: Any) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in items}
+
+
+def signed_post(
+    url: str,
+    body: bytes,
+    *,
+    access_key: str = ACCESS_KEY,
+    secret_key: str = SECRET_KEY,
+    content_type: str = "application/json",
+    timeout: float = HTTP_TIMEOUT_S,
+) -> RawResponse:
+    """POST ``body`` signed with botocore's SigV4 signer (service ``kinesisvideo``)."""
+    request = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": content_type})
+    SigV4Auth(Credentials(access_key, secret_key), "kinesisvideo", REGION).add_auth(request)
+    return http("POST", url, body, dict(request.headers.items()), timeout)
+
+
+def healthy(url: str) -> bool:
+    """Local KVS answers its health check."""
+    try:
+        return http("GET", f"{url}/_localkvs/health", timeout=5).status == 200
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------- child process
+
+
+class LocalKvsChild:
+    """``kvsnb local --port 0 --data DIR`` in a child process (1 s fragments), so that it can
+    be killed with SIGKILL."""
+
+    def __init__(self, data: Path, fragment_s: float = FRAGMENT_S) -> None:
+        self.data = data
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kvsnb.cli",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--data",
+                str(data),
+                "--fragment-seconds",
+                str(fragment_s),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + CHILD_START_TIMEOUT_S
+        line = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if "Local KVS at" in line or not line:
+                break
+        if "Local KVS at" not in line:
+            self.kill()
+            raise RuntimeError(f"Local KVS did not start: {line!r}")
+        self.url = line.split("Local KVS at ", 1)[1].split()[0]
+        assert self.url.startswith("http://127.0.0.1:"), self.url
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def stop(self) -> None:
+        """SIGTERM (a clean stop), then SIGKILL if it does not end."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+
+# ---------------------------------------------------------------------------- stored media
+
+
+def stored_stamps(target: Target, stream_arn: str) -> Any:
+    """(fragments, (stamps, unreadable)) read via ListFragments + GetMediaForFragmentList."""
+    fragments = list_fragments(target, stream_arn)
+    if not len(fragments):
+        return fragments, (None, 0)
+    media = get_media(target, stream_arn, list(fragments["fragment_number"]))
+    return fragments, stamps_from_frames(decode_video(media))
+
+
+def decode_fully(media: bytes) -> tuple[int, int]:
+    """Decode every packet of a Matroska body with PyAV (errors raise): (video frames,
+    audio frames)."""
+    video = audio = 0
+    with av.open(io.BytesIO(media), mode="r") as container:
+        for packet in container.demux():
+            for frame in packet.decode():
+                if isinstance(frame, av.VideoFrame):
+                    video += 1
+                else:
+                    audio += 1
+    return video, audio

@@ -1,0 +1,153 @@
+"""Quotas enforced with AWS errors, through real boto3 clients and WebSockets on 127.0.0.1:
+at most 3 viewers in a storage session, 2 JoinStorageSession[AsViewer] calls per second per
+channel, and one master socket per channel (the newest wins, the older one is closed with
+the "replaced" close code)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+from yarl import URL
+
+from kvsnb.local import LocalKvs
+from kvsnb.local.relay import CLOSE_REPLACED
+from kvsnb.signaling import presign_url
+from kvsnb.target import connect
+from tests.conftest import make_client
+from tests.reliability.conftest import start_kvs
+
+pytestmark = pytest.mark.timeout(60)
+
+CREDS = Credentials("AKIDLOCALTEST", "local-secret")
+
+
+@dataclass
+class Storage:
+    kvs: LocalKvs
+    arn: str
+    wss: dict[str, str]
+    webrtc: Any
+    session: aiohttp.ClientSession
+
+    async def socket(self, role: str, client_id: str | None = None) -> Any:
+        url = presign_url(self.wss[role], self.arn, CREDS, "us-west-2", client_id)
+        return await self.session.ws_connect(URL(url, encoded=True))
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    kvs = start_kvs(tmp_path / "data")
+    session = aiohttp.ClientSession()
+    try:
+        with connect(endpoint_url=kvs.url) as tg:
+            arn, _ = tg.create_storage_channel("quota")
+        kv = make_client("kinesisvideo", kvs.url)
+        wss = {}
+        for role in ("MASTER", "VIEWER"):
+            eps = kv.get_signaling_channel_endpoint(
+                ChannelARN=arn,
+                SingleMasterChannelEndpointConfiguration={
+                    "Protocols": ["WSS", "WEBRTC"],
+                    "Role": role,
+                },
+            )["ResourceEndpointList"]
+            by = {e["Protocol"]: e["ResourceEndpoint"] for e in eps}
+            wss[role] = by["WSS"]
+            webrtc = by["WEBRTC"]
+        yield Storage(kvs, arn, wss, make_client("kinesis-video-webrtc-storage", webrtc), session)
+    finally:
+        await session.close()
+        await asyncio.to_thread(kvs.stop_in_thread)
+
+
+def limit_error(call: Any) -> str:
+    """Run a boto3 call that must fail with ClientLimitExceededException 400; its message."""
+    with pytest.raises(ClientError) as info:
+        call()
+    response: Any = info.value.response
+    assert response["Error"]["Code"] == "ClientLimitExceededException", response
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-errortype"].startswith(
+        "ClientLimitExceededException"
+    )
+    return str(response["Error"]["Message"])
+
+
+async def wait_next_second(started: float) -> None:
+    """Sleep until more than a second has passed since ``started`` (the join window)."""
+    await asyncio.sleep(max(0.0, 1.05 - (time.monotonic() - started)))
+
+
+async def test_fourth_viewer_is_refused(storage: Storage) -> None:
+    viewers = [await storage.socket("VIEWER", f"v{i}") for i in range(4)]
+    await asyncio.sleep(0.1)  # registered by the relay
+    join = storage.webrtc.join_storage_session_as_viewer
+    started = time.monotonic()
+    for i in range(3):
+        if i == 2:
+            await wait_next_second(started)
+            started = time.monotonic()
+        await asyncio.to_thread(join, channelArn=storage.arn, clientId=f"v{i}")
+    # each admitted viewer gets its offer
+    for ws in viewers[:3]:
+        kinds = set()
+        while "SDP_OFFER" not in kinds:
+            msg = await ws.receive(5)
+            assert msg.type == aiohttp.WSMsgType.TEXT, msg
+            kinds.add(json.loads(msg.data)["messageType"])
+    message = limit_error(lambda: join(channelArn=storage.arn, clientId="v3"))
+    assert "maximum number of viewers" in message
+    st = storage.kvs.sessions.channels[storage.arn]
+    assert sorted(st.viewers) == ["v0", "v1", "v2"]
+    # the refused viewer got no offer
+    with pytest.raises(asyncio.TimeoutError):
+        await viewers[3].receive(0.5)
+
+
+async def test_third_join_within_a_second_is_refused(storage: Storage) -> None:
+    join = storage.webrtc.join_storage_session
+    started = time.monotonic()
+    join(channelArn=storage.arn)  # no master socket: 200, no offer (as AWS)
+    join(channelArn=storage.arn)
+    message = limit_error(lambda: join(channelArn=storage.arn))
+    assert time.monotonic() - started < 1.0
+    assert "per second" in message
+    # viewer joins count in the same per-channel window
+    limit_error(
+        lambda: storage.webrtc.join_storage_session_as_viewer(
+            channelArn=storage.arn, clientId="late"
+        )
+    )
+    await wait_next_second(started)
+    join(channelArn=storage.arn)  # a new second: admitted again
+
+
+async def test_second_master_socket_replaces_the_first(storage: Storage) -> None:
+    first = await storage.socket("MASTER")
+    await asyncio.sleep(0.05)
+    await asyncio.to_thread(storage.webrtc.join_storage_session, channelArn=storage.arn)
+    msg = await first.receive(5)
+    assert msg.type == aiohttp.WSMsgType.TEXT  # the storage session speaks to it
+    second = await storage.socket("MASTER")
+    deadline = time.monotonic() + 3
+    while True:  # skip the rest of the storage session's messages
+        msg = await first.receive(max(0.01, deadline - time.monotonic()))
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            break
+    assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+    assert msg.data == CLOSE_REPLACED and "replaced" in msg.extra
+    relay = storage.kvs.relay
+    assert relay is not None
+    master = relay.master(storage.arn)
+    assert master is not None and not master.ws.closed
+    assert not second.closed
