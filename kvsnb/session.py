@@ -507,11 +507,15 @@ class StorageSession:
                 transceiver.sender.replaceTrack(self._video)
                 transceiver.direction = "sendonly"
             elif transceiver.kind == "audio":
-                if self._audio is not None:
-                    transceiver.sender.replaceTrack(self._audio)
-                    transceiver.direction = "sendrecv"
-                else:
-                    transceiver.direction = "recvonly"
+                self._attach_audio(transceiver)
+
+    def _attach_audio(self, transceiver: Any) -> None:
+        """Send our audio if we have some (and hear the storage session's mix either way)."""
+        if self._audio is not None:
+            transceiver.sender.replaceTrack(self._audio)
+            transceiver.direction = "sendrecv"
+        else:
+            transceiver.direction = "recvonly"
 
     async def _answer(self, offer: SignalingMessage) -> None:
         assert self.signaling is not None and offer.payload is not None
@@ -711,10 +715,6 @@ class ViewerSession(StorageSession):
     def _attach_tracks(self, pc: RTCPeerConnection) -> None:
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "video":
-                transceiver.direction = "recvonly"
+                transceiver.direction = "recvonly"  # a viewer never sends video
             elif transceiver.kind == "audio":
-                if self._audio is not None:
-                    transceiver.sender.replaceTrack(self._audio)
-                    transceiver.direction = "sendrecv"
-                else:
-                    transceiver.direction = "recvonly"
+                self._attach_audio(transceiver)

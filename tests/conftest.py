@@ -1,5 +1,6 @@
-"""Shared fixtures: a real Local KVS on 127.0.0.1 (own event-loop thread, temp data dir) and
-boto3 clients pointed at it."""
+"""Shared fixtures: a real Local KVS on 127.0.0.1 (own event-loop thread, temp data dir),
+boto3 clients pointed at it, and a Local KVS with short fragments for storage-session tests
+(``start_kvs``, ``kvs``, ``target``) with the helpers that read stored media back."""
 
 from __future__ import annotations
 
@@ -10,9 +11,16 @@ from typing import Any
 import boto3
 import pytest
 
+from kvsnb.analysis import stamps_from_frames
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
+from kvsnb.local.peer import StorageOptions
+from kvsnb.playback import decode_video, get_media, list_fragments
+from kvsnb.session import JoinPolicy
+from kvsnb.target import Target, connect
 
 REGION = "us-west-2"
+FRAGMENT_S = 1.0
+FAST = JoinPolicy(offer_wait_s=0.3, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
 CREDS = {"aws_access_key_id": "AKIDLOCALTEST", "aws_secret_access_key": "local-secret"}
 
 
@@ -50,3 +58,46 @@ def kv(local_kvs: LocalKvs) -> Any:
 def client_for(local_kvs: LocalKvs) -> Callable[[str, str], Any]:
     """Build a boto3 client for any plane: ``client_for(service, endpoint_url)``."""
     return make_client
+
+
+def start_kvs(
+    data: Path,
+    *,
+    signaling: SignalingLimits | None = None,
+    strict_keys: Any = None,
+    **storage: Any,
+) -> LocalKvs:
+    """A Local KVS on its own event-loop thread with 1 s fragments and ``storage`` options
+    (``StorageOptions`` fields)."""
+    options = StorageOptions(**{"fragment_duration_s": FRAGMENT_S, **storage})
+    config = LocalKvsConfig(
+        data_dir=data,
+        signaling=signaling or SignalingLimits(connects_per_s=100.0),
+        strict_keys=strict_keys,
+        extra={"storage": options},
+    )
+    return LocalKvs(config).start_in_thread()
+
+
+@pytest.fixture
+def kvs(tmp_path: Path) -> Iterator[LocalKvs]:
+    """A fresh Local KVS with 1 s fragments (modules override it for other options)."""
+    server = start_kvs(tmp_path / "data")
+    yield server
+    server.stop_in_thread()
+
+
+@pytest.fixture
+def target(kvs: LocalKvs) -> Iterator[Target]:
+    """A kvsnb target on the ``kvs`` fixture's Local KVS."""
+    with connect(endpoint_url=kvs.url) as tg:
+        yield tg
+
+
+def stored_stamps(target: Target, stream_arn: str) -> Any:
+    """(fragments, (stamps, unreadable)) read via ListFragments + GetMediaForFragmentList."""
+    fragments = list_fragments(target, stream_arn)
+    if not len(fragments):
+        return fragments, (None, 0)
+    media = get_media(target, stream_arn, list(fragments["fragment_number"]))
+    return fragments, stamps_from_frames(decode_video(media))

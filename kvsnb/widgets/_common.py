@@ -55,6 +55,20 @@ class Tasks:
         if not task.cancelled() and task.exception() is not None:
             logger.error("widget task failed", exc_info=task.exception())
 
+    def spawn_guarded(
+        self, coro: Coroutine[Any, Any, Any], on_error: Callable[[str], None]
+    ) -> asyncio.Task[Any]:
+        """Schedule ``coro``; if it fails, ``on_error`` gets the error in plain words (the
+        widget shows it instead of dying)."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception as exc:
+                on_error(describe_error(exc))
+
+        return self.spawn(guarded())
+
     def cancel(self) -> None:
         """Cancel every task still running."""
         for task in list(self._tasks):

@@ -32,7 +32,7 @@ from ..playback.hls import HlsFrame, HlsReader, hls_session_url
 from ..playback.times import parse_time
 from ..session import try_read_stamp_frame
 from ..target import Target
-from ._common import Tasks, describe_error, error_html, iso, table_html, to_jpeg
+from ._common import Tasks, error_html, iso, table_html, to_jpeg
 
 logger = logging.getLogger(__name__)
 
@@ -157,14 +157,11 @@ class HlsViewer(widgets.VBox):
         return f"<HlsViewer {self.mode_input.value}: {len(self.frames)} frames>"
 
     def _act(self, coro: Any) -> asyncio.Task[Any]:
-        async def guarded() -> None:
-            try:
-                await coro
-            except Exception as exc:
-                self.status.value = error_html(describe_error(exc))
-
-        self.task = self._tasks.spawn(guarded())
+        self.task = self._tasks.spawn_guarded(coro, self._show_error)
         return self.task
+
+    def _show_error(self, message: str) -> None:
+        self.status.value = error_html(message)
 
     # ------------------------------------------------------------------ session
 

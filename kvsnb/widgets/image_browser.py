@@ -25,7 +25,7 @@ from ..ingest import IngestResult
 from ..playback.images import MIN_INTERVAL_MS, get_images, image_windows
 from ..playback.times import parse_time
 from ..target import Target, connect
-from ._common import Tasks, describe_error, error_html, iso
+from ._common import Tasks, error_html, iso
 
 logger = logging.getLogger(__name__)
 
@@ -157,14 +157,11 @@ class ImageBrowser(widgets.VBox):
     # ------------------------------------------------------------------ fetch
 
     def _act(self, coro: Any) -> asyncio.Task[Any]:
-        async def guarded() -> None:
-            try:
-                await coro
-            except Exception as exc:
-                self.status.value = error_html(describe_error(exc))
-
-        self.task = self._tasks.spawn(guarded())
+        self.task = self._tasks.spawn_guarded(coro, self._show_error)
         return self.task
+
+    def _show_error(self, message: str) -> None:
+        self.status.value = error_html(message)
 
     async def fetch(self) -> pd.DataFrame:
         """GetImages over the chosen range, window by window, then show the first image."""

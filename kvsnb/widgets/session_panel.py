@@ -183,13 +183,7 @@ class SessionPanel(widgets.VBox):
     def _act(self, coro: Any) -> asyncio.Task[Any]:
         """Run an action as a task; its errors are shown in the panel."""
 
-        async def guarded() -> None:
-            try:
-                await coro
-            except Exception as exc:
-                self._show_error(describe_error(exc))
-
-        self.task = self._tasks.spawn(guarded())
+        self.task = self._tasks.spawn_guarded(coro, self._show_error)
         return self.task
 
     def _on_join(self, _: Any) -> None:

@@ -161,17 +161,14 @@ class TrackTester(widgets.VBox):
         return self._target
 
     def _act(self, coro: Any) -> asyncio.Task[Any]:
-        async def guarded() -> None:
-            try:
-                await coro
-            except Exception as exc:
-                self.error_html.value = error_html(describe_error(exc))
-
         self._busy(True)
         self.error_html.value = ""
-        self.task = self._tasks.spawn(guarded())
+        self.task = self._tasks.spawn_guarded(coro, self._show_error)
         self.task.add_done_callback(lambda _: self._busy(False))
         return self.task
+
+    def _show_error(self, message: str) -> None:
+        self.error_html.value = error_html(message)
 
     def _busy(self, busy: bool) -> None:
         self.check_button.disabled = busy

@@ -14,8 +14,8 @@ from kvsnb.local import LocalKvs
 from kvsnb.media import make_test_file
 from kvsnb.signaling import SignalingClient
 from kvsnb.target import connect
+from tests.conftest import FAST, start_kvs, stored_stamps
 from tests.integration.conftest import Http
-from tests.integration.test_storage_session import FAST, start_kvs, stored_stamps
 
 
 async def test_go_away_and_reconnect_ice_server_over_http(

@@ -4,10 +4,6 @@ probe times fragments as they are listed (Local KVS on 127.0.0.1, real aiortc in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from kvsnb.analysis import (
     RetrievalProbe,
@@ -19,28 +15,10 @@ from kvsnb.analysis import (
     timeline_summary,
 )
 from kvsnb.ingest import Source, ingest
-from kvsnb.local import LocalKvs
 from kvsnb.media import DroppingTrack, TestPatternTrack, ToneTrack
 from kvsnb.playback import decode_video, get_media, list_fragments
-from kvsnb.session import JoinPolicy
-from kvsnb.target import Target, connect
-from tests.integration.test_storage_session import start_kvs
-
-FAST = JoinPolicy(offer_wait_s=0.3, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
-
-
-@pytest.fixture
-def kvs(tmp_path: Path) -> Iterator[LocalKvs]:
-    server = start_kvs(tmp_path / "data")
-    yield server
-    server.stop_in_thread()
-
-
-@pytest.fixture
-def target(kvs: LocalKvs) -> Iterator[Target]:
-    tg = connect(endpoint_url=kvs.url)
-    yield tg
-    tg.close()
+from kvsnb.target import Target
+from tests.conftest import FAST
 
 
 async def test_timeline_finds_an_injected_drop(target: Target) -> None:

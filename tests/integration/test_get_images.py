@@ -23,8 +23,7 @@ from kvsnb.local import LocalKvs
 from kvsnb.local.images import ImagesPlane
 from kvsnb.media.stamp import Stamp, read_stamp, read_stamp_frame
 from kvsnb.target import Target, connect
-from tests.conftest import make_client
-from tests.integration.test_storage_session import FAST, start_kvs
+from tests.conftest import FAST, make_client, start_kvs
 
 CHANNEL = "images"
 FPS = 30

@@ -25,8 +25,8 @@ from kvsnb.local import LocalKvs
 from kvsnb.local.hls import HlsPlane, program_date_time
 from kvsnb.local.store import Fragment
 from kvsnb.target import connect
+from tests.conftest import FAST, start_kvs
 from tests.integration.conftest import Http, make_client
-from tests.integration.test_storage_session import FAST, start_kvs
 
 NAME = "hls"
 SELECTOR = "PRODUCER_TIMESTAMP"

@@ -8,7 +8,6 @@ import asyncio
 import io
 import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,50 +15,14 @@ import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from kvsnb.analysis import compare_delivery, stamps_from_frames
+from kvsnb.analysis import compare_delivery
 from kvsnb.ingest import ingest
-from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
-from kvsnb.local.peer import StorageOptions
+from kvsnb.local import LocalKvs
 from kvsnb.playback import decode_video, get_media, list_fragments
 from kvsnb.session import JoinPolicy, SessionError, StorageSession, is_retryable
 from kvsnb.signaling import SignalingClient
 from kvsnb.target import Target, connect
-from tests.conftest import make_client
-
-FRAGMENT_S = 1.0
-FAST = JoinPolicy(offer_wait_s=0.3, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
-
-
-def start_kvs(data: Path, **storage: Any) -> LocalKvs:
-    """A Local KVS with short fragments and the given storage options."""
-    options = StorageOptions(fragment_duration_s=FRAGMENT_S, **storage)
-    config = LocalKvsConfig(
-        data_dir=data,
-        signaling=SignalingLimits(connects_per_s=100.0),
-        extra={"storage": options},
-    )
-    return LocalKvs(config).start_in_thread()
-
-
-@pytest.fixture
-def kvs(tmp_path: Path) -> Iterator[LocalKvs]:
-    server = start_kvs(tmp_path / "data")
-    yield server
-    server.stop_in_thread()
-
-
-@pytest.fixture
-def target(kvs: LocalKvs) -> Iterator[Target]:
-    tg = connect(endpoint_url=kvs.url)
-    yield tg
-    tg.close()
-
-
-def stored_stamps(target: Target, stream_arn: str) -> Any:
-    """Stamps read from every stored frame, via ListFragments + GetMediaForFragmentList."""
-    fragments = list_fragments(target, stream_arn)
-    media = get_media(target, stream_arn, list(fragments["fragment_number"]))
-    return fragments, stamps_from_frames(decode_video(media))
+from tests.conftest import FAST, FRAGMENT_S, make_client, start_kvs, stored_stamps
 
 
 async def test_master_ingests_and_every_frame_is_stored(target: Target, kvs: LocalKvs) -> None:

@@ -22,9 +22,8 @@ from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import get_media, list_fragments
 from kvsnb.session import JoinPolicy, SessionError, StorageSession, ViewerSession
 from kvsnb.signaling import SignalingClient
-from kvsnb.target import Target, connect
-from tests.conftest import make_client
-from tests.integration.test_storage_session import start_kvs
+from kvsnb.target import Target
+from tests.conftest import make_client, start_kvs
 
 POLICY = JoinPolicy(offer_wait_s=0.6, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
 MASTER_HZ = 440.0
@@ -48,13 +47,6 @@ def kvs(tmp_path: Path) -> Iterator[LocalKvs]:
     server = start_kvs(tmp_path / "data", viewer_slot_hold_s=1.0)
     yield server
     server.stop_in_thread()
-
-
-@pytest.fixture
-def target(kvs: LocalKvs) -> Iterator[Target]:
-    tg = connect(endpoint_url=kvs.url)
-    yield tg
-    tg.close()
 
 
 def master(target: Target, channel: str) -> StorageSession:

@@ -14,62 +14,26 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import av
-import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from kvsnb.analysis import stamps_from_frames
-from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
-from kvsnb.local.peer import StorageOptions
-from kvsnb.playback import decode_video, get_media, list_fragments
-from kvsnb.session import JoinPolicy
-from kvsnb.target import Target
+from tests.conftest import FRAGMENT_S
 
 REGION = "us-west-2"
 ACCESS_KEY = "AKIDLOCALTEST"
 SECRET_KEY = "local-secret"
-FRAGMENT_S = 1.0
-FAST = JoinPolicy(offer_wait_s=0.3, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
 HTTP_TIMEOUT_S = 10.0
 
 # hypothesis keeps caches in ./.hypothesis by default: keep the working tree clean
 set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "kvsnb-hypothesis"))
 CHILD_START_TIMEOUT_S = 30.0
-
-
-def start_kvs(
-    data: Path,
-    *,
-    signaling: SignalingLimits | None = None,
-    strict_keys: Any = None,
-    **storage: Any,
-) -> LocalKvs:
-    """A Local KVS on its own event-loop thread with 1 s fragments and ``storage`` options
-    (``StorageOptions`` fields)."""
-    options = StorageOptions(**{"fragment_duration_s": FRAGMENT_S, **storage})
-    config = LocalKvsConfig(
-        data_dir=data,
-        signaling=signaling or SignalingLimits(connects_per_s=100.0),
-        strict_keys=strict_keys,
-        extra={"storage": options},
-    )
-    return LocalKvs(config).start_in_thread()
-
-
-@pytest.fixture
-def kvs(tmp_path: Path) -> Iterator[LocalKvs]:
-    """A fresh Local KVS (1 s fragments) on its own thread."""
-    server = start_kvs(tmp_path / "data")
-    yield server
-    server.stop_in_thread()
 
 
 # ---------------------------------------------------------------------------- raw HTTP
@@ -208,15 +172,6 @@ class LocalKvsChild:
 
 
 # ---------------------------------------------------------------------------- stored media
-
-
-def stored_stamps(target: Target, stream_arn: str) -> Any:
-    """(fragments, (stamps, unreadable)) read via ListFragments + GetMediaForFragmentList."""
-    fragments = list_fragments(target, stream_arn)
-    if not len(fragments):
-        return fragments, (None, 0)
-    media = get_media(target, stream_arn, list(fragments["fragment_number"]))
-    return fragments, stamps_from_frames(decode_video(media))
 
 
 def decode_fully(media: bytes) -> tuple[int, int]:

@@ -24,7 +24,8 @@ from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import decode_video, get_media
 from kvsnb.session import StorageSession
 from kvsnb.target import Target, connect
-from tests.reliability.conftest import FAST, LocalKvsChild, decode_fully
+from tests.conftest import FAST
+from tests.reliability.conftest import LocalKvsChild, decode_fully
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,7 +20,7 @@ from kvsnb.analysis import frame_timeline, timeline_summary
 from kvsnb.local import LocalKvs
 from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.target import Target, connect
-from tests.reliability.conftest import FAST, start_kvs, stored_stamps
+from tests.conftest import FAST, start_kvs, stored_stamps
 from tests.reliability.lossy_link import LinkedStorageSession, LinkStats, LossyLink
 
 pytestmark = pytest.mark.timeout(90)

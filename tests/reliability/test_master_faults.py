@@ -22,8 +22,8 @@ import pytest
 from kvsnb.local import LocalKvs
 from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.session import StorageSession
-from kvsnb.target import Target, connect
-from tests.reliability.conftest import FAST, start_kvs, stored_stamps
+from kvsnb.target import Target
+from tests.conftest import FAST, start_kvs, stored_stamps
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,12 +39,6 @@ def kvs(tmp_path: Path) -> Iterator[LocalKvs]:
     )
     yield server
     server.stop_in_thread()
-
-
-@pytest.fixture
-def target(kvs: LocalKvs) -> Iterator[Target]:
-    with connect(endpoint_url=kvs.url) as tg:
-        yield tg
 
 
 async def ended_session(kvs: LocalKvs, channel_arn: str, since: float) -> Any:

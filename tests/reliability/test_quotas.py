@@ -23,8 +23,7 @@ from kvsnb.local import LocalKvs
 from kvsnb.local.relay import CLOSE_REPLACED
 from kvsnb.signaling import presign_url
 from kvsnb.target import connect
-from tests.conftest import make_client
-from tests.reliability.conftest import start_kvs
+from tests.conftest import make_client, start_kvs
 
 pytestmark = pytest.mark.timeout(60)
 

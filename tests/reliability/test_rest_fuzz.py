@@ -34,7 +34,8 @@ from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs, protocol
 from kvsnb.local.server import operation_method
 from kvsnb.target import connect
-from tests.reliability.conftest import FAST, healthy, signed_post, start_kvs
+from tests.conftest import FAST, start_kvs
+from tests.reliability.conftest import healthy, signed_post
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -34,8 +34,8 @@ from kvsnb.local import LocalKvs, StrictKeys
 from kvsnb.local.hls import HlsPlane
 from kvsnb.signaling import presign_url
 from kvsnb.target import connect
-from tests.conftest import make_client
-from tests.reliability.conftest import FAST, RawResponse, healthy, signed_post, start_kvs
+from tests.conftest import FAST, make_client, start_kvs
+from tests.reliability.conftest import RawResponse, healthy, signed_post
 
 pytestmark = pytest.mark.timeout(90)
 
