@@ -33,31 +33,46 @@ OK_COLOUR = "#1a7f37"
 
 
 class Tasks:
-    """Keeps a reference to every task a widget schedules (asyncio holds only weak ones),
-    and logs a task's exception if nobody awaited it."""
+    """Runs a widget's work on the event loop the widget was made on (the kernel's main
+    loop, in a notebook), keeps a reference to every task (asyncio holds only weak ones),
+    and logs a task's exception if nobody awaited it.
+
+    JupyterLab 4.6 with ipykernel 7 delivers widget messages on a kernel *subshell*, a
+    thread with an event loop of its own (``commsOverSubshells``): a button's work started
+    there could wait for ever on objects of the main loop (aiortc's peer connections).
+    So work is always handed to the widget's home loop."""
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Schedule ``coro`` on the running loop (the kernel's, in a notebook)."""
+        self._tasks: set[asyncio.Future[Any]] = set()
         try:
-            loop = asyncio.get_running_loop()
+            self.home: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         except RuntimeError:
-            loop = asyncio.get_event_loop()
-        task = loop.create_task(coro)
+            self.home = asyncio.get_event_loop()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        """Schedule ``coro`` on the home loop; the result can be awaited on the loop of
+        the caller (a task when that is the home loop)."""
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        task: asyncio.Future[Any]
+        if current is None or current is self.home or self.home.is_closed():
+            task = (current or self.home).create_task(coro)
+        else:
+            task = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.home))
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
+    def _done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("widget task failed", exc_info=task.exception())
 
     def spawn_guarded(
         self, coro: Coroutine[Any, Any, Any], on_error: Callable[[str], None]
-    ) -> asyncio.Task[Any]:
+    ) -> asyncio.Future[Any]:
         """Schedule ``coro``; if it fails, ``on_error`` gets the error in plain words (the
         widget shows it instead of dying)."""
 

@@ -55,6 +55,19 @@ class FramesSource(Protocol):
         ...
 
 
+def plot_image() -> widgets.Image:
+    """An image widget for a plot: hidden until it has one, never wider than its output."""
+    return widgets.Image(
+        format="png", layout=widgets.Layout(display="none", max_width="100%", height="auto")
+    )
+
+
+def show_png(image: widgets.Image, png: bytes) -> None:
+    """Show a plot in a ``plot_image``."""
+    image.value = png
+    image.layout.display = None
+
+
 class _LiveView(widgets.VBox):
     """Shared by both views: a status line, a redraw counter and the attached task."""
 
@@ -63,10 +76,10 @@ class _LiveView(widgets.VBox):
     def __init__(self) -> None:
         super().__init__()
         self.status = widgets.HTML("")
-        self.task: asyncio.Task[None] | None = None  # the periodic refresh, while attached
+        self.task: asyncio.Future[None] | None = None  # the periodic refresh, while attached
         self._tasks = Tasks()
 
-    def _attach(self, refresh: Any, interval_s: float) -> asyncio.Task[None]:
+    def _attach(self, refresh: Any, interval_s: float) -> asyncio.Future[None]:
         self.detach()
 
         async def loop() -> None:
@@ -110,8 +123,8 @@ class LatencyView(_LiveView):
         self.frame_latency: pd.DataFrame | None = None
         self.fragment_latency: pd.DataFrame | None = None
         self.summary: pd.DataFrame | None = None
-        self.cdf = widgets.Image(format="png")
-        self.waterfall = widgets.Image(format="png")
+        self.cdf = plot_image()
+        self.waterfall = plot_image()
         self.summary_html = widgets.HTML("")
         self.children = [
             self.status,
@@ -136,8 +149,8 @@ class LatencyView(_LiveView):
         self.fragment_latency = fragment_lat
         self.summary = latency_summary(frame_lat, fragment_lat)
         self.summary_html.value = table_html(self.summary)
-        self.cdf.value = figure_png(plot_latency_cdf, frame_lat, size=(6, 3.5))
-        self.waterfall.value = figure_png(plot_latency_waterfall, fragment_lat, size=(6, 3.5))
+        show_png(self.cdf, figure_png(plot_latency_cdf, frame_lat, size=(6, 3.5)))
+        show_png(self.waterfall, figure_png(plot_latency_waterfall, fragment_lat, size=(6, 3.5)))
         self.status.value = (
             f"{len(frame_lat)} frames, {len(fragment_lat)} fragments "
             f"(updated {dt.datetime.now(dt.UTC):%H:%M:%S} UTC)"
@@ -160,7 +173,7 @@ class LatencyView(_LiveView):
         frames_source: FramesSource,
         *,
         interval_s: float = LATENCY_REFRESH_S,
-    ) -> asyncio.Task[None]:
+    ) -> asyncio.Future[None]:
         """Redraw every ``interval_s`` from a running probe until ``detach()``."""
         return self._attach(lambda: self.refresh(probe, frames_source), interval_s)
 
@@ -173,8 +186,8 @@ class TimelineView(_LiveView):
         super().__init__()
         self.timeline: pd.DataFrame | None = None
         self.summary: dict[str, Any] | None = None
-        self.strip = widgets.Image(format="png")
-        self.intervals = widgets.Image(format="png")
+        self.strip = plot_image()
+        self.intervals = plot_image()
         self.summary_html = widgets.HTML("")
         self._stamps: dict[str, pd.DataFrame] = {}  # fragment number → stamps read
         self.children = [self.status, self.summary_html, self.strip, self.intervals]
@@ -196,8 +209,8 @@ class TimelineView(_LiveView):
         self.summary = timeline_summary(tl)
         shown = {k: v for k, v in self.summary.items() if k != "gap_ranges"}
         self.summary_html.value = table_html(pd.DataFrame([shown]))
-        self.strip.value = figure_png(plot_timeline, tl, size=(10, 2.6))
-        self.intervals.value = figure_png(plot_intervals, tl, size=(8, 2.6))
+        show_png(self.strip, figure_png(plot_timeline, tl, size=(10, 2.6)))
+        show_png(self.intervals, figure_png(plot_intervals, tl, size=(8, 2.6)))
         self.status.value = (
             f"{len(tl)} frames sent (updated {dt.datetime.now(dt.UTC):%H:%M:%S} UTC)"
         )
@@ -241,6 +254,6 @@ class TimelineView(_LiveView):
         frames_source: FramesSource,
         *,
         interval_s: float = TIMELINE_REFRESH_S,
-    ) -> asyncio.Task[None]:
+    ) -> asyncio.Future[None]:
         """Redraw every ``interval_s`` while a stamped source sends, until ``detach()``."""
         return self._attach(lambda: self.refresh(target, stream, frames_source), interval_s)

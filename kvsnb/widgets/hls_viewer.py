@@ -70,7 +70,7 @@ class HlsViewer(widgets.VBox):
         self.target = target
         self.frames: collections.deque[HlsFrame] = collections.deque(maxlen=max_frames)
         self.reader: HlsReader | None = None
-        self.task: asyncio.Task[Any] | None = None
+        self.task: asyncio.Future[Any] | None = None
         self._tasks = Tasks()
 
         self.url_input = widgets.Text(
@@ -156,7 +156,7 @@ class HlsViewer(widgets.VBox):
     def __repr__(self) -> str:
         return f"<HlsViewer {self.mode_input.value}: {len(self.frames)} frames>"
 
-    def _act(self, coro: Any) -> asyncio.Task[Any]:
+    def _act(self, coro: Any) -> asyncio.Future[Any]:
         self.task = self._tasks.spawn_guarded(coro, self._show_error)
         return self.task
 

@@ -70,7 +70,7 @@ class ImageBrowser(widgets.VBox):
         self._own_target = target is None
         self.target = target if target is not None else connect()
         self.images: pd.DataFrame | None = None
-        self.task: asyncio.Task[Any] | None = None
+        self.task: asyncio.Future[Any] | None = None
         self._tasks = Tasks()
 
         self.stream_input = widgets.Dropdown(description="stream", options=[])
@@ -156,7 +156,7 @@ class ImageBrowser(widgets.VBox):
 
     # ------------------------------------------------------------------ fetch
 
-    def _act(self, coro: Any) -> asyncio.Task[Any]:
+    def _act(self, coro: Any) -> asyncio.Future[Any]:
         self.task = self._tasks.spawn_guarded(coro, self._show_error)
         return self.task
 

@@ -81,10 +81,10 @@ class SessionPanel(widgets.VBox):
         self.refresh_s = refresh_s
         self.session: StorageSession | None = None
         self.source: Source | None = None
-        self.task: asyncio.Task[Any] | None = None  # the last action (join, stop, create)
+        self.task: asyncio.Future[Any] | None = None  # the last action (join, stop, create)
         self._tasks = Tasks()
-        self._refresher: asyncio.Task[None] | None = None
-        self._join_task: asyncio.Task[Any] | None = None
+        self._refresher: asyncio.Future[None] | None = None
+        self._join_task: asyncio.Future[Any] | None = None
         self._preview_key: object = None
         self._bytes_sample: tuple[float, int] | None = None  # (monotonic s, bytes so far)
         self._bitrate_bps: float | None = None
@@ -129,7 +129,9 @@ class SessionPanel(widgets.VBox):
             widgets.HBox([self.join_button, self.stop_button, self.state_label]),
             self.error_html,
             self.stats_label,
-            widgets.HBox([self.timeline_html, self.preview]),
+            widgets.HBox(
+                [self.timeline_html, self.preview], layout=widgets.Layout(align_items="flex-start")
+            ),
         ]
         self.refresh_channels()
         if channel is not None:
@@ -180,7 +182,7 @@ class SessionPanel(widgets.VBox):
 
     # ------------------------------------------------------------------ join / stop
 
-    def _act(self, coro: Any) -> asyncio.Task[Any]:
+    def _act(self, coro: Any) -> asyncio.Future[Any]:
         """Run an action as a task; its errors are shown in the panel."""
 
         self.task = self._tasks.spawn_guarded(coro, self._show_error)

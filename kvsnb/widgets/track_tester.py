@@ -112,7 +112,7 @@ class TrackTester(widgets.VBox):
         self.report: TrackReport | None = None
         self.result: IngestResult | None = None
         self.images: pd.DataFrame | None = None
-        self.task: asyncio.Task[Any] | None = None  # the last action (check or test)
+        self.task: asyncio.Future[Any] | None = None  # the last action (check or test)
         self._tasks = Tasks()
 
         self.source_input = widgets.Text(
@@ -160,7 +160,7 @@ class TrackTester(widgets.VBox):
             self._own_target = True
         return self._target
 
-    def _act(self, coro: Any) -> asyncio.Task[Any]:
+    def _act(self, coro: Any) -> asyncio.Future[Any]:
         self._busy(True)
         self.error_html.value = ""
         self.task = self._tasks.spawn_guarded(coro, self._show_error)

@@ -417,3 +417,33 @@ def test_describe_error_in_plain_words() -> None:
     assert describe_error(exc) == "ResourceNotFoundException: no stream"
     assert describe_error(TimeoutError("after 3 s")) == "timed out: after 3 s"
     assert describe_error(ValueError("bad")) == "ValueError: bad"
+
+
+async def test_work_started_on_another_loop_runs_on_the_widgets_loop() -> None:
+    """JupyterLab 4.6 delivers widget messages on a kernel subshell: a thread with its own
+    event loop. Work must still run on the loop the widget was made on."""
+    import threading
+
+    from kvsnb.widgets._common import Tasks
+
+    tasks = Tasks()
+    home = asyncio.get_running_loop()
+    ran_on: list[asyncio.AbstractEventLoop] = []
+
+    async def work() -> str:
+        ran_on.append(asyncio.get_running_loop())
+        return "done"
+
+    results: list[str] = []
+
+    def subshell() -> None:
+        async def click() -> None:
+            results.append(await tasks.spawn(work()))
+
+        asyncio.run(click())
+
+    thread = threading.Thread(target=subshell)
+    thread.start()
+    while thread.is_alive():
+        await asyncio.sleep(0.01)
+    assert ran_on == [home] and results == ["done"]
