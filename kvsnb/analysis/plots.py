@@ -65,6 +65,7 @@ def plot_latency_waterfall(fragment_lat: pd.DataFrame, ax: Any = None) -> Figure
         color="#fd8d3c",
         label="listed → in LIVE HLS",
     )
+    ax.set_xticks(x)
     ax.set_xlabel("fragment")
     ax.set_ylabel("ms from the fragment's first frame")
     ax.set_title("Latency waterfall per fragment")

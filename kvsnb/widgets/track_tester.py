@@ -290,7 +290,7 @@ class TrackTester(widgets.VBox):
         self.arrived = arrived
         if not sent.empty:
             self.latency.update(
-                frame_latency(sent, fragments, record), fragment_latency(fragments, record)
+                frame_latency(sent, fragments, record), fragment_latency(fragments, record, sent)
             )
         self.progress.value = f"done: {result.seconds:.1f} s sent into {channel}"
         return images
