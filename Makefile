@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kvsnb-installed
 SYSTEM_STAMP := $(VENV)/.kvsnb-system
 
-.PHONY: demo test lint typecheck unit setup system clean bench soak
+.PHONY: demo test lint typecheck unit setup system clean bench soak notebooks
 
 setup: $(STAMP)
 
@@ -40,9 +40,10 @@ $(STAMP): pyproject.toml $(SYSTEM_STAMP)
 demo: setup
 	$(VENV)/bin/kvsnb demo --out demo-output
 
+LINTED := kvsnb tests bench notebooks/build.py notebooks/conftest.py
 lint: setup
-	$(VENV)/bin/ruff check kvsnb tests bench
-	$(VENV)/bin/ruff format --check kvsnb tests bench
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 typecheck: setup
 	$(VENV)/bin/mypy
@@ -50,11 +51,16 @@ typecheck: setup
 unit: setup
 	$(VENV)/bin/pytest -q tests/unit
 
-# The whole suite: lint, types, unit, integration, notebooks. Pytest's exit 5 (no test ran)
-# counts as a failure.
+# The whole suite: lint, types, then unit, integration, reliability, browser and Binder
+# tests and the notebooks (nbval). Pytest's exit 5 (no test ran) counts as a failure.
+NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 test: setup lint typecheck
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests; rc=$$?; \
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests notebooks $(NBVAL); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest ran no test"; exit 1; fi; exit $$rc
+
+# Rebuild the notebooks from notebooks/src and store their outputs.
+notebooks: setup
+	$(PY) notebooks/build.py
 
 bench: setup
 	$(PY) -m bench

@@ -129,7 +129,6 @@ async def run_demo(
     out: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo (see the module docstring); returns the figures it printed."""
-    import datetime as dt
 
     import matplotlib
 
@@ -198,15 +197,14 @@ async def run_demo(
         hls_indexes = set(hls_stamps["frame_index"].astype(int))
         out(f"HLS frames: {len(hls_frames)}, stamps read {len(hls_indexes)}")
 
-        first = result.frames_sent["capture_ms"].min() / 1000
-        last = result.frames_sent["capture_ms"].max() / 1000
+        first, last = result.sample_range()
         images = printer.step(
             "GetImages, 1 s sampling (PRODUCER_TIMESTAMP)",
             lambda: get_images(
                 tg,
                 stream_arn,
-                dt.datetime.fromtimestamp(first, tz=dt.UTC),
-                dt.datetime.fromtimestamp(last, tz=dt.UTC),
+                first,
+                last,
                 interval_ms=1000,
                 progress=False,
             ),

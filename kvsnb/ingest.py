@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -72,6 +73,18 @@ class IngestResult:
     def seconds(self) -> float:
         """Seconds of media sent."""
         return self.ended - self.started
+
+    def sample_range(self, margin_s: float = 0.5) -> tuple[dt.datetime, dt.datetime]:
+        """The range to sample stored media in (GetImages, HLS): from ``margin_s`` after the
+        first frame's capture (producer timestamps run a little after capture times, so the
+        very first instant may have no media yet) to the last frame's capture."""
+        if self.frames_sent.empty:
+            first, last = self.started, self.ended
+        else:
+            first = float(self.frames_sent["capture_ms"].min()) / 1000
+            last = float(self.frames_sent["capture_ms"].max()) / 1000
+        start = min(first + margin_s, last)
+        return (dt.datetime.fromtimestamp(start, dt.UTC), dt.datetime.fromtimestamp(last, dt.UTC))
 
 
 async def ingest(

@@ -109,8 +109,22 @@ def frame_latency(
     return merged
 
 
-def latency_summary(frame_lat: pd.DataFrame, fragment_lat: pd.DataFrame) -> pd.DataFrame:
-    """Count, p50, p95 and max (ms) of every latency, one row per measure."""
+def latency_summary(
+    frame_lat: pd.DataFrame, fragment_lat: pd.DataFrame, *, session_ended: bool = True
+) -> pd.DataFrame:
+    """Count, p50, p95 and max (ms) of every latency, one row per measure.
+
+    With ``session_ended`` (the master has left), the last fragment is left out of the
+    "fragment end →" measures: it was closed by the master leaving, not cut by the recorder,
+    so its end is the last frame and its wait is the session's shutdown."""
+    if session_ended and len(fragment_lat):
+        last = fragment_lat.sort_values("producer_ms")["fragment_number"].iloc[-1]
+        fragment_lat = fragment_lat[fragment_lat["fragment_number"] != last]
+        frame_lat = frame_lat.assign(
+            images_beyond_end_ms=frame_lat["images_beyond_end_ms"].where(
+                frame_lat["fragment_number"] != last
+            )
+        )
     measures = {
         "capture → server (fragment's first frame)": fragment_lat["arrival_ms"],
         "capture → producer timestamp (sender clock)": fragment_lat["producer_offset_ms"],

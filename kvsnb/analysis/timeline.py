@@ -32,13 +32,31 @@ def producer_offset_ms(capture_ms: np.ndarray, fragment_starts_ms: np.ndarray) -
     return float(np.median(diffs))
 
 
-def fragment_of(capture_ms: np.ndarray, fragments: pd.DataFrame) -> list[str | None]:
-    """The fragment number holding each capture time (producer clock offset corrected)."""
+def stored_offset_ms(stored: pd.DataFrame) -> float | None:
+    """Producer timestamp − capture time of stored frames, when their producer timestamps
+    are known (``pts_s`` of frames decoded from stored fragments is the producer time in
+    epoch seconds, as KVS fragments carry it): the median over frames, else ``None``."""
+    if "pts_s" not in stored or "capture_ms" not in stored or stored.empty:
+        return None
+    pts = pd.to_numeric(stored["pts_s"], errors="coerce")
+    if not (pts > 1e9).all():
+        return None  # presentation times from 0 (HLS, clips): not producer timestamps
+    return float((pts * 1000 - stored["capture_ms"].astype(float)).median())
+
+
+def fragment_of(
+    capture_ms: np.ndarray, fragments: pd.DataFrame, offset_ms: float | None = None
+) -> list[str | None]:
+    """The fragment number holding each capture time. ``offset_ms`` is how far producer
+    timestamps run after capture times (exact when the stored frames' timestamps are known,
+    see ``stored_offset_ms``); estimated from the fragment starts when not given."""
     starts = fragments["producer_time"].map(lambda t: t.timestamp() * 1000).to_numpy()
     numbers = fragments["fragment_number"].to_numpy()
     order = np.argsort(starts)
     starts, numbers = starts[order], numbers[order]
-    shifted = capture_ms.astype(float) + producer_offset_ms(capture_ms, starts)
+    if offset_ms is None:
+        offset_ms = producer_offset_ms(capture_ms, starts)
+    shifted = capture_ms.astype(float) + offset_ms
     pos = np.searchsorted(starts, shifted + 0.5, side="right") - 1
     return [str(numbers[p]) if p >= 0 else None for p in pos]
 
@@ -63,7 +81,9 @@ def frame_timeline(
     tl["capture_time"] = pd.to_datetime(tl["capture_ms"], unit="ms", utc=True)
     tl["interval_ms"] = tl["capture_ms"].diff()
     if fragments is not None and len(fragments):
-        tl["fragment_number"] = fragment_of(tl["capture_ms"].to_numpy(), fragments)
+        tl["fragment_number"] = fragment_of(
+            tl["capture_ms"].to_numpy(), fragments, stored_offset_ms(stored)
+        )
         prev = tl["fragment_number"].shift()
         tl["fragment_start"] = tl["fragment_number"].notna() & tl["fragment_number"].ne(prev)
     else:

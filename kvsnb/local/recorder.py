@@ -21,9 +21,11 @@ audio are filled with silence, overlaps dropped), so timestamps inside and acros
 fragments are smooth and audio and video share one producer timeline in epoch ms. The
 server timestamp of a fragment is the arrival time of its first frame.
 
-Audio belongs to the fragment whose [start, next start) holds its timestamp. Because AAC
-output lags its input, a cut fragment is stored once the audio has passed its end (or
-after ``AUDIO_GRACE_MS`` more video, or at ``close()``).
+Audio belongs to the fragment whose [start, next start) holds its timestamp, except the
+AAC packets that come out of the encoder after their fragment was stored: a cut fragment
+is stored as soon as the audio *fed* to the encoder has passed its end (or after
+``AUDIO_GRACE_MS`` more video, or at ``close()``), and the encoder's last packets before
+the cut, a frame or two, go into the next fragment with their own timestamps.
 
 Threads: ``add_video``/``add_audio`` only enqueue; all parsing, AAC encoding, muxing and
 fsync run in order on the recorder's own worker thread. ``request_keyframe`` and
@@ -417,6 +419,14 @@ class FragmentRecorder:
             self._stats.audio_frames_dropped += 1
             return
         self._encode_audio(frame)
+        # Store a cut fragment as soon as the audio *fed* has passed its end: AAC output lags
+        # its input by a frame or two, and those last packets (timestamps just before the
+        # cut) go into the next fragment rather than holding this one back ~50 ms.
+        sealing = self._sealing
+        if sealing is not None and sealing.end_ms is not None:
+            fed_ms = self._audio_anchor_ms + self._samples_fed * 1000.0 / AUDIO_SAMPLE_RATE
+            if fed_ms >= sealing.end_ms:
+                self._finalize_sealing()
 
     def _encode_audio(self, frame: av.AudioFrame | None) -> None:
         if frame is not None:

@@ -143,11 +143,14 @@ class LatencyView(_LiveView):
         rows = 0 if self.frame_latency is None else len(self.frame_latency)
         return f"<LatencyView {rows} frames, {self.redraws} redraws>"
 
-    def update(self, frame_lat: pd.DataFrame, fragment_lat: pd.DataFrame) -> None:
-        """Redraw from ``frame_latency`` and ``fragment_latency`` tables."""
+    def update(
+        self, frame_lat: pd.DataFrame, fragment_lat: pd.DataFrame, *, session_ended: bool = True
+    ) -> None:
+        """Redraw from ``frame_latency`` and ``fragment_latency`` tables (``session_ended``:
+        see ``latency_summary``)."""
         self.frame_latency = frame_lat
         self.fragment_latency = fragment_lat
-        self.summary = latency_summary(frame_lat, fragment_lat)
+        self.summary = latency_summary(frame_lat, fragment_lat, session_ended=session_ended)
         self.summary_html.value = table_html(self.summary)
         show_png(self.cdf, figure_png(plot_latency_cdf, frame_lat, size=(6, 3.5)))
         show_png(self.waterfall, figure_png(plot_latency_waterfall, fragment_lat, size=(6, 3.5)))
@@ -165,7 +168,7 @@ class LatencyView(_LiveView):
             return
         fragments = probe.record.fragments_frame()
         frame_lat = frame_latency(sent, fragments, probe.record)
-        self.update(frame_lat, fragment_latency(fragments, probe.record, sent))
+        self.update(frame_lat, fragment_latency(fragments, probe.record, sent), session_ended=False)
 
     def attach(
         self,

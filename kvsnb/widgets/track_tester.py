@@ -17,7 +17,6 @@ only the GetImages check applies to it.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import html
 import logging
 from pathlib import Path
@@ -250,12 +249,7 @@ class TrackTester(widgets.VBox):
         fragments = await asyncio.to_thread(list_fragments, target, stream_arn)
 
         sent = result.frames_sent
-        if sent.empty:
-            start = dt.datetime.fromtimestamp(result.started, dt.UTC)
-            end = dt.datetime.fromtimestamp(result.ended, dt.UTC)
-        else:
-            start = dt.datetime.fromtimestamp(sent["capture_ms"].min() / 1000, dt.UTC)
-            end = dt.datetime.fromtimestamp(sent["capture_ms"].max() / 1000, dt.UTC)
+        start, end = result.sample_range()
         self.progress.value = "GetImages, one image a second …"
         raw = await asyncio.to_thread(
             get_images,

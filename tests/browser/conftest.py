@@ -503,7 +503,7 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def jupyter_lab(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[LabServer]:
     """JupyterLab serving a temp copy of ``notebooks/``; stopped with its kernels."""
     base = tmp_path_factory.mktemp("jupyterlab")
@@ -518,7 +518,7 @@ def jupyter_lab(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> It
             shutil.copy(lab.log, artifacts / "jupyterlab-server.log")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Chromium (headless, temporary profile) in one Playwright context."""
     from playwright.sync_api import sync_playwright
