@@ -5,7 +5,6 @@ Run: ``python bench/bench_stamp.py`` (prints figures, never passes or fails on t
 
 from __future__ import annotations
 
-import fractions
 import logging
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import av
 import numpy as np
 
 from kvsnb.media import Stamp, TestPatternTrack, draw_stamp, read_stamp, read_stamp_frame
+from kvsnb.media.sources import webrtc_h264_encoder
 from kvsnb.media.stamp import draw_stamp_yuv420p, try_read_stamp
 
 logger = logging.getLogger(__name__)
@@ -63,15 +63,7 @@ def speed() -> None:
 def survival(width: int, height: int, bitrate: int) -> tuple[float, dict[str, float]]:
     """Encode FRAMES pattern frames like aiortc (plus gop 30); return kbps and read shares."""
     track = TestPatternTrack(width, height)
-    encoder = av.CodecContext.create("libx264", "w")
-    encoder.width, encoder.height = width, height
-    encoder.pix_fmt = "yuv420p"
-    encoder.bit_rate = bitrate
-    encoder.framerate = fractions.Fraction(30, 1)
-    encoder.time_base = fractions.Fraction(1, 30)
-    encoder.gop_size = 30
-    encoder.options = {"level": "31", "tune": "zerolatency"}
-    encoder.profile = "Baseline"
+    encoder = webrtc_h264_encoder(width, height, bitrate, gop=30)
     decoder = av.CodecContext.create("h264", "r")
     size = 0
     good = dict.fromkeys(READ_SIZES, 0)

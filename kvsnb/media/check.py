@@ -33,7 +33,6 @@ audio_sample_rate   no       48 kHz
 
 from __future__ import annotations
 
-import fractions
 import html
 import itertools
 import logging
@@ -46,11 +45,11 @@ import av
 import pandas as pd
 
 from kvsnb.media.sources import (
-    MASTER_VIDEO_BITRATE_BPS,
     TEST_PATTERN,
     FileSource,
     TestPatternTrack,
     ToneTrack,
+    webrtc_h264_encoder,
 )
 
 logger = logging.getLogger(__name__)
@@ -280,14 +279,7 @@ def _has_decoder(name: str) -> bool:
 def _probe_pattern(track: TestPatternTrack, tone: ToneTrack | None) -> dict[str, Any]:
     """Encode TRACK_CHECK_SECONDS of the pattern the way aiortc's H264 encoder does."""
     frames = max(1, round(TRACK_CHECK_SECONDS * track.fps))
-    cc = av.CodecContext.create("libx264", "w")
-    cc.width, cc.height = track.width, track.height
-    cc.bit_rate = MASTER_VIDEO_BITRATE_BPS
-    cc.pix_fmt = "yuv420p"
-    cc.framerate = fractions.Fraction(30, 1)  # as aiortc's H264Encoder
-    cc.time_base = fractions.Fraction(1, 30)
-    cc.options = {"level": "31", "tune": "zerolatency"}
-    cc.profile = "Baseline"
+    cc = webrtc_h264_encoder(track.width, track.height)
     size = 0
     sps: tuple[int, int, int] | None = None
     for i in range(frames + 1):

@@ -649,6 +649,29 @@ class CameraSource:
 # -- test files ----------------------------------------------------------------------------
 
 
+def webrtc_h264_encoder(
+    width: int,
+    height: int,
+    bitrate: int = MASTER_VIDEO_BITRATE_BPS,
+    *,
+    fps: int = 30,
+    gop: int | None = None,
+) -> av.VideoCodecContext:
+    """A libx264 encoder set up as aiortc's ``H264Encoder`` is (Baseline, level 3.1,
+    zerolatency, time base 1/fps); ``gop`` fixes the keyframe interval (aiortc sets none)."""
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height = width, height
+    encoder.pix_fmt = "yuv420p"
+    encoder.bit_rate = bitrate
+    encoder.framerate = fractions.Fraction(fps, 1)
+    encoder.time_base = fractions.Fraction(1, fps)
+    encoder.options = {"level": "31", "tune": "zerolatency"}
+    encoder.profile = "Baseline"
+    if gop is not None:
+        encoder.gop_size = gop
+    return encoder
+
+
 def make_test_file(
     path: str | os.PathLike[str],
     seconds: float = 2.0,

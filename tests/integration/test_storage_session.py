@@ -22,6 +22,7 @@ from kvsnb.playback import decode_video, get_media, list_fragments
 from kvsnb.session import JoinPolicy, SessionError, StorageSession, is_retryable
 from kvsnb.signaling import SignalingClient
 from kvsnb.target import Target, connect
+from kvsnb.timeline import STEPS
 from tests.conftest import FAST, FRAGMENT_S, make_client, start_kvs, stored_stamps
 
 
@@ -72,20 +73,7 @@ async def test_timeline_records_every_step_and_early_candidates(target: Target) 
     target.create_storage_channel("timeline")
     result = await ingest(target, "timeline", seconds=0.5, policy=FAST)
     steps = list(result.timeline.to_frame()["step"])
-    for step in (
-        "describe_channel",
-        "describe_media_storage",
-        "get_endpoints",
-        "get_ice_config",
-        "socket_open",
-        "join_call",
-        "join_response",
-        "offer_received",
-        "answer_sent",
-        "ice_connected",
-        "dtls_connected",
-        "first_frame_sent",
-    ):
+    for step in STEPS:  # every setup step, as kvsnb.timeline lists them
         assert step in steps, step
     assert steps.index("socket_open") < steps.index("join_call")  # socket first, then join
     # Local KVS trickles its candidates before the offer (candidates_first): buffered.

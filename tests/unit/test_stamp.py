@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fractions
 import io
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from kvsnb.media import (
     read_stamp_frame,
     try_read_stamp,
 )
+from kvsnb.media.sources import webrtc_h264_encoder
 from kvsnb.media.stamp import (
     BAND_FRACTION,
     COLUMNS,
@@ -142,15 +142,7 @@ class Encoded:
 def encode_pattern(width: int, height: int, bitrate: int, count: int = 64) -> Encoded:
     """Stamped test-pattern frames through libx264 (baseline, zerolatency, gop 30) and back."""
     track = TestPatternTrack(width, height)
-    encoder = av.CodecContext.create("libx264", "w")
-    encoder.width, encoder.height = width, height
-    encoder.pix_fmt = "yuv420p"
-    encoder.bit_rate = bitrate
-    encoder.framerate = fractions.Fraction(30, 1)
-    encoder.time_base = fractions.Fraction(1, 30)
-    encoder.gop_size = 30
-    encoder.options = {"tune": "zerolatency", "level": "31"}
-    encoder.profile = "Baseline"
+    encoder = webrtc_h264_encoder(width, height, bitrate, gop=30)
     decoder = av.CodecContext.create("h264", "r")
     frames: list[av.VideoFrame] = []
     size = 0
