@@ -28,7 +28,7 @@ def make_client(service: str, endpoint_url: str, **kwargs: Any) -> Any:
     """A boto3 client for a KVS plane at ``endpoint_url`` (no retries, so errors surface)."""
     from botocore.config import Config
 
-    return boto3.client(
+    return boto3.client(  # type: ignore[call-overload]  # service: str, no Literal overload
         service,
         endpoint_url=endpoint_url,
         region_name=REGION,

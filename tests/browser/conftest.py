@@ -33,9 +33,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import ViewportSize
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = Path(os.environ.get("KVSNB_BROWSER_NOTEBOOKS") or REPO / "notebooks")
@@ -51,7 +54,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1400, "height": 1200}
+VIEWPORT: ViewportSize = {"width": 1400, "height": 1200}
 
 # Bounded waits (seconds); the whole file runs in well under three minutes.
 LAB_START_S = 60.0  # the server answers /api/status

@@ -181,8 +181,16 @@ def test_track_tester_checklist_and_end_to_end(
     check.click()
     wait_for_text(nb, tester, r"\d+ rules: \d+ failed, \d+ warnings", CHECK_S, "check")
     rows = tester.locator("tr[class^='rule-']")
+    # The notebook already ran a check: the table is redrawn by this one, so read it once
+    # it has settled (rows present and every one marked), within a bounded time.
+    deadline = time.monotonic() + CHECK_S
+    marks: list[str] = []
+    while time.monotonic() < deadline:
+        marks = [m.strip() for m in rows.locator("td:first-child").all_inner_texts()]
+        if marks and all(marks):
+            break
+        time.sleep(0.2)
     assert rows.count() >= 1, tester.inner_text()
-    marks = [row.locator("td").first.inner_text().strip() for row in rows.all()]
     assert set(marks) <= MARKS, marks
     assert "✓" in marks, marks
     for row in rows.all():

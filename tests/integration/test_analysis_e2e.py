@@ -54,5 +54,5 @@ async def test_timeline_finds_an_injected_drop(target: Target) -> None:
     lat = frame_latency(result.frames_sent, fragments, record)
     assert lat["fragment_number"].notna().mean() > 0.95
     table = latency_summary(lat, frag_lat).set_index("measure")
-    assert table.loc["capture → listed (ListFragments)", "count"] > 50
+    assert table["count"].loc["capture → listed (ListFragments)"] > 50
     await asyncio.sleep(0)

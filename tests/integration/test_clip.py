@@ -4,6 +4,7 @@ as an MP4 that ffprobe decodes frame for frame, and bad ranges get the AWS error
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,7 +107,7 @@ def test_clip_errors(recorded: Recorded) -> None:
         (start - 3 * hour, start - 2 * hour, "ResourceNotFoundException", 404),
     ]
     for begin, end, code, status in cases:
-        expect_aws_error(lambda b=begin, e=end: get_clip(recorded, b, e), code, status)
+        expect_aws_error(functools.partial(get_clip, recorded, begin, end), code, status)
     expect_aws_error(
         lambda: recorded.am.get_clip(
             StreamName="no-such-stream",

@@ -85,7 +85,7 @@ def when(ms: float) -> dt.datetime:
 
 def decode_image(content: str) -> tuple[str, av.VideoFrame]:
     """The codec name and the one picture of a base64 JPEG/PNG, decoded by PyAV."""
-    with av.open(io.BytesIO(base64.b64decode(content))) as container:
+    with av.open(io.BytesIO(base64.b64decode(content)), mode="r") as container:
         codec = container.streams.video[0].codec_context.name
         frame = next(container.decode(video=0))
     return codec, frame
@@ -100,8 +100,9 @@ def stored_frames(client: Any, stream_arn: str, numbers: list[str]) -> list[Stor
         "Payload"
     ].read()
     out = []
-    with av.open(io.BytesIO(body)) as container:
+    with av.open(io.BytesIO(body), mode="r") as container:
         for frame in container.decode(video=0):
+            assert frame.pts is not None
             out.append(StoredFrame(int(frame.pts), read_stamp_frame(frame)))
     return sorted(out, key=lambda f: f.pts)
 
@@ -295,9 +296,9 @@ def test_pages_of_25_cover_every_sample_once(media: Media) -> None:
     expected = [start + 200 * k for k in range(60)]
     seen: list[int] = []
     sizes = []
-    token = None
+    token: str | None = None
     while True:
-        kw = {"NextToken": token} if token else {}
+        kw: dict[str, str] = {"NextToken": token} if token else {}
         page = get_images(media, start, end, WidthPixels=64, HeightPixels=48, **kw)
         sizes.append(len(page["Images"]))
         seen += [ms_of(im) for im in page["Images"]]

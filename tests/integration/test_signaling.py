@@ -57,7 +57,7 @@ def make_client(service: str, endpoint_url: str, **creds: str) -> Any:
         "aws_access_key_id": CREDENTIALS.access_key,
         "aws_secret_access_key": CREDENTIALS.secret_key,
     }
-    return boto3.client(
+    return boto3.client(  # type: ignore[call-overload]  # service: str, no Literal overload
         service,
         endpoint_url=endpoint_url,
         region_name=REGION,

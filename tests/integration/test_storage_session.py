@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs
 from kvsnb.playback import decode_video, get_media, list_fragments
 from kvsnb.session import JoinPolicy, SessionError, StorageSession, is_retryable
-from kvsnb.signaling import SignalingClient
+from kvsnb.signaling import SignalingClient, SignalingMessage
 from kvsnb.target import Target, connect
 from kvsnb.timeline import STEPS
 from tests.conftest import FAST, FRAGMENT_S, make_client, start_kvs, stored_stamps
@@ -65,7 +66,7 @@ async def test_master_ingests_and_every_frame_is_stored(target: Target, kvs: Loc
 
     # The stored media has an AAC track next to H.264.
     media = get_media(target, stream_arn, [f["FragmentNumber"] for f in numbers])
-    with av.open(io.BytesIO(media)) as c:
+    with av.open(io.BytesIO(media), mode="r") as c:
         assert {s.codec_context.name for s in c.streams} == {"h264", "aac"}
 
 
@@ -126,7 +127,7 @@ async def test_offer_shape_is_aws(target: Target, kvs: LocalKvs) -> None:
         webrtc = make_client("kinesis-video-webrtc-storage", ep.webrtc)
         resp = webrtc.join_storage_session(channelArn=channel_arn)
         assert resp["ResponseMetadata"]["HTTPStatusCode"] == 200
-        messages = []
+        messages: list[SignalingMessage] = []
         while not any(m.type == "SDP_OFFER" for m in messages):
             ev = await client.next_event(5)
             if ev.message is not None:
@@ -171,6 +172,7 @@ async def test_wrong_answer_gets_status_response_and_no_session(
             ev = await client.next_event(5)
             if ev.message is not None and ev.message.type == "SDP_OFFER":
                 break
+        assert ev.message.payload is not None
         # An answer with no tracks attached: video inactive instead of sendonly.
         await pc.setRemoteDescription(RTCSessionDescription(ev.message.payload["sdp"], "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
@@ -240,8 +242,9 @@ async def test_no_offer_is_retried_with_backoff(tmp_path: Path) -> None:
 def test_retry_policy_is_the_js_sdks() -> None:
     policy = JoinPolicy()
 
-    class Fixed:
+    class Fixed(random.Random):
         def __init__(self, r: float) -> None:
+            super().__init__()
             self.r = r
 
         def random(self) -> float:
@@ -253,13 +256,12 @@ def test_retry_policy_is_the_js_sdks() -> None:
     from botocore.exceptions import ClientError
 
     def err(code: str, msg: str, status: int) -> ClientError:
-        return ClientError(
-            {
-                "Error": {"Code": code, "Message": msg},
-                "ResponseMetadata": {"HTTPStatusCode": status},
-            },
-            "JoinStorageSession",
-        )
+        # partial ResponseMetadata: botocore-stubs' TypedDict wants all of its keys
+        response: Any = {
+            "Error": {"Code": code, "Message": msg},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        }
+        return ClientError(response, "JoinStorageSession")
 
     assert is_retryable(err("ClientLimitExceededException", "too many calls", 400))
     assert not is_retryable(

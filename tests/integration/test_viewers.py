@@ -93,7 +93,7 @@ async def test_two_viewers_get_the_masters_media_and_talk_back(
     # the viewer's tone is in the stored audio, mixed with the master's
     fragments = list_fragments(target, stream_arn)
     media = get_media(target, stream_arn, list(fragments["fragment_number"]))
-    with av.open(io.BytesIO(media)) as c:
+    with av.open(io.BytesIO(media), mode="r") as c:
         pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]).astype(
             np.float32
         )

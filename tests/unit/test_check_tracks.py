@@ -139,7 +139,7 @@ def test_bad_sources_raise(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         check_tracks(tmp_path / "nothing.mkv")
     with pytest.raises(TypeError, match="FileSource"):
-        check_tracks(42)  # type: ignore[arg-type]
+        check_tracks(42)
 
 
 def test_report_renders(files: dict[str, Path]) -> None:

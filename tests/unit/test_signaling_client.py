@@ -61,6 +61,7 @@ def test_js_sdk_test_vector(token: str | None, signature: str) -> None:
     )
     with frozen(dt.datetime(2019, 12, 1)):
         SigV4QueryAuth(creds, "kinesisvideo", "us-west-2", PRESIGN_EXPIRES_S).add_auth(request)
+    assert request.url is not None
     query = parse_qs(urlsplit(request.url).query)
     assert query["X-Amz-Signature"] == [signature]
 

@@ -48,6 +48,12 @@ JPEG = b"\xff\xd8"
 PNG = b"\x89PNG"
 
 
+async def settled(task: asyncio.Future[Any] | None) -> None:
+    """Wait for the work a widget started (there must be some)."""
+    assert task is not None
+    await task
+
+
 @pytest.fixture(scope="module", autouse=True)
 def recording_comm() -> Iterator[None]:
     """Swap in ipywidgets' recording dummy comm for this module."""
@@ -147,7 +153,7 @@ async def test_session_panel_creates_joins_streams_and_stops(target: Target) -> 
 
     panel.new_channel.value = "widgets-panel"
     panel.create_button.click()
-    await panel.task
+    await settled(panel.task)
     assert "widgets-panel" in panel.channel_input.options
     assert panel.channel_input.value == "widgets-panel"
     kv = target.kinesisvideo
@@ -157,7 +163,7 @@ async def test_session_panel_creates_joins_streams_and_stops(target: Target) -> 
 
     panel.join_button.click()
     assert panel.join_button.disabled and not panel.stop_button.disabled
-    await panel.task
+    await settled(panel.task)
     assert panel.error == ""
     assert panel.state == "connected"
     assert panel.state_label.value == "state: connected"
@@ -183,7 +189,7 @@ async def test_session_panel_creates_joins_streams_and_stops(target: Target) -> 
     )
     assert viewer.source_input.disabled and not viewer.client_id_input.disabled
     viewer.join_button.click()
-    await viewer.task
+    await settled(viewer.task)
     assert viewer.state == "connected", viewer.error
     await asyncio.sleep(1.5)
     assert "frames received: " in viewer.stats_label.value
@@ -191,11 +197,11 @@ async def test_session_panel_creates_joins_streams_and_stops(target: Target) -> 
     assert received >= 10
     assert bytes(viewer.preview.value).startswith(JPEG)
     viewer.stop_button.click()
-    await viewer.task
+    await settled(viewer.task)
     assert viewer.state == "closed"
 
     panel.stop_button.click()
-    await panel.task
+    await settled(panel.task)
     assert panel.state == "closed"
     assert "stopped" in panel.timeline_html.value
     assert not panel.join_button.disabled and panel.stop_button.disabled
@@ -209,7 +215,7 @@ async def test_session_panel_shows_a_failed_join_and_stays_usable(target: Target
     target.kinesisvideo.create_signaling_channel(ChannelName="widgets-no-storage")
     panel = SessionPanel(target, channel="widgets-no-storage", policy=FAST)
     panel.join_button.click()
-    await panel.task
+    await settled(panel.task)
     assert "media storage DISABLED" in panel.error
     assert "media storage DISABLED" in panel.error_html.value
     assert panel.state == "closed"
@@ -220,13 +226,13 @@ async def test_session_panel_shows_a_failed_join_and_stays_usable(target: Target
     panel.channel_input.value = "widgets-bad-source"
     panel.source_input.value = "/no/such/file.mp4"
     panel.join_button.click()
-    await panel.task
+    await settled(panel.task)
     assert panel.error == "no media file at /no/such/file.mp4"
     assert not panel.join_button.disabled
 
     panel.new_channel.value = "bad name!"
     panel.create_button.click()
-    await panel.task
+    await settled(panel.task)
     assert "InvalidArgumentException" in panel.error or "ValidationException" in panel.error
     assert "bad name!" not in panel.channel_input.options
     panel.close()
@@ -239,7 +245,7 @@ async def test_track_tester_checklist(tmp_path: Path) -> None:
     high = make_test_file(tmp_path / "high.mp4", seconds=1, profile="high")
     tester = TrackTester.from_file(high)
     tester.check_button.click()
-    await tester.task
+    await settled(tester.task)
     assert tester.ok is False
     row = tester.checklist.value.split("<td>h264_profile</td>")[0].rsplit("<tr", 1)[1]
     assert 'class="rule-failed"' in row and "✗" in row
@@ -250,7 +256,7 @@ async def test_track_tester_checklist(tmp_path: Path) -> None:
     good = make_test_file(tmp_path / "good.mkv", seconds=1, profile="baseline")
     tester.source_input.value = str(good)
     tester.check_button.click()
-    await tester.task
+    await settled(tester.task)
     assert tester.ok is True, tester.checklist.value
     assert "rule-failed" not in tester.checklist.value
     assert tester.checklist.value.count("✓") >= 8
@@ -258,7 +264,7 @@ async def test_track_tester_checklist(tmp_path: Path) -> None:
 
     tester.source_input.value = str(tmp_path / "missing.mp4")
     tester.check_button.click()
-    await tester.task
+    await settled(tester.task)
     assert "no media file at" in tester.status.value
     assert not tester.check_button.disabled
     tester.close()
@@ -267,7 +273,7 @@ async def test_track_tester_checklist(tmp_path: Path) -> None:
 async def test_track_tester_end_to_end(target: Target) -> None:
     tester = TrackTester(target=target, channel="widgets-e2e", seconds=2, policy=FAST)
     tester.run_button.click()
-    await tester.task
+    await settled(tester.task)
     assert tester.error_html.value == ""
     assert tester.arrived is True
     assert "✓ frames arrived" in tester.verdict.value
@@ -288,7 +294,7 @@ async def test_image_browser_fetches_real_images(target: Target, recorded: Recor
         target, "widgets-recorded", recorded.result, interval_ms=500, size="160×120"
     )
     browser.fetch_button.click()
-    await browser.task
+    await settled(browser.task)
     images = browser.images
     assert images is not None, browser.status.value
     expected = int((recorded.result.ended - recorded.result.started) * 1000 // 500) + 1
@@ -309,7 +315,7 @@ async def test_image_browser_fetches_real_images(target: Target, recorded: Recor
 
     browser.start_input.value = "yesterday"
     browser.fetch_button.click()
-    await browser.task
+    await settled(browser.task)
     assert "cannot read the time" in browser.status.value
     assert browser.images is images  # the last good fetch stays
     browser.close()
@@ -327,7 +333,7 @@ async def test_hls_viewer_steps_through_on_demand_frames(
     viewer = HlsViewer.from_stream(target, recorded.stream_arn, start=start, end=end)
     assert viewer.url_input.value.startswith("http")
     viewer.read_button.click()
-    await viewer.task
+    await settled(viewer.task)
     assert "frames in" in viewer.status.value, viewer.status.value
     frames = list(viewer.frames)
     assert len(frames) >= 60
@@ -354,11 +360,11 @@ async def test_hls_viewer_steps_through_on_demand_frames(
 async def test_hls_viewer_reports_a_bad_request(target: Target) -> None:
     viewer = HlsViewer(target=target, stream="no-such-stream", start="last 60 s")
     viewer.url_button.click()
-    await viewer.task
+    await settled(viewer.task)
     assert "ResourceNotFoundException" in viewer.status.value
     viewer.url_input.value = ""
     viewer.read_button.click()
-    await viewer.task
+    await settled(viewer.task)
     assert "paste a session URL" in viewer.status.value
     assert not viewer.read_button.disabled
 
