@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kvsnb-installed
 SYSTEM_STAMP := $(VENV)/.kvsnb-system
+BROWSER_STAMP := $(VENV)/.kvsnb-browser
 
 .PHONY: demo test lint typecheck unit setup system clean bench soak notebooks
 
@@ -14,11 +15,10 @@ setup: $(STAMP)
 system: $(SYSTEM_STAMP)
 
 # System packages, installed only when missing: ffmpeg (ffprobe checks what Local KVS
-# serves) and Debian's chromium (the browser tests drive it with Playwright; no browser
-# download).
-SYSTEM_PACKAGES := ffmpeg:ffprobe chromium:chromium
-$(SYSTEM_STAMP):
-	@missing=""; for pc in $(SYSTEM_PACKAGES); do \
+# serves) for everything, and Debian's chromium for the tests (the browser tests drive it
+# with Playwright; no browser download).
+define apt_install_missing
+	@missing=""; for pc in $(1); do \
 		pkg=$${pc%%:*}; cmd=$${pc##*:}; \
 		command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
@@ -29,6 +29,13 @@ $(SYSTEM_STAMP):
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@mkdir -p $(VENV) && touch $@
+endef
+
+$(SYSTEM_STAMP):
+	$(call apt_install_missing,ffmpeg:ffprobe)
+
+$(BROWSER_STAMP):
+	$(call apt_install_missing,chromium:chromium)
 
 $(STAMP): pyproject.toml $(SYSTEM_STAMP)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -54,7 +61,7 @@ unit: setup
 # The whole suite: lint, types, then unit, integration, reliability, browser and Binder
 # tests and the notebooks (nbval). Pytest's exit 5 (no test ran) counts as a failure.
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
-test: setup lint typecheck
+test: setup $(BROWSER_STAMP) lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests notebooks $(NBVAL); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest ran no test"; exit 1; fi; exit $$rc
 
