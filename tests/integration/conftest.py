@@ -26,6 +26,7 @@ REGION = "us-west-2"
 STRICT_ACCESS_KEY = "AKIASTRICTLOCALKVS01"
 STRICT_SECRET_KEY = "strict-secret/for+local+kvs"
 JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
+HTTP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,14 @@ class RawResponse:
 
     @property
     def message(self) -> str:
-        """The error message (``Message`` or ``message``)."""
-        data = self.json
+        """The error message (``Message`` or ``message`` member), or ``""`` for a body that
+        is not a JSON object."""
+        try:
+            data = self.json
+        except ValueError:
+            return ""
+        if not isinstance(data, dict):
+            return ""
         return str(data.get("Message", data.get("message", "")))
 
 
@@ -58,12 +65,17 @@ class Http:
 
     @staticmethod
     def request(
-        method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
+        method: str,
+        url: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        timeout: float = HTTP_TIMEOUT_S,
     ) -> RawResponse:
-        """Send one HTTP request, returning error statuses as responses too."""
+        """Send one HTTP request, returning error statuses as responses too. A hang raises
+        (``TimeoutError``/``URLError``) after ``timeout`` seconds."""
         req = urllib.request.Request(url, data=body or None, method=method, headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return RawResponse(resp.status, _lower(resp.headers.items()), resp.read())
         except urllib.error.HTTPError as exc:
             return RawResponse(exc.code, _lower(exc.headers.items()), exc.read())
@@ -78,21 +90,25 @@ class Http:
         service: str = "kinesisvideo",
         region: str = REGION,
         token: str | None = None,
+        content_type: str = JSON_CONTENT_TYPE,
     ) -> dict[str, str]:
         """The headers of a POST to ``url`` signed with SigV4 by botocore's own signer."""
         request = AWSRequest(
-            method="POST", url=url, data=body, headers={"Content-Type": JSON_CONTENT_TYPE}
+            method="POST", url=url, data=body, headers={"Content-Type": content_type}
         )
         SigV4Auth(Credentials(access_key, secret_key, token), service, region).add_auth(request)
         return dict(request.headers.items())
 
-    def signed_post(self, url: str, body: bytes, **sign: Any) -> RawResponse:
+    @classmethod
+    def signed_post(
+        cls, url: str, body: bytes, *, timeout: float = HTTP_TIMEOUT_S, **sign: Any
+    ) -> RawResponse:
         """POST ``body`` to ``url`` signed with SigV4 (see ``signed_headers``)."""
-        return self.request("POST", url, body, self.signed_headers(url, body, **sign))
+        return cls.request("POST", url, body, cls.signed_headers(url, body, **sign), timeout)
 
 
 def _lower(items: Any) -> dict[str, str]:
-    return {k.lower(): v for k, v in items}
+    return {str(k).lower(): str(v) for k, v in items}
 
 
 @pytest.fixture

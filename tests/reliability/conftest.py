@@ -5,31 +5,22 @@ tests use. Everything talks to 127.0.0.1 only."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import av
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from tests.conftest import FRAGMENT_S
+from tests.integration.conftest import HTTP_TIMEOUT_S, Http, RawResponse
 
-REGION = "us-west-2"
 ACCESS_KEY = "AKIDLOCALTEST"
 SECRET_KEY = "local-secret"
-HTTP_TIMEOUT_S = 10.0
 
 # hypothesis keeps caches in ./.hypothesis by default: keep the working tree clean
 set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "kvsnb-hypothesis"))
@@ -39,31 +30,6 @@ CHILD_START_TIMEOUT_S = 30.0
 # ---------------------------------------------------------------------------- raw HTTP
 
 
-@dataclass(frozen=True)
-class RawResponse:
-    """What a raw HTTP call answered (header names lower-cased)."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def error_code(self) -> str:
-        """The AWS error code as botocore reads it (``x-amzn-ErrorType`` before ``:``)."""
-        return self.headers.get("x-amzn-errortype", "").split(":", 1)[0]
-
-    @property
-    def message(self) -> str:
-        """The error message (``Message`` or ``message`` member), or ``""``."""
-        try:
-            data = json.loads(self.body)
-        except ValueError:
-            return ""
-        if not isinstance(data, dict):
-            return ""
-        return str(data.get("Message", data.get("message", "")))
-
-
 def http(
     method: str,
     url: str,
@@ -71,18 +37,8 @@ def http(
     headers: dict[str, str] | None = None,
     timeout: float = HTTP_TIMEOUT_S,
 ) -> RawResponse:
-    """One HTTP request with urllib; error statuses come back as responses too. A hang
-    raises (``TimeoutError``/``URLError``) after ``timeout`` seconds."""
-    req = urllib.request.Request(url, data=body or None, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return RawResponse(resp.status, _lower(resp.headers.items()), resp.read())
-    except urllib.error.HTTPError as exc:
-        return RawResponse(exc.code, _lower(exc.headers.items()), exc.read())
-
-
-def _lower(items: Any) -> dict[str, str]:
-    return {str(k).lower(): str(v) for k, v in items}
+    """One HTTP request (``Http.request``): error statuses come back as responses too."""
+    return Http.request(method, url, body, headers, timeout)
 
 
 def signed_post(
@@ -95,9 +51,14 @@ def signed_post(
     timeout: float = HTTP_TIMEOUT_S,
 ) -> RawResponse:
     """POST ``body`` signed with botocore's SigV4 signer (service ``kinesisvideo``)."""
-    request = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": content_type})
-    SigV4Auth(Credentials(access_key, secret_key), "kinesisvideo", REGION).add_auth(request)
-    return http("POST", url, body, dict(request.headers.items()), timeout)
+    return Http.signed_post(
+        url,
+        body,
+        access_key=access_key,
+        secret_key=secret_key,
+        content_type=content_type,
+        timeout=timeout,
+    )
 
 
 def healthy(url: str) -> bool:
