@@ -1,15 +1,17 @@
 """Concurrency sweep: 1, 8, 16, 32, 48 masters into one Local KVS on this machine.
 
-Local KVS runs in its own process (``kvsnb local``); the masters run in separate worker
-processes (``--worker``), each with several kvsnb ``StorageSession``s that send pre-encoded
-media (640x480 30 fps H.264 at ~800 kbps with a keyframe every second, and Opus), so the
-masters spend nothing on encoding. Per level: frames lost (frames sent by the masters vs
-video frames in the stored fragments, read back with GetMediaForFragmentList), fragment end
-→ durable (from Local KVS's own index: ``stored_at`` − producer end of each fragment), Local
-KVS CPU (cores) and memory, and the whole machine's CPU. Budget (DESIGN.md): ≥ 32 sessions
-with < 0.1 % frames lost. Prints figures; never asserts on time.
+Local KVS runs in its own process (``kvsnb local``), once with its storage sessions in the
+server process and once spread over 2 storage worker processes (``--workers``); the masters
+run in separate sender processes (``--worker``), each with several kvsnb
+``StorageSession``s that send pre-encoded media (640x480 30 fps H.264 at ~800 kbps with a
+keyframe every second, and Opus), so the masters spend nothing on encoding. Per level:
+frames lost (frames sent by the masters vs video frames in the stored fragments, read back
+with GetMediaForFragmentList), fragment end → durable (from Local KVS's own index:
+``stored_at`` − producer end of each fragment), Local KVS CPU (cores) and memory (with its
+workers), and the whole machine's CPU. Budget (DESIGN.md): ≥ 32 sessions with < 0.1 %
+frames lost. Prints figures; never asserts on time.
 
-``python -m bench.bench_concurrency [LEVELS...] [--seconds S] [--video-only]``
+``python -m bench.bench_concurrency [LEVELS...] [--seconds S] [--video-only] [--workers 0,2]``
 """
 
 from __future__ import annotations
@@ -202,11 +204,14 @@ def machine_cpu() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
-def run_level(n: int, clip: Path, seconds: float, video_only: bool) -> dict[str, Any]:
+def run_level(
+    n: int, clip: Path, seconds: float, video_only: bool, storage_workers: int
+) -> dict[str, Any]:
     """One level of the sweep."""
     from kvsnb.target import connect
 
     extra = ["--allow-video-only"] if video_only else []
+    extra += ["--workers", str(storage_workers)]
     with LocalKvsProcess(*extra) as kvs:
         target = connect(endpoint_url=kvs.url)
         names = [f"sweep-{n}-{i}" for i in range(n)]
@@ -257,6 +262,7 @@ def run_level(n: int, clip: Path, seconds: float, video_only: bool) -> dict[str,
     total_stored = sum(stored.values())
     return {
         "masters": n,
+        "storage_workers": storage_workers,
         "frames_sent": total_sent,
         "frames_stored": total_stored,
         "loss_pct": round(100 * (total_sent - total_stored) / total_sent, 3)
@@ -280,6 +286,11 @@ def main() -> list[dict[str, Any]]:
     ap.add_argument("--clip")
     ap.add_argument("--seconds", type=float, default=MEASURE_S)
     ap.add_argument("--video-only", action="store_true")
+    ap.add_argument(
+        "--workers",
+        default="0,2",
+        help="storage worker processes of Local KVS, one sweep each (comma-separated)",
+    )
     args = ap.parse_args()
     if args.worker:
         result = asyncio.run(
@@ -291,11 +302,12 @@ def main() -> list[dict[str, Any]]:
     clip = Path(tempfile.mkdtemp(prefix="kvsnb-sweep-")) / "clip.pkl"
     make_clip(clip)
     results = []
-    for n in levels:
-        r = run_level(n, clip, args.seconds, args.video_only)
-        r["audio"] = not args.video_only
-        print(json.dumps(r), flush=True)
-        results.append(r)
+    for storage_workers in [int(x) for x in args.workers.split(",")]:
+        for n in levels:
+            r = run_level(n, clip, args.seconds, args.video_only, storage_workers)
+            r["audio"] = not args.video_only
+            print(json.dumps(r), flush=True)
+            results.append(r)
     return results
 
 

@@ -30,6 +30,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
         data_dir=Path(args.data) if args.data else None,
         region=args.region,
         strict_keys=strict,
+        storage_workers=args.workers,
         extra={
             "storage": StorageOptions(
                 fragment_duration_s=args.fragment_seconds,
@@ -167,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-video-only",
         action="store_true",
         help="accept masters that send no audio (current SDKs; the API reference needs both)",
+    )
+    lp.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run storage sessions in N worker processes (0: in the server process); "
+        "use about one per core beyond ~16 concurrent masters with audio",
     )
     lp.set_defaults(func=_cmd_local)
 

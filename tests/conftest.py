@@ -65,15 +65,17 @@ def start_kvs(
     *,
     signaling: SignalingLimits | None = None,
     strict_keys: Any = None,
+    storage_workers: int = 0,
     **storage: Any,
 ) -> LocalKvs:
     """A Local KVS on its own event-loop thread with 1 s fragments and ``storage`` options
-    (``StorageOptions`` fields)."""
+    (``StorageOptions`` fields), its storage sessions in ``storage_workers`` processes."""
     options = StorageOptions(**{"fragment_duration_s": FRAGMENT_S, **storage})
     config = LocalKvsConfig(
         data_dir=data,
         signaling=signaling or SignalingLimits(connects_per_s=100.0),
         strict_keys=strict_keys,
+        storage_workers=storage_workers,
         extra={"storage": options},
     )
     return LocalKvs(config).start_in_thread()

@@ -53,7 +53,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.sdp import candidate_from_sdp
 
 from .. import ice, sdp
-from .control import Channel, ControlPlane
+from .control import Channel
 from .errors import ClientLimitExceededException, InvalidArgumentException
 from .fanout import MASTER, STORE, AudioMixer, MixedAudioTrack, VideoFanout
 from .passthrough import (
@@ -64,7 +64,7 @@ from .passthrough import (
     receiver_for_track,
 )
 from .recorder import FragmentRecorder
-from .relay import ClientMessage, Connection, SignalingRelay
+from .relay import ClientEndpoint, ClientMessage, StorageRelay
 from .store import FragmentStore
 
 logger = logging.getLogger(__name__)
@@ -186,8 +186,8 @@ class _StoragePeer(abc.ABC):
     def __init__(
         self,
         state: ChannelState,
-        conn: Connection,
-        relay: SignalingRelay,
+        conn: ClientEndpoint,
+        relay: StorageRelay,
         options: StorageOptions,
     ) -> None:
         self.state = state
@@ -403,8 +403,8 @@ class MasterSession(_StoragePeer):
     def __init__(
         self,
         state: ChannelState,
-        conn: Connection,
-        relay: SignalingRelay,
+        conn: ClientEndpoint,
+        relay: StorageRelay,
         store: FragmentStore,
         options: StorageOptions,
     ) -> None:
@@ -488,8 +488,8 @@ class ViewerPeer(_StoragePeer):
     def __init__(
         self,
         state: ChannelState,
-        conn: Connection,
-        relay: SignalingRelay,
+        conn: ClientEndpoint,
+        relay: StorageRelay,
         options: StorageOptions,
         client_id: str,
     ) -> None:
@@ -564,8 +564,7 @@ class StorageSessionManager:
     """The storage sessions of one Local KVS: joins from the webrtc-storage plane, client
     messages from the signaling relay (it is the relay's ``StorageSink``)."""
 
-    control: ControlPlane
-    relay: SignalingRelay
+    relay: StorageRelay
     store: FragmentStore
     options: StorageOptions = field(default_factory=StorageOptions)
     channels: dict[str, ChannelState] = field(default_factory=dict)
@@ -636,7 +635,7 @@ class StorageSessionManager:
             st.viewers[client_id] = viewer
             await viewer.start()
 
-    async def on_client_message(self, conn: Connection, msg: ClientMessage) -> None:
+    async def on_client_message(self, conn: ClientEndpoint, msg: ClientMessage) -> None:
         """Route a client's answer or candidate to its session."""
         st = self.channels.get(conn.channel_arn)
         peer: _StoragePeer | None = None
@@ -652,10 +651,10 @@ class StorageSessionManager:
             peer.conn = conn  # the client reconnected its socket
         await peer.on_message(msg)
 
-    async def on_client_connected(self, conn: Connection) -> None:
+    async def on_client_connected(self, conn: ClientEndpoint) -> None:
         """Nothing to do: a session starts on JoinStorageSession[AsViewer]."""
 
-    async def on_client_disconnected(self, conn: Connection) -> None:
+    async def on_client_disconnected(self, conn: ClientEndpoint) -> None:
         """The media path outlives the socket; the idle timeouts end silent sessions."""
 
     def on_storage_changed(self, channel: Channel) -> None:

@@ -12,6 +12,7 @@ from .peer import StorageOptions, StorageSessionManager
 from .signaling_rest import SignalingRestPlane
 from .storage import StoragePlane
 from .store import FragmentStore
+from .workers import StorageWorkerPool
 
 if TYPE_CHECKING:
     from .server import LocalKvs
@@ -34,13 +35,20 @@ class CompositePlane:
 async def build_planes(kvs: LocalKvs) -> None:
     """Create the signaling REST, webrtc-storage and archived-media planes of ``kvs``.
 
-    ``kvs.config.extra["storage"]`` may hold a ``StorageOptions``.
+    ``kvs.config.extra["storage"]`` may hold a ``StorageOptions``; with
+    ``kvs.config.storage_workers`` > 0 the storage sessions run in that many worker
+    processes (``workers``).
     """
     control, relay = kvs.control, kvs.relay
     assert control is not None and relay is not None
     store = await asyncio.to_thread(FragmentStore, kvs.data_dir)
     options = kvs.config.extra.get("storage") or StorageOptions()
-    sessions = StorageSessionManager(control, relay, store, options)
+    sessions: StorageSessionManager | StorageWorkerPool
+    if kvs.config.storage_workers > 0:
+        sessions = StorageWorkerPool(relay, store, options, kvs.config.storage_workers)
+        await sessions.start()
+    else:
+        sessions = StorageSessionManager(relay, store, options)
     relay.storage = sessions
     control.events.storage_changed.append(sessions.on_storage_changed)
     control.events.stream_deleted.append(lambda st: store.delete_stream(st.arn))

@@ -195,6 +195,31 @@ class StorageSink(Protocol):
         """A client's socket closed."""
 
 
+class ClientEndpoint(Protocol):
+    """A client's signaling connection as the storage sessions see it: its channel, role
+    and ClientId (a ``Connection`` here, or its stand-in in a storage worker process)."""
+
+    channel_arn: str
+    role: Role
+    client_id: str | None
+
+
+class StorageRelay(Protocol):
+    """What the storage sessions ask of the signaling relay (``SignalingRelay`` here; a
+    proxy in a storage worker process)."""
+
+    def master(self, channel_arn: str) -> ClientEndpoint | None:
+        """The channel's connected master, if any."""
+
+    def viewer(self, channel_arn: str, client_id: str) -> ClientEndpoint | None:
+        """The channel's connected viewer with this ClientId, if any."""
+
+    async def send_from_storage(
+        self, conn: Any, message_type: str, payload: dict[str, Any]
+    ) -> bool:
+        """Send a storage-session message to a client."""
+
+
 @dataclass
 class _Pending:
     expires: float

@@ -85,6 +85,7 @@ class LocalKvsConfig:
     account: str = "000000000000"
     strict_keys: StrictKeys | None = None
     signaling: SignalingLimits = field(default_factory=SignalingLimits)
+    storage_workers: int = 0  # > 0: storage sessions run in that many worker processes
     extra: dict[str, Any] = field(default_factory=dict)
 
 

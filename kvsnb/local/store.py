@@ -195,9 +195,13 @@ class FragmentStore:
     from asyncio code. Listeners added with ``add_listener`` are called synchronously, in
     the storing thread, after the row is committed (use ``loop.call_soon_threadsafe`` to
     get back to a loop, or ``wait_for_fragment``).
+
+    Several processes may write into one data directory (storage workers): fragment numbers
+    and the index live in SQLite (WAL, ``BEGIN IMMEDIATE``). Only the process that owns the
+    directory recovers it on open (``recover``: removes temp files left by a crash).
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, recover: bool = True) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.fragments_dir = self.data_dir / FRAGMENTS_DIRNAME
         self.fragments_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +216,8 @@ class FragmentStore:
         self._conn.executescript(_SCHEMA)
         self.removed_temp_files: list[Path] = []
         self.missing: set[tuple[str, str]] = set()
-        self._recover()
+        if recover:
+            self._recover()
 
     # ------------------------------------------------------------------ recovery
 
@@ -375,14 +380,20 @@ class FragmentStore:
                 self._conn.execute("ROLLBACK")
                 final.unlink(missing_ok=True)
                 raise
-            listeners = list(self._listeners)
         logger.debug("stored fragment %s of %s (%d bytes)", fragment_number, stream_arn, len(data))
+        self.announce(fragment)
+        return fragment
+
+    def announce(self, fragment: Fragment) -> None:
+        """Call the listeners for a fragment that is durably stored: by ``put_fragment``, or
+        by another process writing into the same data directory (a storage worker)."""
+        with self._lock:
+            listeners = list(self._listeners)
         for listener in listeners:
             try:
                 listener(fragment)
             except Exception:
                 logger.exception("fragment listener failed")
-        return fragment
 
     # ------------------------------------------------------------------ queries
 

@@ -156,10 +156,9 @@ async def test_offer_shape_is_aws(target: Target, kvs: LocalKvs) -> None:
         await client.close()
 
 
-async def test_wrong_answer_gets_status_response_and_no_session(
-    target: Target, kvs: LocalKvs
-) -> None:
-    channel_arn, _ = target.create_storage_channel("wrong")
+async def send_wrong_master_answer(target: Target, channel_arn: str) -> Any:
+    """Join as master, answer the offer with video inactive (not sendonly) and return the
+    STATUS_RESPONSE that follows, after checking its correlationId."""
     ep = target.endpoints(channel_arn, "MASTER")
     client = SignalingClient(ep.wss, channel_arn, target.credentials(), target.region)
     await client.open()
@@ -184,16 +183,23 @@ async def test_wrong_answer_gets_status_response_and_no_session(
         status = ev.message.status
         assert status is not None
         assert status.correlation_id == corr
-        assert status.error_type == "InvalidArgumentException"
-        assert status.status_code == "400"
-        assert "video must be sendonly" in (status.description or "")
-        assert (
-            kvs.sessions.sessions.get(channel_arn) is None
-            or kvs.sessions.sessions[channel_arn].closed
-        )
+        return status
     finally:
         await pc.close()
         await client.close()
+
+
+async def test_wrong_answer_gets_status_response_and_no_session(
+    target: Target, kvs: LocalKvs
+) -> None:
+    channel_arn, _ = target.create_storage_channel("wrong")
+    status = await send_wrong_master_answer(target, channel_arn)
+    assert status.error_type == "InvalidArgumentException"
+    assert status.status_code == "400"
+    assert "video must be sendonly" in (status.description or "")
+    assert (
+        kvs.sessions.sessions.get(channel_arn) is None or kvs.sessions.sessions[channel_arn].closed
+    )
 
 
 async def test_video_only_master_is_refused_when_audio_is_required(target: Target) -> None:

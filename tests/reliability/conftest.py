@@ -73,10 +73,10 @@ def healthy(url: str) -> bool:
 
 
 class LocalKvsChild:
-    """``kvsnb local --port 0 --data DIR`` in a child process (1 s fragments), so that it can
-    be killed with SIGKILL."""
+    """``kvsnb local --port 0 --data DIR`` in a child process (1 s fragments, storage sessions
+    in ``workers`` processes of its own), so that it can be killed with SIGKILL."""
 
-    def __init__(self, data: Path, fragment_s: float = FRAGMENT_S) -> None:
+    def __init__(self, data: Path, fragment_s: float = FRAGMENT_S, workers: int = 0) -> None:
         self.data = data
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
@@ -93,6 +93,8 @@ class LocalKvsChild:
                 str(data),
                 "--fragment-seconds",
                 str(fragment_s),
+                "--workers",
+                str(workers),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -6,7 +6,9 @@ Every fragment ListFragments showed before the kill is listed again with the sam
 served by GetMediaForFragmentList, and decodes fully (ffmpeg with ``-xerror``, and PyAV);
 no half-written fragment is ever listed (every fragment listed after the restart decodes
 fully and starts with a keyframe; temp files of interrupted writes are gone); a master can
-ingest again after the restart and its fragment numbers continue upwards."""
+ingest again after the restart and its fragment numbers continue upwards. Run with the
+storage sessions in the server process and in 2 storage workers (which, left without their
+server, store the fragments they hold and exit)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from bench.common import process_tree
 from kvsnb.ingest import ingest
 from kvsnb.local.store import TEMP_PREFIX
 from kvsnb.media import TestPatternTrack, ToneTrack
@@ -78,9 +81,12 @@ def check_fragment(target: Target, stream_arn: str, fragment: dict[str, Any]) ->
     assert audio > 0
 
 
-async def test_sigkill_while_two_masters_stream(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) -> None:
     data = tmp_path / "data"
-    child = LocalKvsChild(data)
+    child = LocalKvsChild(data, workers=workers)
+    worker_pids = [p for p in process_tree(child.proc.pid) if p != child.proc.pid]
+    assert len(worker_pids) == workers
     seen: dict[str, dict[str, dict[str, Any]]] = {}
     sessions: list[StorageSession] = []
     sources: list[Any] = []
@@ -113,6 +119,11 @@ async def test_sigkill_while_two_masters_stream(tmp_path: Path) -> None:
         child.kill()
     for arn, fragments in seen.items():
         assert len(fragments) >= 2, (arn, fragments)
+    # Storage workers outlive their server only to store what they hold, then exit.
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{p}").exists() for p in worker_pids):
+        assert time.monotonic() < deadline, "storage workers outlived their server"
+        await asyncio.sleep(POLL_S)
 
     again = LocalKvsChild(data)
     try:

@@ -1,0 +1,525 @@
+"""Storage workers: Local KVS's storage sessions spread over worker processes.
+
+One Python process runs out of CPU near 30 masters with audio (``bench/bench_concurrency.py``):
+every RTP packet's SRTP decryption, every Opus decode and every hand-off to a recorder runs
+on its one event loop. With ``LocalKvsConfig.storage_workers = N`` (``kvsnb local --workers
+N``) the storage peers run in N child processes instead, each with its own event loop,
+aiortc peers, recorders and handle on the same fragment store; the server process keeps
+HTTP, signaling and the archived-media APIs.
+
+A channel's storage session (master, viewers, video fan-out, audio mix) lives in one worker,
+chosen at the channel's first join (the one serving the fewest channels). The server sends
+the worker its joins, the clients' answers and candidates, and configuration changes; the
+worker sends back what goes to clients (offers, candidates), which the relay delivers in
+order, and a note of each fragment it stored, which the server's store announces to its
+listeners. Messages are pickled, length-prefixed frames over the child's stdin and stdout;
+the child's own output goes to stderr.
+
+A worker that dies takes its sessions with it (their clients see the peer connection fail
+and join again, as they would with AWS): calls waiting on it fail with a 500
+``InternalFailure``, a new worker takes its place, and later joins of its channels go to a
+live worker. A worker whose server goes away (its stdin closes) stores its partial fragments
+and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .control import Channel
+from .errors import AwsError
+from .peer import StorageOptions, StorageSessionManager
+from .relay import ClientMessage, Connection, Role, SignalingRelay
+from .store import Fragment, FragmentStore
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">I")
+CALL_TIMEOUT_S = 60.0  # a join or message the worker has not answered by then fails
+STOP_TIMEOUT_S = 30.0  # a worker has this long to store its partial fragments on stop
+_WORKER_CODE = "from kvsnb.local.workers import worker_main; worker_main()"
+
+
+def _frame(message: tuple[Any, ...]) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
+
+
+async def _read(reader: asyncio.StreamReader) -> tuple[Any, ...]:
+    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    message = pickle.loads(await reader.readexactly(size))
+    assert isinstance(message, tuple)
+    return message
+
+
+class WorkerFailure(AwsError):
+    """A storage worker process ended or stopped answering (500 ``InternalFailure``)."""
+
+    default_status = 500
+
+
+@dataclass(frozen=True)
+class ConnRef:
+    """A client connection as a worker knows it: an id the server resolves, and what the
+    storage sessions read of it."""
+
+    id: int
+    channel_arn: str
+    role: Role
+    client_id: str | None
+
+
+# ---------------------------------------------------------------------- server side
+
+
+@dataclass(eq=False)
+class _Worker:
+    """One worker process and its pipes, as the server sees it."""
+
+    index: int
+    proc: asyncio.subprocess.Process
+    ready: asyncio.Future[None]
+    channels: set[str] = field(default_factory=set)
+    pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    reader_task: asyncio.Task[None] | None = None
+    alive: bool = True
+
+    def post(self, *message: Any) -> None:
+        """Send a message that needs no answer."""
+        if not self.alive or self.proc.stdin is None:
+            return
+        try:
+            self.proc.stdin.write(_frame(message))
+        except (ConnectionError, RuntimeError):
+            self.alive = False
+
+    async def call(self, call_id: int, op: str, *args: Any) -> Any:
+        """Send ``op`` and wait for its answer; the worker's AWS error is raised here."""
+        await asyncio.shield(self.ready)
+        if not self.alive:
+            raise WorkerFailure("The storage session's worker process has ended.")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[call_id] = future
+        try:
+            self.post("call", call_id, op, *args)
+            return await asyncio.wait_for(future, CALL_TIMEOUT_S)
+        except TimeoutError:
+            raise WorkerFailure(
+                f"The storage session's worker process did not answer {op} in time."
+            ) from None
+        finally:
+            self.pending.pop(call_id, None)
+
+
+class StorageWorkerPool:
+    """The storage sessions of one Local KVS, run by ``count`` worker processes.
+
+    It stands where ``StorageSessionManager`` stands in a single-process Local KVS: the
+    storage plane's ``StorageSessions`` and the relay's ``StorageSink``.
+    """
+
+    def __init__(
+        self,
+        relay: SignalingRelay,
+        store: FragmentStore,
+        options: StorageOptions,
+        count: int,
+    ) -> None:
+        if count < 1:
+            raise ValueError("a storage worker pool needs at least one worker")
+        self.relay = relay
+        self.store = store
+        self.options = options
+        self.count = count
+        self.workers: list[_Worker] = []
+        self._assigned: dict[str, _Worker] = {}
+        self._ids = itertools.count(1)
+        self._conn_ids: dict[Connection, int] = {}
+        self._conns: dict[int, Connection] = {}
+        self._send_tails: dict[int, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # ------------------------------------------------------------------ processes
+
+    async def start(self) -> None:
+        """Start the workers and wait until each is ready."""
+        self.workers = [await self._spawn(i) for i in range(self.count)]
+        await asyncio.gather(*(w.ready for w in self.workers))
+
+    async def _spawn(self, index: int) -> _Worker:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _WORKER_CODE,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        worker = _Worker(index, proc, asyncio.get_running_loop().create_future())
+        worker.post(
+            "init",
+            str(self.store.data_dir),
+            self.options,
+            logging.getLogger().getEffectiveLevel(),
+        )
+        worker.reader_task = asyncio.get_running_loop().create_task(self._read_from(worker))
+        return worker
+
+    async def _read_from(self, worker: _Worker) -> None:
+        assert worker.proc.stdout is not None
+        try:
+            while True:
+                message = await _read(worker.proc.stdout)
+                self._on_worker_message(worker, message)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception:
+            logger.exception("storage worker %d sent something unreadable", worker.index)
+        self._on_worker_exit(worker)
+
+    def _on_worker_message(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ready":
+            if not worker.ready.done():
+                worker.ready.set_result(None)
+        elif kind == "reply":
+            _, call_id, error = message
+            future = worker.pending.get(call_id)
+            if future is not None and not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+        elif kind == "send":
+            _, conn_id, message_type, payload = message
+            self._send(conn_id, message_type, payload)
+        elif kind == "stored":
+            self.store.announce(message[1])
+        else:
+            logger.error("storage worker %d sent an unknown message %r", worker.index, kind)
+
+    def _on_worker_exit(self, worker: _Worker) -> None:
+        worker.alive = False
+        failure = WorkerFailure("The storage session's worker process has ended.")
+        if not worker.ready.done():
+            worker.ready.set_exception(failure)
+            worker.ready.exception()  # retrieved: start() or a call reports it
+        for future in worker.pending.values():
+            if not future.done():
+                future.set_exception(failure)
+        for arn in worker.channels:
+            if self._assigned.get(arn) is worker:
+                del self._assigned[arn]
+        if self._closing:
+            return
+        logger.error(
+            "storage worker %d (pid %d) ended; its %d channel(s) lost their sessions",
+            worker.index,
+            worker.proc.pid,
+            len(worker.channels),
+        )
+        self._spawn_task(self._replace(worker))
+
+    async def _replace(self, worker: _Worker) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            await worker.proc.wait()
+        if self._closing:
+            return
+        fresh = await self._spawn(worker.index)
+        self.workers[worker.index] = fresh
+        with contextlib.suppress(WorkerFailure):
+            await fresh.ready
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def placement(self) -> dict[str, int]:
+        """Which worker process (pid) serves each channel ARN that has joined."""
+        return {arn: w.proc.pid for arn, w in self._assigned.items()}
+
+    def pids(self) -> list[int]:
+        """The process ids of the workers, in order."""
+        return [w.proc.pid for w in self.workers]
+
+    def _worker_for(self, channel_arn: str) -> _Worker:
+        worker = self._assigned.get(channel_arn)
+        if worker is not None and worker.alive:
+            return worker
+        live = [w for w in self.workers if w.alive] or self.workers
+        worker = min(live, key=lambda w: (len(w.channels), w.index))
+        worker.channels.add(channel_arn)
+        self._assigned[channel_arn] = worker
+        return worker
+
+    # ------------------------------------------------------------------ connections
+
+    def _ref(self, conn: Connection | None) -> ConnRef | None:
+        if conn is None:
+            return None
+        conn_id = self._conn_ids.get(conn)
+        if conn_id is None:
+            conn_id = self._conn_ids[conn] = next(self._ids)
+            self._conns[conn_id] = conn
+        return ConnRef(conn_id, conn.channel_arn, conn.role, conn.client_id)
+
+    def _send(self, conn_id: int, message_type: str, payload: dict[str, Any]) -> None:
+        """Deliver a worker's message to a client, after that client's earlier ones."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return  # the socket has closed, as a send to it would find
+        before = self._send_tails.get(conn_id)
+
+        async def deliver() -> None:
+            if before is not None:
+                await asyncio.wait([before])
+            await self.relay.send_from_storage(conn, message_type, payload)
+
+        task = asyncio.get_running_loop().create_task(deliver())
+        self._send_tails[conn_id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._send_tails.get(conn_id) is t:
+                del self._send_tails[conn_id]
+
+        task.add_done_callback(done)
+
+    async def _sent(self, ref: ConnRef | None) -> None:
+        """Wait until the messages a worker sent so far to this client have gone out."""
+        tail = None if ref is None else self._send_tails.get(ref.id)
+        if tail is not None:
+            await asyncio.wait([tail])
+
+    # ------------------------------------------------------------------ StorageSessions
+
+    async def join_master(self, channel: Channel) -> None:
+        """JoinStorageSession: the channel's worker offers the connected master a session."""
+        ref = self._ref(self.relay.master(channel.arn))
+        await self._worker_for(channel.arn).call(next(self._ids), "join_master", channel, ref)
+        await self._sent(ref)
+
+    async def join_viewer(self, channel: Channel, client_id: str) -> None:
+        """JoinStorageSessionAsViewer: the channel's worker offers the viewer a session (or
+        raises ``ClientLimitExceededException``)."""
+        ref = self._ref(self.relay.viewer(channel.arn, client_id))
+        worker = self._worker_for(channel.arn)
+        await worker.call(next(self._ids), "join_viewer", channel, client_id, ref)
+        await self._sent(ref)
+
+    # ------------------------------------------------------------------ StorageSink
+
+    async def on_client_message(self, conn: Connection, msg: ClientMessage) -> None:
+        """A client's answer or candidate, for its session's worker."""
+        ref = self._ref(conn)
+        assert ref is not None
+        await self._worker_for(conn.channel_arn).call(next(self._ids), "message", ref, msg)
+        await self._sent(ref)
+
+    async def on_client_connected(self, conn: Connection) -> None:
+        """Nothing to do: a session starts on JoinStorageSession[AsViewer]."""
+
+    async def on_client_disconnected(self, conn: Connection) -> None:
+        """Forget the socket; messages the worker still sends to it are dropped."""
+        conn_id = self._conn_ids.pop(conn, None)
+        if conn_id is not None:
+            self._conns.pop(conn_id, None)
+
+    def on_storage_changed(self, channel: Channel) -> None:
+        """Storage disabled or remapped: the channel's worker ends its sessions."""
+        worker = self._assigned.get(channel.arn)
+        if worker is not None:
+            worker.post("storage_changed", channel)
+
+    async def close(self) -> None:
+        """End every session (partial fragments are stored), then stop the workers."""
+        self._closing = True
+
+        async def stop(worker: _Worker) -> None:
+            if worker.alive and worker.ready.done():
+                with contextlib.suppress(WorkerFailure):
+                    await asyncio.wait_for(worker.call(next(self._ids), "close"), STOP_TIMEOUT_S)
+            if worker.proc.stdin is not None:
+                worker.proc.stdin.close()
+            try:
+                await asyncio.wait_for(worker.proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                logger.error("storage worker %d did not stop; killing it", worker.index)
+                worker.proc.kill()
+                await worker.proc.wait()
+            if worker.reader_task is not None:
+                await worker.reader_task
+
+        await asyncio.gather(*(stop(w) for w in self.workers))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------- worker side
+
+
+@dataclass(eq=False)
+class RemoteConnection:
+    """A client connection in a worker: the server's id for it, its channel, role and
+    ClientId."""
+
+    id: int
+    channel_arn: str
+    role: Role
+    client_id: str | None
+
+
+class _WorkerRelay:
+    """The relay as a worker sees it: the connections the server named, and a pipe back."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._conns: dict[int, RemoteConnection] = {}
+        self._current: dict[tuple[str, str | None], RemoteConnection] = {}
+
+    def endpoint(self, ref: ConnRef) -> RemoteConnection:
+        """The worker's one object for a server connection (identity tells reconnects)."""
+        conn = self._conns.get(ref.id)
+        if conn is None:
+            conn = self._conns[ref.id] = RemoteConnection(
+                ref.id, ref.channel_arn, ref.role, ref.client_id
+            )
+        return conn
+
+    def name(self, channel_arn: str, client_id: str | None, ref: ConnRef | None) -> None:
+        """Record which connection is the channel's master (``client_id`` None) or viewer."""
+        if ref is None:
+            self._current.pop((channel_arn, client_id), None)
+        else:
+            self._current[(channel_arn, client_id)] = self.endpoint(ref)
+
+    def master(self, channel_arn: str) -> RemoteConnection | None:
+        """The channel's connected master, as the server last named it."""
+        return self._current.get((channel_arn, None))
+
+    def viewer(self, channel_arn: str, client_id: str) -> RemoteConnection | None:
+        """The channel's connected viewer with this ClientId, as the server last named it."""
+        return self._current.get((channel_arn, client_id))
+
+    async def send_from_storage(
+        self, conn: RemoteConnection, message_type: str, payload: dict[str, Any]
+    ) -> bool:
+        """Hand a message for a client to the server, which delivers it in order."""
+        self._send(("send", conn.id, message_type, payload))
+        return True
+
+
+class _WorkerServer:
+    """A worker's event loop: the storage sessions, fed by the server's messages."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.WriteTransport, data_dir: Path
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.loop = asyncio.get_running_loop()
+        self.relay = _WorkerRelay(self.send)
+        self.store = FragmentStore(data_dir, recover=False)
+        self.store.add_listener(self._stored)
+        self.manager: StorageSessionManager | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Write a message to the server (on the worker's loop)."""
+        if not self.writer.is_closing():
+            self.writer.write(_frame(message))
+
+    def _stored(self, fragment: Fragment) -> None:
+        # Called in the recorder's storing thread.
+        self.loop.call_soon_threadsafe(self.send, ("stored", fragment))
+
+    async def serve(self, options: StorageOptions) -> None:
+        """Answer the server until its pipe closes, then end every session."""
+        self.manager = StorageSessionManager(self.relay, self.store, options)
+        self.send(("ready",))
+        try:
+            while True:
+                try:
+                    message = await _read(self.reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                self._dispatch(message)
+        finally:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self.manager.close()
+            self.store.close()
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        assert self.manager is not None
+        kind = message[0]
+        if kind == "call":
+            task = self.loop.create_task(self._call(message[1], message[2], *message[3:]))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif kind == "storage_changed":
+            self.manager.on_storage_changed(message[1])
+        else:
+            logger.error("unknown message from the server: %r", kind)
+
+    async def _call(self, call_id: int, op: str, *args: Any) -> None:
+        assert self.manager is not None
+        error: AwsError | None = None
+        try:
+            if op == "join_master":
+                channel, ref = args
+                self.relay.name(channel.arn, None, ref)
+                await self.manager.join_master(channel)
+            elif op == "join_viewer":
+                channel, client_id, ref = args
+                self.relay.name(channel.arn, client_id, ref)
+                await self.manager.join_viewer(channel, client_id)
+            elif op == "message":
+                ref, msg = args
+                await self.manager.on_client_message(self.relay.endpoint(ref), msg)
+            elif op == "close":
+                await self.manager.close()
+            else:
+                raise ValueError(f"unknown call {op!r}")
+        except AwsError as exc:
+            error = exc
+        except Exception as exc:
+            logger.exception("storage worker call %s failed", op)
+            error = WorkerFailure(f"The storage session failed: {exc}")
+        self.send(("reply", call_id, error))
+
+
+async def _worker_async(server_fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    out = os.fdopen(server_fd, "wb", buffering=0)
+    writer, _ = await loop.connect_write_pipe(asyncio.Protocol, out)
+    kind, data_dir, options, level = await _read(reader)
+    if kind != "init":
+        raise RuntimeError(f"a storage worker starts with init, not {kind!r}")
+    logging.getLogger().setLevel(level)
+    server = _WorkerServer(reader, writer, Path(data_dir))
+    await server.serve(options)
+    writer.close()
+
+
+def worker_main() -> None:
+    """Entry point of a worker process (started by ``StorageWorkerPool``)."""
+    server_fd = os.dup(1)  # the pipe to the server; the worker's own output goes to stderr
+    os.dup2(2, 1)
+    logging.basicConfig(
+        stream=sys.stderr,
+        format=f"storage worker {os.getpid()}: %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(_worker_async(server_fd))

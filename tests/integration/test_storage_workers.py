@@ -1,0 +1,170 @@
+"""Storage sessions in worker processes (``LocalKvsConfig.storage_workers``): the same
+storage sessions, spread over 2 child processes of a real Local KVS; masters and viewers
+(kvsnb, aiortc) join them through boto3 and the signaling socket as always."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvsnb.analysis import compare_delivery
+from kvsnb.ingest import ingest
+from kvsnb.local import LocalKvs
+from kvsnb.local.workers import StorageWorkerPool
+from kvsnb.media import TestPatternTrack, ToneTrack
+from kvsnb.playback import list_fragments
+from kvsnb.session import JoinPolicy, SessionError, StorageSession, ViewerSession
+from kvsnb.target import Target
+from tests.conftest import FAST, make_client, start_kvs, stored_stamps
+from tests.integration.test_storage_session import send_wrong_master_answer
+
+POLICY = JoinPolicy(offer_wait_s=0.6, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
+
+
+@pytest.fixture
+def kvs(tmp_path: Path) -> Iterator[LocalKvs]:
+    server = start_kvs(tmp_path / "data", storage_workers=2)
+    yield server
+    server.stop_in_thread()
+
+
+def pool(kvs: LocalKvs) -> StorageWorkerPool:
+    assert isinstance(kvs.sessions, StorageWorkerPool)
+    return kvs.sessions
+
+
+async def test_masters_spread_over_workers_and_every_frame_is_stored(
+    target: Target, kvs: LocalKvs
+) -> None:
+    streams = {name: target.create_storage_channel(name) for name in ("w1", "w2", "w3", "w4")}
+    results = await asyncio.gather(
+        *(ingest(target, name, seconds=2.5, policy=FAST) for name in streams)
+    )
+    await asyncio.sleep(0.3)
+    placement = pool(kvs).placement()
+    assert set(placement) == {arn for arn, _ in streams.values()}
+    assert sorted(placement.values()).count(pool(kvs).pids()[0]) == 2  # two channels each
+    assert set(placement.values()) == set(pool(kvs).pids())
+    assert os.getpid() not in pool(kvs).pids()
+    for (name, (_, stream_arn)), result in zip(streams.items(), results, strict=True):
+        _, (stamps, unreadable) = stored_stamps(target, stream_arn)
+        delivery = compare_delivery(result.frames_sent, stamps, unreadable)
+        assert len(result.frames_sent) >= 60, name
+        assert delivery.complete, f"{name}: {delivery}"
+
+
+async def test_server_store_announces_fragments_stored_by_workers(
+    target: Target, kvs: LocalKvs
+) -> None:
+    _, stream_arn = target.create_storage_channel("announce")
+    waiting = asyncio.wrap_future(
+        asyncio.run_coroutine_threadsafe(
+            kvs.store.wait_for_fragment(stream_arn, timeout=20), kvs.loop
+        )
+    )
+    session = StorageSession(
+        target, "announce", video=TestPatternTrack(320, 240, 30), audio=ToneTrack(), policy=FAST
+    )
+    await session.start(timeout=15)
+    try:
+        fragment = await asyncio.wait_for(waiting, 20)
+        assert fragment.stream_arn == stream_arn
+        assert fragment.frame_count > 0
+    finally:
+        await session.stop()
+
+
+async def test_viewers_in_a_worker_get_media_and_the_viewer_limit_holds(
+    target: Target, kvs: LocalKvs
+) -> None:
+    channel_arn, _ = target.create_storage_channel("wview")
+    master = StorageSession(
+        target, "wview", video=TestPatternTrack(320, 240, 30), audio=ToneTrack(), policy=POLICY
+    )
+    viewers = [ViewerSession(target, "wview", client_id=f"v{i}", policy=POLICY) for i in range(3)]
+    await master.start(timeout=15)
+    for v in viewers:
+        await v.start(timeout=15)
+    try:
+        await asyncio.sleep(2.0)
+        for v in viewers:
+            assert len(v.received.frames_df().dropna()) > 20, v.client_id
+        # the worker's ClientLimitExceededException reaches boto3 as AWS sends it
+        ep = target.endpoints(channel_arn, "VIEWER")
+        client = make_client("kinesis-video-webrtc-storage", ep.webrtc)
+        with pytest.raises(client.exceptions.ClientLimitExceededException) as err:
+            client.join_storage_session_as_viewer(channelArn=channel_arn, clientId="v4")
+        assert "maximum number of viewers connected to the session" in str(err.value)
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+        fourth = ViewerSession(target, "wview", client_id="v4", policy=POLICY)
+        with pytest.raises(SessionError, match="maximum number of viewers"):
+            await fourth.start(timeout=15)
+    finally:
+        for v in viewers:
+            await v.stop()
+        await master.stop()
+
+
+async def test_wrong_answer_in_a_worker_gets_status_response(target: Target) -> None:
+    channel_arn, _ = target.create_storage_channel("wwrong")
+    status = await send_wrong_master_answer(target, channel_arn)
+    assert status.error_type == "InvalidArgumentException"
+    assert status.status_code == "400"
+    assert "video must be sendonly" in (status.description or "")
+
+
+async def test_a_killed_worker_leaves_the_other_sessions_and_the_store_intact(
+    target: Target, kvs: LocalKvs
+) -> None:
+    names = ("k1", "k2")
+    streams = {name: target.create_storage_channel(name) for name in names}
+    tracks = {name: TestPatternTrack(320, 240, 30) for name in names}
+    sessions = {
+        name: StorageSession(target, name, video=tracks[name], audio=ToneTrack(), policy=FAST)
+        for name in names
+    }
+    for s in sessions.values():
+        await s.start(timeout=15)
+    await asyncio.sleep(2.5)
+    placement = pool(kvs).placement()
+    victim_arn, survivor_arn = (streams[n][0] for n in names)
+    victim_pid = placement[victim_arn]
+    assert placement[survivor_arn] != victim_pid
+    listed_before = set(list_fragments(target, streams["k1"][1])["fragment_number"])
+    assert listed_before
+
+    os.kill(victim_pid, signal.SIGKILL)
+    await sessions["k1"].stop()
+    deadline = time.monotonic() + 20
+    while victim_pid in pool(kvs).pids():
+        assert time.monotonic() < deadline, "the dead worker was not replaced"
+        await asyncio.sleep(0.1)
+
+    # The survivor streams on: every frame it sent is stored.
+    await asyncio.sleep(1.5)
+    tracks["k2"].stop()
+    await asyncio.sleep(0.3)
+    await sessions["k2"].stop()
+    _, (stamps, unreadable) = stored_stamps(target, streams["k2"][1])
+    sent = tracks["k2"].frames_df()
+    delivery = compare_delivery(sent, stamps, unreadable)
+    assert len(sent) >= 100
+    assert delivery.complete, str(delivery)
+
+    # Everything the dead worker had listed is still listed and decodes.
+    fragments, (stamps, unreadable) = stored_stamps(target, streams["k1"][1])
+    assert listed_before <= set(fragments["fragment_number"])
+    assert unreadable == 0 and stamps is not None and len(stamps) >= 30
+
+    # A new join of the lost channel gets a session in a live worker and stores media.
+    again = await ingest(target, "k1", seconds=1.5, policy=FAST)
+    assert pool(kvs).placement()[victim_arn] in pool(kvs).pids()
+    _, (stamps, unreadable) = stored_stamps(target, streams["k1"][1])
+    delivery = compare_delivery(again.frames_sent, stamps, unreadable)
+    assert delivery.missing == [], str(delivery)
