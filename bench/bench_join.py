@@ -4,7 +4,7 @@ frame). Prints figures; never asserts on time.
 
 Both ends are read on one monotonic clock: the master's timeline (``join_call``) and the
 storage peer's stats (``first_frame_at``) live in the same process (Local KVS runs on its
-own event-loop thread)."""
+own event-loop thread). A second run puts the storage sessions in 2 worker processes."""
 
 from __future__ import annotations
 
@@ -24,9 +24,16 @@ from kvsnb.target import connect
 JOINS = 20
 
 
-async def run(joins: int = JOINS) -> dict[str, Any]:
-    """Measure ``joins`` joins; returns the figures."""
-    kvs = LocalKvs(LocalKvsConfig(extra={"storage": StorageOptions(fragment_duration_s=1.0)}))
+async def run(joins: int = JOINS, workers: int = 0) -> dict[str, Any]:
+    """Measure ``joins`` joins; returns the figures. With storage ``workers`` the storage
+    peer's first frame is in another process: only the offer and the stored fragment are
+    timed."""
+    kvs = LocalKvs(
+        LocalKvsConfig(
+            storage_workers=workers,
+            extra={"storage": StorageOptions(fragment_duration_s=1.0)},
+        )
+    )
     kvs.start_in_thread()
     tg = connect(endpoint_url=kvs.url)
     to_frame: list[float] = []
@@ -46,14 +53,16 @@ async def run(joins: int = JOINS) -> dict[str, Any]:
             await session.start(timeout=20)
             join = session.timeline.last("join_call")
             assert join is not None
-            peer = kvs.sessions.channels[session.channel_arn].master
-            deadline = time.monotonic() + 5
-            while peer.stats.first_frame_at is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.002)
             offer = session.timeline.last("offer_received")
-            assert offer is not None and peer.stats.first_frame_at is not None
+            assert offer is not None
             to_offer.append((offer.mono - join.mono) * 1000)
-            to_frame.append((peer.stats.first_frame_at - join.mono) * 1000)
+            if not workers:
+                peer = kvs.sessions.channels[session.channel_arn].master
+                deadline = time.monotonic() + 5
+                while peer.stats.first_frame_at is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.002)
+                assert peer.stats.first_frame_at is not None
+                to_frame.append((peer.stats.first_frame_at - join.mono) * 1000)
             await kvs.store.wait_for_fragment(stream_arn, timeout=10)
             to_fragment.append((time.monotonic() - join.mono) * 1000)
             await session.stop()
@@ -62,9 +71,10 @@ async def run(joins: int = JOINS) -> dict[str, Any]:
         kvs.stop_in_thread()
     return {
         "joins": joins,
+        "storage_workers": workers,
         "join_to_offer_ms_p50": round(pct(to_offer, 50), 1),
-        "join_to_first_frame_ms_p50": round(pct(to_frame, 50), 1),
-        "join_to_first_frame_ms_p95": round(pct(to_frame, 95), 1),
+        "join_to_first_frame_ms_p50": round(pct(to_frame, 50), 1) if to_frame else None,
+        "join_to_first_frame_ms_p95": round(pct(to_frame, 95), 1) if to_frame else None,
         "join_to_first_fragment_stored_ms_p50": round(pct(to_fragment, 50), 1),
         "fragment_duration_s": 1.0,
         "budget_join_to_first_frame_ms_p50": 300,
@@ -73,8 +83,11 @@ async def run(joins: int = JOINS) -> dict[str, Any]:
 
 def main() -> dict[str, Any]:
     """Run and print."""
-    figures = asyncio.run(run(int(sys.argv[1]) if len(sys.argv) > 1 else JOINS))
+    joins = int(sys.argv[1]) if len(sys.argv) > 1 else JOINS
+    figures = asyncio.run(run(joins))
     print(json.dumps(figures, indent=2))
+    in_workers = asyncio.run(run(joins, workers=2))
+    print(json.dumps(in_workers, indent=2))
     return figures
 
 

@@ -4,14 +4,17 @@ boto3 clients pointed at it, and a Local KVS with short fragments for storage-se
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pandas as pd
 import pytest
 
-from kvsnb.analysis import stamps_from_frames
+from kvsnb.analysis import Delivery, compare_delivery, stamps_from_frames
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
 from kvsnb.local.peer import StorageOptions
 from kvsnb.playback import decode_video, get_media, list_fragments
@@ -103,3 +106,20 @@ def stored_stamps(target: Target, stream_arn: str) -> Any:
         return fragments, (None, 0)
     media = get_media(target, stream_arn, list(fragments["fragment_number"]))
     return fragments, stamps_from_frames(decode_video(media))
+
+
+async def stored_delivery(
+    target: Target, stream_arn: str, sent: Any, *, within_s: float = 5.0
+) -> Delivery:
+    """How the stamped frames ``sent`` (``frame_index`` column) compare with what the stream
+    stores, once every one is stored or ``within_s`` has passed: the last fragment of a
+    master that just left is stored a moment after its client stopped."""
+    deadline = time.monotonic() + within_s
+    while True:
+        _, (stamps, unreadable) = await asyncio.to_thread(stored_stamps, target, stream_arn)
+        if stamps is None:
+            stamps = pd.DataFrame({"frame_index": []})
+        delivery = compare_delivery(sent, stamps, unreadable)
+        if delivery.complete or time.monotonic() > deadline:
+            return delivery
+        await asyncio.sleep(0.1)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from kvsnb.analysis import compare_delivery
 from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs
 from kvsnb.local.workers import StorageWorkerPool
@@ -21,7 +20,7 @@ from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import list_fragments
 from kvsnb.session import JoinPolicy, SessionError, StorageSession, ViewerSession
 from kvsnb.target import Target
-from tests.conftest import FAST, make_client, start_kvs, stored_stamps
+from tests.conftest import FAST, make_client, start_kvs, stored_delivery, stored_stamps
 from tests.integration.test_storage_session import send_wrong_master_answer
 
 POLICY = JoinPolicy(offer_wait_s=0.6, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
@@ -53,8 +52,7 @@ async def test_masters_spread_over_workers_and_every_frame_is_stored(
     assert set(placement.values()) == set(pool(kvs).pids())
     assert os.getpid() not in pool(kvs).pids()
     for (name, (_, stream_arn)), result in zip(streams.items(), results, strict=True):
-        _, (stamps, unreadable) = stored_stamps(target, stream_arn)
-        delivery = compare_delivery(result.frames_sent, stamps, unreadable)
+        delivery = await stored_delivery(target, stream_arn, result.frames_sent)
         assert len(result.frames_sent) >= 60, name
         assert delivery.complete, f"{name}: {delivery}"
 
@@ -151,9 +149,8 @@ async def test_a_killed_worker_leaves_the_other_sessions_and_the_store_intact(
     tracks["k2"].stop()
     await asyncio.sleep(0.3)
     await sessions["k2"].stop()
-    _, (stamps, unreadable) = stored_stamps(target, streams["k2"][1])
     sent = tracks["k2"].frames_df()
-    delivery = compare_delivery(sent, stamps, unreadable)
+    delivery = await stored_delivery(target, streams["k2"][1], sent)
     assert len(sent) >= 100
     assert delivery.complete, str(delivery)
 
@@ -165,6 +162,32 @@ async def test_a_killed_worker_leaves_the_other_sessions_and_the_store_intact(
     # A new join of the lost channel gets a session in a live worker and stores media.
     again = await ingest(target, "k1", seconds=1.5, policy=FAST)
     assert pool(kvs).placement()[victim_arn] in pool(kvs).pids()
-    _, (stamps, unreadable) = stored_stamps(target, streams["k1"][1])
-    delivery = compare_delivery(again.frames_sent, stamps, unreadable)
+    delivery = await stored_delivery(target, streams["k1"][1], again.frames_sent)
     assert delivery.missing == [], str(delivery)
+
+
+async def test_storage_disabled_ends_the_session_in_its_worker(
+    target: Target, kvs: LocalKvs
+) -> None:
+    channel_arn, stream_arn = target.create_storage_channel("wdisable")
+    session = StorageSession(
+        target, "wdisable", video=TestPatternTrack(320, 240, 30), audio=ToneTrack(), policy=FAST
+    )
+    await session.start(timeout=15)
+    try:
+        await asyncio.sleep(1.5)
+        target.kinesisvideo.update_media_storage_configuration(
+            ChannelARN=channel_arn, MediaStorageConfiguration={"Status": "DISABLED"}
+        )
+        deadline = time.monotonic() + 15
+        while not any(
+            e.step == "pc_state" and e.detail.get("state") in ("failed", "closed")
+            for e in session.timeline.events
+        ):
+            assert time.monotonic() < deadline, "the session outlived its storage"
+            await asyncio.sleep(0.1)
+        # what was received before is stored (the partial fragment too) and decodes
+        _, (stamps, unreadable) = stored_stamps(target, stream_arn)
+        assert stamps is not None and len(stamps) >= 30 and unreadable == 0
+    finally:
+        await session.stop()
