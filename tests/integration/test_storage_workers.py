@@ -18,10 +18,11 @@ from kvsnb.local import LocalKvs
 from kvsnb.local.workers import StorageWorkerPool
 from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import list_fragments
-from kvsnb.session import JoinPolicy, SessionError, StorageSession, ViewerSession
+from kvsnb.session import JoinPolicy, StorageSession, ViewerSession
 from kvsnb.target import Target
-from tests.conftest import FAST, make_client, start_kvs, stored_delivery, stored_stamps
+from tests.conftest import FAST, start_kvs, stored_delivery, stored_stamps
 from tests.integration.test_storage_session import send_wrong_master_answer
+from tests.integration.test_viewers import check_fourth_viewer_refused
 
 POLICY = JoinPolicy(offer_wait_s=0.6, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
 
@@ -31,6 +32,19 @@ def kvs(tmp_path: Path) -> Iterator[LocalKvs]:
     server = start_kvs(tmp_path / "data", storage_workers=2)
     yield server
     server.stop_in_thread()
+
+
+def streaming_master(
+    target: Target, channel: str, video: TestPatternTrack | None = None
+) -> StorageSession:
+    """A master that sends the stamped test pattern (320x240) and a tone."""
+    return StorageSession(
+        target,
+        channel,
+        video=video or TestPatternTrack(320, 240, 30),
+        audio=ToneTrack(),
+        policy=POLICY,
+    )
 
 
 def pool(kvs: LocalKvs) -> StorageWorkerPool:
@@ -66,9 +80,7 @@ async def test_server_store_announces_fragments_stored_by_workers(
             kvs.store.wait_for_fragment(stream_arn, timeout=20), kvs.loop
         )
     )
-    session = StorageSession(
-        target, "announce", video=TestPatternTrack(320, 240, 30), audio=ToneTrack(), policy=FAST
-    )
+    session = streaming_master(target, "announce")
     await session.start(timeout=15)
     try:
         fragment = await asyncio.wait_for(waiting, 20)
@@ -82,9 +94,7 @@ async def test_viewers_in_a_worker_get_media_and_the_viewer_limit_holds(
     target: Target, kvs: LocalKvs
 ) -> None:
     channel_arn, _ = target.create_storage_channel("wview")
-    master = StorageSession(
-        target, "wview", video=TestPatternTrack(320, 240, 30), audio=ToneTrack(), policy=POLICY
-    )
+    master = streaming_master(target, "wview")
     viewers = [ViewerSession(target, "wview", client_id=f"v{i}", policy=POLICY) for i in range(3)]
     await master.start(timeout=15)
     for v in viewers:
@@ -94,15 +104,7 @@ async def test_viewers_in_a_worker_get_media_and_the_viewer_limit_holds(
         for v in viewers:
             assert len(v.received.frames_df().dropna()) > 20, v.client_id
         # the worker's ClientLimitExceededException reaches boto3 as AWS sends it
-        ep = target.endpoints(channel_arn, "VIEWER")
-        client = make_client("kinesis-video-webrtc-storage", ep.webrtc)
-        with pytest.raises(client.exceptions.ClientLimitExceededException) as err:
-            client.join_storage_session_as_viewer(channelArn=channel_arn, clientId="v4")
-        assert "maximum number of viewers connected to the session" in str(err.value)
-        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
-        fourth = ViewerSession(target, "wview", client_id="v4", policy=POLICY)
-        with pytest.raises(SessionError, match="maximum number of viewers"):
-            await fourth.start(timeout=15)
+        await check_fourth_viewer_refused(target, "wview", channel_arn)
     finally:
         for v in viewers:
             await v.stop()
@@ -123,10 +125,7 @@ async def test_a_killed_worker_leaves_the_other_sessions_and_the_store_intact(
     names = ("k1", "k2")
     streams = {name: target.create_storage_channel(name) for name in names}
     tracks = {name: TestPatternTrack(320, 240, 30) for name in names}
-    sessions = {
-        name: StorageSession(target, name, video=tracks[name], audio=ToneTrack(), policy=FAST)
-        for name in names
-    }
+    sessions = {name: streaming_master(target, name, tracks[name]) for name in names}
     for s in sessions.values():
         await s.start(timeout=15)
     await asyncio.sleep(2.5)
@@ -170,9 +169,7 @@ async def test_storage_disabled_ends_the_session_in_its_worker(
     target: Target, kvs: LocalKvs
 ) -> None:
     channel_arn, stream_arn = target.create_storage_channel("wdisable")
-    session = StorageSession(
-        target, "wdisable", video=TestPatternTrack(320, 240, 30), audio=ToneTrack(), policy=FAST
-    )
+    session = streaming_master(target, "wdisable")
     await session.start(timeout=15)
     try:
         await asyncio.sleep(1.5)

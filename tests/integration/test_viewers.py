@@ -102,20 +102,26 @@ async def test_two_viewers_get_the_masters_media_and_talk_back(
     assert tone_level(stored, MASTER_HZ) > 10
 
 
-async def test_fourth_viewer_is_refused(target: Target, kvs: LocalKvs) -> None:
-    channel_arn, _ = target.create_storage_channel("full")
-    viewers = [ViewerSession(target, "full", client_id=f"v{i}", policy=POLICY) for i in range(3)]
-    for v in viewers:
-        await v.start(timeout=15)
+async def check_fourth_viewer_refused(target: Target, channel: str, channel_arn: str) -> None:
+    """With 3 viewers in, a fourth ClientId gets AWS's ClientLimitExceededException (400)
+    from boto3, and a kvsnb ViewerSession fails with that message."""
     ep = target.endpoints(channel_arn, "VIEWER")
     client = make_client("kinesis-video-webrtc-storage", ep.webrtc)
     with pytest.raises(client.exceptions.ClientLimitExceededException) as err:
         client.join_storage_session_as_viewer(channelArn=channel_arn, clientId="v4")
     assert "maximum number of viewers connected to the session" in str(err.value)
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
-    fourth = ViewerSession(target, "full", client_id="v4", policy=POLICY)
+    fourth = ViewerSession(target, channel, client_id="v4", policy=POLICY)
     with pytest.raises(SessionError, match="maximum number of viewers"):
         await fourth.start(timeout=15)
+
+
+async def test_fourth_viewer_is_refused(target: Target, kvs: LocalKvs) -> None:
+    channel_arn, _ = target.create_storage_channel("full")
+    viewers = [ViewerSession(target, "full", client_id=f"v{i}", policy=POLICY) for i in range(3)]
+    for v in viewers:
+        await v.start(timeout=15)
+    await check_fourth_viewer_refused(target, "full", channel_arn)
     # the same ClientId again is no fourth viewer: the new session replaces the older one
     again = ViewerSession(target, "full", client_id="v0", policy=POLICY)
     await again.start(timeout=15)
