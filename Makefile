@@ -72,10 +72,12 @@ notebooks: setup
 bench: setup
 	$(PY) -m bench
 
-# A long run: 4 masters and 2 viewers, memory and loss over time (SOAK_MINUTES=60 default).
+# A long run: 4 masters and 2 viewers, memory and loss over time (SOAK_MINUTES=60 default;
+# SOAK_WORKERS=2 puts Local KVS's storage sessions in 2 worker processes).
 SOAK_MINUTES ?= 60
+SOAK_WORKERS ?= 0
 soak: setup
-	$(PY) -m bench.soak --minutes $(SOAK_MINUTES)
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) --workers $(SOAK_WORKERS)
 
 clean:
 	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache

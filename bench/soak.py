@@ -3,7 +3,7 @@ Local KVS's memory and CPU, the fragments stored and the viewers' frames every i
 then frames lost per master. Prints a table as it goes and a JSON summary at the end; never
 asserts on time.
 
-``make soak`` or ``python -m bench.soak [--minutes M] [--interval S]``
+``make soak`` or ``python -m bench.soak [--minutes M] [--interval S] [--workers N]``
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ MASTERS = 4
 VIEWERS = 2
 
 
-async def soak(minutes: float, interval_s: float) -> dict[str, Any]:
-    """Run the soak; returns the samples and the summary."""
+async def soak(minutes: float, interval_s: float, workers: int = 0) -> dict[str, Any]:
+    """Run the soak (storage sessions in ``workers`` processes, or in the server process);
+    returns the samples and the summary."""
     import pickle
 
     clip = Path(tempfile.mkdtemp(prefix="kvsnb-soak-")) / "clip.pkl"
@@ -34,7 +35,7 @@ async def soak(minutes: float, interval_s: float) -> dict[str, Any]:
     data = pickle.loads(clip.read_bytes())
     video_packets = [p for p, _ in data["video"]]
     samples: list[dict[str, Any]] = []
-    with LocalKvsProcess() as kvs:
+    with LocalKvsProcess("--workers", str(workers)) as kvs:
         target = connect(endpoint_url=kvs.url)
         names = [f"soak-{i}" for i in range(MASTERS)]
         streams = {n: target.create_storage_channel(n)[1] for n in names}
@@ -90,6 +91,7 @@ async def soak(minutes: float, interval_s: float) -> dict[str, Any]:
         "minutes": minutes,
         "masters": MASTERS,
         "viewers": VIEWERS,
+        "storage_workers": workers,
         "frames_sent": sent,
         "frames_stored": stored,
         "loss_pct": loss,
@@ -108,8 +110,9 @@ def main() -> dict[str, Any]:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--interval", type=float, default=30.0)
+    ap.add_argument("--workers", type=int, default=0, help="Local KVS storage worker processes")
     args = ap.parse_args()
-    result = asyncio.run(soak(args.minutes, args.interval))
+    result = asyncio.run(soak(args.minutes, args.interval, args.workers))
     print(json.dumps(result["summary"], indent=2))
     return result
 
