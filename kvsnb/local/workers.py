@@ -330,10 +330,14 @@ class StorageWorkerPool:
         """Nothing to do: a session starts on JoinStorageSession[AsViewer]."""
 
     async def on_client_disconnected(self, conn: Connection) -> None:
-        """Forget the socket; messages the worker still sends to it are dropped."""
+        """Forget the socket (here and in its channel's worker); messages the worker still
+        sends to it are dropped, as sends to a closed socket are."""
         conn_id = self._conn_ids.pop(conn, None)
         if conn_id is not None:
             self._conns.pop(conn_id, None)
+            worker = self._assigned.get(conn.channel_arn)
+            if worker is not None:
+                worker.post("disconnected", conn_id)
 
     def on_storage_changed(self, channel: Channel) -> None:
         """Storage disabled or remapped: the channel's worker ends its sessions."""
@@ -404,6 +408,13 @@ class _WorkerRelay:
         else:
             self._current[(channel_arn, client_id)] = self.endpoint(ref)
 
+    def forget(self, conn_id: int) -> None:
+        """A connection closed: drop the worker's record of it (sessions keep their own)."""
+        conn = self._conns.pop(conn_id, None)
+        for key, current in list(self._current.items()):
+            if current is conn:
+                del self._current[key]
+
     def master(self, channel_arn: str) -> RemoteConnection | None:
         """The channel's connected master, as the server last named it."""
         return self._current.get((channel_arn, None))
@@ -469,6 +480,8 @@ class _WorkerServer:
             task.add_done_callback(self.tasks.discard)
         elif kind == "storage_changed":
             self.manager.on_storage_changed(message[1])
+        elif kind == "disconnected":
+            self.relay.forget(message[1])
         else:
             logger.error("unknown message from the server: %r", kind)
 
