@@ -210,6 +210,9 @@ class StorageWorkerPool:
 
     def _on_worker_exit(self, worker: _Worker) -> None:
         worker.alive = False
+        if worker.proc.returncode is None and not self._closing:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.kill()  # its pipe is unusable: the process must not linger
         failure = WorkerFailure("The storage session's worker process has ended.")
         if not worker.ready.done():
             worker.ready.set_exception(failure)
@@ -351,7 +354,7 @@ class StorageWorkerPool:
 
         async def stop(worker: _Worker) -> None:
             if worker.alive and worker.ready.done():
-                with contextlib.suppress(WorkerFailure):
+                with contextlib.suppress(WorkerFailure, TimeoutError):
                     await asyncio.wait_for(worker.call(next(self._ids), "close"), STOP_TIMEOUT_S)
             if worker.proc.stdin is not None:
                 worker.proc.stdin.close()
