@@ -10,7 +10,9 @@ Retries follow the official JS SDK (``JoinPolicy``): wait for the offer, call ag
 ``offer_wait + min(rand·200^(n−1), 10000) ms`` up to 5 calls per connection attempt; retry
 only on ClientLimitExceeded (not the viewer-cap message), network errors, timeouts and 5xx;
 the peer must be connected within 30 s or it re-joins; give up after 5 failures within 10
-minutes; re-join after every signaling reconnect (GO_AWAY included) and at the 1 h limit.
+minutes; re-join after every signaling reconnect (GO_AWAY included) and at the 1 h limit,
+each time on a new peer connection with the same sources (they stay live across re-joins;
+``stop()`` ends them).
 
 Every step lands in ``session.timeline`` (``SessionTimeline``).
 """
@@ -441,7 +443,7 @@ class StorageSession:
     async def _attempt(self) -> None:
         """One connection attempt: join (with offer-wait retries), answer, connect."""
         self._set_state("joining")
-        await self._close_pc()
+        await self._close_pc(keep_tracks=True)
         offer = await self._join_until_offer()
         await self._answer(offer)
         assert self.pc is not None
@@ -625,9 +627,14 @@ class StorageSession:
                 raise ConnectionError(f"peer connection {pc.connectionState}")
             await asyncio.sleep(0.01)
 
-    async def _close_pc(self) -> None:
+    async def _close_pc(self, *, keep_tracks: bool = False) -> None:
+        """Close the peer connection. With ``keep_tracks`` the sources stay live for the
+        next one (a re-join): aiortc stops a sender's track when the sender stops."""
         if self.pc is not None:
             pc, self.pc = self.pc, None
+            if keep_tracks:
+                for transceiver in pc.getTransceivers():
+                    transceiver.sender.replaceTrack(None)
             await pc.close()
 
     # ------------------------------------------------------------------ signaling

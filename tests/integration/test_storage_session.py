@@ -24,7 +24,7 @@ from kvsnb.session import JoinPolicy, SessionError, StorageSession, is_retryable
 from kvsnb.signaling import SignalingClient, SignalingMessage
 from kvsnb.target import Target, connect
 from kvsnb.timeline import STEPS
-from tests.conftest import FAST, FRAGMENT_S, make_client, start_kvs, stored_stamps
+from tests.conftest import FAST, FRAGMENT_S, make_client, start_kvs, stored_delivery, stored_stamps
 
 
 async def test_master_ingests_and_every_frame_is_stored(target: Target, kvs: LocalKvs) -> None:
@@ -353,3 +353,45 @@ def _tone() -> Any:
     from kvsnb.media import ToneTrack
 
     return ToneTrack()
+
+
+async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
+    """Signaling sockets idle out (10 min on AWS, 1.5 s here); the clients reconnect and
+    re-join, as the JS SDK does, on new peer connections with the same sources: the sources
+    stay live, every frame but those in flight at a re-join is stored, the viewer keeps
+    receiving."""
+    from kvsnb.local import SignalingLimits
+    from kvsnb.media import TestPatternTrack, ToneTrack
+    from kvsnb.session import ViewerSession
+
+    limits = SignalingLimits(connects_per_s=100.0, idle_timeout_s=1.5)
+    server = start_kvs(tmp_path / "data", signaling=limits)
+    try:
+        with connect(endpoint_url=server.url) as tg:
+            _, stream_arn = tg.create_storage_channel("rejoin")
+            video = TestPatternTrack(320, 240, 30)
+            master = StorageSession(tg, "rejoin", video=video, audio=ToneTrack(), policy=FAST)
+            viewer = ViewerSession(tg, "rejoin", client_id="watcher", policy=FAST)
+            await master.start(timeout=15)
+            await viewer.start(timeout=15)
+            await asyncio.sleep(5.0)
+            rejoins = [e for e in master.timeline.events if e.step == "socket_reconnected"]
+            assert len(rejoins) >= 2
+            assert sum(1 for e in viewer.timeline.events if e.step == "socket_reconnected") >= 2
+            first_rejoin = min(e.wall for e in rejoins)
+            assert video.readyState == "live"
+            video.stop()
+            await asyncio.sleep(0.3)
+            received = viewer.received.frames_df().dropna()
+            await viewer.stop()
+            await master.stop()
+            sent = video.frames_df()
+            assert len(sent) >= 140  # 5 s at 30 fps: the source never stopped
+            delivery = await stored_delivery(tg, stream_arn, sent)
+            assert len(delivery.missing) <= len(rejoins), str(delivery)
+            # the viewer sees the master on after re-joins (short gaps at its own re-joins)
+            later = sent[sent["capture_ms"] > first_rejoin * 1000 + 500]
+            seen = set(later["frame_index"]) & set(received["frame_index"].astype(int))
+            assert len(later) >= 60 and len(seen) >= 0.8 * len(later), (len(seen), len(later))
+    finally:
+        server.stop_in_thread()
