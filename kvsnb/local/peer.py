@@ -37,6 +37,7 @@ import abc
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,6 +112,20 @@ class SessionStats:
     audio_frames: int = 0
     ended_at: float | None = None
     end_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class EndedSession:
+    """What is kept of a storage session that a newer join replaced (not the session
+    itself: its peer connection and recorder are freed)."""
+
+    role: str
+    channel_arn: str
+    client_id: str | None
+    stats: SessionStats
+
+
+ENDED_KEPT = 256  # records of replaced sessions kept for inspection, newest last
 
 
 def _codec_preferences(pc_transceiver: RTCRtpTransceiver, kind: str) -> None:
@@ -210,6 +225,12 @@ class _StoragePeer(abc.ABC):
     def closed(self) -> bool:
         """True once the session has ended."""
         return self._closed.is_set()
+
+    def record(self) -> EndedSession:
+        """A small record of this session (role, channel, ClientId, stats)."""
+        return EndedSession(
+            self.role, self.channel.arn, getattr(self, "client_id", None), self.stats
+        )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -568,7 +589,7 @@ class StorageSessionManager:
     store: FragmentStore
     options: StorageOptions = field(default_factory=StorageOptions)
     channels: dict[str, ChannelState] = field(default_factory=dict)
-    ended: list[_StoragePeer] = field(default_factory=list)
+    ended: deque[EndedSession] = field(default_factory=lambda: deque(maxlen=ENDED_KEPT))
     joins: dict[str, int] = field(default_factory=dict)
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -604,7 +625,7 @@ class StorageSessionManager:
             old = st.master
             if old is not None:
                 await old.close("replaced by a newer JoinStorageSession")
-                self.ended.append(old)
+                self.ended.append(old.record())
             session = MasterSession(st, conn, self.relay, self.store, self.options)
             st.master = session
             st.mixer.master_present = True
@@ -629,7 +650,7 @@ class StorageSessionManager:
             old = st.viewers.pop(client_id, None)
             if old is not None:
                 await old.close("replaced by a newer JoinStorageSessionAsViewer")
-                self.ended.append(old)
+                self.ended.append(old.record())
             st.left_viewers.pop(client_id, None)
             viewer = ViewerPeer(st, conn, self.relay, self.options, client_id)
             st.viewers[client_id] = viewer

@@ -112,6 +112,8 @@ class _Worker:
         self.pending[call_id] = future
         try:
             self.post("call", call_id, op, *args)
+            if not self.alive:  # its pipe broke just now
+                raise WorkerFailure("The storage session's worker process has ended.")
             return await asyncio.wait_for(future, CALL_TIMEOUT_S)
         except TimeoutError:
             raise WorkerFailure(

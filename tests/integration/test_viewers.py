@@ -128,7 +128,7 @@ async def test_fourth_viewer_is_refused(target: Target, kvs: LocalKvs) -> None:
     await asyncio.sleep(0.5)
     assert viewers[0].state in ("failed", "closed", "reconnecting")
     assert kvs.sessions.channels[channel_arn].viewers["v0"].conn is not None
-    ended = [p for p in kvs.sessions.ended if getattr(p, "client_id", None) == "v0"]
+    ended = [p for p in kvs.sessions.ended if p.client_id == "v0"]
     assert ended and ended[0].stats.end_reason == "replaced by a newer JoinStorageSessionAsViewer"
     for v in [again, *viewers[1:]]:
         await v.stop()
