@@ -184,7 +184,7 @@ class StorageWorkerPool:
                 message = await _read(worker.proc.stdout)
                 self._on_worker_message(worker, message)
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            logger.debug("storage worker %d closed its pipe", worker.index)
         except Exception:
             logger.exception("storage worker %d sent something unreadable", worker.index)
         self._on_worker_exit(worker)
