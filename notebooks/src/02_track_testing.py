@@ -14,7 +14,6 @@
 # 3. The same from a widget: `TrackTester`.
 
 # %%
-import datetime as dt
 import tempfile
 from pathlib import Path
 
@@ -127,14 +126,13 @@ sent = result.frames_sent
 print(f"sent {len(sent)} frames in {result.seconds:.1f} s ({result.source})")
 
 # %%
-first = dt.datetime.fromtimestamp(sent["capture_ms"].min() / 1000, dt.UTC)
-last = dt.datetime.fromtimestamp(sent["capture_ms"].max() / 1000, dt.UTC)
+start, end = result.sample_range(margin_s=0.5)  # first capture + margin → last
 images = stamps_from_images(
     get_images(
         target,
         stream_arn,
-        first + dt.timedelta(seconds=0.5),
-        last,
+        start,
+        end,
         interval_ms=1000,
         progress=False,
     )

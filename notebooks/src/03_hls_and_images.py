@@ -14,7 +14,6 @@
 # ways and check, with the stamps, that they give the frames that were sent.
 
 # %%
-import datetime as dt
 import tempfile
 from pathlib import Path
 
@@ -113,14 +112,14 @@ print(
 # no media yet, as notebook 02 explains).
 
 # %%
-first = dt.datetime.fromtimestamp(sent["capture_ms"].min() / 1000, dt.UTC)
-last = dt.datetime.fromtimestamp(sent["capture_ms"].max() / 1000, dt.UTC)
+first, last = result.sample_range(margin_s=0)  # first and last capture
+start, end = result.sample_range(margin_s=0.25)
 images = stamps_from_images(
     get_images(
         target,
         stream_arn,
-        first + dt.timedelta(seconds=0.25),
-        last,
+        start,
+        end,
         interval_ms=500,
         width=320,
         height=240,

@@ -29,7 +29,6 @@
 # become retrievable.
 
 # %%
-import datetime as dt
 import uuid
 
 import matplotlib.pyplot as plt
@@ -106,14 +105,13 @@ delivery = kvsnb.analysis.compare_delivery(sent, hls_stamps, unreadable)
 print(f"HLS: {len(hls_frames)} frames; {delivery}")
 
 # %%
-first = dt.datetime.fromtimestamp(sent["capture_ms"].min() / 1000, dt.UTC)
-last = dt.datetime.fromtimestamp(sent["capture_ms"].max() / 1000, dt.UTC)
+start, end = result.sample_range(margin_s=0.5)  # first capture + margin → last
 images = stamps_from_images(
     get_images(
         target,
         stream_arn,
-        first + dt.timedelta(seconds=0.5),
-        last,
+        start,
+        end,
         interval_ms=2000,
         width=320,
         height=240,
