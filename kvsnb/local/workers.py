@@ -68,10 +68,11 @@ class WorkerFailure(AwsError):
     default_status = 500
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class ConnRef:
-    """A client connection as a worker knows it: an id the server resolves, and what the
-    storage sessions read of it."""
+    """A client connection as a worker knows it: the server's id for it, and what the
+    storage sessions read of it (channel, role, ClientId). In a worker, one object per id
+    stands for the connection, so identity tells a reconnected socket from the old one."""
 
     id: int
     channel_arn: str
@@ -378,33 +379,17 @@ class StorageWorkerPool:
 # ---------------------------------------------------------------------- worker side
 
 
-@dataclass(eq=False)
-class RemoteConnection:
-    """A client connection in a worker: the server's id for it, its channel, role and
-    ClientId."""
-
-    id: int
-    channel_arn: str
-    role: Role
-    client_id: str | None
-
-
 class _WorkerRelay:
     """The relay as a worker sees it: the connections the server named, and a pipe back."""
 
     def __init__(self, send: Any) -> None:
         self._send = send
-        self._conns: dict[int, RemoteConnection] = {}
-        self._current: dict[tuple[str, str | None], RemoteConnection] = {}
+        self._conns: dict[int, ConnRef] = {}
+        self._current: dict[tuple[str, str | None], ConnRef] = {}
 
-    def endpoint(self, ref: ConnRef) -> RemoteConnection:
+    def endpoint(self, ref: ConnRef) -> ConnRef:
         """The worker's one object for a server connection (identity tells reconnects)."""
-        conn = self._conns.get(ref.id)
-        if conn is None:
-            conn = self._conns[ref.id] = RemoteConnection(
-                ref.id, ref.channel_arn, ref.role, ref.client_id
-            )
-        return conn
+        return self._conns.setdefault(ref.id, ref)
 
     def name(self, channel_arn: str, client_id: str | None, ref: ConnRef | None) -> None:
         """Record which connection is the channel's master (``client_id`` None) or viewer."""
@@ -420,16 +405,16 @@ class _WorkerRelay:
             if current is conn:
                 del self._current[key]
 
-    def master(self, channel_arn: str) -> RemoteConnection | None:
+    def master(self, channel_arn: str) -> ConnRef | None:
         """The channel's connected master, as the server last named it."""
         return self._current.get((channel_arn, None))
 
-    def viewer(self, channel_arn: str, client_id: str) -> RemoteConnection | None:
+    def viewer(self, channel_arn: str, client_id: str) -> ConnRef | None:
         """The channel's connected viewer with this ClientId, as the server last named it."""
         return self._current.get((channel_arn, client_id))
 
     async def send_from_storage(
-        self, conn: RemoteConnection, message_type: str, payload: dict[str, Any]
+        self, conn: ConnRef, message_type: str, payload: dict[str, Any]
     ) -> bool:
         """Hand a message for a client to the server, which delivers it in order."""
         self._send(("send", conn.id, message_type, payload))
