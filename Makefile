@@ -51,6 +51,7 @@ LINTED := kvsnb tests bench notebooks/build.py notebooks/conftest.py
 lint: setup
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/lint-imports
 
 typecheck: setup
 	$(VENV)/bin/mypy

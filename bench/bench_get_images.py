@@ -44,11 +44,11 @@ from botocore.config import Config
 
 from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
-from kvsnb.local.images import ImagesPlane
-from kvsnb.local.mkv import build_fragment_list_body
-from kvsnb.local.passthrough import EncodedFrame
-from kvsnb.local.peer import StorageOptions
-from kvsnb.local.recorder import FragmentRecorder
+from kvsnb.local.archive.images import ImagesPlane
+from kvsnb.local.storage.passthrough import EncodedFrame
+from kvsnb.local.storage.peer import StorageOptions
+from kvsnb.local.storage.recorder import FragmentRecorder
+from kvsnb.local.store.mkv import build_fragment_list_body
 from kvsnb.media.stamp import read_stamp
 from kvsnb.session import JoinPolicy
 from kvsnb.target import connect

@@ -33,8 +33,9 @@ from botocore.config import Config
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kvsnb.ingest import ingest
-from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits, remux
-from kvsnb.local.peer import StorageOptions
+from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
+from kvsnb.local.archive import remux
+from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.session import JoinPolicy
 from kvsnb.target import connect
 

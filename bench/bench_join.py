@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.common import pct
 from kvsnb.local import LocalKvs, LocalKvsConfig
-from kvsnb.local.peer import StorageOptions
+from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.session import JoinPolicy, StorageSession
 from kvsnb.target import connect

@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kvsnb.local.passthrough import EncodedFrame
-from kvsnb.local.recorder import FragmentRecorder
-from kvsnb.local.store import FragmentStore
+from kvsnb.local.storage.passthrough import EncodedFrame
+from kvsnb.local.storage.recorder import FragmentRecorder
+from kvsnb.local.store.fragments import FragmentStore
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,11 @@ async def bench_loopback(record: bool = True) -> None:
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     from kvsnb.ice import host_addresses
-    from kvsnb.local.passthrough import enable_passthrough, keyframe_requester, receiver_for_track
+    from kvsnb.local.storage.passthrough import (
+        enable_passthrough,
+        keyframe_requester,
+        receiver_for_track,
+    )
 
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -202,7 +206,7 @@ async def bench_loopback(record: bool = True) -> None:
 
         async def pump_audio(track: Any) -> None:
             receiver = receiver_for_track(pc, track)
-            from kvsnb.local.passthrough import RtpClock
+            from kvsnb.local.storage.passthrough import RtpClock
 
             clock = RtpClock(receiver, AUDIO_RATE)
             clocks["audio"] = clock

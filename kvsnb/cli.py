@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -14,8 +13,7 @@ DEFAULT_PORT = 4566
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
-    from .local import LocalKvs, LocalKvsConfig, StrictKeys
-    from .local.peer import StorageOptions
+    from .target import serve_local
 
     strict = None
     if args.strict:
@@ -23,35 +21,19 @@ def _cmd_local(args: argparse.Namespace) -> int:
         if not key or not secret:
             print("--strict takes ACCESS_KEY:SECRET", file=sys.stderr)
             return 2
-        strict = StrictKeys(key, secret)
-    config = LocalKvsConfig(
-        host=args.host,
-        port=args.port,
-        data_dir=Path(args.data) if args.data else None,
-        region=args.region,
-        strict_keys=strict,
-        storage_workers=args.workers,
-        extra={
-            "storage": StorageOptions(
-                fragment_duration_s=args.fragment_seconds,
-                require_audio=not args.allow_video_only,
-            )
-        },
+        strict = (key, secret)
+    asyncio.run(
+        serve_local(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data,
+            region=args.region,
+            strict_keys=strict,
+            storage_workers=args.workers,
+            fragment_duration_s=args.fragment_seconds,
+            require_audio=not args.allow_video_only,
+        )
     )
-
-    async def serve() -> None:
-        kvs = LocalKvs(config)
-        await kvs.start()
-        print(f"Local KVS at {kvs.url} (data: {kvs.data_dir})", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        print("stopping Local KVS", flush=True)
-        await kvs.stop()
-
-    asyncio.run(serve())
     return 0
 
 

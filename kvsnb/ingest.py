@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 from aiortc.mediastreams import MediaStreamTrack
 
-from .media.sources import TEST_PATTERN, FileSource, TestPatternTrack, ToneTrack
+from .media.files import FileSource
+from .media.sources import TEST_PATTERN, TestPatternTrack, ToneTrack
 from .session import JoinPolicy, StorageSession
 from .target import Target
 from .timeline import SessionTimeline, TimelineEvent

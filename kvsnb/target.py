@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -292,6 +293,49 @@ def connect(
         ice_host_addresses=LOOPBACK,
         add_aws_stun=False,
     )
+
+
+async def serve_local(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    data_dir: str | os.PathLike[str] | None = None,
+    region: str = DEFAULT_REGION,
+    strict_keys: tuple[str, str] | None = None,
+    storage_workers: int = 0,
+    fragment_duration_s: float | None = None,
+    require_audio: bool = True,
+) -> None:
+    """Run a Local KVS in this event loop until SIGINT or SIGTERM (``kvsnb local``).
+
+    ``strict_keys`` (access key, secret) makes it verify every SigV4 signature;
+    ``storage_workers`` > 0 runs storage sessions in that many worker processes.
+    """
+    from .local import LocalKvs, LocalKvsConfig, StrictKeys
+    from .local.storage.peer import StorageOptions
+
+    options = StorageOptions(require_audio=require_audio)
+    if fragment_duration_s is not None:
+        options.fragment_duration_s = fragment_duration_s
+    config = LocalKvsConfig(
+        host=host,
+        port=port,
+        data_dir=Path(data_dir) if data_dir else None,
+        region=region,
+        strict_keys=StrictKeys(*strict_keys) if strict_keys else None,
+        storage_workers=storage_workers,
+        extra={"storage": options},
+    )
+    kvs = LocalKvs(config)
+    await kvs.start()
+    print(f"Local KVS at {kvs.url} (data: {kvs.data_dir})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("stopping Local KVS", flush=True)
+    await kvs.stop()
 
 
 def _is_loopback(url: str) -> bool:

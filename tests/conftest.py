@@ -16,7 +16,7 @@ import pytest
 
 from kvsnb.analysis import Delivery, compare_delivery, stamps_from_frames
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
-from kvsnb.local.peer import StorageOptions
+from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.playback import decode_video, get_media, list_fragments
 from kvsnb.session import JoinPolicy
 from kvsnb.target import Target, connect

@@ -3,11 +3,11 @@ codec that reads capture times back from retrieved frames, and track checks."""
 
 from kvsnb.media.check import RuleResult, TrackReport, check_tracks
 from kvsnb.media.faults import DroppingTrack
+from kvsnb.media.files import FileSource
 from kvsnb.media.sources import (
     AudioRecord,
     CameraNotFoundError,
     CameraSource,
-    FileSource,
     FrameRecord,
     TestPatternTrack,
     ToneGenerator,

@@ -46,7 +46,6 @@ import pandas as pd
 
 from kvsnb.media.sources import (
     TEST_PATTERN,
-    FileSource,
     TestPatternTrack,
     ToneTrack,
     webrtc_h264_encoder,
@@ -319,18 +318,11 @@ def _describe(source: object) -> str:
         return str(source)
     if isinstance(source, TestPatternTrack):
         return f"TestPatternTrack {source.width}x{source.height}@{source.fps:g}"
-    if isinstance(source, FileSource):
-        return str(source.path)
     return type(source).__name__
 
 
 def check_tracks(
-    source: str
-    | os.PathLike[str]
-    | FileSource
-    | TestPatternTrack
-    | tuple[TestPatternTrack, ToneTrack]
-    | Any,
+    source: str | os.PathLike[str] | TestPatternTrack | tuple[TestPatternTrack, ToneTrack] | Any,
     *,
     require_audio: bool = True,
     max_bitrate_bps: int = DEFAULT_MAX_BITRATE_BPS,
@@ -357,8 +349,6 @@ def check_tracks(
         elif file is not None:
             source = file
     label = _describe(source)
-    if isinstance(source, FileSource):
-        source = source.path
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         if not path.is_file():

@@ -27,7 +27,7 @@ from kvsnb.analysis import (
     timeline_summary,
 )
 from kvsnb.ingest import Source
-from kvsnb.local.peer import StorageOptions
+from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.playback import decode_video, get_media, list_fragments
 
 target = kvsnb.connect("local", extra={"storage": StorageOptions(fragment_duration_s=1.0)})

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kvsnb.analysis import compare_delivery, stamps_from_frames
-from kvsnb.local import hls
+from kvsnb.local.archive import clip
 from kvsnb.playback import decode_video
 from tests.integration.test_hls import Recorded, expect_aws_error, ffprobe_frames, record
 
@@ -94,7 +94,7 @@ def test_clip_range_is_inclusive_on_fragment_starts(recorded: Recorded, tmp_path
 def test_clip_keeps_the_first_fragments_within_the_limit(
     recorded: Recorded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(hls, "CLIP_MAX_FRAGMENTS", 2)
+    monkeypatch.setattr(clip, "CLIP_MAX_FRAGMENTS", 2)
     first, last = recorded.fragments[0], recorded.fragments[-1]
     body = get_clip(recorded, first.producer_start_ms, last.producer_start_ms)["Payload"].read()
     assert probe(body, tmp_path)["video"] == sum(f.frame_count for f in recorded.fragments[:2])

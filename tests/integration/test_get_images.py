@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from kvsnb.ingest import IngestResult, ingest
 from kvsnb.local import LocalKvs
-from kvsnb.local.images import ImagesPlane
+from kvsnb.local.archive.images import ImagesPlane
 from kvsnb.media.stamp import Stamp, read_stamp, read_stamp_frame
 from kvsnb.target import Target, connect
 from tests.conftest import FAST, make_client, start_kvs

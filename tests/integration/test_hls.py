@@ -22,8 +22,8 @@ import pytest
 
 from kvsnb.ingest import IngestResult, ingest
 from kvsnb.local import LocalKvs
-from kvsnb.local.hls import HlsPlane, program_date_time
-from kvsnb.local.store import Fragment
+from kvsnb.local.archive.hls import HlsPlane, program_date_time
+from kvsnb.local.store.fragments import Fragment
 from kvsnb.target import connect
 from tests.conftest import FAST, start_kvs
 from tests.integration.conftest import Http, make_client

@@ -27,8 +27,8 @@ from botocore.credentials import Credentials
 from yarl import URL
 
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits, StrictKeys
-from kvsnb.local import relay as relay_module
-from kvsnb.local.relay import (
+from kvsnb.local.signaling import relay as relay_module
+from kvsnb.local.signaling.relay import (
     CLOSE_CHANNEL_DELETED,
     CLOSE_GO_AWAY,
     CLOSE_IDLE,

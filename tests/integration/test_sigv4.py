@@ -15,13 +15,13 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from kvsnb.local import LocalKvs
-from kvsnb.local.errors import (
+from kvsnb.local.core.errors import (
     IncompleteSignatureException,
     InvalidSignatureException,
     MissingAuthenticationTokenException,
     UnrecognizedClientException,
 )
-from kvsnb.local.sigv4 import SigV4Checker, StrictKeys
+from kvsnb.local.front.sigv4 import SigV4Checker, StrictKeys
 
 # The JS SDK's SigV4RequestSigner test (amazon-kinesis-video-streams-webrtc-sdk-js), WIRE.md.
 JS_KEY = "AKIA4F7WJQR7FMMWMNXI"

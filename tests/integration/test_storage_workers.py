@@ -15,7 +15,7 @@ import pytest
 
 from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs
-from kvsnb.local.workers import StorageWorkerPool
+from kvsnb.local.storage.workers import StorageWorkerPool
 from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import list_fragments
 from kvsnb.session import JoinPolicy, StorageSession, ViewerSession

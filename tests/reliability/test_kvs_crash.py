@@ -22,7 +22,7 @@ import pytest
 
 from bench.common import process_tree
 from kvsnb.ingest import ingest
-from kvsnb.local.store import TEMP_PREFIX
+from kvsnb.local.store.fragments import TEMP_PREFIX
 from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import decode_video, get_media
 from kvsnb.session import StorageSession

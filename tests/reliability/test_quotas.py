@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from yarl import URL
 
 from kvsnb.local import LocalKvs
-from kvsnb.local.relay import CLOSE_REPLACED
+from kvsnb.local.signaling.relay import CLOSE_REPLACED
 from kvsnb.signaling import presign_url
 from kvsnb.target import connect
 from tests.conftest import make_client, start_kvs

@@ -31,8 +31,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvsnb.ingest import ingest
-from kvsnb.local import LocalKvs, protocol
-from kvsnb.local.server import operation_method
+from kvsnb.local import LocalKvs
+from kvsnb.local.core import protocol
+from kvsnb.local.front.server import operation_method
 from kvsnb.target import connect
 from tests.conftest import FAST, start_kvs
 from tests.reliability.conftest import healthy, signed_post

@@ -31,7 +31,7 @@ from yarl import URL
 
 from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs, StrictKeys
-from kvsnb.local.hls import HlsPlane
+from kvsnb.local.archive.hls import HlsPlane
 from kvsnb.signaling import presign_url
 from kvsnb.target import connect
 from tests.conftest import FAST, make_client, start_kvs

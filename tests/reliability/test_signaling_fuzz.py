@@ -34,7 +34,7 @@ from botocore.credentials import Credentials
 from yarl import URL
 
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
-from kvsnb.local.relay import CLOSE_REPLACED
+from kvsnb.local.signaling.relay import CLOSE_REPLACED
 from kvsnb.signaling import presign_url
 from tests.conftest import make_client
 

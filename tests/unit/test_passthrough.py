@@ -20,7 +20,7 @@ from aiortc import (
 from aiortc.mediastreams import AudioStreamTrack
 
 from kvsnb.ice import host_addresses
-from kvsnb.local.passthrough import (
+from kvsnb.local.storage.passthrough import (
     CLOCK_SOURCE_SR,
     EncodedFrame,
     enable_passthrough,

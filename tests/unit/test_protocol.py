@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from kvsnb.local import protocol
-from kvsnb.local.errors import (
+from kvsnb.local.core import protocol
+from kvsnb.local.core.errors import (
     AccessDeniedException,
     InvalidArgumentException,
     NotImplementedByLocalKvs,

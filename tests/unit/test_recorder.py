@@ -14,7 +14,10 @@ import av
 import numpy as np
 import pytest
 
-from kvsnb.local.mkv import (
+from kvsnb.local.storage.passthrough import EncodedFrame
+from kvsnb.local.storage.recorder import FragmentRecorder
+from kvsnb.local.store.fragments import Fragment, FragmentStore
+from kvsnb.local.store.mkv import (
     TAG_FRAGMENT_NUMBER,
     TAG_PRODUCER_TIMESTAMP,
     TAG_SERVER_TIMESTAMP,
@@ -22,9 +25,6 @@ from kvsnb.local.mkv import (
     read_segment_tags,
     timestamp_tag,
 )
-from kvsnb.local.passthrough import EncodedFrame
-from kvsnb.local.recorder import FragmentRecorder
-from kvsnb.local.store import Fragment, FragmentStore
 
 STREAM = "arn:aws:kinesisvideo:us-west-2:123456789012:stream/cam-1/1700000000000"
 WIDTH, HEIGHT, FPS = 640, 480, 30

@@ -15,13 +15,13 @@ from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from kvsnb.local.errors import (
+from kvsnb.local.core.errors import (
     ClientLimitExceededException,
     InvalidArgumentException,
     ResourceNotFoundException,
 )
-from kvsnb.local.relay import parse_client_message, status_response
-from kvsnb.local.sigv4 import SigV4Checker, StrictKeys
+from kvsnb.local.front.sigv4 import SigV4Checker, StrictKeys
+from kvsnb.local.signaling.relay import parse_client_message, status_response
 from kvsnb.signaling import (
     PRESIGN_EXPIRES_S,
     SignalingClient,

@@ -14,9 +14,9 @@ import av
 import numpy as np
 import pytest
 
-from kvsnb.local.passthrough import EncodedFrame
-from kvsnb.local.recorder import FragmentRecorder
-from kvsnb.local.store import (
+from kvsnb.local.storage.passthrough import EncodedFrame
+from kvsnb.local.storage.recorder import FragmentRecorder
+from kvsnb.local.store.fragments import (
     FRAGMENT_NUMBER_DIGITS,
     TEMP_PREFIX,
     Fragment,

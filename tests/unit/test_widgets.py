@@ -26,7 +26,7 @@ from kvsnb.analysis import (
 from kvsnb.analysis.probe import ProbeRecord
 from kvsnb.ingest import IngestResult, ingest, make_source
 from kvsnb.local import SignalingLimits
-from kvsnb.local.peer import StorageOptions
+from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.media import TestPatternTrack, make_test_file
 from kvsnb.playback import decode_video, get_media, list_fragments
 from kvsnb.playback import image_windows as windows

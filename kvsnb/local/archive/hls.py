@@ -1,5 +1,5 @@
-"""HLS and GetClip on stored fragments: GetHLSStreamingSessionURL, the HLS resources under
-``/hls/v1/`` of the archived-media endpoint, and GetClip.
+"""HLS on stored fragments: GetHLSStreamingSessionURL and the HLS resources under
+``/hls/v1/`` of the archived-media endpoint.
 
 Wire source: WIRE.md "Archived media" and the botocore model's documentation of
 GetHLSStreamingSessionURL, HLSFragmentSelector, HLSTimestampRange and GetClip (quoted where a
@@ -68,15 +68,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from . import remux
-from .archive import ArchivePlane, epoch_ms
-from .control import ControlPlane, Endpoints, Stream
-from .errors import (
+from kvsnb.local.archive import remux
+from kvsnb.local.archive.plane import ArchivePlane, epoch_ms
+from kvsnb.local.control.plane import ControlPlane, Endpoints, Stream
+from kvsnb.local.core.errors import (
     AwsError,
     ClientLimitExceededException,
     InvalidArgumentException,
@@ -85,8 +84,7 @@ from .errors import (
     ResourceNotFoundException,
     UnknownOperationException,
 )
-from .server import RawResponse
-from .store import SELECTOR_PRODUCER, SELECTOR_SERVER, Fragment, FragmentStore
+from kvsnb.local.store.fragments import SELECTOR_PRODUCER, SELECTOR_SERVER, Fragment, FragmentStore
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +116,6 @@ FMP4_VERSION = 7
 TS_VERSION = 3
 SEGMENT_CACHE_BYTES = 64 * 1024 * 1024
 PARSE_CACHE_BYTES = 32 * 1024 * 1024
-CLIP_MAX_FRAGMENTS = 200  # model, GetClip Payload: "the first 100 MB or the first 200
-CLIP_MAX_BYTES = 100 * 1024 * 1024  # fragments from the specified start timestamp"
 
 
 # ---------------------------------------------------------------------------- caching
@@ -269,7 +265,7 @@ def _require_codec_private(fragment: Fragment) -> None:
 
 
 class HlsPlane:
-    """GetHLSStreamingSessionURL, GetClip and the HLS resources under ``/hls/v1/``.
+    """GetHLSStreamingSessionURL and the HLS resources under ``/hls/v1/``.
 
     ``clock`` (epoch seconds) decides session expiry, the LIVE 30 s window and LIVE_REPLAY
     release times; tests may replace it to move time.
@@ -715,54 +711,3 @@ class HlsPlane:
 
         body: bytes = await self.segments.get(key, load)
         return body, TS_CONTENT_TYPE
-
-    # ------------------------------------------------------------------ GetClip
-
-    async def get_clip(self, req: dict[str, Any]) -> RawResponse:
-        """GetClip: an MP4 of the fragments whose start lies in the range (inclusive), at most
-        the first 200 fragments or 100 MB of them (the model's Payload documentation)."""
-        stream = self._archive.stream(req)
-        if stream.retention_hours == 0:
-            raise NoDataRetentionException(
-                f"The stream {stream.name} has no data retention, so it has no media to clip."
-            )
-        selector = req["ClipFragmentSelector"]
-        kind = selector["FragmentSelectorType"]
-        start = epoch_ms(selector["TimestampRange"]["StartTimestamp"])
-        end = epoch_ms(selector["TimestampRange"]["EndTimestamp"])
-        if end <= start:
-            raise InvalidArgumentException("EndTimestamp must be later than StartTimestamp.")
-        if end - start > MAX_RANGE_MS:
-            raise InvalidArgumentException(
-                "EndTimestamp must be within 24 hours of StartTimestamp."
-            )
-        found = await asyncio.to_thread(self.store.list_fragments, stream.arn, kind, start, end)
-        if kind == SELECTOR_PRODUCER:
-            found = dedupe_producer(found, keep_newest=False)
-        if not found:
-            raise ResourceNotFoundException(
-                f"No fragments were found in the stream {stream.name} for the requested clip."
-            )
-        _require_codec_private(found[0])
-        chosen: list[Fragment] = []
-        total = 0
-        for f in found[:CLIP_MAX_FRAGMENTS]:
-            if chosen and total + f.size_bytes > CLIP_MAX_BYTES:
-                break
-            chosen.append(f)
-            total += f.size_bytes
-        if len(chosen) < len(found):
-            logger.info(
-                "GetClip on %s: %d of %d fragments (limit)", stream.name, len(chosen), len(found)
-            )
-        paths = [self.store.resolve(f) for f in chosen]
-        body = await asyncio.to_thread(_build_clip, paths, chosen)
-        return RawResponse(body, MP4_CONTENT_TYPE)
-
-
-def _build_clip(paths: list[Path], fragments: list[Fragment]) -> bytes:
-    parsed = [
-        remux.read_fragment(p, f.producer_start_ms, f.producer_end_ms)
-        for p, f in zip(paths, fragments, strict=True)
-    ]
-    return remux.clip_mp4(paths[0], parsed)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .control import ControlPlane
-from .errors import InvalidArgumentException
+from kvsnb.local.control.plane import ControlPlane
+from kvsnb.local.core.errors import InvalidArgumentException
 
 
 class SignalingRestPlane:

@@ -46,7 +46,9 @@ from typing import Any
 
 import av
 
-from kvsnb.local.mkv import (
+from kvsnb.local.storage.passthrough import EncodedFrame
+from kvsnb.local.store.fragments import Fragment, FragmentMeta, FragmentStore
+from kvsnb.local.store.mkv import (
     NAL_IDR,
     NAL_PPS,
     NAL_SPS,
@@ -62,8 +64,6 @@ from kvsnb.local.mkv import (
     timestamp_tag,
     to_length_prefixed,
 )
-from kvsnb.local.passthrough import EncodedFrame
-from kvsnb.local.store import Fragment, FragmentMeta, FragmentStore
 
 logger = logging.getLogger(__name__)
 

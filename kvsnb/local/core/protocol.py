@@ -33,7 +33,7 @@ from typing import Any
 import botocore.session
 from botocore.model import OperationModel, ServiceModel, Shape, StructureShape
 
-from .errors import AwsError, InvalidArgumentException, SerializationException
+from kvsnb.local.core.errors import AwsError, InvalidArgumentException, SerializationException
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import av
 
-from .mkv import split_length_prefixed, to_length_prefixed
+from kvsnb.local.store.mkv import split_length_prefixed, to_length_prefixed
 
 logger = logging.getLogger(__name__)
 

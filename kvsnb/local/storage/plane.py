@@ -15,8 +15,8 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
-from .control import Channel, ControlPlane
-from .errors import ClientLimitExceededException, InvalidArgumentException
+from kvsnb.local.control.plane import Channel, ControlPlane
+from kvsnb.local.core.errors import ClientLimitExceededException, InvalidArgumentException
 
 logger = logging.getLogger(__name__)
 

@@ -36,15 +36,26 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from . import protocol
-from .control import ControlPlane, Endpoints
-from .errors import (
+from kvsnb.local.archive.clip import ClipPlane
+from kvsnb.local.archive.hls import HlsPlane
+from kvsnb.local.archive.images import ImagesPlane
+from kvsnb.local.archive.plane import ArchivePlane
+from kvsnb.local.control.plane import ControlPlane, Endpoints
+from kvsnb.local.core import protocol
+from kvsnb.local.core.errors import (
     AwsError,
     InvalidArgumentException,
     NotImplementedByLocalKvs,
     UnknownOperationException,
 )
-from .relay import Role, SignalingLimits, SignalingRelay
+from kvsnb.local.core.responses import RawResponse
+from kvsnb.local.signaling.relay import Role, SignalingLimits, SignalingRelay
+from kvsnb.local.signaling.rest import SignalingRestPlane
+from kvsnb.local.storage.peer import StorageOptions, StorageSessionManager
+from kvsnb.local.storage.plane import StoragePlane
+from kvsnb.local.storage.workers import StorageWorkerPool
+from kvsnb.local.store.fragments import FragmentStore
+
 from .sigv4 import SigV4Checker, StrictKeys
 
 logger = logging.getLogger(__name__)
@@ -62,16 +73,6 @@ T = TypeVar("T")
 def operation_method(name: str) -> str:
     """``CreateSignalingChannel`` → ``create_signaling_channel``."""
     return _SNAKE.sub("_", name).lower()
-
-
-@dataclass(frozen=True)
-class RawResponse:
-    """A response whose payload is not JSON (GetClip, GetMediaForFragmentList, HLS)."""
-
-    body: bytes
-    content_type: str
-    headers: dict[str, str] = field(default_factory=dict)
-    status: int = 200
 
 
 @dataclass
@@ -115,8 +116,8 @@ class LocalKvs:
         self.planes: dict[str, Any] = {}
         self.control: ControlPlane | None = None
         self.relay: SignalingRelay | None = None
-        self.store: Any = None  # kvsnb.local.store.FragmentStore, once started
-        self.sessions: Any = None  # kvsnb.local.peer.StorageSessionManager, once started
+        self.store: Any = None  # kvsnb.local.store.fragments.FragmentStore, once started
+        self.sessions: Any = None  # kvsnb.local.storage.peer.StorageSessionManager, once started
         self._runner: web.AppRunner | None = None
         self._site_port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -162,9 +163,7 @@ class LocalKvs:
         )
         self.relay = SignalingRelay(self.control, self._authorize_ws, self.config.signaling)
         self.planes = {"control": self.control}
-        from .planes import build_planes  # the data planes build on the control plane
-
-        await build_planes(self)
+        await build_planes(self)  # the data planes build on the control plane
         logger.info("Local KVS serving at %s (data: %s)", self.url, self.data_dir)
         return self
 
@@ -340,3 +339,55 @@ class LocalKvs:
             )
         payload = protocol.serialize_output(route.operation.output_shape, result)
         return web.json_response(payload)
+
+
+class CompositePlane:
+    """One plane served by several objects: an operation (or ``handle_get``) is looked up on
+    each part in turn."""
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = parts
+
+    def __getattr__(self, name: str) -> Any:
+        for part in self.parts:
+            if hasattr(part, name):
+                return getattr(part, name)
+        raise AttributeError(name)
+
+
+async def build_planes(kvs: LocalKvs) -> None:
+    """Create the signaling REST, webrtc-storage and archived-media planes of ``kvs``.
+
+    ``kvs.config.extra["storage"]`` may hold a ``StorageOptions``; with
+    ``kvs.config.storage_workers`` > 0 the storage sessions run in that many worker
+    processes (``workers``).
+    """
+    control, relay = kvs.control, kvs.relay
+    assert control is not None and relay is not None
+    store = await asyncio.to_thread(FragmentStore, kvs.data_dir)
+    options = kvs.config.extra.get("storage") or StorageOptions()
+    sessions: StorageSessionManager | StorageWorkerPool
+    if kvs.config.storage_workers > 0:
+        sessions = StorageWorkerPool(relay, store, options, kvs.config.storage_workers)
+        await sessions.start()
+    else:
+        sessions = StorageSessionManager(relay, store, options)
+    relay.storage = sessions
+    control.events.storage_changed.append(sessions.on_storage_changed)
+    control.events.stream_deleted.append(lambda st: store.delete_stream(st.arn))
+    kvs.store = store
+    kvs.sessions = sessions
+    kvs.planes["signaling"] = SignalingRestPlane(control)
+    kvs.planes["webrtc"] = StoragePlane(control, sessions)
+    kvs.planes["media"] = CompositePlane(
+        ArchivePlane(control, store),
+        HlsPlane(control, store, control.endpoints),
+        ImagesPlane(control, store),
+        ClipPlane(control, store),
+    )
+
+    async def close() -> None:
+        await sessions.close()
+        store.close()
+
+    kvs.on_stop(close)

@@ -28,7 +28,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
-from .passthrough import EncodedFrame
+from kvsnb.local.storage.passthrough import EncodedFrame
 
 logger = logging.getLogger(__name__)
 

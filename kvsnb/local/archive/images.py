@@ -73,10 +73,14 @@ from typing import Any
 import av
 from PIL import Image  # Pillow: a dependency of matplotlib, itself a kvsnb dependency
 
-from .archive import ArchivePlane, decode_token, encode_token, epoch_ms
-from .control import ControlPlane
-from .errors import InvalidArgumentException, NoDataRetentionException, ResourceNotFoundException
-from .store import SELECTOR_SERVER, Fragment, FragmentStore
+from kvsnb.local.archive.plane import ArchivePlane, decode_token, encode_token, epoch_ms
+from kvsnb.local.control.plane import ControlPlane
+from kvsnb.local.core.errors import (
+    InvalidArgumentException,
+    NoDataRetentionException,
+    ResourceNotFoundException,
+)
+from kvsnb.local.store.fragments import SELECTOR_SERVER, Fragment, FragmentStore
 
 logger = logging.getLogger(__name__)
 

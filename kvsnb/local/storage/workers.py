@@ -36,18 +36,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .control import Channel
-from .errors import AwsError
-from .peer import StorageOptions, StorageSessionManager
-from .relay import ClientMessage, Connection, Role, SignalingRelay
-from .store import Fragment, FragmentStore
+from kvsnb.local.control.plane import Channel
+from kvsnb.local.core.errors import AwsError
+from kvsnb.local.signaling.relay import ClientMessage, Connection, Role, SignalingRelay
+from kvsnb.local.storage.peer import StorageOptions, StorageSessionManager
+from kvsnb.local.store.fragments import Fragment, FragmentStore
 
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">I")
 CALL_TIMEOUT_S = 60.0  # a join or message the worker has not answered by then fails
 STOP_TIMEOUT_S = 30.0  # a worker has this long to store its partial fragments on stop
-_WORKER_CODE = "from kvsnb.local.workers import worker_main; worker_main()"
+_WORKER_CODE = "from kvsnb.local.storage.workers import worker_main; worker_main()"
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:

@@ -391,7 +391,9 @@ def enable_passthrough(receiver: Any) -> RtpClock:
             return existing.clock
         started = getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is not None
         if started and queue not in _seen_queues:
-            raise RuntimeError("receiver started before kvsnb.local.passthrough was installed")
+            raise RuntimeError(
+                "receiver started before kvsnb.local.storage.passthrough was installed"
+            )
         clock = RtpClock(receiver, VIDEO_CLOCK_RATE)
         _registry[queue] = _Registration(clock=clock)
         receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(capacity=512, is_video=True)

@@ -53,20 +53,20 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.sdp import candidate_from_sdp
 
-from .. import ice, sdp
-from .control import Channel
-from .errors import ClientLimitExceededException, InvalidArgumentException
-from .fanout import MASTER, STORE, AudioMixer, MixedAudioTrack, VideoFanout
-from .passthrough import (
+from kvsnb import ice, sdp
+from kvsnb.local.control.plane import Channel
+from kvsnb.local.core.errors import ClientLimitExceededException, InvalidArgumentException
+from kvsnb.local.signaling.relay import ClientEndpoint, ClientMessage, StorageRelay
+from kvsnb.local.storage.fanout import MASTER, STORE, AudioMixer, MixedAudioTrack, VideoFanout
+from kvsnb.local.storage.passthrough import (
     EncodedFrame,
     direct_audio,
     direct_video,
     keyframe_requester,
     receiver_for_track,
 )
-from .recorder import FragmentRecorder
-from .relay import ClientEndpoint, ClientMessage, StorageRelay
-from .store import FragmentStore
+from kvsnb.local.storage.recorder import FragmentRecorder
+from kvsnb.local.store.fragments import FragmentStore
 
 logger = logging.getLogger(__name__)
 

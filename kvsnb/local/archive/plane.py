@@ -16,11 +16,11 @@ import json
 import logging
 from typing import Any
 
-from .control import ControlPlane, Stream
-from .errors import InvalidArgumentException, ResourceNotFoundException
-from .mkv import build_fragment_list_body
-from .server import RawResponse
-from .store import Fragment, FragmentStore
+from kvsnb.local.control.plane import ControlPlane, Stream
+from kvsnb.local.core.errors import InvalidArgumentException, ResourceNotFoundException
+from kvsnb.local.core.responses import RawResponse
+from kvsnb.local.store.fragments import Fragment, FragmentStore
+from kvsnb.local.store.mkv import build_fragment_list_body
 
 logger = logging.getLogger(__name__)
 

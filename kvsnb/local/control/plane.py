@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import (
+from kvsnb.local.core.errors import (
     InvalidArgumentException,
     NoDataRetentionException,
     ResourceInUseException,

@@ -35,9 +35,9 @@ from typing import Any, Literal, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from . import protocol
-from .control import Channel, ControlPlane
-from .errors import (
+from kvsnb.local.control.plane import Channel, ControlPlane
+from kvsnb.local.core import protocol
+from kvsnb.local.core.errors import (
     AwsError,
     ClientLimitExceededException,
     InvalidArgumentException,

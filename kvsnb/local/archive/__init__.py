@@ -1,0 +1,6 @@
+"""``kinesis-video-archived-media``: the readers of stored fragments. ListFragments and
+GetMediaForFragmentList (``plane``), HLS (``hls``), GetImages (``images``), GetClip
+(``clip``), and the remuxer they share (``remux``).
+
+Uses ``control`` (streams), ``store`` and ``core``; never ``storage``.
+"""

@@ -1,0 +1,6 @@
+"""What every Local KVS service shares: the AWS error classes (``errors``), request parsing,
+validation and response shapes from the botocore service models (``protocol``), responses
+whose payload is not JSON (``responses``) and the NextToken codec (``tokens``).
+
+The bottom layer: it imports nothing else of ``kvsnb.local``.
+"""
