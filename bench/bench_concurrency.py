@@ -3,12 +3,12 @@
 Local KVS runs in its own process (``kvsnb local``), once with its storage sessions in the
 server process and once spread over 2 storage worker processes (``--workers``); the masters
 run in separate sender processes (``--worker``), each with several kvsnb
-``StorageSession``s that send pre-encoded media (640x480 30 fps H.264 at ~800 kbps with a
+``MasterSession``s that send pre-encoded media (640x480 30 fps H.264 at ~800 kbps with a
 keyframe every second, and Opus), so the masters spend nothing on encoding. Per level:
 frames lost (frames sent by the masters vs video frames in the stored fragments, read back
 with GetMediaForFragmentList), fragment end → durable (from Local KVS's own index:
 ``stored_at`` − producer end of each fragment), Local KVS CPU (cores) and memory (with its
-workers), and the whole machine's CPU. Budget (DESIGN.md): ≥ 32 sessions with < 0.1 %
+workers), and the whole machine's CPU. Budget (docs/design.md): ≥ 32 sessions with < 0.1 %
 frames lost. Prints figures; never asserts on time.
 
 ``python -m bench.bench_concurrency [LEVELS...] [--seconds S] [--video-only] [--workers 0,2]``
@@ -137,7 +137,7 @@ async def worker(
     url: str, channels: list[str], clip: Path, seconds: float, video_only: bool
 ) -> dict[str, Any]:
     """Run masters on ``channels`` for ``seconds`` of media; report frames sent."""
-    from kvsnb.session import JoinPolicy, StorageSession
+    from kvsnb.session import JoinPolicy, MasterSession
     from kvsnb.target import connect
 
     data = pickle.loads(clip.read_bytes())
@@ -150,7 +150,7 @@ async def worker(
         audio = None if video_only else PacketTrack("audio", data["audio"], 50, 960, AUDIO_TB)
         tracks.append(video)
         sessions.append(
-            StorageSession(
+            MasterSession(
                 target, name, video=video, audio=audio, policy=JoinPolicy(offer_wait_s=3.0)
             )
         )

@@ -1,6 +1,6 @@
 """GetImages against ``ffmpeg -vf fps=1`` on the same stored media, and capture → retrievable.
 
-DESIGN.md budgets: "GetImages, 300 images at 1 s sampling, vs ``ffmpeg -vf fps=1`` on the same
+docs/design.md budgets: "GetImages, 300 images at 1 s sampling, vs ``ffmpeg -vf fps=1`` on the same
 media: ≤ 0.5× its time when keyframes ≤ 2 s apart, never above 1.0×" and "capture → frame
 retrievable by GetImages, beyond the fragment duration ≤ 100 ms p95".
 

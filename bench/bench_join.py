@@ -18,7 +18,7 @@ from bench.common import pct
 from kvsnb.local import LocalKvs, LocalKvsConfig
 from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.media import TestPatternTrack, ToneTrack
-from kvsnb.session import JoinPolicy, StorageSession
+from kvsnb.session import JoinPolicy, MasterSession
 from kvsnb.target import connect
 
 JOINS = 20
@@ -43,7 +43,7 @@ async def run(joins: int = JOINS, workers: int = 0) -> dict[str, Any]:
         for i in range(joins):
             name = f"join-{i}"
             _, stream_arn = tg.create_storage_channel(name)
-            session = StorageSession(
+            session = MasterSession(
                 tg,
                 name,
                 video=TestPatternTrack(640, 480, 30),

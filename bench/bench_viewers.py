@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.common import LocalKvsProcess, cpu_seconds, pct, rss_mib
 from kvsnb.media import TestPatternTrack, ToneTrack
-from kvsnb.session import JoinPolicy, StorageSession, ViewerSession
+from kvsnb.session import JoinPolicy, MasterSession, ViewerSession
 from kvsnb.target import connect
 
 WINDOW_S = 8.0
@@ -33,7 +33,7 @@ async def run(window_s: float = WINDOW_S) -> dict[str, Any]:
     with LocalKvsProcess() as kvs:
         tg = connect(endpoint_url=kvs.url)
         tg.create_storage_channel("bench-viewers")
-        master = StorageSession(
+        master = MasterSession(
             tg,
             "bench-viewers",
             video=TestPatternTrack(640, 480, 30),

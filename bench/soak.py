@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.bench_concurrency import AUDIO_TB, FPS, VIDEO_TB, PacketTrack, make_clip, stored_frames
 from bench.common import LocalKvsProcess, cpu_seconds, rss_mib
-from kvsnb.session import JoinPolicy, StorageSession, ViewerSession
+from kvsnb.session import JoinPolicy, MasterSession, ViewerSession
 from kvsnb.target import connect
 
 MASTERS = 4
@@ -46,7 +46,7 @@ async def soak(minutes: float, interval_s: float, workers: int = 0) -> dict[str,
             video = PacketTrack("video", video_packets, FPS, 90_000 // FPS, VIDEO_TB)
             audio = PacketTrack("audio", data["audio"], 50, 960, AUDIO_TB)
             tracks.append(video)
-            m = StorageSession(target, n, video=video, audio=audio, policy=policy)
+            m = MasterSession(target, n, video=video, audio=audio, policy=policy)
             await m.start(timeout=60)
             masters.append(m)
         viewers = []

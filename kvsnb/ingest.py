@@ -1,5 +1,5 @@
 """Ingest media into a channel's storage session for a while: sources by name, a master
-``StorageSession``, and what was sent (``IngestResult``)."""
+``MasterSession``, and what was sent (``IngestResult``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from .media.files import FileSource
 from .media.sources import TEST_PATTERN, TestPatternTrack, ToneTrack
-from .session import JoinPolicy, StorageSession
+from .session import JoinPolicy, MasterSession
 from .target import Target
 from .timeline import SessionTimeline, TimelineEvent
 
@@ -112,7 +112,7 @@ async def ingest(
         if isinstance(source, Source)
         else make_source(source, width=width, height=height, fps=fps, audio=audio)
     )
-    session = StorageSession(target, channel, video=src.video, audio=src.audio, policy=policy)
+    session = MasterSession(target, channel, video=src.video, audio=src.audio, policy=policy)
     if on_event is not None:
         session.timeline.on_event(on_event)
     try:

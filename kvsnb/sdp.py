@@ -1,4 +1,4 @@
-"""SDP text helpers for the shapes KVS storage sessions use (WIRE.md, "Storage sessions").
+"""SDP text helpers for the shapes KVS storage sessions use (docs/wire.md, "Storage sessions").
 
 Both halves use them: Local KVS to write offers in AWS's shape from aiortc's (payload types
 126/111, a configurable H.264 profile, candidates trickled apart, the ``m=video 0`` +

@@ -1,6 +1,6 @@
 """Joining a channel's WebRTC storage session as the video-producing master.
 
-``StorageSession`` follows the master sequence of WIRE.md ("Storage sessions"):
+``MasterSession`` follows the master sequence of docs/wire.md ("Storage sessions"):
 DescribeSignalingChannel → DescribeMediaStorageConfiguration → GetSignalingChannelEndpoint
 (WSS, HTTPS, WEBRTC; MASTER) → GetIceServerConfig → open the signaling socket → **then**
 JoinStorageSession → the storage session's offer (candidates may come first: they are
@@ -19,6 +19,7 @@ Every step lands in ``session.timeline`` (``SessionTimeline``).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -27,32 +28,31 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import av
 import numpy as np
 import pandas as pd
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.sdp import candidate_from_sdp
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import ice, sdp
+from . import ice, sdp, webrtc
+from .errors import KvsnbError
 from .media.sources import MASTER_VIDEO_BITRATE_BPS
 from .media.stamp import Stamp, StampError, read_stamp_frame
-from .signaling import SignalingClient, SignalingEvent, SignalingMessage
+from .signaling import SignalingClient, SignalingError, SignalingEvent, SignalingMessage
 from .target import ChannelEndpoints, Target, new_client_id, run_sync
 from .timeline import SessionTimeline
+from .webrtc import Role
 
 logger = logging.getLogger(__name__)
 
-AIORTC_H264_PROFILES = ("42001f", "42e01f")
 VIEWER_CAP_TEXT = "maximum number of viewers"
-AUDIO_RATE = 48_000
 State = Literal["new", "joining", "connected", "reconnecting", "failed", "closed"]
 
 
-class SessionError(RuntimeError):
+class SessionError(KvsnbError, RuntimeError):
     """A session could not be joined; ``code`` is the AWS error code when there is one."""
 
     def __init__(self, message: str, code: str | None = None) -> None:
@@ -92,7 +92,7 @@ def is_retryable(exc: BaseException) -> bool:
         if err.get("Code") == "ClientLimitExceededException":
             return VIEWER_CAP_TEXT not in str(err.get("Message", ""))
         return int(status) >= 500
-    return isinstance(exc, BotoCoreError | asyncio.TimeoutError | OSError)
+    return isinstance(exc, BotoCoreError | TimeoutError | OSError | SignalingError)
 
 
 def _aws_error(exc: ClientError) -> SessionError:
@@ -142,7 +142,7 @@ class ReceivedMedia:
         self._audio: deque[np.ndarray] = deque()
         self._audio_len = 0
         self.audio_started_at: float | None = None
-        self.keep_audio = int(keep_audio_s * AUDIO_RATE)
+        self.keep_audio = int(keep_audio_s * webrtc.OPUS_SAMPLE_RATE)
         self.audio_frames = 0
 
     async def pump(self, track: MediaStreamTrack) -> None:
@@ -169,7 +169,7 @@ class ReceivedMedia:
             else (data.mean(axis=0))
         )
         if self.audio_started_at is None:
-            self.audio_started_at = now - frame.samples / AUDIO_RATE
+            self.audio_started_at = now - frame.samples / webrtc.OPUS_SAMPLE_RATE
         self._audio.append(mono.astype(np.int16))
         self._audio_len += len(mono)
         self.audio_frames += 1
@@ -214,25 +214,17 @@ def prepare_remote_offer(offer: str) -> tuple[str, dict[int, str]]:
     """Make a storage session's offer acceptable to aiortc: explicit bundle-only sections and
     H.264 profiles aiortc knows. Returns the SDP and the original profile-level-id of each
     H.264 payload type that was changed (to restore in the answer)."""
-    text = sdp.expand_bundle_only(offer)
-    changed: dict[int, str] = {}
-    for pt in sdp.payload_types(text, "video", "H264"):
-        profile = sdp.fmtp(text, pt).get("profile-level-id")
-        if profile is not None and profile.lower() not in AIORTC_H264_PROFILES:
-            changed[pt] = profile
-            text = sdp.set_fmtp(text, pt, profile_level_id="42e01f")
-    return text, changed
+    return webrtc.relabel_h264_profiles(sdp.expand_bundle_only(offer))
 
 
-class StorageSession:
-    """A master in a channel's storage session (see the module docstring).
-
-    ``video`` is required (H.264 is what the storage session takes); ``audio`` may be
-    ``None`` only where the service accepts video alone. Use ``async with`` or ``await
-    start()`` / ``await stop()``.
+class StorageSessionBase(abc.ABC):
+    """What a master and a viewer in a channel's storage session share: set-up, the join and
+    retry loop, the aiortc peer, early-candidate buffering, the timeline and the media
+    received (see the module docstring). Use ``MasterSession`` or ``ViewerSession``, with
+    ``async with`` or ``await start()`` / ``await stop()``.
     """
 
-    role: Literal["MASTER", "VIEWER"] = "MASTER"
+    role: Role
 
     def __init__(
         self,
@@ -286,7 +278,7 @@ class StorageSession:
             for listener in list(self._state_listeners):
                 listener(state)
 
-    async def start(self, timeout: float | None = None) -> StorageSession:
+    async def start(self, timeout: float | None = None) -> Self:
         """Set up, join and wait until the peer connection is connected.
 
         Raises ``SessionError`` when the target refuses (e.g. storage not enabled) or after
@@ -331,7 +323,7 @@ class StorageSession:
             await self.signaling.close()
         self.timeline.mark("stopped")
 
-    async def __aenter__(self) -> StorageSession:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -407,7 +399,10 @@ class StorageSession:
                     await self._attempt()
                 except SessionError:
                     raise
-                except Exception as exc:  # a failed attempt: count it, maybe give up
+                except Exception as exc:
+                    if not is_retryable(exc):  # a bug or an error the JS SDK does not retry
+                        self._set_state("failed")
+                        raise
                     logger.info("%s join attempt failed: %s", self.role, exc)
                     self.timeline.mark("attempt_failed", reason=str(exc)[:200])
                     self._count_failure()
@@ -501,15 +496,9 @@ class StorageSession:
 
     # ------------------------------------------------------------------ WebRTC
 
+    @abc.abstractmethod
     def _attach_tracks(self, pc: RTCPeerConnection) -> None:
-        for transceiver in pc.getTransceivers():
-            if transceiver.kind == "video":
-                if self._video is None:
-                    raise SessionError("a master must send video")
-                transceiver.sender.replaceTrack(self._video)
-                transceiver.direction = "sendonly"
-            elif transceiver.kind == "audio":
-                self._attach_audio(transceiver)
+        """Give the offer's transceivers their directions and our tracks (per role)."""
 
     def _attach_audio(self, transceiver: Any) -> None:
         """Send our audio if we have some (and hear the storage session's mix either way)."""
@@ -544,10 +533,7 @@ class StorageSession:
         self._answer_error = None
         self.timeline.mark("answer_sent")
         for c in candidates:
-            await self.signaling.send(
-                "ICE_CANDIDATE",
-                {"candidate": c.candidate, "sdpMid": c.sdp_mid, "sdpMLineIndex": c.sdp_mline_index},
-            )
+            await self.signaling.send("ICE_CANDIDATE", webrtc.candidate_to_payload(c))
 
     async def _cap_bitrate(self) -> None:
         """Keep the video encoder's target at or below ``policy.max_video_bitrate_bps``.
@@ -595,16 +581,15 @@ class StorageSession:
 
     async def _add_candidate(self, payload: dict[str, Any]) -> None:
         assert self.pc is not None
-        value = payload.get("candidate")
-        if not isinstance(value, str) or not value:
+        mids = [t.mid for t in self.pc.getTransceivers()]
+        try:
+            cand = webrtc.candidate_from_payload(payload, mids)
+        except webrtc.CandidateError as exc:
+            logger.warning("ignoring a candidate from the storage session: %s", exc)
+            self.timeline.mark("bad_candidate", detail=str(exc))
             return
-        cand = candidate_from_sdp(value.removeprefix("candidate:"))
-        transceivers = self.pc.getTransceivers()
-        index = payload.get("sdpMLineIndex")
-        i = index if isinstance(index, int) and 0 <= index < len(transceivers) else 0
-        cand.sdpMid = payload.get("sdpMid") or transceivers[i].mid
-        cand.sdpMLineIndex = i
-        await self.pc.addIceCandidate(cand)
+        if cand is not None:
+            await self.pc.addIceCandidate(cand)
 
     def _on_pc_state(self, pc: RTCPeerConnection) -> None:
         if pc is not self.pc:
@@ -690,7 +675,29 @@ class StorageSession:
             )
 
 
-class ViewerSession(StorageSession):
+class MasterSession(StorageSessionBase):
+    """A master in a channel's storage session: joins with JoinStorageSession and sends
+    ``video`` (required: H.264 is what the storage session takes) and ``audio`` (``None``
+    only where the service accepts video alone)."""
+
+    role: Role = "MASTER"
+
+    def _attach_tracks(self, pc: RTCPeerConnection) -> None:
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "video":
+                if self._video is None:
+                    raise SessionError("a master must send video")
+                transceiver.sender.replaceTrack(self._video)
+                transceiver.direction = "sendonly"
+            elif transceiver.kind == "audio":
+                self._attach_audio(transceiver)
+
+
+StorageSession = MasterSession
+"""The master's earlier name, kept for code written against kvsnb 0.1."""
+
+
+class ViewerSession(StorageSessionBase):
     """A viewer in a channel's storage session (JoinStorageSessionAsViewer).
 
     It receives the master's video and audio from the storage session (never peer to peer)
@@ -699,7 +706,7 @@ class ViewerSession(StorageSession):
     join, retry and timeline machinery as the master's.
     """
 
-    role: Literal["MASTER", "VIEWER"] = "VIEWER"
+    role: Role = "VIEWER"
 
     def __init__(
         self,

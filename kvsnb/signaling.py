@@ -1,4 +1,4 @@
-"""Signaling WebSocket client for KVS channels (WIRE.md, "Signaling WebSocket").
+"""Signaling WebSocket client for KVS channels (docs/wire.md, "Signaling WebSocket").
 
 ``SignalingClient`` presigns the URL with botocore (SigV4 query auth, service
 ``kinesisvideo``, 299 s), opens the socket, sends typed messages and yields typed events.
@@ -35,6 +35,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from yarl import URL
 
+from .errors import KvsnbError
+
 logger = logging.getLogger(__name__)
 
 PRESIGN_EXPIRES_S = 299  # the JS and C SDKs presign for 299 s
@@ -56,7 +58,7 @@ MESSAGE_TYPES = (
 EventKind = Literal["message", "open", "reconnected", "closed"]
 
 
-class SignalingError(RuntimeError):
+class SignalingError(KvsnbError, RuntimeError):
     """The signaling socket could not be opened; ``status`` is the HTTP status if any."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

@@ -33,6 +33,8 @@ from botocore.credentials import ReadOnlyCredentials
 
 if TYPE_CHECKING:
     from aiortc import RTCConfiguration
+from .errors import KvsnbError
+from .webrtc import Role
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +47,10 @@ LOCAL_SECRET_KEY = "kvsnb-local-secret"
 LOOPBACK = ("127.0.0.1",)
 DEFAULT_RETENTION_HOURS = 24
 
-Role = Literal["MASTER", "VIEWER"]
-Protocol = Literal["WSS", "HTTPS", "WEBRTC"]
+EndpointProtocol = Literal["WSS", "HTTPS", "WEBRTC"]
 
 
-class TargetError(RuntimeError):
+class TargetError(KvsnbError, RuntimeError):
     """The target cannot be reached or is misconfigured."""
 
 
@@ -141,7 +142,7 @@ class Target:
         self,
         channel_arn: str,
         role: Role,
-        protocols: Sequence[Protocol] = ("WSS", "HTTPS", "WEBRTC"),
+        protocols: Sequence[EndpointProtocol] = ("WSS", "HTTPS", "WEBRTC"),
     ) -> ChannelEndpoints:
         """GetSignalingChannelEndpoint for a role."""
         resp = self.kinesisvideo.get_signaling_channel_endpoint(

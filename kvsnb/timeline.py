@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-# The setup steps, in the order a master goes through them (WIRE.md, "Storage sessions").
+# The setup steps, in the order a master goes through them (docs/wire.md, "Storage sessions").
 STEPS = (
     "describe_channel",
     "describe_media_storage",
@@ -102,7 +102,7 @@ class SessionTimeline:
             prev = e.mono
         return pd.DataFrame(rows, columns=["step", "time", "t_ms", "delta_ms", "detail"])
 
-    def frames_frame(self) -> pd.DataFrame:
+    def frames_df(self) -> pd.DataFrame:
         """Per-frame send times: index, wall time (UTC), ms since the first frame."""
         if not self.frames:
             return pd.DataFrame(columns=["index", "time", "t_ms"])

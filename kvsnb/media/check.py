@@ -3,7 +3,7 @@
 ``check_tracks(source)`` inspects a media file, a ``FileSource``, a ``TestPatternTrack`` or
 a ``(TestPatternTrack, ToneTrack)`` pair and applies the rules below, each giving
 passed/failed, the value found, what is expected and a plain reason. Sources of the facts:
-``WIRE.md`` "Storage sessions" (offer, requirements, quotas, fragments).
+docs/wire.md "Storage sessions" (offer, requirements, quotas, fragments).
 
 A file is judged *as it would be sent as it is*: the video rules say whether its H.264 can
 be passed through without re-encoding (``FileSource`` decides passthrough from them; video
@@ -44,6 +44,7 @@ from typing import Any
 import av
 import pandas as pd
 
+from kvsnb import webrtc
 from kvsnb.media.sources import (
     TEST_PATTERN,
     TestPatternTrack,
@@ -53,21 +54,20 @@ from kvsnb.media.sources import (
 
 logger = logging.getLogger(__name__)
 
-OFFER_PROFILE_LEVEL_ID = "42e01f"  # (inferred) WIRE.md "Storage sessions": H.264 in the offer
-OFFER_PACKETIZATION_MODE = 1  # WIRE.md: packetization-mode=1 in the offer
+OFFER_PROFILE_LEVEL_ID = "42e01f"  # (inferred) docs/wire.md "Storage sessions": H.264 in the offer
+OFFER_PACKETIZATION_MODE = 1  # docs/wire.md: packetization-mode=1 in the offer
 MAX_LEVEL_IDC = 0x1F  # level 3.1, the last byte of OFFER_PROFILE_LEVEL_ID
 MAX_WIDTH = 1920  # advisory: KVS WebRTC ingestion is described up to 1080p (not confirmed)
 MAX_HEIGHT = 1080
 MAX_FRAME_RATE = 30.0  # advisory: aiortc's H.264 encoder is configured for at most 30 fps
-# WIRE.md: stored fragments are keyframe-aligned and PutMedia fragments last 1-20 s, so a
+# docs/wire.md: stored fragments are keyframe-aligned and PutMedia fragments last 1-20 s, so a
 # keyframe interval above 20 s cannot make valid fragments. Above 10 s it works, but each
 # fragment (and so HLS / GetImages availability) waits that long.
 MAX_KEYFRAME_INTERVAL_S = 20.0
 LONG_KEYFRAME_INTERVAL_S = 10.0
-DEFAULT_MAX_BITRATE_BPS = 1_000_000  # WIRE.md quotas: ingest 1 Mbps
+DEFAULT_MAX_BITRATE_BPS = 1_000_000  # docs/wire.md quotas: ingest 1 Mbps
 AIORTC_OPUS_BITRATE_BPS = 96_000  # aiortc's OpusEncoder sets bit_rate 96000
 X264_DEFAULT_KEYINT = 250  # aiortc sets no GOP: x264's default keyint applies
-OPUS_SAMPLE_RATE = 48_000
 MAX_SCAN_SECONDS = 120.0  # how much of a file is demuxed to measure bitrate and keyframes
 TRACK_CHECK_SECONDS = 2.0  # how long a TestPatternTrack is encoded to measure it
 H264_PROFILES = {
@@ -419,7 +419,7 @@ def _video_rules(info: dict[str, Any], max_bitrate_bps: int) -> list[RuleResult]
                 "within the level the offer declares"
                 if level is not None and level <= MAX_LEVEL_IDC
                 else f"the offer's profile-level-id {OFFER_PROFILE_LEVEL_ID} declares level "
-                f"{MAX_LEVEL_IDC / 10:g} (inferred, WIRE.md); a higher level may be refused "
+                f"{MAX_LEVEL_IDC / 10:g} (inferred, docs/wire.md); a higher level may be refused "
                 "(aiortc itself labels every stream 3.1 whatever its size)",
                 required=False,
             )
@@ -481,7 +481,7 @@ def _video_rules(info: dict[str, Any], max_bitrate_bps: int) -> list[RuleResult]
             f"<= {_kbps(max_bitrate_bps)}",
             (f"within the ingest quota; video is {source_of_video}")
             if total is not None and total <= max_bitrate_bps
-            else f"above the {_kbps(max_bitrate_bps)} ingest quota (WIRE.md quotas); video "
+            else f"above the {_kbps(max_bitrate_bps)} ingest quota (docs/wire.md quotas); video "
             f"is {source_of_video}"
             + (", audio is aiortc's Opus at 96 kbps" if audio_bps else "")
             + ("" if encoded else "; FileSource decodes it and aiortc re-encodes it"),
@@ -510,7 +510,7 @@ def _profile_rule(profile_idc: int | None, constraints: int) -> RuleResult:
         value,
         expected,
         f"{name} profile is not Constrained Baseline: the storage session offers only "
-        f"profile-level-id {OFFER_PROFILE_LEVEL_ID} (inferred, WIRE.md), so {name} H.264 "
+        f"profile-level-id {OFFER_PROFILE_LEVEL_ID} (inferred, docs/wire.md), so {name} H.264 "
         "sent as it is may be refused or fail to decode; FileSource decodes it and aiortc "
         "re-encodes it as Constrained Baseline",
     )
@@ -535,7 +535,7 @@ def _keyframe_rule(info: dict[str, Any]) -> RuleResult:
             value,
             expected,
             f"keyframes more than {MAX_KEYFRAME_INTERVAL_S:g} s apart: stored fragments start "
-            "at keyframes and last 1-20 s (WIRE.md); a passed-through file cannot add "
+            "at keyframes and last 1-20 s (docs/wire.md); a passed-through file cannot add "
             "keyframes when the storage peer asks (PLI)",
         )
     if interval > LONG_KEYFRAME_INTERVAL_S:
@@ -561,7 +561,7 @@ def _audio_rules(info: dict[str, Any], require_audio: bool) -> list[RuleResult]:
                     "no audio track",
                     "one audio track",
                     "the JoinStorageSession API reference requires both a video (H.264) and "
-                    "an audio (Opus) track (WIRE.md); pass require_audio=False for a "
+                    "an audio (Opus) track (docs/wire.md); pass require_audio=False for a "
                     "video-only master, which the service accepts since early 2026",
                 )
             ]
@@ -606,12 +606,12 @@ def _audio_rules(info: dict[str, Any], require_audio: bool) -> list[RuleResult]:
     rules.append(
         RuleResult(
             "audio_sample_rate",
-            rate == OPUS_SAMPLE_RATE,
+            rate == webrtc.OPUS_SAMPLE_RATE,
             f"{rate} Hz",
-            f"{OPUS_SAMPLE_RATE} Hz",
+            f"{webrtc.OPUS_SAMPLE_RATE} Hz",
             "Opus's native rate"
-            if rate == OPUS_SAMPLE_RATE
-            else f"resampled to {OPUS_SAMPLE_RATE} Hz by the sender (advisory)",
+            if rate == webrtc.OPUS_SAMPLE_RATE
+            else f"resampled to {webrtc.OPUS_SAMPLE_RATE} Hz by the sender (advisory)",
             required=False,
         )
     )

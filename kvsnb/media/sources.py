@@ -35,6 +35,8 @@ import pandas as pd
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
+from kvsnb import webrtc
+from kvsnb.errors import KvsnbError
 from kvsnb.media.stamp import Stamp, draw_stamp_yuv420p
 
 logger = logging.getLogger(__name__)
@@ -44,13 +46,13 @@ DEFAULT_HEIGHT = 480
 DEFAULT_FPS = 30.0
 TEST_PATTERN = "testpattern"  # the name of the stamped test pattern as a source
 # kvsnb masters cap the H.264 encoder here, so that video plus aiortc's 96 kbps Opus stays
-# under the 1 Mbps ingest quota of storage sessions (WIRE.md, "Quotas").
+# under the 1 Mbps ingest quota of storage sessions (docs/wire.md, "Quotas").
 MASTER_VIDEO_BITRATE_BPS = 850_000
 VIDEO_CLOCK_RATE = 90_000  # RTP clock of H.264 (RFC 6184)
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 INDEX_MODULUS = 1 << 24  # frame indexes wrap here (the stamp carries 24 bits)
 
-AUDIO_SAMPLE_RATE = 48_000  # what Opus in WebRTC runs at
+AUDIO_SAMPLE_RATE = webrtc.OPUS_SAMPLE_RATE
 AUDIO_PTIME_S = 0.020  # 20 ms frames, like aiortc's AudioStreamTrack
 TONE_FREQUENCY_HZ = 440.0
 TONE_AMPLITUDE = 0.5  # of full scale
@@ -85,7 +87,7 @@ class AudioRecord(NamedTuple):
     monotonic_s: float
 
 
-class CameraNotFoundError(FileNotFoundError):
+class CameraNotFoundError(KvsnbError, FileNotFoundError):
     """No camera device at the given path."""
 
 

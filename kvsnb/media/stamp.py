@@ -43,6 +43,8 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from kvsnb.errors import KvsnbError
+
 logger = logging.getLogger(__name__)
 
 BAND_FRACTION = 0.125  # the band is the top 1/8 of the frame
@@ -73,7 +75,7 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # BT.601
 assert len(DATA_COLUMNS) * ROWS == TOTAL_BITS
 
 
-class StampError(ValueError):
+class StampError(KvsnbError, ValueError):
     """The image carries no readable stamp (no stamp found, or checksum mismatch)."""
 
 

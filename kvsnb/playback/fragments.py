@@ -1,5 +1,5 @@
 """Stored fragments of a stream: ListFragments as a DataFrame, GetMediaForFragmentList as
-bytes, and the frames inside as numpy arrays or PyAV frames (WIRE.md, "Archived media")."""
+bytes, and the frames inside as numpy arrays or PyAV frames (docs/wire.md, "Archived media")."""
 
 from __future__ import annotations
 

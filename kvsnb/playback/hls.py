@@ -6,7 +6,7 @@ rendition, and yields decoded video frames with their timestamps: from
 ``DisplayFragmentTimestamp=ALWAYS``) plus the frame's offset in its segment, else the
 presentation time. fMP4 (``#EXT-X-MAP`` init + ``moof/mdat`` segments) and MPEG-TS both
 work. A LIVE playlist is followed: it is reloaded about every half target duration and new
-segments are read as they appear (WIRE.md, "Archived media").
+segments are read as they appear (docs/wire.md, "Archived media").
 
 The playlist parser reads only the tags KVS writes; it is small and strict enough to say
 what is wrong with a playlist it cannot use.
@@ -28,6 +28,7 @@ import av
 import numpy as np
 import pandas as pd
 
+from ..errors import KvsnbError
 from ..target import Target
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ HTTP_TIMEOUT_S = 20.0
 MAX_SEGMENT_BYTES = 200 * 1024 * 1024
 
 
-class PlaylistError(ValueError):
+class PlaylistError(KvsnbError, ValueError):
     """A playlist that is not a usable KVS HLS playlist."""
 
 

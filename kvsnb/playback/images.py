@@ -1,6 +1,6 @@
 """GetImages over any time range, as a DataFrame of timestamps and images.
 
-KVS answers at most 300 s per call and at most 25 images per page (WIRE.md, "Archived
+KVS answers at most 300 s per call and at most 25 images per page (docs/wire.md, "Archived
 media"); ``get_images`` splits longer ranges into 300 s windows, follows NextToken, shows a
 progress bar (tqdm, a widget in notebooks) and returns one row per sampled time: the time,
 the error (``NO_MEDIA``/``MEDIA_ERROR``) or the image, as raw bytes or decoded to numpy.

@@ -4,7 +4,7 @@ and watch it happen.
 The panel picks a channel (ListSignalingChannels, or a new one made with its stream and
 storage mapping by ``Target.create_storage_channel``), a role (master, or viewer with a
 ClientId) and, for a master, a source (``testpattern`` or a media file, ``make_source``).
-**Join** runs ``StorageSession.start`` / ``ViewerSession.start`` as a task on the kernel's
+**Join** runs ``MasterSession.start`` / ``ViewerSession.start`` as a task on the kernel's
 event loop; **Stop** runs ``stop``. While joined it shows the session's state
 (``on_state``), the setup timeline step by step with durations (``timeline.on_event``),
 the frames sent (master: the timeline's per-frame log) or received (viewer:
@@ -24,21 +24,20 @@ import contextlib
 import functools
 import logging
 import time
-from typing import Any, Literal, get_args
+from typing import Any
 
 import ipywidgets as widgets
 from traitlets import Unicode
 
 from ..ingest import TEST_PATTERN, Source, make_source
-from ..session import JoinPolicy, StorageSession, ViewerSession
+from ..session import JoinPolicy, MasterSession, StorageSessionBase, ViewerSession
 from ..target import Target, connect, new_client_id
 from ..timeline import TimelineEvent
+from ..webrtc import ROLES, Role
 from ._common import Tasks, describe_error, error_html, table_html, to_jpeg
 
 logger = logging.getLogger(__name__)
 
-Role = Literal["master", "viewer"]
-ROLES: tuple[Role, ...] = get_args(Role)
 REFRESH_S = 0.25  # preview and counters: four times a second
 RATE_WINDOW_S = 1.0  # frames/s counts the frames of the last second
 TIMELINE_COLUMNS = ["step", "t_ms", "delta_ms", "detail"]
@@ -53,7 +52,7 @@ class SessionPanel(widgets.VBox):
     """
 
     state = Unicode(
-        "idle", help="The session's state: 'idle' before a join, then StorageSession.state."
+        "idle", help="The session's state: 'idle' before a join, then MasterSession.state."
     ).tag(sync=False)
     error = Unicode("", help="The last error in plain words; '' when there is none.").tag(
         sync=False
@@ -64,7 +63,7 @@ class SessionPanel(widgets.VBox):
         target: Target | None = None,
         *,
         channel: str | None = None,
-        role: Role = "master",
+        role: Role = "MASTER",
         source: str = TEST_PATTERN,
         client_id: str | None = None,
         policy: JoinPolicy | None = None,
@@ -79,7 +78,7 @@ class SessionPanel(widgets.VBox):
         self.policy = policy
         self.connect_timeout = connect_timeout
         self.refresh_s = refresh_s
-        self.session: StorageSession | None = None
+        self.session: StorageSessionBase | None = None
         self.source: Source | None = None
         self.task: asyncio.Future[Any] | None = None  # the last action (join, stop, create)
         self._tasks = Tasks()
@@ -98,7 +97,9 @@ class SessionPanel(widgets.VBox):
             description="Create",
             tooltip="Create a channel and a stream of that name, mapped for media storage",
         )
-        self.role_input = widgets.ToggleButtons(options=list(ROLES), value=role, description="role")
+        self.role_input = widgets.ToggleButtons(
+            options=[(r.lower(), r) for r in ROLES], value=role, description="role"
+        )
         self.client_id_input = widgets.Text(
             value=client_id or new_client_id("viewer"), description="clientId"
         )
@@ -139,7 +140,7 @@ class SessionPanel(widgets.VBox):
 
     def __repr__(self) -> str:
         channel = self.channel_input.value
-        return f"<SessionPanel {self.role_input.value} on {channel!r}: {self.state}>"
+        return f"<SessionPanel {self.role_input.value.lower()} on {channel!r}: {self.state}>"
 
     # ------------------------------------------------------------------ channels
 
@@ -193,7 +194,7 @@ class SessionPanel(widgets.VBox):
         self._join_task = self._act(self.join())
 
     def _on_role(self, change: dict[str, Any]) -> None:
-        master = change["new"] == "master"
+        master = change["new"] == "MASTER"
         self.source_input.disabled = not master
         self.client_id_input.disabled = master
 
@@ -222,10 +223,10 @@ class SessionPanel(widgets.VBox):
         self._bitrate_bps = None
         self._buttons(joined=True)
         try:
-            if self.role_input.value == "master":
+            if self.role_input.value == "MASTER":
                 spec = self.source_input.value.strip() or TEST_PATTERN
                 self.source = await asyncio.to_thread(make_source, spec)
-                session: StorageSession = StorageSession(
+                session: StorageSessionBase = MasterSession(
                     self.target,
                     channel,
                     video=self.source.video,
@@ -282,8 +283,8 @@ class SessionPanel(widgets.VBox):
         self.stop_button.disabled = not joined
         for w in (self.channel_input, self.role_input, self.create_button):
             w.disabled = joined
-        self.source_input.disabled = joined or self.role_input.value != "master"
-        self.client_id_input.disabled = joined or self.role_input.value != "viewer"
+        self.source_input.disabled = joined or self.role_input.value != "MASTER"
+        self.client_id_input.disabled = joined or self.role_input.value != "VIEWER"
 
     # ------------------------------------------------------------------ live display
 
@@ -291,16 +292,16 @@ class SessionPanel(widgets.VBox):
         self.error = text
         self.error_html.value = error_html(text)
 
-    def _on_state(self, session: StorageSession, state: str) -> None:
+    def _on_state(self, session: StorageSessionBase, state: str) -> None:
         if session is self.session:
             self.state = state
             self.state_label.value = f"state: {state}"
 
-    def _on_event(self, session: StorageSession, event: TimelineEvent) -> None:
+    def _on_event(self, session: StorageSessionBase, event: TimelineEvent) -> None:
         if session is self.session:
             self._render_timeline(session)
 
-    def _render_timeline(self, session: StorageSession) -> None:
+    def _render_timeline(self, session: StorageSessionBase) -> None:
         df = session.timeline.to_frame()[TIMELINE_COLUMNS]
         self.timeline_html.value = table_html(df)
 
@@ -349,7 +350,7 @@ class SessionPanel(widgets.VBox):
         else:
             self._refresh_master(session)
 
-    def _refresh_master(self, session: StorageSession) -> None:
+    def _refresh_master(self, session: StorageSessionBase) -> None:
         frames = session.timeline.frames
         now = time.monotonic()
         rate = sum(1 for f in frames[-240:] if now - f[2] <= RATE_WINDOW_S)
@@ -364,7 +365,7 @@ class SessionPanel(widgets.VBox):
                 self.preview.value = to_jpeg(image)
         self.stats_label.value = text
 
-    def _refresh_viewer(self, session: StorageSession) -> None:
+    def _refresh_viewer(self, session: StorageSessionBase) -> None:
         received = session.received
         rows = received.rows
         rate = received.rate(RATE_WINDOW_S)

@@ -56,7 +56,7 @@ pd.Series(
 # %% [markdown]
 # ## 3. Join as master and send the stamped test pattern
 #
-# `StorageSession` does what the KVS SDKs do: describe the channel, get its endpoints and
+# `MasterSession` does what the KVS SDKs do: describe the channel, get its endpoints and
 # ICE servers, open the signaling WebSocket, call `JoinStorageSession`, answer the storage
 # session's SDP offer and connect (ICE, DTLS). Media then flows: H.264 video from the
 # `TestPatternTrack`, Opus audio from the `ToneTrack`.
@@ -67,7 +67,7 @@ pd.Series(
 # %%
 pattern = kvsnb.TestPatternTrack()  # 640x480, 30 fps, stamped
 tone = kvsnb.ToneTrack()  # 440 Hz with a time mark every second
-async with kvsnb.StorageSession(target, "quickstart", video=pattern, audio=tone) as master:
+async with kvsnb.MasterSession(target, "quickstart", video=pattern, audio=tone) as master:
     print("connected, state:", master.state)
     await asyncio.sleep(4)
     pattern.stop()

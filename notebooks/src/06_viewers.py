@@ -37,7 +37,7 @@ channel_arn, stream_arn = target.create_storage_channel("viewers")
 # for an offer.
 
 # %%
-master = kvsnb.StorageSession(
+master = kvsnb.MasterSession(
     target,
     "viewers",
     video=kvsnb.TestPatternTrack(320, 240, 30),

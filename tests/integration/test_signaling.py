@@ -3,7 +3,7 @@
 Every test talks to a Local KVS running on its own thread over 127.0.0.1: boto3 for the
 control plane, raw aiohttp WebSockets (URLs from ``presign_url``) where the exact frames
 matter, ``SignalingClient`` where the client's behaviour (reconnect, GO_AWAY) matters.
-WIRE.md, "Signaling WebSocket", is the reference for every assertion.
+docs/wire.md, "Signaling WebSocket", is the reference for every assertion.
 """
 
 from __future__ import annotations
@@ -622,7 +622,7 @@ async def test_bad_handshake_parameters_are_refused_with_400(kv: Any, net: Net) 
 
 
 async def test_endpoint_without_role_path(kv: Any, net: Net) -> None:
-    """WIRE.md: the path may be empty or ``/``; the ClientId then tells a viewer."""
+    """docs/wire.md: the path may be empty or ``/``; the ClientId then tells a viewer."""
     chan = make_channel(kv)
     base = chan.master_wss.rsplit("/", 1)[0]  # ws://HOST:PORT/signaling
     bare = Chan(chan.arn, base + "/", base)

@@ -23,7 +23,7 @@ from kvsnb.local.core.errors import (
 )
 from kvsnb.local.front.sigv4 import SigV4Checker, StrictKeys
 
-# The JS SDK's SigV4RequestSigner test (amazon-kinesis-video-streams-webrtc-sdk-js), WIRE.md.
+# The JS SDK's SigV4RequestSigner test (amazon-kinesis-video-streams-webrtc-sdk-js), docs/wire.md.
 JS_KEY = "AKIA4F7WJQR7FMMWMNXI"
 JS_SECRET = "FakeSecretKey"
 JS_TOKEN = "FakeSessionToken"

@@ -1,4 +1,4 @@
-"""Storage sessions end to end: kvsnb's master (StorageSession, aiortc) joins a real Local KVS
+"""Storage sessions end to end: kvsnb's master (MasterSession, aiortc) joins a real Local KVS
 on 127.0.0.1 and its media is stored; read back with boto3 (ListFragments,
 GetMediaForFragmentList) and decoded with PyAV."""
 
@@ -20,7 +20,7 @@ from kvsnb.analysis import compare_delivery
 from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs
 from kvsnb.playback import decode_video, get_media, list_fragments
-from kvsnb.session import JoinPolicy, SessionError, StorageSession, is_retryable
+from kvsnb.session import JoinPolicy, MasterSession, SessionError, is_retryable
 from kvsnb.signaling import SignalingClient, SignalingMessage
 from kvsnb.target import Target, connect
 from kvsnb.timeline import STEPS
@@ -100,7 +100,7 @@ async def test_bundle_only_video_offer(tmp_path: Path) -> None:
         with connect(endpoint_url=server.url) as tg:
             _, stream_arn = tg.create_storage_channel("bundle")
             seen: list[str] = []
-            session = StorageSession(tg, "bundle", video=_pattern(), audio=_tone(), policy=FAST)
+            session = MasterSession(tg, "bundle", video=_pattern(), audio=_tone(), policy=FAST)
             original = session._answer
 
             async def spy(offer: Any) -> None:
@@ -204,7 +204,7 @@ async def test_wrong_answer_gets_status_response_and_no_session(
 
 async def test_video_only_master_is_refused_when_audio_is_required(target: Target) -> None:
     target.create_storage_channel("novideo")
-    session = StorageSession(target, "novideo", video=_pattern(), audio=None, policy=FAST)
+    session = MasterSession(target, "novideo", video=_pattern(), audio=None, policy=FAST)
     with pytest.raises(SessionError, match="audio must be sendonly or sendrecv"):
         await session.start(timeout=15)
 
@@ -215,7 +215,7 @@ async def test_video_only_master_accepted_when_switched(tmp_path: Path) -> None:
         with connect(endpoint_url=server.url) as tg:
             _, stream_arn = tg.create_storage_channel("videoonly")
             source = _pattern()
-            async with StorageSession(tg, "videoonly", video=source, policy=FAST):
+            async with MasterSession(tg, "videoonly", video=source, policy=FAST):
                 await asyncio.sleep(1.5)
             await asyncio.sleep(0.3)
             fragments, (stamps, _) = stored_stamps(tg, stream_arn)
@@ -231,7 +231,7 @@ async def test_no_offer_is_retried_with_backoff(tmp_path: Path) -> None:
             tg.create_storage_channel("retry")
             # offers waited for 0.6 s: calls stay within the 2 joins/s quota
             policy = JoinPolicy(offer_wait_s=0.6, jitter_base=2.0, jitter_cap_ms=50)
-            session = StorageSession(tg, "retry", video=_pattern(), audio=_tone(), policy=policy)
+            session = MasterSession(tg, "retry", video=_pattern(), audio=_tone(), policy=policy)
             await session.start(timeout=20)
             await session.stop()
             events = session.timeline.events
@@ -284,7 +284,7 @@ def test_retry_policy_is_the_js_sdks() -> None:
 
 async def test_session_refuses_channel_without_storage(target: Target) -> None:
     target.kinesisvideo.create_signaling_channel(ChannelName="nostorage")
-    session = StorageSession(target, "nostorage", video=_pattern(), audio=_tone(), policy=FAST)
+    session = MasterSession(target, "nostorage", video=_pattern(), audio=_tone(), policy=FAST)
     with pytest.raises(SessionError, match="media storage DISABLED"):
         await session.start(timeout=10)
 
@@ -324,12 +324,12 @@ async def test_restart_serves_stored_fragments(tmp_path: Path) -> None:
 async def test_newest_master_wins(target: Target, kvs: LocalKvs) -> None:
     channel_arn, stream_arn = target.create_storage_channel("two-masters")
     first_source = _pattern(start_index=0)
-    first = StorageSession(target, "two-masters", video=first_source, audio=_tone(), policy=FAST)
+    first = MasterSession(target, "two-masters", video=first_source, audio=_tone(), policy=FAST)
     await first.start(timeout=15)
     await asyncio.sleep(1.0)
     old = kvs.sessions.sessions[channel_arn]
     second_source = _pattern(start_index=100_000)
-    second = StorageSession(target, "two-masters", video=second_source, audio=_tone(), policy=FAST)
+    second = MasterSession(target, "two-masters", video=second_source, audio=_tone(), policy=FAST)
     await second.start(timeout=15)
     t_switch = time.time()
     await asyncio.sleep(1.5)
@@ -370,7 +370,7 @@ async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
         with connect(endpoint_url=server.url) as tg:
             _, stream_arn = tg.create_storage_channel("rejoin")
             video = TestPatternTrack(320, 240, 30)
-            master = StorageSession(tg, "rejoin", video=video, audio=ToneTrack(), policy=FAST)
+            master = MasterSession(tg, "rejoin", video=video, audio=ToneTrack(), policy=FAST)
             viewer = ViewerSession(tg, "rejoin", client_id="watcher", policy=FAST)
             await master.start(timeout=15)
             await viewer.start(timeout=15)

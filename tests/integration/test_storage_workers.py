@@ -18,7 +18,7 @@ from kvsnb.local import LocalKvs
 from kvsnb.local.storage.workers import StorageWorkerPool
 from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import list_fragments
-from kvsnb.session import JoinPolicy, StorageSession, ViewerSession
+from kvsnb.session import JoinPolicy, MasterSession, ViewerSession
 from kvsnb.target import Target
 from tests.conftest import FAST, start_kvs, stored_delivery, stored_stamps
 from tests.integration.test_storage_session import send_wrong_master_answer
@@ -36,9 +36,9 @@ def kvs(tmp_path: Path) -> Iterator[LocalKvs]:
 
 def streaming_master(
     target: Target, channel: str, video: TestPatternTrack | None = None
-) -> StorageSession:
+) -> MasterSession:
     """A master that sends the stamped test pattern (320x240) and a tone."""
-    return StorageSession(
+    return MasterSession(
         target,
         channel,
         video=video or TestPatternTrack(320, 240, 30),

@@ -1,6 +1,6 @@
 """Viewers in storage sessions end to end (JoinStorageSessionAsViewer): a master streams
 stamped video and a tone into a real Local KVS; viewers (kvsnb ViewerSession, aiortc)
-receive the master's media from the storage session, talk back, and the rules of WIRE.md
+receive the master's media from the storage session, talk back, and the rules of docs/wire.md
 hold."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from kvsnb.local import LocalKvs
 from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import get_media, list_fragments
-from kvsnb.session import JoinPolicy, SessionError, StorageSession, ViewerSession
+from kvsnb.session import JoinPolicy, MasterSession, SessionError, ViewerSession
 from kvsnb.signaling import SignalingClient
 from kvsnb.target import Target
 from tests.conftest import make_client, start_kvs
@@ -49,8 +49,8 @@ def kvs(tmp_path: Path) -> Iterator[LocalKvs]:
     server.stop_in_thread()
 
 
-def master(target: Target, channel: str) -> StorageSession:
-    return StorageSession(
+def master(target: Target, channel: str) -> MasterSession:
+    return MasterSession(
         target,
         channel,
         video=TestPatternTrack(320, 240, 30),

@@ -1,6 +1,6 @@
 """A lossy UDP link on 127.0.0.1 between a master and the storage peer, like ``tc netem``
 but in user space: an asyncio UDP relay that drops and delays media packets, and a master
-``StorageSession`` whose ICE candidates are rewritten (as a NAT would) so that both peers
+``MasterSession`` whose ICE candidates are rewritten (as a NAT would) so that both peers
 reach each other only through the relay.
 
 ::
@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvsnb.session import StorageSession
+from kvsnb.session import MasterSession
 
 HOST = "127.0.0.1"
 RTX_PT = 127  # the storage session's offer: rtx on 127 for H.264 on 126
@@ -192,8 +192,8 @@ class LossyLink:
         self._tasks.add(handle)
 
 
-class LinkedStorageSession(StorageSession):
-    """A master ``StorageSession`` behind a ``LossyLink``: only its candidates (what a NAT
+class LinkedStorageSession(MasterSession):
+    """A master ``MasterSession`` behind a ``LossyLink``: only its candidates (what a NAT
     in front of it would change) are rewritten; everything else is kvsnb's own code."""
 
     def __init__(self, *args: Any, link: LossyLink, **kwargs: Any) -> None:

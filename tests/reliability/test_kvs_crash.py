@@ -1,6 +1,6 @@
 """Local KVS killed with SIGKILL while two masters stream into it, then restarted on the same
 data directory (``kvsnb local --port 0 --data DIR`` in a child process; the masters are
-kvsnb ``StorageSession``s in the test process).
+kvsnb ``MasterSession``s in the test process).
 
 Every fragment ListFragments showed before the kill is listed again with the same metadata,
 served by GetMediaForFragmentList, and decodes fully (ffmpeg with ``-xerror``, and PyAV);
@@ -25,7 +25,7 @@ from kvsnb.ingest import ingest
 from kvsnb.local.store.fragments import TEMP_PREFIX
 from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import decode_video, get_media
-from kvsnb.session import StorageSession
+from kvsnb.session import MasterSession
 from kvsnb.target import Target, connect
 from tests.conftest import FAST
 from tests.reliability.conftest import LocalKvsChild, decode_fully
@@ -88,7 +88,7 @@ async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) ->
     worker_pids = [p for p in process_tree(child.proc.pid) if p != child.proc.pid]
     assert len(worker_pids) == workers
     seen: dict[str, dict[str, dict[str, Any]]] = {}
-    sessions: list[StorageSession] = []
+    sessions: list[MasterSession] = []
     sources: list[Any] = []
     try:
         target = connect(endpoint_url=child.url)
@@ -99,7 +99,7 @@ async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) ->
         for name in streams:
             pattern, tone = TestPatternTrack(320, 240, 30), ToneTrack()
             sources += [pattern, tone]
-            session = StorageSession(target, name, video=pattern, audio=tone, policy=FAST)
+            session = MasterSession(target, name, video=pattern, audio=tone, policy=FAST)
             await session.start(timeout=20)
             sessions.append(session)
 

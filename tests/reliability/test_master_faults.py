@@ -21,7 +21,7 @@ import pytest
 
 from kvsnb.local import LocalKvs
 from kvsnb.media import TestPatternTrack, ToneTrack
-from kvsnb.session import StorageSession
+from kvsnb.session import MasterSession
 from kvsnb.target import Target
 from tests.conftest import FAST, start_kvs, stored_stamps
 
@@ -85,7 +85,7 @@ def check_cleaned_up(kvs: LocalKvs, channel_arn: str, master: Any) -> None:
 async def test_master_stops_mid_fragment(target: Target, kvs: LocalKvs) -> None:
     channel_arn, stream_arn = target.create_storage_channel("stops")
     pattern = TestPatternTrack(320, 240, 30)
-    session = StorageSession(target, "stops", video=pattern, audio=ToneTrack(), policy=FAST)
+    session = MasterSession(target, "stops", video=pattern, audio=ToneTrack(), policy=FAST)
     await session.start(timeout=15)
     await asyncio.sleep(2.5)  # 1.25 fragments
     stopped = time.monotonic()

@@ -1,4 +1,4 @@
-"""The HLS playlist parser on playlists in the shape KVS writes (WIRE.md)."""
+"""The HLS playlist parser on playlists in the shape KVS writes (docs/wire.md)."""
 
 from __future__ import annotations
 

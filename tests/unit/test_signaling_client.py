@@ -1,5 +1,5 @@
 """Signaling without sockets: presigned URLs, server-frame decoding (the client) and
-client-frame parsing and STATUS_RESPONSE frames (the relay). WIRE.md, "Signaling WebSocket"."""
+client-frame parsing and STATUS_RESPONSE frames (the relay). docs/wire.md, "Signaling WebSocket"."""
 
 from __future__ import annotations
 

@@ -185,7 +185,7 @@ async def test_session_panel_creates_joins_streams_and_stops(target: Target) -> 
     assert len(set(previews)) == len(previews)  # each one a newer frame
 
     viewer = SessionPanel(
-        target, channel="widgets-panel", role="viewer", policy=FAST, refresh_s=0.1
+        target, channel="widgets-panel", role="VIEWER", policy=FAST, refresh_s=0.1
     )
     assert viewer.source_input.disabled and not viewer.client_id_input.disabled
     viewer.join_button.click()

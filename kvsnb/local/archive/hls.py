@@ -1,7 +1,7 @@
 """HLS on stored fragments: GetHLSStreamingSessionURL and the HLS resources under
 ``/hls/v1/`` of the archived-media endpoint.
 
-Wire source: WIRE.md "Archived media" and the botocore model's documentation of
+Wire source: docs/wire.md "Archived media" and the botocore model's documentation of
 GetHLSStreamingSessionURL, HLSFragmentSelector, HLSTimestampRange and GetClip (quoted where a
 rule is applied).
 
@@ -72,6 +72,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kvsnb import webrtc
 from kvsnb.local.archive import remux
 from kvsnb.local.archive.plane import ArchivePlane, epoch_ms
 from kvsnb.local.control.plane import ControlPlane, Endpoints, Stream
@@ -688,7 +689,7 @@ class HlsPlane:
             parsed = await self._parse(fragment)
             if track == remux.AUDIO_TRACK:
                 init = await self._parse(session.init)
-                rate = init.audio.sample_rate if init.audio is not None else 48_000
+                rate = init.audio.sample_rate if init.audio is not None else webrtc.OPUS_SAMPLE_RATE
                 return await asyncio.to_thread(
                     remux.audio_segment, parsed, entry.index + 1, session.origin_ms, rate
                 )

@@ -1,6 +1,6 @@
 """GetImages on stored fragments: sampled frames decoded on demand, scaled, JPEG/PNG encoded.
 
-Wire rules (WIRE.md "Archived media", GetImages; the API reference
+Wire rules (docs/wire.md "Archived media", GetImages; the API reference
 https://docs.aws.amazon.com/kinesisvideostreams/latest/dg/API_reader_GetImages.html and the
 botocore model ``kinesis-video-archived-media`` 2017-09-30):
 
@@ -95,7 +95,7 @@ FORMAT_JPEG, FORMAT_PNG = "JPEG", "PNG"
 PNG_COMPRESS_LEVEL = 1  # lossless either way; level 1 is the fastest zlib setting
 ERROR_NO_MEDIA = "NO_MEDIA"
 ERROR_MEDIA = "MEDIA_ERROR"
-NO_FRAGMENTS_MESSAGE = "No fragments found"  # WIRE.md "Archived media", GetImages
+NO_FRAGMENTS_MESSAGE = "No fragments found"  # docs/wire.md "Archived media", GetImages
 SIZE_MESSAGE = "Height and width for the images need to be provided or none."  # boto3#3900
 FRAGMENT_LOOKBACK_MS = 120_000  # a fragment starting this long before Start may still cover it
 WORKERS = max(2, os.cpu_count() or 2)

@@ -1,5 +1,5 @@
 """The archived-media plane (``kinesis-video-archived-media``) over the fragment store:
-ListFragments and GetMediaForFragmentList (WIRE.md, "Archived media").
+ListFragments and GetMediaForFragmentList (docs/wire.md, "Archived media").
 
 Selection is on a fragment's start time, inclusive at both ends; an empty stream gives an
 empty list; fragments are listed only once durable (the store's rule). GetMediaForFragmentList

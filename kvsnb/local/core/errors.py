@@ -3,7 +3,7 @@
 Raising one of these anywhere under a request handler sends the AWS error: the HTTP status
 comes from the service model's error shape (so ``AccessDeniedException`` is 401 on the
 control plane and 403 on webrtc-storage), the code travels in ``x-amzn-ErrorType`` and the
-message in the member the shape names (``Message`` or ``message``). See WIRE.md, "Errors".
+message in the member the shape names (``Message`` or ``message``). See docs/wire.md, "Errors".
 """
 
 from __future__ import annotations

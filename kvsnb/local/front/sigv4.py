@@ -1,6 +1,6 @@
 """SigV4 checks for Local KVS: signed requests and presigned WebSocket URLs.
 
-Every KVS plane signs with SigV4 under the signing name ``kinesisvideo`` (WIRE.md). Two modes:
+Every KVS plane signs with SigV4 under the signing name ``kinesisvideo`` (docs/wire.md). Two modes:
 
 * default: any credentials are accepted, but a request must carry a well-formed signature
   (an ``Authorization`` header, or the presigned ``X-Amz-*`` query for the signaling

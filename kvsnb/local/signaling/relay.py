@@ -1,4 +1,4 @@
-"""The signaling relay: the KVS signaling WebSocket, as AWS runs it (WIRE.md, "Signaling
+"""The signaling relay: the KVS signaling WebSocket, as AWS runs it (docs/wire.md, "Signaling
 WebSocket").
 
 * One master connection per channel (the newest wins; the older socket is closed); up to 10
@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -43,10 +43,10 @@ from kvsnb.local.core.errors import (
     InvalidArgumentException,
     ResourceNotFoundException,
 )
+from kvsnb.webrtc import Role
 
 logger = logging.getLogger(__name__)
 
-Role = Literal["MASTER", "VIEWER"]
 ACTIONS = ("SDP_OFFER", "SDP_ANSWER", "ICE_CANDIDATE")
 CORRELATION_ID = re.compile(r"^[a-zA-Z0-9_.-]{1,256}$")
 CLIENT_ID = re.compile(r"^[a-zA-Z0-9_.-]{1,256}$")
@@ -62,7 +62,7 @@ SIGNALING_SERVICE = "kinesis-video-signaling"  # whose error shapes give STATUS_
 
 @dataclass
 class SignalingLimits:
-    """Signaling quotas (WIRE.md); tests shorten the durations."""
+    """Signaling quotas (docs/wire.md); tests shorten the durations."""
 
     connects_per_s: float = 3.0
     offers_per_s: float = 5.0
@@ -97,7 +97,7 @@ class _Bucket:
 
 
 @dataclass(eq=False)
-class Connection:
+class SocketConnection:
     """One signaling WebSocket: its channel, role and ClientId."""
 
     ws: web.WebSocketResponse
@@ -184,20 +184,21 @@ class ClientMessage:
 class StorageSink(Protocol):
     """The storage session side of a channel (Local KVS's webrtc-storage plane)."""
 
-    async def on_client_message(self, conn: Connection, msg: ClientMessage) -> None:
+    async def on_client_message(self, conn: SocketConnection, msg: ClientMessage) -> None:
         """Handle a message a client sent while the channel's storage is ENABLED; raise an
         ``AwsError`` to answer with a STATUS_RESPONSE."""
 
-    async def on_client_connected(self, conn: Connection) -> None:
+    async def on_client_connected(self, conn: SocketConnection) -> None:
         """A client (re)connected to a storage-enabled channel."""
 
-    async def on_client_disconnected(self, conn: Connection) -> None:
+    async def on_client_disconnected(self, conn: SocketConnection) -> None:
         """A client's socket closed."""
 
 
-class ClientEndpoint(Protocol):
+class ClientConnection(Protocol):
     """A client's signaling connection as the storage sessions see it: its channel, role
-    and ClientId (a ``Connection`` here, or its stand-in in a storage worker process)."""
+    and ClientId (a ``SocketConnection`` here, a ``WorkerConnection`` in a storage
+    worker process)."""
 
     channel_arn: str
     role: Role
@@ -208,10 +209,10 @@ class StorageRelay(Protocol):
     """What the storage sessions ask of the signaling relay (``SignalingRelay`` here; a
     proxy in a storage worker process)."""
 
-    def master(self, channel_arn: str) -> ClientEndpoint | None:
+    def master(self, channel_arn: str) -> ClientConnection | None:
         """The channel's connected master, if any."""
 
-    def viewer(self, channel_arn: str, client_id: str) -> ClientEndpoint | None:
+    def viewer(self, channel_arn: str, client_id: str) -> ClientConnection | None:
         """The channel's connected viewer with this ClientId, if any."""
 
     async def send_from_storage(
@@ -229,8 +230,8 @@ class _Pending:
 
 @dataclass
 class _ChannelState:
-    master: Connection | None = None
-    viewers: dict[str, Connection] = field(default_factory=dict)
+    master: SocketConnection | None = None
+    viewers: dict[str, SocketConnection] = field(default_factory=dict)
     pending: dict[str, deque[_Pending]] = field(default_factory=dict)
     connects: _Bucket | None = None
 
@@ -321,19 +322,19 @@ class SignalingRelay:
 
     # ------------------------------------------------------------------ introspection
 
-    def master(self, channel_arn: str) -> Connection | None:
+    def master(self, channel_arn: str) -> SocketConnection | None:
         """The channel's connected master, if any."""
         st = self._channels.get(channel_arn)
         return None if st is None else st.master
 
-    def viewer(self, channel_arn: str, client_id: str) -> Connection | None:
+    def viewer(self, channel_arn: str, client_id: str) -> SocketConnection | None:
         """The channel's connected viewer with this ClientId, if any."""
         st = self._channels.get(channel_arn)
         return None if st is None else st.viewers.get(client_id)
 
-    def connections(self) -> list[Connection]:
+    def connections(self) -> list[SocketConnection]:
         """Every open connection."""
-        out: list[Connection] = []
+        out: list[SocketConnection] = []
         for st in self._channels.values():
             out += ([st.master] if st.master else []) + list(st.viewers.values())
         return out
@@ -372,7 +373,7 @@ class SignalingRelay:
             )
         ws = web.WebSocketResponse(heartbeat=None, autoping=True, max_msg_size=1 << 20)
         await ws.prepare(request)
-        conn = Connection(
+        conn = SocketConnection(
             ws,
             channel.arn,
             role,
@@ -391,7 +392,7 @@ class SignalingRelay:
             await self._unregister(conn)
         return ws
 
-    async def _register(self, st: _ChannelState, conn: Connection) -> None:
+    async def _register(self, st: _ChannelState, conn: SocketConnection) -> None:
         old = st.master if conn.role == "MASTER" else st.viewers.get(str(conn.client_id))
         if conn.role == "MASTER":
             st.master = conn
@@ -406,7 +407,7 @@ class SignalingRelay:
             except Exception:
                 logger.exception("storage session failed on a %s connecting", conn.role)
 
-    async def _unregister(self, conn: Connection) -> None:
+    async def _unregister(self, conn: SocketConnection) -> None:
         st = self._channels.get(conn.channel_arn)
         if st is not None:
             if conn.role == "MASTER" and st.master is conn:
@@ -421,7 +422,7 @@ class SignalingRelay:
 
     # ------------------------------------------------------------------ messages
 
-    async def _serve(self, conn: Connection) -> None:
+    async def _serve(self, conn: SocketConnection) -> None:
         async for frame in conn.ws:
             if frame.type == WSMsgType.TEXT:
                 conn.last_active = time.monotonic()
@@ -432,7 +433,7 @@ class SignalingRelay:
             elif frame.type == WSMsgType.ERROR:
                 break
 
-    async def _on_text(self, conn: Connection, text: str) -> None:
+    async def _on_text(self, conn: SocketConnection, text: str) -> None:
         try:
             msg = parse_client_message(text, self.limits.max_payload_bytes)
         except AwsError as err:
@@ -464,7 +465,7 @@ class SignalingRelay:
         except AwsError:
             return False
 
-    async def _route(self, conn: Connection, msg: ClientMessage) -> None:
+    async def _route(self, conn: SocketConnection, msg: ClientMessage) -> None:
         if self._storage_enabled(conn.channel_arn):
             if self.storage is None:
                 raise InvalidArgumentException("The storage session is not available")
@@ -494,7 +495,7 @@ class SignalingRelay:
         st: _ChannelState,
         channel_arn: str,
         key: str,
-        target: Connection | None,
+        target: SocketConnection | None,
         message: dict[str, Any],
         sender: str | None,
     ) -> None:
@@ -509,7 +510,7 @@ class SignalingRelay:
                     queue.remove(item)
         queue.append(_Pending(now + ttl, sender, message))
 
-    async def _flush_pending(self, st: _ChannelState, conn: Connection) -> None:
+    async def _flush_pending(self, st: _ChannelState, conn: SocketConnection) -> None:
         queue = st.pending.pop(conn.key, None)
         now = time.monotonic()
         while queue:
@@ -523,7 +524,7 @@ class SignalingRelay:
                 break
 
     async def send_from_storage(
-        self, conn: Connection, message_type: str, payload: dict[str, Any]
+        self, conn: SocketConnection, message_type: str, payload: dict[str, Any]
     ) -> bool:
         """Send a storage-session message (no senderClientId) to a client connection."""
         encoded = base64.b64encode(json.dumps(payload).encode()).decode()
@@ -622,6 +623,6 @@ class SignalingRelay:
             task.cancel()
 
 
-async def _close(conn: Connection, code: int, reason: str) -> None:
+async def _close(conn: SocketConnection, code: int, reason: str) -> None:
     """Close a connection's socket with a close code and reason text (never raises)."""
     await conn.close(code, reason)

@@ -1,5 +1,5 @@
 """Relaying the master's video to viewers without decoding or re-encoding it, and mixing
-everyone's audio (WIRE.md, "Storage sessions": the storage session routes the master's
+everyone's audio (docs/wire.md, "Storage sessions": the storage session routes the master's
 media to viewers and mixes audio; without a master, viewers don't hear each other).
 
 * ``VideoFanout`` takes the master's H.264 access units (``EncodedFrame`` from
@@ -28,15 +28,15 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
+from kvsnb import webrtc
 from kvsnb.local.storage.passthrough import EncodedFrame
 
 logger = logging.getLogger(__name__)
 
 VIDEO_TIME_BASE = fractions.Fraction(1, 90_000)
-AUDIO_RATE = 48_000
 AUDIO_PTIME_S = 0.020
-AUDIO_SAMPLES = int(AUDIO_RATE * AUDIO_PTIME_S)  # 960 samples per 20 ms
-AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
+AUDIO_SAMPLES = int(webrtc.OPUS_SAMPLE_RATE * AUDIO_PTIME_S)  # 960 samples per 20 ms
+AUDIO_TIME_BASE = fractions.Fraction(1, webrtc.OPUS_SAMPLE_RATE)
 MAX_BUFFERED_S = 0.2  # per listener and source; older audio is dropped (latency bound)
 VIDEO_QUEUE_FRAMES = 90  # a viewer that falls further behind skips to the next keyframe
 IDLE_POLL_S = 0.1  # how often a silent mix checks whether someone joined
@@ -148,7 +148,7 @@ class AudioMixer:
     def __init__(self) -> None:
         self._buffers: dict[str, dict[str, deque[np.ndarray]]] = {}
         self.master_present = False
-        self.max_samples = int(MAX_BUFFERED_S * AUDIO_RATE)
+        self.max_samples = int(MAX_BUFFERED_S * webrtc.OPUS_SAMPLE_RATE)
 
     def add_listener(self, name: str) -> None:
         """Start buffering others' audio for ``name``."""
@@ -189,7 +189,7 @@ class AudioMixer:
         sources = self._buffers.get(listener, {})
         for source, buf in sources.items():
             chunk = _take(buf, n)
-            # without a master, viewers don't hear each other (WIRE.md)
+            # without a master, viewers don't hear each other (docs/wire.md)
             if listener not in (MASTER, STORE) and source != MASTER and not self.master_present:
                 continue
             out[: len(chunk)] += chunk
@@ -260,14 +260,14 @@ class MixedAudioTrack(MediaStreamTrack):
             if self.readyState != "live":
                 raise MediaStreamError
         if self._start is None:
-            self._start = time.monotonic() - self._samples / AUDIO_RATE
+            self._start = time.monotonic() - self._samples / webrtc.OPUS_SAMPLE_RATE
         else:
-            wait = self._start + self._samples / AUDIO_RATE - time.monotonic()
+            wait = self._start + self._samples / webrtc.OPUS_SAMPLE_RATE - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
         mix = np.clip(self.mixer.pull(self.listener), -32768, 32767).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(mix[np.newaxis, :], format="s16", layout="mono")
-        frame.sample_rate = AUDIO_RATE
+        frame.sample_rate = webrtc.OPUS_SAMPLE_RATE
         frame.pts = self._samples
         frame.time_base = AUDIO_TIME_BASE
         self._samples += AUDIO_SAMPLES

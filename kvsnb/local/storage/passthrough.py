@@ -42,11 +42,12 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 from aiortc.utils import uint16_add
 
+from kvsnb import webrtc
+
 logger = logging.getLogger(__name__)
 
 VIDEO_CLOCK_RATE = 90_000
-AUDIO_CLOCK_RATE = 48_000
-AUDIO_TIME_BASE = Fraction(1, AUDIO_CLOCK_RATE)
+AUDIO_TIME_BASE = Fraction(1, webrtc.OPUS_SAMPLE_RATE)
 NTP_EPOCH_OFFSET_S = 2_208_988_800
 CLOCK_SOURCE_SR = "rtcp-sr"
 CLOCK_SOURCE_ARRIVAL = "first-arrival"
@@ -251,11 +252,11 @@ def direct_audio(receiver: Any, sink: Callable[[Any, float, float], None]) -> Rt
     if receiver.track is None or receiver.track.kind != "audio":
         raise ValueError("direct audio applies to audio receivers only")
     _check_not_started(receiver)
-    clock = RtpClock(receiver, AUDIO_CLOCK_RATE)
+    clock = RtpClock(receiver, webrtc.OPUS_SAMPLE_RATE)
     decoder = av.CodecContext.create("libopus", "r")
     decoder.format = "s16"
     decoder.layout = "stereo"
-    decoder.sample_rate = AUDIO_CLOCK_RATE
+    decoder.sample_rate = webrtc.OPUS_SAMPLE_RATE
 
     def decode(encoded_frame: Any) -> None:
         arrival = time.time()

@@ -1,4 +1,4 @@
-"""The storage peer: Local KVS's side of a WebRTC storage session (WIRE.md, "Storage
+"""The storage peer: Local KVS's side of a WebRTC storage session (docs/wire.md, "Storage
 sessions").
 
 On an accepted JoinStorageSession the channel's storage session (an aiortc peer) sends the
@@ -51,12 +51,11 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
-from aiortc.sdp import candidate_from_sdp
 
-from kvsnb import ice, sdp
+from kvsnb import ice, sdp, webrtc
 from kvsnb.local.control.plane import Channel
 from kvsnb.local.core.errors import ClientLimitExceededException, InvalidArgumentException
-from kvsnb.local.signaling.relay import ClientEndpoint, ClientMessage, StorageRelay
+from kvsnb.local.signaling.relay import ClientConnection, ClientMessage, StorageRelay
 from kvsnb.local.storage.fanout import MASTER, STORE, AudioMixer, MixedAudioTrack, VideoFanout
 from kvsnb.local.storage.passthrough import (
     EncodedFrame,
@@ -70,12 +69,8 @@ from kvsnb.local.store.fragments import FragmentStore
 
 logger = logging.getLogger(__name__)
 
-OPUS_PT = 111  # payload types seen in AWS's offers
-H264_PT = 126
 H264_RTX_PT = 127
-AIORTC_H264_PROFILE = "42e01f"  # the constrained-baseline entry of aiortc's codec table
 LOOPBACK = ["127.0.0.1"]
-AUDIO_CLOCK_RATE = 48_000
 WATCHDOG_PERIOD_S = 0.25
 
 
@@ -83,7 +78,7 @@ WATCHDOG_PERIOD_S = 0.25
 class StorageOptions:
     """How storage sessions behave; durations are configurable so tests can shorten them."""
 
-    h264_profile_level_id: str = "42e01f"
+    h264_profile_level_id: str = webrtc.OFFER_PROFILE_LEVEL_ID
     bundle_only_video: bool = False
     candidates_first: bool = True
     require_audio: bool = True  # the API reference requires both tracks; SDKs since 2026 not
@@ -94,7 +89,7 @@ class StorageOptions:
     max_viewers: int = 3
     viewer_wait_for_master_s: float = 180.0
     viewer_slot_hold_s: float = 60.0
-    # AWS sometimes answers JoinStorageSession 200 and never sends the offer (WIRE.md):
+    # AWS sometimes answers JoinStorageSession 200 and never sends the offer (docs/wire.md):
     # the first ``unanswered_joins`` accepted joins of each channel do just that.
     unanswered_joins: int = 0
 
@@ -139,7 +134,7 @@ def _codec_preferences(pc_transceiver: RTCRtpTransceiver, kind: str) -> None:
             if c.mimeType.lower() == "video/rtx"
             or (
                 c.mimeType.lower() == "video/h264"
-                and c.parameters.get("profile-level-id") == AIORTC_H264_PROFILE
+                and c.parameters.get("profile-level-id") == webrtc.AIORTC_H264_PROFILE
             )
         ]
     pc_transceiver.setCodecPreferences(wanted)
@@ -201,7 +196,7 @@ class _StoragePeer(abc.ABC):
     def __init__(
         self,
         state: ChannelState,
-        conn: ClientEndpoint,
+        conn: ClientConnection,
         relay: StorageRelay,
         options: StorageOptions,
     ) -> None:
@@ -260,21 +255,21 @@ class _StoragePeer(abc.ABC):
         local = self.pc.localDescription.sdp
         mapping = {}
         for kind, codec, pt in (
-            ("audio", "opus", OPUS_PT),
-            ("video", "H264", H264_PT),
+            ("audio", "opus", webrtc.OPUS_PAYLOAD_TYPE),
+            ("video", "H264", webrtc.H264_PAYLOAD_TYPE),
             ("video", "rtx", H264_RTX_PT),
         ):
             found = sdp.payload_types(local, kind, codec)
             if found:
                 mapping[found[0]] = pt
         offer = sdp.rename_payload_types(local, mapping)
-        offer = sdp.set_fmtp(offer, H264_PT, profile_level_id=self.options.h264_profile_level_id)
+        offer = sdp.set_fmtp(
+            offer, webrtc.H264_PAYLOAD_TYPE, profile_level_id=self.options.h264_profile_level_id
+        )
         offer, candidates = sdp.split_candidates(offer)
         if self.options.bundle_only_video:
             offer = sdp.make_bundle_only(offer, "video")
-        cand_payloads = [
-            {"candidate": c.candidate, "sdpMLineIndex": c.sdp_mline_index} for c in candidates
-        ]
+        cand_payloads = [webrtc.candidate_to_payload(c, with_mid=False) for c in candidates]
         if self.options.candidates_first:
             for p in cand_payloads:
                 await self.relay.send_from_storage(self.conn, "ICE_CANDIDATE", p)
@@ -318,9 +313,9 @@ class _StoragePeer(abc.ABC):
             raise
         # The answer keeps AWS's payload types (aiortc adopts the remote ones); only the
         # H.264 profile goes back to the one aiortc's codec table matches.
-        answer = sdp.expand_bundle_only(text)
-        for pt in sdp.payload_types(answer, "video", "H264"):
-            answer = sdp.set_fmtp(answer, pt, profile_level_id=AIORTC_H264_PROFILE)
+        answer, _ = webrtc.relabel_h264_profiles(
+            sdp.expand_bundle_only(text), keep=(webrtc.AIORTC_H264_PROFILE,)
+        )
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         except Exception as exc:
@@ -333,24 +328,13 @@ class _StoragePeer(abc.ABC):
         self._pending_candidates.clear()
 
     async def _add_candidate(self, payload: dict[str, Any]) -> None:
-        value = payload.get("candidate")
-        if not isinstance(value, str):
-            raise InvalidArgumentException("ICE_CANDIDATE payload must carry a candidate.")
-        if not value:
-            return  # end of candidates
+        mids = [tr.mid for tr in self.pc.getTransceivers()]
         try:
-            cand = candidate_from_sdp(value.removeprefix("candidate:"))
-        except (ValueError, IndexError) as exc:
-            raise InvalidArgumentException(f"Malformed ICE candidate: {value!r}") from exc
-        transceivers = self.pc.getTransceivers()
-        index = payload.get("sdpMLineIndex")
-        mid = payload.get("sdpMid")
-        if not mid:
-            i = index if isinstance(index, int) and 0 <= index < len(transceivers) else 0
-            mid = transceivers[i].mid
-        cand.sdpMid = mid
-        cand.sdpMLineIndex = index if isinstance(index, int) else 0
-        await self.pc.addIceCandidate(cand)
+            cand = webrtc.candidate_from_payload(payload, mids)
+        except webrtc.CandidateError as exc:
+            raise InvalidArgumentException(str(exc)) from exc
+        if cand is not None:
+            await self.pc.addIceCandidate(cand)
 
     def _on_state(self) -> None:
         state = self.pc.connectionState
@@ -416,7 +400,7 @@ class _StoragePeer(abc.ABC):
         """Role-specific clean-up after the peer closed."""
 
 
-class MasterSession(_StoragePeer):
+class MasterPeer(_StoragePeer):
     """The storage session with the master: records its media, relays it to viewers."""
 
     role = "MASTER"
@@ -424,7 +408,7 @@ class MasterSession(_StoragePeer):
     def __init__(
         self,
         state: ChannelState,
-        conn: ClientEndpoint,
+        conn: ClientConnection,
         relay: StorageRelay,
         store: FragmentStore,
         options: StorageOptions,
@@ -509,7 +493,7 @@ class ViewerPeer(_StoragePeer):
     def __init__(
         self,
         state: ChannelState,
-        conn: ClientEndpoint,
+        conn: ClientConnection,
         relay: StorageRelay,
         options: StorageOptions,
         client_id: str,
@@ -559,7 +543,7 @@ class ChannelState:
     """One channel's storage session: master, viewers, the video fan-out and audio mixer."""
 
     channel: Channel
-    master: MasterSession | None = None
+    master: MasterPeer | None = None
     viewers: dict[str, ViewerPeer] = field(default_factory=dict)
     left_viewers: dict[str, float] = field(default_factory=dict)  # ClientId → left at
     master_left_at: float | None = None
@@ -594,7 +578,7 @@ class StorageSessionManager:
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
-    def sessions(self) -> dict[str, MasterSession]:
+    def sessions(self) -> dict[str, MasterPeer]:
         """The current master session of each channel that has one."""
         return {arn: st.master for arn, st in self.channels.items() if st.master is not None}
 
@@ -626,7 +610,7 @@ class StorageSessionManager:
             if old is not None:
                 await old.close("replaced by a newer JoinStorageSession")
                 self.ended.append(old.record())
-            session = MasterSession(st, conn, self.relay, self.store, self.options)
+            session = MasterPeer(st, conn, self.relay, self.store, self.options)
             st.master = session
             st.mixer.master_present = True
             st.master_left_at = None
@@ -656,7 +640,7 @@ class StorageSessionManager:
             st.viewers[client_id] = viewer
             await viewer.start()
 
-    async def on_client_message(self, conn: ClientEndpoint, msg: ClientMessage) -> None:
+    async def on_client_message(self, conn: ClientConnection, msg: ClientMessage) -> None:
         """Route a client's answer or candidate to its session."""
         st = self.channels.get(conn.channel_arn)
         peer: _StoragePeer | None = None
@@ -672,10 +656,10 @@ class StorageSessionManager:
             peer.conn = conn  # the client reconnected its socket
         await peer.on_message(msg)
 
-    async def on_client_connected(self, conn: ClientEndpoint) -> None:
+    async def on_client_connected(self, conn: ClientConnection) -> None:
         """Nothing to do: a session starts on JoinStorageSession[AsViewer]."""
 
-    async def on_client_disconnected(self, conn: ClientEndpoint) -> None:
+    async def on_client_disconnected(self, conn: ClientConnection) -> None:
         """The media path outlives the socket; the idle timeouts end silent sessions."""
 
     def on_storage_changed(self, channel: Channel) -> None:

@@ -1,5 +1,5 @@
 """The webrtc-storage plane (``kinesis-video-webrtc-storage``): JoinStorageSession and
-JoinStorageSessionAsViewer (WIRE.md, "Storage sessions").
+JoinStorageSessionAsViewer (docs/wire.md, "Storage sessions").
 
 The calls are validated here (pattern from the model, channel exists, storage mapped, the
 2 calls/s per channel quota, ClientId rules); the storage session itself (the storage peer

@@ -11,7 +11,7 @@ Fragment rule: a fragment starts at a keyframe whose SPS/PPS are known. Once
 (``request_keyframe``, which the storage peer wires to RTCP PLI) and closes the fragment at
 the next keyframe; it asks again every ``KEYFRAME_RETRY_MS`` of media until one comes.
 Frames before the first keyframe are dropped and counted, and a keyframe is requested.
-Wire source: WIRE.md "Storage sessions" (stored fragments keyframe-aligned, duration
+Wire source: docs/wire.md "Storage sessions" (stored fragments keyframe-aligned, duration
 follows the GOP and is configurable; track 1 V_MPEG4/ISO/AVC, track 2 A_AAC).
 
 Timeline: each track is anchored once, at its first frame, on the producer timestamp the
@@ -46,6 +46,7 @@ from typing import Any
 
 import av
 
+from kvsnb import webrtc
 from kvsnb.local.storage.passthrough import EncodedFrame
 from kvsnb.local.store.fragments import Fragment, FragmentMeta, FragmentStore
 from kvsnb.local.store.mkv import (
@@ -70,14 +71,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_FRAGMENT_DURATION_S = 2.0
 KEYFRAME_RETRY_MS = 1000
 AUDIO_GRACE_MS = 1000
-AUDIO_SAMPLE_RATE = 48_000
 AUDIO_LAYOUT = "stereo"
 AAC_BIT_RATE = 96_000
 AAC_CODEC_STRING = "mp4a.40.2"
 AUDIO_GAP_TOLERANCE_SAMPLES = 480  # 10 ms
-AUDIO_MAX_FILL_SAMPLES = 5 * AUDIO_SAMPLE_RATE
+AUDIO_MAX_FILL_SAMPLES = 5 * webrtc.OPUS_SAMPLE_RATE
 FALLBACK_FRAME_INTERVAL_MS = 33
-MAX_FRAGMENT_WARN_MS = 20_000  # PutMedia's fragment limit (WIRE.md "Storage sessions")
+MAX_FRAGMENT_WARN_MS = 20_000  # PutMedia's fragment limit (docs/wire.md "Storage sessions")
 
 
 @dataclass(slots=True)
@@ -374,32 +374,32 @@ class FragmentRecorder:
 
     def _open_audio_encoder(self) -> None:
         encoder = av.CodecContext.create("aac", "w")
-        encoder.sample_rate = AUDIO_SAMPLE_RATE
+        encoder.sample_rate = webrtc.OPUS_SAMPLE_RATE
         encoder.layout = AUDIO_LAYOUT
         encoder.format = "fltp"
         encoder.bit_rate = AAC_BIT_RATE
-        encoder.time_base = Fraction(1, AUDIO_SAMPLE_RATE)
+        encoder.time_base = Fraction(1, webrtc.OPUS_SAMPLE_RATE)
         encoder.open()
         self._encoder = encoder
         self._resampler = av.AudioResampler(
             format="fltp",
             layout=AUDIO_LAYOUT,
-            rate=AUDIO_SAMPLE_RATE,
+            rate=webrtc.OPUS_SAMPLE_RATE,
             frame_size=encoder.frame_size,
         )
         self._audio_config = AudioTrackConfig(
             extradata=bytes(encoder.extradata or b""),
-            sample_rate=AUDIO_SAMPLE_RATE,
+            sample_rate=webrtc.OPUS_SAMPLE_RATE,
             layout=AUDIO_LAYOUT,
         )
 
     def _on_audio(self, frame: av.AudioFrame, producer_time: float) -> None:
         self._stats.audio_frames_in += 1
-        rate = frame.sample_rate or AUDIO_SAMPLE_RATE
+        rate = frame.sample_rate or webrtc.OPUS_SAMPLE_RATE
         if frame.pts is not None and frame.time_base is not None:
-            position = float(frame.pts * frame.time_base) * AUDIO_SAMPLE_RATE
+            position = float(frame.pts * frame.time_base) * webrtc.OPUS_SAMPLE_RATE
         else:
-            position = producer_time * AUDIO_SAMPLE_RATE
+            position = producer_time * webrtc.OPUS_SAMPLE_RATE
         if self._audio_anchor_ms is None or self._audio_first_pos is None:
             self._audio_anchor_ms = producer_time * 1000.0
             self._audio_first_pos = position
@@ -407,7 +407,7 @@ class FragmentRecorder:
         if gap > AUDIO_MAX_FILL_SAMPLES:
             # A long silence: move the anchor instead of synthesising minutes of zeros.
             self._audio_first_pos += gap
-            self._audio_anchor_ms += gap * 1000.0 / AUDIO_SAMPLE_RATE
+            self._audio_anchor_ms += gap * 1000.0 / webrtc.OPUS_SAMPLE_RATE
         elif gap > AUDIO_GAP_TOLERANCE_SAMPLES:
             silence = av.AudioFrame(format=frame.format.name, layout=frame.layout.name, samples=gap)
             for plane in silence.planes:
@@ -424,7 +424,7 @@ class FragmentRecorder:
         # cut) go into the next fragment rather than holding this one back ~50 ms.
         sealing = self._sealing
         if sealing is not None and sealing.end_ms is not None:
-            fed_ms = self._audio_anchor_ms + self._samples_fed * 1000.0 / AUDIO_SAMPLE_RATE
+            fed_ms = self._audio_anchor_ms + self._samples_fed * 1000.0 / webrtc.OPUS_SAMPLE_RATE
             if fed_ms >= sealing.end_ms:
                 self._finalize_sealing()
 
@@ -447,8 +447,8 @@ class FragmentRecorder:
     def _route_audio(self, packet: av.Packet) -> None:
         assert self._audio_anchor_ms is not None
         pts = packet.pts or 0
-        t_ms = round(self._audio_anchor_ms + pts * 1000.0 / AUDIO_SAMPLE_RATE)
-        duration_ms = round((packet.duration or 1024) * 1000.0 / AUDIO_SAMPLE_RATE)
+        t_ms = round(self._audio_anchor_ms + pts * 1000.0 / webrtc.OPUS_SAMPLE_RATE)
+        duration_ms = round((packet.duration or 1024) * 1000.0 / webrtc.OPUS_SAMPLE_RATE)
         sealing, current = self._sealing, self._current
         target: _OpenFragment | None
         if sealing is not None and sealing.end_ms is not None and t_ms < sealing.end_ms:

@@ -38,9 +38,10 @@ from typing import Any
 
 from kvsnb.local.control.plane import Channel
 from kvsnb.local.core.errors import AwsError
-from kvsnb.local.signaling.relay import ClientMessage, Connection, Role, SignalingRelay
+from kvsnb.local.signaling.relay import ClientMessage, SignalingRelay, SocketConnection
 from kvsnb.local.storage.peer import StorageOptions, StorageSessionManager
 from kvsnb.local.store.fragments import Fragment, FragmentStore
+from kvsnb.webrtc import Role
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class WorkerFailure(AwsError):
 
 
 @dataclass(eq=False)
-class ConnRef:
+class WorkerConnection:
     """A client connection as a worker knows it: the server's id for it, and what the
     storage sessions read of it (channel, role, ClientId). In a worker, one object per id
     stands for the connection, so identity tells a reconnected socket from the old one."""
@@ -147,8 +148,8 @@ class StorageWorkerPool:
         self.workers: list[_Worker] = []
         self._assigned: dict[str, _Worker] = {}
         self._ids = itertools.count(1)
-        self._conn_ids: dict[Connection, int] = {}
-        self._conns: dict[int, Connection] = {}
+        self._conn_ids: dict[SocketConnection, int] = {}
+        self._conns: dict[int, SocketConnection] = {}
         self._send_tails: dict[int, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -271,14 +272,14 @@ class StorageWorkerPool:
 
     # ------------------------------------------------------------------ connections
 
-    def _ref(self, conn: Connection | None) -> ConnRef | None:
+    def _ref(self, conn: SocketConnection | None) -> WorkerConnection | None:
         if conn is None:
             return None
         conn_id = self._conn_ids.get(conn)
         if conn_id is None:
             conn_id = self._conn_ids[conn] = next(self._ids)
             self._conns[conn_id] = conn
-        return ConnRef(conn_id, conn.channel_arn, conn.role, conn.client_id)
+        return WorkerConnection(conn_id, conn.channel_arn, conn.role, conn.client_id)
 
     def _send(self, conn_id: int, message_type: str, payload: dict[str, Any]) -> None:
         """Deliver a worker's message to a client, after that client's earlier ones."""
@@ -301,7 +302,7 @@ class StorageWorkerPool:
 
         task.add_done_callback(done)
 
-    async def _sent(self, ref: ConnRef | None) -> None:
+    async def _sent(self, ref: WorkerConnection | None) -> None:
         """Wait until the messages a worker sent so far to this client have gone out."""
         tail = None if ref is None else self._send_tails.get(ref.id)
         if tail is not None:
@@ -325,17 +326,17 @@ class StorageWorkerPool:
 
     # ------------------------------------------------------------------ StorageSink
 
-    async def on_client_message(self, conn: Connection, msg: ClientMessage) -> None:
+    async def on_client_message(self, conn: SocketConnection, msg: ClientMessage) -> None:
         """A client's answer or candidate, for its session's worker."""
         ref = self._ref(conn)
         assert ref is not None
         await self._worker_for(conn.channel_arn).call(next(self._ids), "message", ref, msg)
         await self._sent(ref)
 
-    async def on_client_connected(self, conn: Connection) -> None:
+    async def on_client_connected(self, conn: SocketConnection) -> None:
         """Nothing to do: a session starts on JoinStorageSession[AsViewer]."""
 
-    async def on_client_disconnected(self, conn: Connection) -> None:
+    async def on_client_disconnected(self, conn: SocketConnection) -> None:
         """Forget the socket (here and in its channel's worker); messages the worker still
         sends to it are dropped, as sends to a closed socket are."""
         conn_id = self._conn_ids.pop(conn, None)
@@ -384,14 +385,14 @@ class _WorkerRelay:
 
     def __init__(self, send: Any) -> None:
         self._send = send
-        self._conns: dict[int, ConnRef] = {}
-        self._current: dict[tuple[str, str | None], ConnRef] = {}
+        self._conns: dict[int, WorkerConnection] = {}
+        self._current: dict[tuple[str, str | None], WorkerConnection] = {}
 
-    def endpoint(self, ref: ConnRef) -> ConnRef:
+    def endpoint(self, ref: WorkerConnection) -> WorkerConnection:
         """The worker's one object for a server connection (identity tells reconnects)."""
         return self._conns.setdefault(ref.id, ref)
 
-    def name(self, channel_arn: str, client_id: str | None, ref: ConnRef | None) -> None:
+    def name(self, channel_arn: str, client_id: str | None, ref: WorkerConnection | None) -> None:
         """Record which connection is the channel's master (``client_id`` None) or viewer."""
         if ref is None:
             self._current.pop((channel_arn, client_id), None)
@@ -405,16 +406,16 @@ class _WorkerRelay:
             if current is conn:
                 del self._current[key]
 
-    def master(self, channel_arn: str) -> ConnRef | None:
+    def master(self, channel_arn: str) -> WorkerConnection | None:
         """The channel's connected master, as the server last named it."""
         return self._current.get((channel_arn, None))
 
-    def viewer(self, channel_arn: str, client_id: str) -> ConnRef | None:
+    def viewer(self, channel_arn: str, client_id: str) -> WorkerConnection | None:
         """The channel's connected viewer with this ClientId, as the server last named it."""
         return self._current.get((channel_arn, client_id))
 
     async def send_from_storage(
-        self, conn: ConnRef, message_type: str, payload: dict[str, Any]
+        self, conn: WorkerConnection, message_type: str, payload: dict[str, Any]
     ) -> bool:
         """Hand a message for a client to the server, which delivers it in order."""
         self._send(("send", conn.id, message_type, payload))

@@ -18,7 +18,7 @@ whose file is missing are reported (``FragmentStore.missing``) and never returne
 Fragment numbers are 47-digit strings (the width of AWS's) drawn from one persistent
 counter per store, so they strictly increase with ingestion order, also across restarts,
 and compare the same as integers and as strings.
-Wire source: WIRE.md "Archived media" (FragmentNumber: digits, 1-128 chars, increases with
+Wire source: docs/wire.md "Archived media" (FragmentNumber: digits, 1-128 chars, increases with
 ingestion order; selection on the fragment's start time, inclusive).
 """
 
@@ -416,7 +416,7 @@ class FragmentStore:
         """Fragments whose start time (by ``selector``) lies in [start_ms, end_ms].
 
         Both ends inclusive, either may be None (open). Ordered by that start time, then
-        fragment number. Wire source: WIRE.md "Archived media" (ListFragments selection).
+        fragment number. Wire source: docs/wire.md "Archived media" (ListFragments selection).
         """
         if selector == SELECTOR_PRODUCER:
             column = "producer_start_ms"

@@ -7,7 +7,7 @@ Clusters. Track 1 is ``V_MPEG4/ISO/AVC`` (codec private = avcC, length-prefixed 
 units), track 2 ``A_AAC`` when the fragment has audio. Block timestamps are producer
 timestamps in epoch milliseconds (TimecodeScale 1 ms), as KVS writes them.
 
-Wire source: WIRE.md "Archived media" (GetMediaForFragmentList tags) and "Storage
+Wire source: docs/wire.md "Archived media" (GetMediaForFragmentList tags) and "Storage
 sessions" (track 1 V_MPEG4/ISO/AVC, track 2 A_AAC, codec private data present).
 
 Why live segments: ffmpeg's Matroska demuxer stops at the end of a Segment whose size is
@@ -355,7 +355,7 @@ def iter_fragment_list_body(
 
     Each stored file already is one EBML header + live Segment with its own fragment
     tags (see the module docstring), so the body needs no remuxing.
-    Wire source: WIRE.md "Archived media" (GetMediaForFragmentList → MKV with tags).
+    Wire source: docs/wire.md "Archived media" (GetMediaForFragmentList → MKV with tags).
     """
     for path in paths:
         with open(path, "rb") as f:
