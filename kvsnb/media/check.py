@@ -44,7 +44,7 @@ from typing import Any
 import av
 import pandas as pd
 
-from kvsnb import webrtc
+from kvsnb import h264, webrtc
 from kvsnb.media.sources import (
     TEST_PATTERN,
     TestPatternTrack,
@@ -70,16 +70,6 @@ AIORTC_OPUS_BITRATE_BPS = 96_000  # aiortc's OpusEncoder sets bit_rate 96000
 X264_DEFAULT_KEYINT = 250  # aiortc sets no GOP: x264's default keyint applies
 MAX_SCAN_SECONDS = 120.0  # how much of a file is demuxed to measure bitrate and keyframes
 TRACK_CHECK_SECONDS = 2.0  # how long a TestPatternTrack is encoded to measure it
-H264_PROFILES = {
-    66: "Baseline",
-    77: "Main",
-    88: "Extended",
-    100: "High",
-    110: "High 10",
-    122: "High 4:2:2",
-    244: "High 4:4:4 Predictive",
-}
-CONSTRAINT_SET1 = 0x40  # constraint_set1_flag: the stream obeys Constrained Baseline
 VIDEO_RULES = frozenset(
     {
         "video_present",
@@ -178,29 +168,6 @@ class TrackReport:
         )
 
 
-def h264_sps_header(data: bytes) -> tuple[int, int, int] | None:
-    """(profile_idc, constraint flags, level_idc) from avcC extradata or an Annex B
-    bitstream containing an SPS; None if there is none."""
-    if len(data) >= 4 and data[0] == 1:  # avcC: version, profile, compatibility, level
-        return data[1], data[2], data[3]
-    start = 0
-    while True:
-        found = data.find(b"\x00\x00\x01", start)
-        if found < 0 or found + 6 >= len(data):
-            return None
-        if data[found + 3] & 0x1F == 7:
-            return data[found + 4], data[found + 5], data[found + 6]
-        start = found + 3
-
-
-def h264_profile_name(profile_idc: int, constraints: int) -> str:
-    """The H.264 profile name, e.g. "Constrained Baseline" for 66 with constraint_set1."""
-    name = H264_PROFILES.get(profile_idc, f"profile_idc {profile_idc}")
-    if profile_idc == 66 and constraints & CONSTRAINT_SET1:
-        return "Constrained Baseline"
-    return name
-
-
 def _probe_file(path: Path) -> dict[str, Any]:
     """Measure a media file's first video and audio streams by demuxing (no decoding)."""
     info: dict[str, Any] = {"video_codec": None, "audio_codec": None}
@@ -221,7 +188,7 @@ def _probe_file(path: Path) -> dict[str, Any]:
             rate = video.average_rate or video.guessed_rate
             info["fps"] = float(rate) if rate else None
             if vcc.name == "h264":
-                sps = h264_sps_header(bytes(vcc.extradata or b""))
+                sps = h264.sps_header(bytes(vcc.extradata or b""))
         names = {s.index: kind for kind, s in (("video", video), ("audio", audio)) if s}
         sizes = dict.fromkeys(names.values(), 0)
         span: dict[str, list[float]] = {}
@@ -245,7 +212,7 @@ def _probe_file(path: Path) -> dict[str, Any]:
                 if packet.is_keyframe:
                     keyframes.append(t)
                 if sps is None and info["video_codec"] == "h264":
-                    sps = h264_sps_header(bytes(packet))
+                    sps = h264.sps_header(bytes(packet))
     fps = info.get("fps")
     if "video" in names.values() and not tail["video"] and fps:
         tail["video"] = 1 / fps
@@ -287,7 +254,7 @@ def _probe_pattern(track: TestPatternTrack, tone: ToneTrack | None) -> dict[str,
             frame.pts, frame.time_base = i, cc.time_base
         for packet in cc.encode(frame):
             size += packet.size
-            sps = sps or h264_sps_header(bytes(packet))
+            sps = sps or h264.sps_header(bytes(packet))
     info: dict[str, Any] = {
         "video_codec": "h264",
         "width": track.width,
@@ -494,12 +461,12 @@ def _profile_rule(profile_idc: int | None, constraints: int) -> RuleResult:
     expected = f"Constrained Baseline ({OFFER_PROFILE_LEVEL_ID})"
     if profile_idc is None:
         return RuleResult("h264_profile", False, "unknown", expected, "no SPS found in the stream")
-    name = h264_profile_name(profile_idc, constraints)
+    name = h264.profile_name(profile_idc, constraints)
     value = f"{name} ({profile_idc:02x}{constraints:02x}..)"
-    if profile_idc == 66 or constraints & CONSTRAINT_SET1:
+    if profile_idc == 66 or constraints & h264.CONSTRAINT_SET1:
         reason = (
             "matches the offer"
-            if constraints & CONSTRAINT_SET1
+            if constraints & h264.CONSTRAINT_SET1
             else "Baseline without constraint_set1: fits only if it uses no FMO, ASO or "
             "redundant slices (x264 and most encoders never do)"
         )

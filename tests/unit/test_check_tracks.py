@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from kvsnb.h264 import profile_name as h264_profile_name
+from kvsnb.h264 import sps_header as h264_sps_header
 from kvsnb.media import (
     FileSource,
     TestPatternTrack,
@@ -18,8 +20,6 @@ from kvsnb.media import (
 from kvsnb.media.check import (
     AIORTC_OPUS_BITRATE_BPS,
     MAX_KEYFRAME_INTERVAL_S,
-    h264_profile_name,
-    h264_sps_header,
 )
 
 

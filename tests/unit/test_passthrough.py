@@ -19,12 +19,12 @@ from aiortc import (
 )
 from aiortc.mediastreams import AudioStreamTrack
 
+from kvsnb.h264 import is_keyframe
 from kvsnb.ice import host_addresses
 from kvsnb.local.storage.passthrough import (
     CLOCK_SOURCE_SR,
     EncodedFrame,
     enable_passthrough,
-    is_keyframe,
     media_ssrc,
     passthrough_stats,
     receiver_for_track,

@@ -43,7 +43,7 @@ from typing import Any
 
 import av
 
-from kvsnb.local.store.mkv import split_length_prefixed, to_length_prefixed
+from kvsnb import h264
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ def video_segment(
         duration_ms = nxt - s.time if nxt > s.time else DEFAULT_FRAME_MS
         data = s.data
         if i == 0 and init_avcc is not None and init_avcc != fragment.video.avcc:
-            data = _parameter_sets(fragment.video.avcc) + data
+            data = h264.avcc_parameter_sets(fragment.video.avcc) + data
         flags = SYNC_SAMPLE_FLAGS if s.keyframe else NON_SYNC_SAMPLE_FLAGS
         entries.append((duration_ms * VIDEO_TIMESCALE // 1000, data, flags))
     base = (samples[0].time - origin_ms) * VIDEO_TIMESCALE // 1000
@@ -362,25 +362,6 @@ def audio_segment(
     first = samples[0].time if samples else fragment.start_ms * rate // 1000
     entries = [(AAC_FRAME_SAMPLES, s.data, SYNC_SAMPLE_FLAGS) for s in samples]
     return _moof_mdat(sequence, AUDIO_TRACK, first - origin, entries)
-
-
-def _parameter_sets(avcc: bytes) -> bytes:
-    """The SPS and PPS of an avcC as length-prefixed NAL units (4-byte lengths)."""
-    nals: list[bytes] = []
-    pos = 5
-    for count_mask in (0x1F, 0xFF):
-        count = avcc[pos] & count_mask
-        pos += 1
-        for _ in range(count):
-            size = int.from_bytes(avcc[pos : pos + 2], "big")
-            nals.append(avcc[pos + 2 : pos + 2 + size])
-            pos += 2 + size
-    return to_length_prefixed(nals)
-
-
-def nal_types(sample: bytes) -> list[int]:
-    """The NAL unit types in a length-prefixed access unit (for checks and tests)."""
-    return [n[0] & 0x1F for n in split_length_prefixed(sample) if n]
 
 
 # ---------------------------------------------------------------------------- PyAV muxing

@@ -42,7 +42,7 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 from aiortc.utils import uint16_add
 
-from kvsnb import webrtc
+from kvsnb import h264, webrtc
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,6 @@ NTP_EPOCH_OFFSET_S = 2_208_988_800
 CLOCK_SOURCE_SR = "rtcp-sr"
 CLOCK_SOURCE_ARRIVAL = "first-arrival"
 H264_CODEC_NAME = "H264"
-NAL_IDR = 5
-START_CODE = b"\x00\x00\x01"
 
 _original_decoder_worker = _rtcrtpreceiver.decoder_worker
 _original_get_decoder = _rtcrtpreceiver.get_decoder
@@ -84,16 +82,6 @@ class EncodedFrame:
     arrival_time: float
     clock_source: str = CLOCK_SOURCE_ARRIVAL
     clock_rate: int = VIDEO_CLOCK_RATE
-
-
-def is_keyframe(annexb: bytes) -> bool:
-    """True when an Annex-B access unit contains an IDR slice (NAL type 5)."""
-    i = annexb.find(START_CODE)
-    while i != -1 and i + 3 < len(annexb):
-        if annexb[i + 3] & 0x1F == NAL_IDR:
-            return True
-        i = annexb.find(START_CODE, i + 3)
-    return False
 
 
 def ntp_to_epoch(ntp: int) -> float:
@@ -173,7 +161,7 @@ def _encoded_frame(registration: _Registration, encoded_frame: Any) -> EncodedFr
     ts = int(encoded_frame.timestamp)
     clock = registration.clock
     producer, source = clock.producer_time(ts, arrival)
-    keyframe = is_keyframe(data)
+    keyframe = h264.is_keyframe(data)
     registration.frames += 1
     registration.keyframes += keyframe
     return EncodedFrame(

@@ -46,24 +46,26 @@ from typing import Any
 
 import av
 
-from kvsnb import webrtc
-from kvsnb.local.storage.passthrough import EncodedFrame
-from kvsnb.local.store.fragments import Fragment, FragmentMeta, FragmentStore
-from kvsnb.local.store.mkv import (
+from kvsnb import h264, webrtc
+from kvsnb.h264 import (
     NAL_IDR,
     NAL_PPS,
     NAL_SPS,
+    SpsInfo,
+    build_avcc,
+    parse_sps,
+    split_annexb,
+    to_length_prefixed,
+)
+from kvsnb.local.storage.passthrough import EncodedFrame
+from kvsnb.local.store.fragments import Fragment, FragmentMeta, FragmentStore
+from kvsnb.local.store.mkv import (
     TAG_FRAGMENT_NUMBER,
     TAG_PRODUCER_TIMESTAMP,
     TAG_SERVER_TIMESTAMP,
     AudioTrackConfig,
     FragmentWriter,
-    SpsInfo,
-    build_avcc,
-    parse_sps,
-    split_annexb,
     timestamp_tag,
-    to_length_prefixed,
 )
 
 logger = logging.getLogger(__name__)
@@ -253,7 +255,7 @@ class FragmentRecorder:
         nals = split_annexb(frame.data)
         keyframe = False
         for nal in nals:
-            kind = nal[0] & 0x1F
+            kind = h264.nal_type(nal)
             if kind == NAL_IDR:
                 keyframe = True
             elif kind == NAL_SPS and nal != self._sps:
