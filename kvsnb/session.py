@@ -38,7 +38,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import ice, sdp, webrtc
-from .errors import KvsnbError
+from .errors import KvsnbError, reap
 from .media.sources import MASTER_VIDEO_BITRATE_BPS
 from .media.stamp import Stamp, StampError, read_stamp_frame
 from .signaling import SignalingClient, SignalingError, SignalingEvent, SignalingMessage
@@ -161,16 +161,10 @@ class ReceivedMedia:
                     self._add_audio(frame, now)
 
     def _add_audio(self, frame: av.AudioFrame, now: float) -> None:
-        data = frame.to_ndarray()
-        channels = len(frame.layout.channels)
-        mono = (
-            data.reshape(-1, channels).mean(axis=1)
-            if not frame.format.is_planar
-            else (data.mean(axis=0))
-        )
+        mono = webrtc.to_mono(frame)
         if self.audio_started_at is None:
             self.audio_started_at = now - frame.samples / webrtc.OPUS_SAMPLE_RATE
-        self._audio.append(mono.astype(np.int16))
+        self._audio.append(mono)
         self._audio_len += len(mono)
         self.audio_frames += 1
         while self._audio_len - len(self._audio[0]) > self.keep_audio:
@@ -313,8 +307,7 @@ class StorageSessionBase(abc.ABC):
         if self._runner is not None:
             if not self._runner.done():
                 self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._runner
+            await reap(self._runner, f"the {self.role.lower()} session's join loop", logger)
         await self._close_pc()
         for task in list(self._pumps):
             task.cancel()

@@ -35,7 +35,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from yarl import URL
 
-from .errors import KvsnbError
+from .errors import KvsnbError, reap
 
 logger = logging.getLogger(__name__)
 
@@ -337,8 +337,7 @@ class SignalingClient:
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._reader, 5)
+            await reap(asyncio.wait_for(self._reader, 5), "the signaling reader", logger)
         if self._session is not None:
             await self._session.close()
             self._session = None

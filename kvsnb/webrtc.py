@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import av
+import numpy as np
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
@@ -84,3 +86,14 @@ def relabel_h264_profiles(
             changed[pt] = original
             text = sdp.set_fmtp(text, pt, profile_level_id=AIORTC_H264_PROFILE)
     return text, changed
+
+
+def to_mono(frame: av.AudioFrame) -> np.ndarray:
+    """The s16 samples of an audio frame (planar or packed, any channel count) downmixed to
+    mono int16 by averaging the channels."""
+    data = frame.to_ndarray()
+    if frame.format.is_planar:
+        mono = data.astype(np.int32).mean(axis=0)
+    else:
+        mono = data.reshape(-1, len(frame.layout.channels)).astype(np.int32).mean(axis=1)
+    return mono.astype(np.int16)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..times import epoch_ms
 from .probe import ProbeRecord
 from .timeline import fragment_of
 
@@ -28,15 +29,15 @@ PERCENTILES = (50, 95)
 
 def _fragments_ms(fragments: pd.DataFrame) -> pd.DataFrame:
     f = fragments.copy()
-    f["producer_ms"] = f["producer_time"].map(lambda t: t.timestamp() * 1000)
-    f["server_ms"] = f["server_time"].map(lambda t: t.timestamp() * 1000)
+    f["producer_ms"] = f["producer_time"].map(epoch_ms)
+    f["server_ms"] = f["server_time"].map(epoch_ms)
     f["end_ms"] = f["producer_ms"] + f["duration_ms"]
     return f.sort_values("producer_ms", ignore_index=True)
 
 
 def _hls_seen(record: ProbeRecord) -> pd.DataFrame:
     rows = [
-        {"pdt_ms": h["program_date_time"].timestamp() * 1000, "hls_at": h["seen_at"]}
+        {"pdt_ms": epoch_ms(h["program_date_time"]), "hls_at": h["seen_at"]}
         for h in record.hls
         if h.get("program_date_time") is not None
     ]

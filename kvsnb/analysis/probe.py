@@ -18,8 +18,6 @@ times when the master runs on the same machine.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime as dt
 import logging
 import time
 from collections import deque
@@ -29,10 +27,12 @@ from typing import Any
 import pandas as pd
 from botocore.exceptions import ClientError
 
+from ..errors import reap
 from ..media.stamp import Stamp
 from ..playback.fragments import FRAGMENT_COLUMNS
 from ..playback.hls import HlsReader, hls_session_url
 from ..target import Target
+from ..times import epoch_ms, from_epoch_ms
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +115,7 @@ class RetrievalProbe:
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            await reap(t, "a latency probe reader", logger)
         return self.record
 
     def _key(self) -> dict[str, str]:
@@ -180,7 +179,7 @@ class RetrievalProbe:
                 await asyncio.sleep(self.interval_s)
                 continue
             stamp = self._pending[0]
-            t = dt.datetime.fromtimestamp(stamp.capture_ms / 1000, tz=dt.UTC)
+            t = from_epoch_ms(stamp.capture_ms)
             try:
                 resp = await asyncio.to_thread(
                     client.get_images,
@@ -225,7 +224,7 @@ class RetrievalProbe:
     def _listed_beyond(self, capture_ms: int) -> bool:
         """Whether a listed fragment starts (producer time) after ``capture_ms``."""
         return any(
-            f["ProducerTimestamp"].timestamp() * 1000 > capture_ms
+            epoch_ms(f["ProducerTimestamp"]) > capture_ms
             for f in list(self.record.fragments.values())
         )
 

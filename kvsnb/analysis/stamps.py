@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..media.stamp import Stamp, StampError, read_stamp_frame, try_read_stamp
 from ..playback.images import decode_image
+from ..times import epoch_ms
 
 STAMP_COLUMNS = ["frame_index", "capture_ms", "pts_s", "keyframe"]
 
@@ -97,6 +98,6 @@ def stamps_from_images(images: pd.DataFrame) -> pd.DataFrame:
     out = images.copy()
     out["stamp_index"] = pd.array([s.index if s else None for s in stamps], dtype="Int64")
     out["stamp_capture_ms"] = pd.array([s.capture_ms if s else None for s in stamps], dtype="Int64")
-    sampled_ms = out["timestamp"].map(lambda t: t.timestamp() * 1000)
+    sampled_ms = out["timestamp"].map(epoch_ms)
     out["stamp_offset_ms"] = (out["stamp_capture_ms"].astype("Float64") - sampled_ms).round(1)
     return out

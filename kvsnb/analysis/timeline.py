@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..times import epoch_ms
+
 
 def producer_offset_ms(capture_ms: np.ndarray, fragment_starts_ms: np.ndarray) -> float:
     """How far producer timestamps run after capture times: the median, over fragments, of
@@ -50,7 +52,7 @@ def fragment_of(
     """The fragment number holding each capture time. ``offset_ms`` is how far producer
     timestamps run after capture times (exact when the stored frames' timestamps are known,
     see ``stored_offset_ms``); estimated from the fragment starts when not given."""
-    starts = fragments["producer_time"].map(lambda t: t.timestamp() * 1000).to_numpy()
+    starts = fragments["producer_time"].map(epoch_ms).to_numpy()
     numbers = fragments["fragment_number"].to_numpy()
     order = np.argsort(starts)
     starts, numbers = starts[order], numbers[order]

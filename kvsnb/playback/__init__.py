@@ -1,11 +1,11 @@
 """Getting stored media back: fragments, HLS, GetImages and GetClip, as numpy frames and
 pandas tables."""
 
+from ..times import parse_time
 from .clip import get_clip
 from .fragments import DecodedFrame, decode_video, get_media, list_fragments
 from .hls import HlsFrame, HlsReader, PlaylistError, hls_session_url
 from .images import decode_image, get_images, image_windows
-from .times import parse_time
 
 __all__ = [
     "DecodedFrame",

@@ -38,6 +38,7 @@ from ..analysis.stamps import stamps_from_frames
 from ..analysis.timeline import frame_timeline, timeline_summary
 from ..playback.fragments import decode_video, get_media, list_fragments
 from ..target import Target
+from ..times import from_epoch_ms
 from ._common import Tasks, describe_error, error_html, figure_png, table_html
 
 logger = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ class TimelineView(_LiveView):
         if sent.empty:
             self.status.value = "no frames sent yet"
             return
-        first = dt.datetime.fromtimestamp(sent["capture_ms"].min() / 1000, dt.UTC)
+        first = from_epoch_ms(sent["capture_ms"].min())
         now = dt.datetime.now(dt.UTC)
         fragments = await asyncio.to_thread(
             list_fragments,

@@ -29,9 +29,9 @@ import pandas as pd
 from traitlets import Int
 
 from ..playback.hls import HlsFrame, HlsReader, hls_session_url
-from ..playback.times import parse_time
 from ..session import try_read_stamp_frame
 from ..target import Target
+from ..times import parse_time
 from ._common import Tasks, error_html, iso, table_html, to_jpeg
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from traitlets import Int
 from ..analysis.stamps import stamps_from_images
 from ..ingest import IngestResult
 from ..playback.images import MIN_INTERVAL_MS, get_images, image_windows
-from ..playback.times import parse_time
 from ..target import Target, connect
+from ..times import parse_time
 from ._common import Tasks, error_html, iso
 
 logger = logging.getLogger(__name__)

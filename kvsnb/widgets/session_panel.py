@@ -29,6 +29,7 @@ from typing import Any
 import ipywidgets as widgets
 from traitlets import Unicode
 
+from ..errors import reap
 from ..ingest import TEST_PATTERN, Source, make_source
 from ..session import JoinPolicy, MasterSession, StorageSessionBase, ViewerSession
 from ..target import Target, connect, new_client_id
@@ -256,8 +257,7 @@ class SessionPanel(widgets.VBox):
         join = self._join_task
         if join is not None and not join.done() and join is not asyncio.current_task():
             join.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await join
+            await reap(join, "the panel's join", logger)
         await self._teardown()
 
     async def _teardown(self) -> None:

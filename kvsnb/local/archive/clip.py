@@ -12,10 +12,10 @@ from kvsnb.local.archive import remux
 from kvsnb.local.archive.hls import (
     MAX_RANGE_MS,
     MP4_CONTENT_TYPE,
-    _require_codec_private,
     dedupe_producer,
+    require_codec_private,
 )
-from kvsnb.local.archive.plane import ArchivePlane, epoch_ms
+from kvsnb.local.archive.plane import ArchivePlane
 from kvsnb.local.control.plane import ControlPlane
 from kvsnb.local.core.errors import (
     InvalidArgumentException,
@@ -24,6 +24,7 @@ from kvsnb.local.core.errors import (
 )
 from kvsnb.local.core.responses import RawResponse
 from kvsnb.local.store.fragments import SELECTOR_PRODUCER, Fragment, FragmentStore
+from kvsnb.times import epoch_ms
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class ClipPlane:
             raise ResourceNotFoundException(
                 f"No fragments were found in the stream {stream.name} for the requested clip."
             )
-        _require_codec_private(found[0])
+        require_codec_private(found[0])
         chosen: list[Fragment] = []
         total = 0
         for f in found[:CLIP_MAX_FRAGMENTS]:

@@ -74,18 +74,20 @@ from aiohttp import web
 
 from kvsnb import webrtc
 from kvsnb.local.archive import remux
-from kvsnb.local.archive.plane import ArchivePlane, epoch_ms
+from kvsnb.local.archive.plane import ArchivePlane
 from kvsnb.local.control.plane import ControlPlane, Endpoints, Stream
 from kvsnb.local.core.errors import (
-    AwsError,
     ClientLimitExceededException,
     InvalidArgumentException,
+    MissingCodecPrivateDataException,
     NoDataRetentionException,
     NotAuthorizedException,
     ResourceNotFoundException,
     UnknownOperationException,
+    UnsupportedStreamMediaTypeException,
 )
 from kvsnb.local.store.fragments import SELECTOR_PRODUCER, SELECTOR_SERVER, Fragment, FragmentStore
+from kvsnb.times import epoch_ms
 
 logger = logging.getLogger(__name__)
 
@@ -252,16 +254,16 @@ def program_date_time(ms: int) -> str:
     return f"{stamp}.{ms % 1000:03d}Z"
 
 
-def _require_codec_private(fragment: Fragment) -> None:
+def require_codec_private(fragment: Fragment) -> None:
+    """Raise the AWS error GetClip and the streaming sessions give for a fragment whose video
+    cannot be served: no codec private data, or a codec other than H.264."""
     if not fragment.codec_private:
-        raise AwsError(
-            "No codec private data was found in the video track of the stream.",
-            code="MissingCodecPrivateDataException",
+        raise MissingCodecPrivateDataException(
+            "No codec private data was found in the video track of the stream."
         )
     if not fragment.video_codec.startswith("avc1"):
-        raise AwsError(
-            f"The media type {fragment.video_codec} of track 1 is not supported.",
-            code="UnsupportedStreamMediaTypeException",
+        raise UnsupportedStreamMediaTypeException(
+            f"The media type {fragment.video_codec} of track 1 is not supported."
         )
 
 
@@ -308,7 +310,7 @@ class HlsPlane:
         if mode == LIVE:
             fragments = fragments[-max_results:]  # start at the live edge
         first = fragments[0]
-        _require_codec_private(first)
+        require_codec_private(first)
         init = fragments[-1] if mode == LIVE else first
         session = HlsSession(
             token=secrets.token_urlsafe(TOKEN_BYTES),

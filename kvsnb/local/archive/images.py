@@ -73,14 +73,16 @@ from typing import Any
 import av
 from PIL import Image  # Pillow: a dependency of matplotlib, itself a kvsnb dependency
 
-from kvsnb.local.archive.plane import ArchivePlane, decode_token, encode_token, epoch_ms
+from kvsnb.local.archive.plane import ArchivePlane, decode_offset
 from kvsnb.local.control.plane import ControlPlane
 from kvsnb.local.core.errors import (
     InvalidArgumentException,
     NoDataRetentionException,
     ResourceNotFoundException,
 )
+from kvsnb.local.core.tokens import encode_token
 from kvsnb.local.store.fragments import SELECTOR_SERVER, Fragment, FragmentStore
+from kvsnb.times import epoch_ms
 
 logger = logging.getLogger(__name__)
 
@@ -524,7 +526,7 @@ class ImagesPlane:
             raise NoDataRetentionException(
                 f"The stream {stream.name} has no data retention, so it has no images."
             )
-        offset = decode_token(req.get("NextToken"), request.token_state())
+        offset = decode_offset(req.get("NextToken"), request.token_state())
         total = request.sample_count
         if offset >= total:
             raise InvalidArgumentException("NextToken is not valid.")

@@ -10,27 +10,21 @@ fragment, as GetMedia does (``mkv``).
 from __future__ import annotations
 
 import asyncio
-import base64
-import datetime as dt
-import json
 import logging
 from typing import Any
 
 from kvsnb.local.control.plane import ControlPlane, Stream
 from kvsnb.local.core.errors import InvalidArgumentException, ResourceNotFoundException
 from kvsnb.local.core.responses import RawResponse
+from kvsnb.local.core.tokens import INVALID_TOKEN, decode_token, encode_token
 from kvsnb.local.store.fragments import Fragment, FragmentStore
 from kvsnb.local.store.mkv import build_fragment_list_body
+from kvsnb.times import epoch_ms
 
 logger = logging.getLogger(__name__)
 
 LIST_DEFAULT_MAX = 1000
 MKV_CONTENT_TYPE = "video/webm"
-
-
-def epoch_ms(value: dt.datetime) -> int:
-    """Milliseconds since the epoch of an aware datetime."""
-    return round(value.timestamp() * 1000)
 
 
 def fragment_to_dict(f: Fragment) -> dict[str, Any]:
@@ -44,21 +38,16 @@ def fragment_to_dict(f: Fragment) -> dict[str, Any]:
     }
 
 
-def encode_token(state: dict[str, Any]) -> str:
-    """An opaque NextToken (base64 of JSON, matching the model's pattern)."""
-    return base64.b64encode(json.dumps(state, sort_keys=True).encode()).decode()
-
-
-def decode_token(token: str | None, expect: dict[str, Any]) -> int:
+def decode_offset(token: str | None, expect: dict[str, Any]) -> int:
     """The offset in a NextToken made for the same request (``InvalidArgumentException``
     otherwise)."""
     if token is None:
         return 0
+    state = decode_token(token)
     try:
-        state = json.loads(base64.b64decode(token, validate=True))
         offset = int(state.pop("offset"))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidArgumentException("NextToken is not valid.") from exc
+    except (AttributeError, ValueError, TypeError, KeyError) as exc:
+        raise InvalidArgumentException(INVALID_TOKEN) from exc
     if state != expect or offset < 0:
         raise InvalidArgumentException("NextToken does not match this request.")
     return offset
@@ -73,10 +62,7 @@ class ArchivePlane:
 
     def stream(self, req: dict[str, Any]) -> Stream:
         """The stream named by StreamName or StreamARN (exactly one is needed)."""
-        name, arn = req.get("StreamName"), req.get("StreamARN")
-        if (name is None) == (arn is None):
-            raise InvalidArgumentException("Specify either StreamName or StreamARN.")
-        return self.control.stream(arn=arn, name=name)
+        return self.control.stream_of(req, exclusive=True)
 
     async def list_fragments(self, req: dict[str, Any]) -> dict[str, Any]:
         """ListFragments: by producer or server start time (inclusive range), paginated."""
@@ -93,7 +79,7 @@ class ArchivePlane:
                 )
         limit = int(req.get("MaxResults", LIST_DEFAULT_MAX))
         expect = {"stream": stream.arn, "kind": kind, "start": start, "end": end}
-        offset = decode_token(req.get("NextToken"), expect)
+        offset = decode_offset(req.get("NextToken"), expect)
         fragments = await asyncio.to_thread(self.store.list_fragments, stream.arn, kind, start, end)
         page = fragments[offset : offset + limit]
         more = offset + limit < len(fragments)

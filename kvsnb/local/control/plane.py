@@ -9,8 +9,6 @@ data directory keeps everything (DESIGN principle 4).
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import secrets
 import sqlite3
@@ -31,6 +29,7 @@ from kvsnb.local.core.errors import (
     TagsPerResourceExceededLimitException,
     VersionMismatchException,
 )
+from kvsnb.local.core.tokens import INVALID_TOKEN, decode_token, encode_token
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +188,7 @@ class ControlEvents:
 def _encode_token(created: float, name: str, prefix: str) -> str:
     """A NextToken: the last item listed (a keyset cursor, so items created or deleted
     between pages neither repeat nor get skipped) and the name prefix it was listed under."""
-    return base64.b64encode(json.dumps([created, name, prefix]).encode()).decode()
+    return encode_token([created, name, prefix])
 
 
 def _decode_token(token: str | None) -> tuple[float, str, str] | None:
@@ -198,7 +197,7 @@ def _decode_token(token: str | None) -> tuple[float, str, str] | None:
     if not token:
         return None
     try:
-        created, name, prefix = json.loads(base64.b64decode(token, validate=True))
+        created, name, prefix = decode_token(token)
         if (
             isinstance(created, bool)
             or not isinstance(created, int | float)
@@ -208,7 +207,7 @@ def _decode_token(token: str | None) -> tuple[float, str, str] | None:
             raise ValueError(token)
         return float(created), name, prefix
     except (ValueError, TypeError) as exc:
-        raise InvalidArgumentException("The NextToken is not valid.") from exc
+        raise InvalidArgumentException(INVALID_TOKEN) from exc
 
 
 class ControlPlane:
@@ -290,6 +289,19 @@ class ControlPlane:
             raise ResourceNotFoundException(STREAM_NOT_FOUND)
         return Stream(**dict(row))
 
+    def channel_of(self, req: dict[str, Any]) -> Channel:
+        """The channel a request names by ``ChannelName`` and/or ``ChannelARN``."""
+        return self.channel(arn=req.get("ChannelARN"), name=req.get("ChannelName"))
+
+    def stream_of(self, req: dict[str, Any], *, exclusive: bool = False) -> Stream:
+        """The stream a request names by ``StreamName`` and/or ``StreamARN``. With
+        ``exclusive`` (the archived-media and media APIs) exactly one is needed, else
+        ``InvalidArgumentException``."""
+        name, arn = req.get("StreamName"), req.get("StreamARN")
+        if exclusive and (name is None) == (arn is None):
+            raise InvalidArgumentException("Specify either StreamName or StreamARN.")
+        return self.stream(arn=arn, name=name)
+
     def _resource_kind(self, arn: str) -> str:
         kind = arn.split(":", 5)[5].split("/", 1)[0] if arn.count(":") >= 5 else ""
         if kind == "channel":
@@ -330,7 +342,7 @@ class ControlPlane:
 
     def describe_signaling_channel(self, req: dict[str, Any]) -> dict[str, Any]:
         """DescribeSignalingChannel by name or ARN."""
-        ch = self.channel(arn=req.get("ChannelARN"), name=req.get("ChannelName"))
+        ch = self.channel_of(req)
         return {"ChannelInfo": ch.to_dict()}
 
     def list_signaling_channels(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -423,7 +435,7 @@ class ControlPlane:
 
     def describe_stream(self, req: dict[str, Any]) -> dict[str, Any]:
         """DescribeStream by name or ARN."""
-        st = self.stream(arn=req.get("StreamARN"), name=req.get("StreamName"))
+        st = self.stream_of(req)
         return {"StreamInfo": st.to_dict()}
 
     def list_streams(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -433,7 +445,7 @@ class ControlPlane:
         return {"StreamInfoList": [Stream(**dict(r)).to_dict() for r in rows], "NextToken": token}
 
     def _stream_for_update(self, req: dict[str, Any]) -> Stream:
-        st = self.stream(arn=req.get("StreamARN"), name=req.get("StreamName"))
+        st = self.stream_of(req)
         if req.get("CurrentVersion") not in (None, st.version):
             raise VersionMismatchException(
                 "The version of the stream does not match the current version."
@@ -542,7 +554,7 @@ class ControlPlane:
 
     def describe_media_storage_configuration(self, req: dict[str, Any]) -> dict[str, Any]:
         """DescribeMediaStorageConfiguration: DISABLED with no stream for a fresh channel."""
-        ch = self.channel(arn=req.get("ChannelARN"), name=req.get("ChannelName"))
+        ch = self.channel_of(req)
         return {
             "MediaStorageConfiguration": {
                 "Status": ch.storage_status,
@@ -552,7 +564,7 @@ class ControlPlane:
 
     def describe_mapped_resource_configuration(self, req: dict[str, Any]) -> dict[str, Any]:
         """DescribeMappedResourceConfiguration: the channel that stores into a stream."""
-        st = self.stream(arn=req.get("StreamARN"), name=req.get("StreamName"))
+        st = self.stream_of(req)
         _decode_token(req.get("NextToken"))
         ch = self._mapped_channel(st.arn)
         items = [] if ch is None else [{"Type": "SIGNALING_CHANNEL", "ARN": ch.arn}]
@@ -590,7 +602,7 @@ class ControlPlane:
 
     def get_data_endpoint(self, req: dict[str, Any]) -> dict[str, Any]:
         """GetDataEndpoint: the archived-media endpoint for the stream (no path per API)."""
-        self.stream(arn=req.get("StreamARN"), name=req.get("StreamName"))
+        self.stream_of(req)
         return {"DataEndpoint": self.endpoints.media}
 
     # ------------------------------------------------------------------ tags
@@ -640,14 +652,14 @@ class ControlPlane:
 
     def tag_stream(self, req: dict[str, Any]) -> dict[str, Any]:
         """TagStream by stream name or ARN."""
-        st = self.stream(arn=req.get("StreamARN"), name=req.get("StreamName"))
+        st = self.stream_of(req)
         with self._tx() as db:
             self._put_tags(db, st.arn, req["Tags"])
         return {}
 
     def untag_stream(self, req: dict[str, Any]) -> dict[str, Any]:
         """UntagStream by stream name or ARN."""
-        st = self.stream(arn=req.get("StreamARN"), name=req.get("StreamName"))
+        st = self.stream_of(req)
         with self._tx() as db:
             db.executemany(
                 "DELETE FROM tags WHERE resource_arn=? AND key=?",
@@ -657,5 +669,5 @@ class ControlPlane:
 
     def list_tags_for_stream(self, req: dict[str, Any]) -> dict[str, Any]:
         """ListTagsForStream by stream name or ARN."""
-        st = self.stream(arn=req.get("StreamARN"), name=req.get("StreamName"))
+        st = self.stream_of(req)
         return self._tags(st.arn, req.get("NextToken"))

@@ -76,6 +76,18 @@ class NoDataRetentionException(AwsError):
     code = "NoDataRetentionException"
 
 
+class MissingCodecPrivateDataException(AwsError):
+    """No codec private data in the stream's video track (archived media, 400)."""
+
+    code = "MissingCodecPrivateDataException"
+
+
+class UnsupportedStreamMediaTypeException(AwsError):
+    """The stream's media type cannot be served, e.g. a video codec other than H.264 (400)."""
+
+    code = "UnsupportedStreamMediaTypeException"
+
+
 class TagsPerResourceExceededLimitException(AwsError):
     """More than 50 tags on one resource (400)."""
 

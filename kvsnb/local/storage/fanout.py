@@ -131,17 +131,6 @@ class VideoFanout:
         sender._handle_rtcp_packet = handle
 
 
-def to_mono(frame: av.AudioFrame) -> np.ndarray:
-    """48 kHz s16 samples of an aiortc audio frame as mono int16."""
-    data = frame.to_ndarray()
-    channels = len(frame.layout.channels)
-    if frame.format.is_planar:
-        mono = data.astype(np.int32).mean(axis=0)
-    else:
-        mono = data.reshape(-1, channels).astype(np.int32).mean(axis=1)
-    return mono.astype(np.int16)
-
-
 class AudioMixer:
     """Per-listener buffers of every other participant's audio (see the module docstring)."""
 
@@ -170,7 +159,7 @@ class AudioMixer:
             if listener == STORE and source == MASTER:
                 continue  # the master's own frames carry the stored track
             if samples is None:
-                samples = to_mono(frame)
+                samples = webrtc.to_mono(frame)
             buf = sources.setdefault(source, deque())
             buf.append(samples)
             while sum(len(b) for b in buf) > self.max_samples:

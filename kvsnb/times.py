@@ -1,5 +1,6 @@
-"""Times as people type them in notebooks and widgets: ``now``, relative (``last 30 s``,
-``5 min ago``, ``-2 h``) or ISO 8601 (naive times are UTC)."""
+"""Times in kvsnb: epoch milliseconds (KVS timestamps are millisecond-precise) and the times
+people type in notebooks and widgets (``now``, ``last 30 s``, ``5 min ago``, ``-2 h`` or
+ISO 8601, naive times UTC). Both halves use it."""
 
 from __future__ import annotations
 
@@ -33,3 +34,13 @@ def parse_time(text: str, now: dt.datetime | None = None) -> dt.datetime:
             "such as 2025-01-31T12:00:00Z"
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def epoch_ms(value: dt.datetime) -> int:
+    """Milliseconds since the epoch of an aware datetime, rounded to the nearest."""
+    return round(value.timestamp() * 1000)
+
+
+def from_epoch_ms(ms: float) -> dt.datetime:
+    """The aware UTC datetime of milliseconds since the epoch."""
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
