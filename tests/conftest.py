@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +30,45 @@ CREDS = {"aws_access_key_id": "AKIDLOCALTEST", "aws_secret_access_key": "local-s
 
 
 def make_client(service: str, endpoint_url: str, **kwargs: Any) -> Any:
-    """A boto3 client for a KVS plane at ``endpoint_url`` (no retries, so errors surface)."""
+    """A signed boto3 client for a KVS plane at ``endpoint_url``, with no retries so errors
+    surface. ``validate=False`` skips botocore's own parameter checks so bad input reaches
+    the server; ``kwargs`` override the test credentials (``aws_access_key_id`` ...)."""
     from botocore.config import Config
 
-    return boto3.client(  # type: ignore[call-overload]  # service: str, no Literal overload
-        service,
-        endpoint_url=endpoint_url,
-        region_name=REGION,
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
-        **{**CREDS, **kwargs},
+    validate = bool(kwargs.pop("validate", True))
+    config = Config(retries={"max_attempts": 1, "mode": "standard"}, parameter_validation=validate)
+    client: Any = boto3.client  # the stubs' overloads want a literal service name
+    return client(
+        service, endpoint_url=endpoint_url, region_name=REGION, config=config, **{**CREDS, **kwargs}
     )
+
+
+@dataclass
+class SignalingChannel:
+    """A signaling channel and its two WSS endpoints."""
+
+    arn: str
+    master_wss: str
+    viewer_wss: str
+
+
+def make_channel(kv: Any, name: str | None = None, ttl: int | None = None) -> SignalingChannel:
+    """CreateSignalingChannel (a fresh name unless given), then GetSignalingChannelEndpoint
+    for both roles."""
+    kwargs: dict[str, Any] = {"ChannelName": name or f"ch-{uuid.uuid4().hex[:8]}"}
+    if ttl is not None:
+        kwargs["SingleMasterConfiguration"] = {"MessageTtlSeconds": ttl}
+    arn = kv.create_signaling_channel(**kwargs)["ChannelARN"]
+    wss = {}
+    for role in ("MASTER", "VIEWER"):
+        resp = kv.get_signaling_channel_endpoint(
+            ChannelARN=arn,
+            SingleMasterChannelEndpointConfiguration={"Protocols": ["WSS"], "Role": role},
+        )
+        (endpoint,) = resp["ResourceEndpointList"]
+        assert endpoint["Protocol"] == "WSS"
+        wss[role] = endpoint["ResourceEndpoint"]
+    return SignalingChannel(arn, wss["MASTER"], wss["VIEWER"])
 
 
 @pytest.fixture

@@ -12,15 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from kvsnb.local import LocalKvs, LocalKvsConfig, StrictKeys
+from tests.conftest import make_client
 
 REGION = "us-west-2"
 STRICT_ACCESS_KEY = "AKIASTRICTLOCALKVS01"
@@ -139,22 +138,6 @@ def expect_error() -> ExpectError:
         return check_error(info.value, code, status, message)
 
     return expect
-
-
-def make_client(service: str, endpoint_url: str, **kwargs: Any) -> Any:
-    """A boto3 client with no retries; ``validate=False`` skips botocore's own checks so bad
-    input reaches the server."""
-    validate = kwargs.pop("validate", True)
-    config = Config(retries={"max_attempts": 1, "mode": "standard"}, parameter_validation=validate)
-    creds = {"aws_access_key_id": "AKIDLOCALTEST", "aws_secret_access_key": "local-secret"}
-    client: Any = boto3.client  # the stubs' overloads want a literal service name
-    return client(
-        service,
-        endpoint_url=endpoint_url,
-        region_name=REGION,
-        config=config,
-        **{**creds, **kwargs},
-    )
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from kvsnb.local import LocalKvs
 from kvsnb.local.archive.hls import HlsPlane, program_date_time
 from kvsnb.local.store.fragments import Fragment
 from kvsnb.target import connect
-from tests.conftest import FAST, start_kvs
-from tests.integration.conftest import Http, make_client
+from tests.conftest import FAST, make_client, start_kvs
+from tests.integration.conftest import Http
 
 NAME = "hls"
 SELECTOR = "PRODUCER_TIMESTAMP"

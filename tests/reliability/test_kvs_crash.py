@@ -27,7 +27,7 @@ from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import decode_video, get_media
 from kvsnb.session import MasterSession
 from kvsnb.target import Target, connect
-from tests.conftest import FAST
+from tests.conftest import FAST, stored_delivery
 from tests.reliability.conftest import LocalKvsChild, decode_fully
 
 pytestmark = pytest.mark.timeout(120)
@@ -139,9 +139,13 @@ async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) ->
             # Ingest resumes on the same data; numbers keep increasing.
             arn = next(iter(seen))
             top = max(int(n) for n in await asyncio.to_thread(listed, tg, arn))
-            await ingest(tg, "crash-a", seconds=1.2, policy=FAST, width=320, height=240)
-            await asyncio.sleep(0.3)
-            newer = [n for n in await asyncio.to_thread(listed, tg, arn) if int(n) > top]
-            assert newer
+            result = await ingest(tg, "crash-a", seconds=1.2, policy=FAST, width=320, height=240)
+            delivery = await stored_delivery(tg, arn, result.frames_sent, within_s=15)
+            assert delivery.complete, delivery  # every frame sent after the restart is stored
+            after_restart = await asyncio.to_thread(listed, tg, arn)
+            newer = [n for n in after_restart if int(n) > top]
+            assert newer, "the new fragments continue the numbering"
+            for number in newer:
+                await asyncio.to_thread(check_fragment, tg, arn, after_restart[number])
     finally:
         again.stop()

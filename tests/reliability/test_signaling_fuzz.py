@@ -36,7 +36,7 @@ from yarl import URL
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
 from kvsnb.local.signaling.relay import CLOSE_REPLACED
 from kvsnb.signaling import presign_url
-from tests.conftest import make_client
+from tests.conftest import SignalingChannel, make_channel, make_client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,26 +57,7 @@ def b64(obj: Any) -> str:
     return base64.b64encode(json.dumps(obj).encode()).decode()
 
 
-@dataclass
-class Channel:
-    arn: str
-    master_wss: str
-    viewer_wss: str
-
-
-def make_channel(kv: Any, name: str) -> Channel:
-    arn = kv.create_signaling_channel(ChannelName=name)["ChannelARN"]
-    wss = {}
-    for role in ("MASTER", "VIEWER"):
-        resp = kv.get_signaling_channel_endpoint(
-            ChannelARN=arn,
-            SingleMasterChannelEndpointConfiguration={"Protocols": ["WSS"], "Role": role},
-        )
-        wss[role] = resp["ResourceEndpointList"][0]["ResourceEndpoint"]
-    return Channel(arn, wss["MASTER"], wss["VIEWER"])
-
-
-def url_for(chan: Channel, role: str, client_id: str | None = None) -> str:
+def url_for(chan: SignalingChannel, role: str, client_id: str | None = None) -> str:
     endpoint = chan.master_wss if role == "MASTER" else chan.viewer_wss
     return presign_url(endpoint, chan.arn, CREDS, REGION, client_id)
 
@@ -161,7 +142,7 @@ class Env:
     session: aiohttp.ClientSession
     raw_sockets: list[socket.socket] = field(default_factory=list)
 
-    async def ws(self, chan: Channel, role: str, client_id: str | None = None) -> Any:
+    async def ws(self, chan: SignalingChannel, role: str, client_id: str | None = None) -> Any:
         return await self.session.ws_connect(
             URL(url_for(chan, role, client_id), encoded=True), autoping=True
         )
@@ -185,7 +166,7 @@ async def environment(tmp_path: Path, **limits_: Any) -> AsyncIterator[Env]:
         await asyncio.to_thread(kvs.stop_in_thread)
 
 
-async def witness_pair(env: Env, chan: Channel) -> Witness:
+async def witness_pair(env: Env, chan: SignalingChannel) -> Witness:
     master = await env.ws(chan, "MASTER")
     viewer = await env.ws(chan, "VIEWER", "witness-viewer")
     await asyncio.sleep(0.1)  # both registered
