@@ -8,7 +8,7 @@ keyframe every second, and Opus), so the masters spend nothing on encoding. Per 
 frames lost (frames sent by the masters vs video frames in the stored fragments, read back
 with GetMediaForFragmentList), fragment end → durable (from Local KVS's own index:
 ``stored_at`` − producer end of each fragment), Local KVS CPU (cores) and memory (with its
-workers), and the whole machine's CPU. Budget (docs/design.md): ≥ 32 sessions with < 0.1 %
+workers), and the whole machine's CPU. Budget (docs/design.md): ≥ 40 sessions with < 0.1 %
 frames lost. Prints figures; never asserts on time.
 
 ``python -m bench.bench_concurrency [LEVELS...] [--seconds S] [--video-only] [--workers 0,2]``

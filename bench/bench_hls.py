@@ -1,4 +1,4 @@
-"""HLS figures on a real Local KVS (DESIGN budget: LIVE HLS fragment stored → listed in the
+"""HLS figures on a real Local KVS (docs/design.md budget: LIVE HLS fragment stored → listed in the
 media playlist ≤ 50 ms).
 
 1. LIVE latency: a master ingests stamped media (1 s fragments) while a LIVE session is open;

@@ -1,6 +1,6 @@
 """JoinStorageSession call → first video frame at the storage peer, and → first fragment
-stored, over repeated joins on an embedded Local KVS (budget: ≤ 300 ms p50 to the first
-frame). Prints figures; never asserts on time.
+stored, over repeated joins on an embedded Local KVS (docs/design.md budget: ≤ 100 ms p95
+to the first frame). Prints figures; never asserts on time.
 
 Both ends are read on one monotonic clock: the master's timeline (``join_call``) and the
 storage peer's stats (``first_frame_at``) live in the same process (Local KVS runs on its

@@ -1,4 +1,4 @@
-"""Recorder CPU per media second (DESIGN budget: ≤ 0.03 CPU-s per media second).
+"""Recorder CPU per media second (docs/design.md budget: ≤ 0.03 CPU-s per media second).
 
 1. Recorder only: one 480p 30 fps ~1 Mbps H.264 stream (pre-encoded with libx264 baseline)
    plus 48 kHz stereo audio, fed at full speed; CPU = time.process_time() of this process

@@ -1,20 +1,12 @@
-"""Joining a channel's WebRTC storage session as the video-producing master.
+"""Joining a channel's WebRTC storage session as the video-producing master (``MasterSession``)
+or as a viewer (``ViewerSession``).
 
-``MasterSession`` follows the master sequence of docs/wire.md ("Storage sessions"):
-DescribeSignalingChannel → DescribeMediaStorageConfiguration → GetSignalingChannelEndpoint
-(WSS, HTTPS, WEBRTC; MASTER) → GetIceServerConfig → open the signaling socket → **then**
-JoinStorageSession → the storage session's offer (candidates may come first: they are
-buffered) → answer and trickle → ICE, DTLS → media.
-
-Retries follow the official JS SDK (``JoinPolicy``): wait for the offer, call again after
-``offer_wait + min(rand·200^(n−1), 10000) ms`` up to 5 calls per connection attempt; retry
-only on ClientLimitExceeded (not the viewer-cap message), network errors, timeouts and 5xx;
-the peer must be connected within 30 s or it re-joins; give up after 5 failures within 10
-minutes; re-join after every signaling reconnect (GO_AWAY included) and at the 1 h limit,
-each time on a new peer connection with the same sources (they stay live across re-joins;
-``stop()`` ends them).
-
-Every step lands in ``session.timeline`` (``SessionTimeline``).
+The rule is the official JS SDK's (docs/wire.md, "Storage sessions"; the numbers are in
+``JoinPolicy``): the master sequence with JoinStorageSession called only once the signaling
+socket is open, candidates that arrive before the offer buffered, retries only for the errors
+the SDK retries, and a re-join after every signaling reconnect (GO_AWAY included) and at the
+1 h limit, each on a new peer connection with the same sources (``stop()`` ends them). Every
+step lands in ``session.timeline`` (``SessionTimeline``).
 """
 
 from __future__ import annotations

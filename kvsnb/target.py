@@ -1,6 +1,6 @@
 """Where KVS is: AWS, or Local KVS (embedded, or already running at a URL).
 
-This is the only module of the client half that knows the difference (DESIGN principle 5).
+This is the only module of the client half that knows the difference (docs/design.md, principle 5).
 Everything else asks a ``Target`` for boto3 clients, credentials for presigning, and the
 ICE settings, and then speaks the same wire protocol to either.
 

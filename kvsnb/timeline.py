@@ -1,5 +1,5 @@
 """``SessionTimeline``: every step of a session, with wall-clock and monotonic times
-(DESIGN principle 7). Analysis and widgets read it as a pandas DataFrame."""
+(docs/design.md, principle 7). Analysis and widgets read it as a pandas DataFrame."""
 
 from __future__ import annotations
 

@@ -1,34 +1,11 @@
 """Stamp codec: burn a capture time and a frame index into a video frame, read them back.
 
-A stamp is a grid of large black and white cells in a band across the top of the frame.
-Every position is a *fraction* of the frame's width and height, never a pixel position, so
-the stamp reads back from any frame retrieved later: after H.264 at ingest bitrates
-(300 kbps-1 Mbps), after GetImages scaled it to a quarter of its width and height, or
-stretched it to another aspect ratio (WidthPixels/HeightPixels), after JPEG.
-
-Layout (the band is the top ``BAND_FRACTION`` = 1/8 of the frame height)::
-
-    column   0    1    2 ...................... 29   30   31      (COLUMNS = 32, equal widths)
-    row 0  [ W ][ B ][ bits   0 .. 27          ][ B ][ W ]
-    row 1  [ W ][ B ][ bits  28 .. 55          ][ B ][ W ]       (ROWS = 3, equal heights)
-    row 2  [ W ][ B ][ bits  56 .. 83          ][ B ][ W ]
-
-- ``W``/``B`` are reference cells, always white/black. The reader takes the contrast of each
-  row from them (no stamp when it is too low) and thresholds each data cell against a level
-  interpolated between the row's left and right references, so uneven brightness after
-  compression does not flip bits.
-- 84 data cells, white = 1, most significant bit first: 44 bits of capture time
-  (wall-clock epoch milliseconds, good until the year 2527), 24 bits of frame index, then a
-  CRC-16/CCITT-FALSE (``binascii.crc_hqx`` seeded with 0xFFFF) of the first 68 bits packed
-  big-endian in 9 bytes (4 zero bits of padding at the end). A wrong read is detected by the
-  checksum instead of being returned.
-- At 640x480 a cell is 20x20 pixels; at 160x120 it is 5x5. The reader averages the luma of
-  a 3x3 grid of points in the middle of each cell (at +-20 % of the cell size around its
-  centre) so that edges blurred by the codec or the scaler do not matter.
-
-RGB frames are drawn with pure white (255) and black (0); YUV 4:2:0 frames with the
-limited-range levels 235 and 16 and neutral chroma in the band (the same colours after
-conversion).
+A stamp is a band of large black and white cells across the top of the frame, placed by
+fractions of the frame size, with reference cells per row and a CRC, so it reads back after
+H.264 at ingest bitrates, scaling or stretching by GetImages and JPEG, and a wrong read is
+detected instead of returned. The layout (``BAND_FRACTION``, ``COLUMNS``, ``ROWS``, 44 bits of
+epoch ms, 24 bits of frame index, CRC-16/CCITT-FALSE) is in docs/design.md, "Stamped test
+media".
 """
 
 from __future__ import annotations

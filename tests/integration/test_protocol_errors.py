@@ -1,7 +1,7 @@
 """Bad input against a running Local KVS, through real boto3 clients (with botocore's own
 validation off where it would stop the request) and raw HTTP: every modelled error, with its
 code, HTTP status and message in Coral's words, and nothing changed by a rejected request
-(DESIGN principle 8)."""
+(docs/design.md, principle 8)."""
 
 from __future__ import annotations
 

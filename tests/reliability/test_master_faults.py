@@ -2,7 +2,7 @@
 client does) and one whose network vanishes (a ``kvsnb ingest`` child process killed with
 SIGKILL: no DTLS close, no WebSocket close frame, media just stops). Either way every frame
 that reached the storage peer's recorder is stored (the partial fragment is closed and
-stored, DESIGN principle 4), and the storage session is cleaned up (the master idle timeout
+stored, docs/design.md, principle 4), and the storage session is cleaned up (the master idle timeout
 is shortened for the vanished one)."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ hold stored media are mixed in, so the generated requests also reach the operati
 and not only validation. Every answer must be a success or a modelled AWS error (4xx with
 ``x-amzn-ErrorType``, or 501 ``NotImplementedException`` for what Local KVS does not
 implement), never another 5xx or a hang; Local KVS logs no internal error and answers its
-health check afterwards (DESIGN principle 8).
+health check afterwards (docs/design.md, principle 8).
 """
 
 from __future__ import annotations

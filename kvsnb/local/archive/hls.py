@@ -1,60 +1,10 @@
-"""HLS on stored fragments: GetHLSStreamingSessionURL and the HLS resources under
-``/hls/v1/`` of the archived-media endpoint.
+"""HLS on stored fragments: GetHLSStreamingSessionURL and the HLS resources under ``/hls/v1/``
+of the archived-media endpoint.
 
-Wire source: docs/wire.md "Archived media" and the botocore model's documentation of
-GetHLSStreamingSessionURL, HLSFragmentSelector, HLSTimestampRange and GetClip (quoted where a
-rule is applied).
-
-Sessions and tokens
-    GetHLSStreamingSessionURL returns ``<media endpoint>/hls/v1/getHLSMasterPlaylist.m3u8?
-    SessionToken=<token>``. The token is ``secrets.token_urlsafe(32)`` (opaque, 256 random
-    bits, URL-safe, no ``.``), mapped in memory to the session's parameters and fragment
-    list. A token is valid until ``Expires`` seconds after the call (default 300, 300-43200
-    by the model); an expired or unknown token gets ``NotAuthorizedException`` (the model's
-    401; its documentation: "...or the token has expired"). Sessions live only in memory: a
-    restart of Local KVS invalidates every token, as sessions are short-lived (≤ 12 h) and a
-    player simply asks for a new URL. At most ``MAX_SESSIONS`` live at once; expired ones are
-    dropped first, then a new one is refused with ``ClientLimitExceededException`` (so a
-    flood never evicts sessions in use).
-
-Playback modes (defaults from the model documentation)
-    * ``LIVE`` (default): starts with the fragments ingested in the last 30 s (none →
-      ResourceNotFoundException); every playlist request queries the index for fragments
-      ingested since (ingestion order = fragment number), so a fragment is listed as soon as
-      it is durable. The playlist shows the newest ``MaxMediaPlaylistFragmentResults``
-      (default 5); ``EXT-X-MEDIA-SEQUENCE`` advances; no PLAYLIST-TYPE, no ENDLIST.
-    * ``LIVE_REPLAY``: fragments from StartTimestamp (required; EndTimestamp optional); the
-      first MaxMediaPlaylistFragmentResults (default 5) are listed at once, each later one
-      once the previous one's duration has elapsed (the model: "fragments are added as the
-      duration of the next fragment elapses"); without an end, newly ingested fragments keep
-      being added. With an end in the past, ``EXT-X-ENDLIST`` once all are listed.
-    * ``ON_DEMAND``: both ends required, end within 24 h of start; the oldest
-      MaxMediaPlaylistFragmentResults (default 1000) fragments, fixed at the call;
-      ``EXT-X-PLAYLIST-TYPE:VOD`` and ``EXT-X-ENDLIST``.
-    With PRODUCER_TIMESTAMP, fragments with the same start time are deduplicated, keeping
-    the largest fragment number (the model, PlaybackMode). Range ends are inclusive and
-    compare with a fragment's start; EndTimestamp must be later than StartTimestamp.
-
-Tracks and containers
-    ``FRAGMENTED_MP4`` (default): separate video (TrackNumber 1) and audio (TrackNumber 2)
-    media playlists, as Kinesis Video Streams serves them; the master playlist names the
-    audio one in ``#EXT-X-MEDIA:TYPE=AUDIO``. ``MPEG_TS``: one variant whose
-    ``getTSFragment.ts`` segments carry video and audio muxed together (the model:
-    "GetTSFragment: Retrieves MPEG TS fragments containing both initialization and media data
-    for all tracks"); its media playlist is HLS version 3 (no EXT-X-MAP). The FragmentNumber
-    of HLS URLs is the fragment's index within the session. Remuxing is in ``remux``: media
-    times run on one session timeline from producer timestamps (origin = the first
-    fragment's producer start), so fragments play seamlessly; remuxed segments are cached in
-    a byte-bounded LRU and concurrent requests for the same segment share one remux.
-
-DiscontinuityMode defaults to ALWAYS with SERVER_TIMESTAMP and NEVER with PRODUCER_TIMESTAMP
-(the model); ON_DISCONTINUITY marks a gap or overlap of more than 50 ms between a fragment's
-end and the next one's start. In LIVE modes ``EXT-X-DISCONTINUITY-SEQUENCE`` counts the
-markers that scrolled out. DisplayFragmentTimestamp ALWAYS adds
-``#EXT-X-PROGRAM-DATE-TIME`` (the selector's start timestamp, ms, ``Z``).
-
-Not modelled: the per-session request quotas (5 playlist / 20 fragment calls per second)
-and the rule that a SERVER_TIMESTAMP EndTimestamp be in the past.
+The rule: sessions, playback modes, time ranges, defaults and the resources a player fetches
+behave as docs/wire.md, "Archived media" (HLS) describes; segments come from ``remux`` and are
+never re-encoded. How Local KVS keeps sessions (opaque tokens in memory, at most
+``MAX_SESSIONS``) and what it leaves out: docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations

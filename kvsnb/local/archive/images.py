@@ -1,55 +1,10 @@
 """GetImages on stored fragments: sampled frames decoded on demand, scaled, JPEG/PNG encoded.
 
-Wire rules (docs/wire.md "Archived media", GetImages; the API reference
-https://docs.aws.amazon.com/kinesisvideostreams/latest/dg/API_reader_GetImages.html and the
-botocore model ``kinesis-video-archived-media`` 2017-09-30):
-
-* One image entry per sampled time ``Start + k·SamplingInterval`` (k ≥ 0) up to ``End``
-  inclusive, so a range shorter than the interval gives the image at ``Start``.
-  ``SamplingInterval`` is in ms, at least 200; ``End - Start`` at most 300 s and not
-  negative; violations are ``InvalidArgumentException``. The model makes SamplingInterval
-  optional without naming a default: Local KVS uses ``DEFAULT_SAMPLING_INTERVAL_MS``
-  (**inferred**).
-* ``FormatConfig`` accepts only ``JPEGQuality``, an integer "1".."100" (default 80).
-* ``WidthPixels`` + ``HeightPixels``: the image is stretched to that size; neither: the
-  stream's size. One alone: the reference contradicts itself (WidthPixels says a validation
-  error, HeightPixels says the aspect ratio is kept); the service answers
-  ``InvalidArgumentException: Height and width for the images need to be provided or none.``
-  (observed, https://github.com/boto/boto3/issues/3900; doc conflict tracked in
-  https://github.com/aws/aws-cli/issues/9040), so Local KVS does that too.
-* At most ``PAGE_SIZE`` (25) images per response; ``MaxResults`` (1-100) lowers the page
-  size, a larger value still gives pages of 25 ("Providing a MaxResults greater than this
-  value will result in a page size of 25. Any additional results will be paginated.").
-  ``NextToken`` continues with the next sampled time and is tied to the request's
-  stream, selector, range, interval, format and size.
-* Per entry: ``TimeStamp`` = the sampled time; ``ImageContent`` = base64 of the encoded
-  image; or ``Error``: ``NO_MEDIA`` when no frame is shown at that time (before the first
-  frame, or in a gap between fragments), ``MEDIA_ERROR`` when the media there cannot give an
-  image (no video track, undecodable data).
-* No fragment overlapping the range → ``ResourceNotFoundException`` "No fragments found";
-  a stream with 0 h retention → ``NoDataRetentionException``; unknown stream → 404.
-
-"The frame shown at time t" is the last frame with timestamp ≤ t of the fragment covering
-t (start ≤ t < start + duration, by producer or server start time; server times map onto
-the fragment's producer timeline by their offset from the server start).
-
-Decoding (DESIGN principle 3: video is decoded only here): for each sampled frame the
-decoder starts at the last keyframe at or before it (stored fragments list their keyframe
-offsets, and the packets carry keyframe flags) and runs forward to it. Samples are grouped
-by the keyframe they need, so decoding is exactly the union of the keyframe→sample spans:
-when the sampling interval is shorter than the keyframe spacing the next sample lies in the
-same GOP and the decoder simply continues forward; when it is longer the frames in between
-are skipped and decoding restarts at the sample's own keyframe. GOP runs are independent
-and run in parallel on ``WORKERS`` threads (PyAV releases the GIL while decoding). A
-decoder left mid-GOP at the end of a page is kept (``DECODER_CACHE_SIZE``, LRU) so the next
-page continues where it stopped instead of decoding the GOP again, and the next page of a
-range that is already complete is rendered while the client reads the current one. Memory
-is bounded: one page's images (plus one page rendered ahead), the cached decoders with
-their last frame, and the demuxed packets of ``MEDIA_CACHE_SIZE`` fragments.
-
-Stored fragments come from the passthrough recorder (``recorder.py``): H.264 with strictly
-increasing timestamps (no B-frame reordering over WebRTC). A reordered stream would still
-decode correctly (frames are matched by timestamp, with a flush at the end of the packets).
+The rule: sampling, sizes, pages, NextToken, NO_MEDIA/MEDIA_ERROR entries and errors behave as
+docs/wire.md, "Archived media" (GetImages) describes, including the two points the model leaves
+open (one of Width/Height alone, the default sampling interval). Video is decoded only here
+(docs/design.md, principle 3), each GOP once from its keyframe to the last sample that needs
+it; the decoding plan and its caches are in docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations

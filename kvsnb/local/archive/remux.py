@@ -1,33 +1,11 @@
-"""Remux stored Matroska fragments for HLS and GetClip, never re-encoding (DESIGN principle 3).
+"""Remux stored Matroska fragments for HLS (fMP4, MPEG-TS) and GetClip (MP4), never re-encoding
+(docs/design.md, principle 3).
 
-Three outputs, all built from the samples of the stored fragments (``mkv.py`` layout: track 1
-H.264 with an avcC codec private and length-prefixed NAL units, track 2 raw AAC with an
-AudioSpecificConfig, block timestamps = producer epoch ms):
-
-* **fMP4 (CMAF-style) for HLS**, one track per file as Kinesis Video Streams serves it
-  (TrackNumber 1 video, 2 audio): ``init_segment`` writes ``ftyp`` + ``moov`` (``avc1`` with
-  the avcC, or ``mp4a`` with an ``esds``; empty sample tables and an ``mvex``/``trex``), and
-  ``media_segment`` writes one ``moof`` (``mfhd``, ``traf`` with ``tfhd``
-  default-base-is-moof, a version-1 ``tfdt`` and a ``trun`` with per-sample duration, size
-  and flags) + ``mdat`` per stored fragment. The boxes are written here (ISO/IEC 14496-12
-  8.8, 14496-15 5.3 for avcC, 14496-14 for esds) rather than by ffmpeg's mov muxer so that
-  the base media decode times are exact: ``tfdt`` = (first sample's producer time − the
-  session origin) in the track timescale, so consecutive fragments continue one another on
-  the session's timeline whatever order a player fetches them in, and a segment can be cached
-  on its own. Video uses a 90 kHz timescale, audio its sample rate with 1024-sample frames.
-* **MPEG-TS for HLS**: ``ts_segment`` muxes a fragment's video and audio into one TS segment
-  with PyAV's ``mpegts`` muxer (H.264 turned into Annex B with SPS/PPS before each IDR by
-  ffmpeg's automatic ``h264_mp4toannexb``; AAC framed as ADTS by the muxer), PTS = producer
-  time − session origin + ``TS_PTS_OFFSET_MS``, so PTS runs on across segments. Each segment
-  starts its continuity counters afresh and flags that with the TS discontinuity indicator
-  (``mpegts_flags=initial_discontinuity``), so demuxers do not report continuity errors.
-* **MP4 for GetClip**: ``clip_mp4`` muxes the fragments' packets into one ordinary
-  (non-fragmented) MP4 with PyAV's ``mp4`` muxer, timestamps starting at 0.
-
-Assumption (true of WebRTC H.264, which the storage peer records): no B-frames, so decode
-order is presentation order and ``trun`` needs no composition offsets.
-
-Everything here is blocking CPU work on bytes: call it through ``asyncio.to_thread``.
+The rule: every output runs on one session timeline whose origin is the first fragment's
+producer start, so segments continue one another whatever order a player fetches them in;
+the input has no B-frames (WebRTC H.264), so decode order is presentation order. All of it is
+blocking CPU work on bytes: call it through ``asyncio.to_thread``. What players receive:
+docs/wire.md, "Archived media"; how each container is built: docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ mapping, endpoints and tags, persisted in SQLite under the data directory.
 Each public method is one operation: it takes the input members already validated against
 the botocore model (``protocol.parse_input``) and returns the output members, which the server
 renders against the output shape. Errors are the AWS ones (``errors``). A restart on the same
-data directory keeps everything (DESIGN principle 4).
+data directory keeps everything (docs/design.md, principle 4).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The wire protocol of the KVS REST planes, driven by the botocore service models.
 
-One protocol truth (DESIGN principle 1): every request is parsed and validated against the
+One protocol truth (docs/design.md, principle 1): every request is parsed and validated against the
 operation's input shape (required members, types, min/max, patterns, enums) and every
 response is checked and rendered against its output shape, generically, from
 ``botocore.session.get_session().get_service_model(NAME)``. Nothing here is specific to one

@@ -1,22 +1,11 @@
 """Local KVS: one aiohttp application on 127.0.0.1 that serves every KVS plane on one port.
 
-=================  ==========================================  =====================
-plane              endpoint (what the control plane returns)   botocore service
-=================  ==========================================  =====================
-control            ``http://HOST:PORT``                        ``kinesisvideo``
-signaling REST     ``http://HOST:PORT/signaling``              ``kinesis-video-signaling``
-signaling WSS      ``ws://HOST:PORT/signaling/{master,viewer}``  (custom JSON)
-webrtc-storage     ``http://HOST:PORT/webrtc``                 ``kinesis-video-webrtc-storage``
-archived media     ``http://HOST:PORT/media``                  ``kinesis-video-archived-media``
-=================  ==========================================  =====================
-
-So ``boto3.client("kinesisvideo", endpoint_url="http://HOST:PORT")`` and the AWS CLI with
-``--endpoint-url`` just work, and data-plane clients are built, as against AWS, with the
-endpoint the control plane hands out.
-
-``LocalKvs`` runs in the caller's event loop (``await start()``), on its own event-loop
-thread (``start_in_thread()``, what notebooks and tests use, so a busy kernel never stalls
-media), or as a command (``kvsnb local``).
+Requests are routed by plane prefix (``/signaling``, ``/webrtc``, ``/media``; anything else is
+the control plane), and the control plane returns those endpoints, so boto3 clients and the
+AWS CLI work with ``endpoint_url`` as they do against AWS (the table is in docs/design.md,
+"Local KVS"). ``LocalKvs`` runs in the caller's event loop (``await start()``), on its own
+event-loop thread (``start_in_thread()``, what notebooks and tests use), or as
+``kvsnb local``.
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
-"""The signaling relay: the KVS signaling WebSocket, as AWS runs it (docs/wire.md, "Signaling
-WebSocket").
+"""The signaling relay: the KVS signaling WebSocket, as AWS runs it.
 
-* One master connection per channel (the newest wins; the older socket is closed); up to 10
-  viewers; the same ClientId twice: the newest wins.
-* Routing: viewer → master carries ``senderClientId``; master → viewer is addressed by
-  ``recipientClientId`` and carries none. Keys match case-insensitively (the C SDK writes
-  PascalCase), ``""`` means no recipient, unknown keys are ignored.
-* Messages for a recipient that is not connected wait ``MessageTtlSeconds``; a newer offer
-  replaces an older undelivered one from the same sender; delivery consumes them.
-* STATUS_RESPONSE only for errors, and only when the message carried a correlationId.
-* Storage mode (media storage ENABLED): clients talk to the channel's storage session only;
-  viewer ↔ master messages are not delivered. Everything the storage session sends has no
-  ``senderClientId``.
-* Limits: connects per second per channel, per-connection offers/answers/candidates per
-  second, 10 KB payloads, idle and maximum connection time, GO_AWAY and
-  RECONNECT_ICE_SERVER on demand. All configurable (``SignalingLimits``).
-* A socket that stops reading is cut off once a frame to it waits ``send_timeout_s``, so
-  one stalled client never blocks the sender's socket (or a close, or shutdown).
+The rule: connections, routing, delivery, storage mode and limits behave as docs/wire.md,
+"Signaling WebSocket" describes; every limit is a field of ``SignalingLimits`` (tests shorten
+them). A socket that stops reading is cut off after ``send_timeout_s``, so one stalled client
+never blocks a sender, a close or shutdown. Summary: docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations

@@ -1,27 +1,12 @@
-"""Receive a remote H.264 track from aiortc as encoded access units, never decoded.
+"""Receive a remote H.264 track from aiortc as encoded access units, never decoded
+(docs/design.md, principle 3).
 
-DESIGN principle 3: the storage peer keeps the H.264 access units it receives. aiortc's
-``RTCRtpReceiver.receive()`` starts ``decoder_worker(loop, input_q, output_q, error)`` in a
-thread, and that worker calls ``get_decoder(codec)`` once per codec and feeds it every
-reassembled ``JitterFrame`` (Annex-B access unit, timestamp already unwrapped by the
-receiver). This module hooks both names in ``aiortc.rtcrtpreceiver``:
-
-* the worker wrapper only records, in a thread-local, which track queue (``output_q``) the
-  worker feeds, then runs aiortc's own worker unchanged;
-* the ``get_decoder`` wrapper returns a pass-through "decoder" when that queue belongs to a
-  receiver registered with ``enable_passthrough`` and the codec is H.264; otherwise
-  aiortc's decoder. Audio and unregistered receivers are untouched (Opus stays decoded to
-  PCM, which the recorder transcodes to AAC).
-
-The registered track's ``recv()`` then returns ``EncodedFrame`` objects instead of
-``av.VideoFrame``. Call ``enable_passthrough`` from the ``"track"`` event (it fires in
-``setRemoteDescription``, before the receiver starts); it raises if the receiver already
-chose a decoder.
-
-Producer time: ``RtpClock`` maps RTP timestamps to the producer's wall clock with the
-latest RTCP Sender Report of the media SSRC (NTP ↔ RTP, RFC 3550 6.4.1) once one has
-arrived; before that it anchors the first frame at its arrival time (server clock) and
-advances by the RTP clock. ``EncodedFrame.clock_source`` says which was used.
+``enable_passthrough`` (call it from the ``"track"`` event, before the receiver starts; it
+raises if a decoder was already chosen) makes that track's ``recv()`` return ``EncodedFrame``
+objects instead of ``av.VideoFrame``; audio and unregistered receivers keep aiortc's decoders.
+It works by wrapping ``decoder_worker`` and ``get_decoder`` in ``aiortc.rtcrtpreceiver``.
+``RtpClock`` maps RTP time to the producer's wall clock from RTCP sender reports (RFC 3550
+6.4.1), and to arrival time until the first one. See docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations

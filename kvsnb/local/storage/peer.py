@@ -1,34 +1,11 @@
-"""The storage peer: Local KVS's side of a WebRTC storage session (docs/wire.md, "Storage
-sessions").
+"""The storage peer: Local KVS's side of a WebRTC storage session.
 
-On an accepted JoinStorageSession the channel's storage session (an aiortc peer) sends the
-connected master an SDP_OFFER in AWS's shape over the master's signaling socket: no
-``senderClientId``; the audio m-line first and ``sendrecv``; video ``recvonly``; H.264 on
-payload type 126 (``packetization-mode=1``, a configurable ``profile-level-id``, default
-``42e01f``) and Opus on 111; BUNDLE; ICE candidates trickled as separate ICE_CANDIDATE
-messages without ``sdpMid``, sent before the offer by default (clients must buffer them).
-``StorageOptions.bundle_only_video`` produces the ``m=video 0`` + ``a=bundle-only`` variant.
-
-The answer is checked against AWS's rules (video ``sendonly``; audio ``sendonly`` or
-``sendrecv``, or absent when audio is optional; H.264 and Opus only): a wrong answer gets a
-STATUS_RESPONSE ``InvalidArgumentException`` 400 (when it carried a correlationId) and the
-session is dropped.
-
-Media is recorded by passthrough (DESIGN principle 3): the video track yields encoded access
-units (``passthrough``) that go unchanged into the ``FragmentRecorder``, which asks for
-keyframes (PLI) on its fragment schedule; Opus is decoded by aiortc and transcoded to AAC.
-Not idempotent: each join sends one offer; the newest master wins and the older session
-ends (its partial fragment is stored). Sessions end at the maximum duration and after the
-master's idle timeout (no media).
-
-Viewers (JoinStorageSessionAsViewer) get an offer with audio ``sendrecv`` and video
-``sendonly``; their answer must have video ``recvonly`` and audio ``recvonly`` or
-``sendrecv``. They receive the master's video relayed without decoding (``fanout``) and the
-mix of everyone else's audio; their audio is stored (mixed into the master's) while the
-master is connected. At most 3 viewers; the same ClientId again replaces the older session;
-a departed viewer's slot stays taken for a while (1 min) except for the same ClientId; a
-viewer may wait for a master at most 3 min. A viewer may join before the master and gets
-media once the master arrives.
+On each accepted JoinStorageSession (or JoinStorageSessionAsViewer) it sends the participant
+an offer in AWS's shape, checks the answer (a wrong one gets a STATUS_RESPONSE and the
+session ends), records the master by passthrough and serves viewers the master's video and
+everyone else's audio. The rule: docs/wire.md, "Storage sessions"; each configurable part of
+it is a field of ``StorageOptions``. How peer, passthrough, recorder and fan-out fit:
+docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations

@@ -1,36 +1,13 @@
 """Cut a received H.264 (+ Opus) stream into durable, keyframe-aligned KVS fragments.
 
-``FragmentRecorder`` takes passthrough H.264 access units (``EncodedFrame``, never
-decoded or re-encoded, DESIGN principle 3) and decoded Opus audio (``av.AudioFrame`` from
-aiortc, 48 kHz), encodes the audio to AAC, and writes each fragment as a Matroska file
-(track 1 ``V_MPEG4/ISO/AVC`` with an avcC built from the SPS/PPS seen in the stream, track
-2 ``A_AAC``) that it hands to ``FragmentStore`` (durable before listed).
-
-Fragment rule: a fragment starts at a keyframe whose SPS/PPS are known. Once
-``fragment_duration_s`` of media has elapsed the recorder asks for a keyframe
-(``request_keyframe``, which the storage peer wires to RTCP PLI) and closes the fragment at
-the next keyframe; it asks again every ``KEYFRAME_RETRY_MS`` of media until one comes.
-Frames before the first keyframe are dropped and counted, and a keyframe is requested.
-Wire source: docs/wire.md "Storage sessions" (stored fragments keyframe-aligned, duration
-follows the GOP and is configurable; track 1 V_MPEG4/ISO/AVC, track 2 A_AAC).
-
-Timeline: each track is anchored once, at its first frame, on the producer timestamp the
-caller gives (``EncodedFrame.producer_time`` / ``add_audio(producer_time=...)``) and then
-advances by its own media clock (RTP 90 kHz for video, sample count for audio; gaps in
-audio are filled with silence, overlaps dropped), so timestamps inside and across
-fragments are smooth and audio and video share one producer timeline in epoch ms. The
-server timestamp of a fragment is the arrival time of its first frame.
-
-Audio belongs to the fragment whose [start, next start) holds its timestamp, except the
-AAC packets that come out of the encoder after their fragment was stored: a cut fragment
-is stored as soon as the audio *fed* to the encoder has passed its end (or after
-``AUDIO_GRACE_MS`` more video, or at ``close()``), and the encoder's last packets before
-the cut, a frame or two, go into the next fragment with their own timestamps.
-
-Threads: ``add_video``/``add_audio`` only enqueue; all parsing, AAC encoding, muxing and
-fsync run in order on the recorder's own worker thread. ``request_keyframe`` and
-``on_fragment`` are called on the event loop that created the recorder (directly in the
-worker when there was none).
+``FragmentRecorder`` takes passthrough H.264 access units (never decoded, docs/design.md,
+principle 3) and decoded 48 kHz Opus audio, encodes the audio to AAC and hands each fragment,
+in the Matroska of ``store.mkv``, to ``FragmentStore``. The rule: a fragment starts at a
+keyframe whose SPS/PPS are known and ends at the first keyframe after ``fragment_duration_s``,
+which the recorder asks for (``request_keyframe``, wired to PLI); docs/wire.md, "Storage
+sessions". ``add_video``/``add_audio`` only enqueue; ``request_keyframe`` and ``on_fragment``
+are called on the event loop that created the recorder. Timeline, audio placement and
+threads: docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations

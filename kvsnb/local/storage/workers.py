@@ -1,25 +1,11 @@
-"""Storage workers: Local KVS's storage sessions spread over worker processes.
+"""Storage workers: Local KVS's storage sessions spread over worker processes
+(``LocalKvsConfig.storage_workers``, ``kvsnb local --workers N``).
 
-One Python process runs out of CPU near 30 masters with audio (``bench/bench_concurrency.py``):
-every RTP packet's SRTP decryption, every Opus decode and every hand-off to a recorder runs
-on its one event loop. With ``LocalKvsConfig.storage_workers = N`` (``kvsnb local --workers
-N``) the storage peers run in N child processes instead, each with its own event loop,
-aiortc peers, recorders and handle on the same fragment store; the server process keeps
-HTTP, signaling and the archived-media APIs.
-
-A channel's storage session (master, viewers, video fan-out, audio mix) lives in one worker,
-chosen at the channel's first join (the one serving the fewest channels). The server sends
-the worker its joins, the clients' answers and candidates, and configuration changes; the
-worker sends back what goes to clients (offers, candidates), which the relay delivers in
-order, and a note of each fragment it stored, which the server's store announces to its
-listeners. Messages are pickled, length-prefixed frames over the child's stdin and stdout;
-the child's own output goes to stderr.
-
-A worker that dies takes its sessions with it (their clients see the peer connection fail
-and join again, as they would with AWS): calls waiting on it fail with a 500
-``InternalFailure``, a new worker takes its place, and later joins of its channels go to a
-live worker. A worker whose server goes away (its stdin closes) stores its partial fragments
-and exits.
+The rule: a channel's whole storage session lives in one worker, chosen at its first join;
+the server process keeps HTTP, signaling and the archive and talks to each worker in
+length-prefixed pickled frames over the child's stdin/stdout. A dead worker takes its sessions
+with it (calls waiting on it get a 500 ``InternalFailure``) and is replaced; a worker whose
+server goes away stores its partial fragments and exits. See docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """Durable fragment store: fragment files plus an SQLite index.
 
-Layout under ``data_dir``::
-
-    fragments.sqlite                      index (WAL, synchronous=FULL), one row per fragment
-    fragments/<stream-id>/<number>.mkv    one Matroska file per fragment (see ``mkv.py``)
-
-Timestamps in the index and in every API here are **integer epoch milliseconds**
-(``producer_start_ms``, ``server_start_ms``); durations are integer ms. The archived-media
-API converts to epoch seconds on the wire.
-
-Durability (DESIGN principle 4): a fragment is written to a temp file in its stream
-directory, flushed and fsynced, renamed to its final name, the directory is fsynced, and
-only then is the row inserted and committed. A fragment is therefore listed only once both
-its file and its row are durable. On open, temp files left by a crash are removed, and rows
-whose file is missing are reported (``FragmentStore.missing``) and never returned.
-
-Fragment numbers are 47-digit strings (the width of AWS's) drawn from one persistent
-counter per store, so they strictly increase with ingestion order, also across restarts,
-and compare the same as integers and as strings.
-Wire source: docs/wire.md "Archived media" (FragmentNumber: digits, 1-128 chars, increases with
-ingestion order; selection on the fragment's start time, inclusive).
+The rule (docs/design.md, principle 4): a fragment is listed only once its file (written under
+a temporary name, fsynced, renamed, its directory fsynced) and then its index row are durable;
+rows whose file is missing are reported (``FragmentStore.missing``) and never returned. Times
+are integer epoch milliseconds here (the archive converts to seconds on the wire); fragment
+numbers are 47-digit strings that grow with ingestion order, across restarts too
+(docs/wire.md, "Archived media"). Files and layout: docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """H.264 bitstream helpers and the Matroska layout of stored fragments.
 
-A stored fragment is exactly the chunk that KVS ``GetMedia`` / ``GetMediaForFragmentList``
-returns for one fragment: an EBML header and one *live* (unknown-size) Segment holding
-Info, Tracks, a Tags element with the three ``AWS_KINESISVIDEO_*`` tags, and the
-Clusters. Track 1 is ``V_MPEG4/ISO/AVC`` (codec private = avcC, length-prefixed NAL
-units), track 2 ``A_AAC`` when the fragment has audio. Block timestamps are producer
-timestamps in epoch milliseconds (TimecodeScale 1 ms), as KVS writes them.
-
-Wire source: docs/wire.md "Archived media" (GetMediaForFragmentList tags) and "Storage
-sessions" (track 1 V_MPEG4/ISO/AVC, track 2 A_AAC, codec private data present).
-
-Why live segments: ffmpeg's Matroska demuxer stops at the end of a Segment whose size is
-known, so a concatenation of ordinary files decodes only the first fragment (and parts of
-later ones after a resync). With unknown-size Segments it reads straight through the next
-EBML header and decodes every frame of every fragment; so the GetMediaForFragmentList
-body is the plain concatenation of the stored fragment files, one Segment (with its own
-Tags) per fragment, in the order asked.
+A stored fragment is exactly the chunk GetMediaForFragmentList returns for it: an EBML header
+and one unknown-size Segment with Info, Tracks (1 ``V_MPEG4/ISO/AVC`` with an avcC, 2
+``A_AAC``), the three ``AWS_KINESISVIDEO_*`` tags and the Clusters, block times in producer
+epoch ms (docs/wire.md, "Archived media" and "Storage sessions"). Unknown-size segments let
+ffmpeg read a concatenation of fragments straight through (docs/design.md, "Local KVS").
 """
 
 from __future__ import annotations
