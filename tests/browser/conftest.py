@@ -14,6 +14,8 @@ scratch one while they are being written).
 Fixtures: ``jupyter_lab`` (session; the server, stopped with its kernels at the end),
 ``browser_context`` (session; Chromium with a temporary profile) and ``open_notebook``
 (opens ``/lab/tree/<name>`` in a new page, which it closes with the notebook's kernel).
+``chromium_context`` launches Chromium the same way with extra flags: the KVS JS SDK tests
+(``test_kvs_js_sdk.py``, their JS set up by ``webjs.py``) use it with fake media devices.
 """
 
 from __future__ import annotations

@@ -393,6 +393,16 @@ def test_cors_headers_are_one_mechanism() -> None:
 # ---------------------------------------------------------------------- kvsnb local --tls
 
 
+def test_kvsnb_local_cert_needs_its_key(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kvsnb.cli", "local", "--cert", str(tmp_path / "c.pem")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--cert and --key go together" in done.stderr
+
+
 def test_kvsnb_local_tls_and_the_aws_cli(tmp_path: Path) -> None:
     data = tmp_path / "data"
     proc = subprocess.Popen(
