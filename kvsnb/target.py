@@ -408,7 +408,8 @@ async def serve_local(
     await kvs.start()
     print(f"Local KVS at {kvs.url} (data: {kvs.data_dir})", flush=True)
     if kvs.tls is not None:
-        print(tls_instructions(kvs.url, kvs.tls.ca, kvs.tls.spki_sha256()), flush=True)
+        kept = data_dir is not None
+        print(tls_instructions(kvs.url, kvs.tls.ca, kvs.tls.spki_sha256(), kept), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -418,12 +419,18 @@ async def serve_local(
     await kvs.stop()
 
 
-def tls_instructions(url: str, ca: Path | None, spki: str) -> str:
-    """How to trust a Local KVS in TLS mode, for ``kvsnb local`` to print."""
+def tls_instructions(url: str, ca: Path | None, spki: str, kept: bool = True) -> str:
+    """How to trust a Local KVS in TLS mode, for ``kvsnb local`` to print; ``kept``: its
+    data directory (so its CA) outlives it."""
     lines = []
     if ca is not None:
+        where = (
+            "kept in the data directory; reused on restart"
+            if kept
+            else "in a temporary data directory: a new CA every run; use --data to keep it"
+        )
         lines += [
-            f"TLS: local CA {ca} (kept in the data directory; reused on restart)",
+            f"TLS: local CA {ca} ({where})",
             f"  AWS CLI:  aws --endpoint-url {url} --ca-bundle {ca} kinesisvideo list-streams",
             f"  env:      export AWS_CA_BUNDLE={ca}",
             f"  boto3:    boto3.client('kinesisvideo', endpoint_url='{url}', verify='{ca}')",
