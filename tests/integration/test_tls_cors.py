@@ -161,6 +161,11 @@ def test_user_certificate_and_key(tmp_path: Path) -> None:
         with connect(kvs.url, ca_bundle=pair.ca) as target:
             assert target.ca_bundle == str(pair.ca)
             assert target.kinesisvideo.list_signaling_channels()["ChannelInfoList"] == []
+        # no local CA to fetch (/_localkvs/ca.pem is 404): the usual trust, which fails here
+        with connect(kvs.url) as plain:
+            assert plain.ca_bundle is None
+            with pytest.raises(botocore.exceptions.SSLError):
+                plain.kinesisvideo.list_streams()
     finally:
         kvs.stop_in_thread()
 
