@@ -7,16 +7,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kvsnb-installed
 SYSTEM_STAMP := $(VENV)/.kvsnb-system
 BROWSER_STAMP := $(VENV)/.kvsnb-browser
+NODE_STAMP := $(VENV)/.kvsnb-node
 
-.PHONY: demo test lint typecheck unit setup system clean bench soak notebooks
+.PHONY: demo test lint typecheck unit setup system clean bench soak notebooks browser-js
 
 setup: $(STAMP)
 
 system: $(SYSTEM_STAMP)
 
 # System packages, installed only when missing: ffmpeg (ffprobe checks what Local KVS
-# serves) for everything, and Debian's chromium for the tests (the browser tests drive it
-# with Playwright; no browser download).
+# serves) for everything, and for the tests Debian's chromium (the browser tests drive it
+# with Playwright; no browser download) and nodejs/npm (the browser tests' JS comes from the
+# npm registry).
 define apt_install_missing
 	@missing=""; for pc in $(1); do \
 		pkg=$${pc%%:*}; cmd=$${pc##*:}; \
@@ -36,6 +38,15 @@ $(SYSTEM_STAMP):
 
 $(BROWSER_STAMP):
 	$(call apt_install_missing,chromium:chromium)
+
+$(NODE_STAMP):
+	$(call apt_install_missing,nodejs:node npm:npm)
+
+# The browser tests' JS (the KVS WebRTC JS SDK, the AWS SDK v3 clients bundled by esbuild),
+# from the npm registry into tests/browser/web/ (git-ignored); again only when
+# tests/browser/web/package.json changed.
+browser-js: setup $(NODE_STAMP)
+	$(PY) -m tests.browser.webjs
 
 $(STAMP): pyproject.toml $(SYSTEM_STAMP)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -59,10 +70,10 @@ typecheck: setup
 unit: setup
 	$(VENV)/bin/pytest -q tests/unit
 
-# The whole suite: lint, types, then unit, integration, reliability, browser and Binder
-# tests and the notebooks (nbval). Pytest's exit 5 (no test ran) counts as a failure.
+# The whole suite: lint, types, then unit, integration, reliability, browser (JupyterLab, and
+# the KVS JS SDK against Local KVS in TLS mode) and Binder tests and the notebooks (nbval). Pytest's exit 5 (no test ran) counts as a failure.
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
-test: setup $(BROWSER_STAMP) lint typecheck
+test: setup $(BROWSER_STAMP) browser-js lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests notebooks $(NBVAL); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest ran no test"; exit 1; fi; exit $$rc
 

@@ -22,6 +22,9 @@ def _cmd_local(args: argparse.Namespace) -> int:
             print("--strict takes ACCESS_KEY:SECRET", file=sys.stderr)
             return 2
         strict = (key, secret)
+    if (args.cert is None) != (args.key is None):
+        print("--cert and --key go together", file=sys.stderr)
+        return 2
     asyncio.run(
         serve_local(
             host=args.host,
@@ -32,6 +35,9 @@ def _cmd_local(args: argparse.Namespace) -> int:
             storage_workers=args.workers,
             fragment_duration_s=args.fragment_seconds,
             require_audio=not args.allow_video_only,
+            tls=args.tls,
+            tls_cert=args.cert,
+            tls_key=args.key,
         )
     )
     return 0
@@ -146,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--region", default="us-west-2")
     lp.add_argument("--strict", metavar="ACCESS_KEY:SECRET", help="verify SigV4 signatures")
     lp.add_argument("--fragment-seconds", type=float, default=2.0)
+    lp.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve https/wss with a local CA for 127.0.0.1, ::1 and localhost, kept in the "
+        "data directory (DATA/tls/ca.pem) and reused on restart",
+    )
+    lp.add_argument("--cert", metavar="PEM", help="serve TLS with this certificate (chain)")
+    lp.add_argument("--key", metavar="PEM", help="the private key of --cert")
     lp.add_argument(
         "--allow-video-only",
         action="store_true",

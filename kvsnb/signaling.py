@@ -36,6 +36,7 @@ from botocore.credentials import Credentials, ReadOnlyCredentials
 from yarl import URL
 
 from .errors import KvsnbError, reap
+from .trust import ssl_context
 
 logger = logging.getLogger(__name__)
 
@@ -210,8 +211,9 @@ class SignalingClient:
     async def _connect(self) -> None:
         assert self._session is not None
         try:
+            url = self.url()
             self._ws = await self._session.ws_connect(
-                URL(self.url(), encoded=True), autoping=True, heartbeat=None
+                URL(url, encoded=True), autoping=True, heartbeat=None, ssl=ssl_context(url) or True
             )
         except aiohttp.WSServerHandshakeError as exc:
             raise SignalingError(

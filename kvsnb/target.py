@@ -13,14 +13,26 @@ Selection, first match wins:
 3. otherwise (``connect()``, ``KVSNB_TARGET=local``): an embedded Local KVS on its own
    event-loop thread, on 127.0.0.1 and an ephemeral port, with a temporary (or given) data
    directory. No AWS account or credentials are needed.
+
+TLS: ``connect(tls=True)`` serves the embedded Local KVS over https/wss with its local CA;
+for an ``https://`` endpoint the CA is ``ca_bundle=``, else (on a loopback address) the
+local CA that Local KVS serves at ``/_localkvs/ca.pem``. The target verifies every
+connection with it: boto3 (``verify=``), and the signaling WebSocket and HLS fetches
+through ``kvsnb.trust``. Otherwise the usual trust applies (the system's CAs; boto3 also
+reads ``AWS_CA_BUNDLE``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import ssl
+import tempfile
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +45,7 @@ from botocore.credentials import ReadOnlyCredentials
 
 if TYPE_CHECKING:
     from aiortc import RTCConfiguration
+from . import trust
 from .errors import KvsnbError
 from .webrtc import Role
 
@@ -41,6 +54,7 @@ logger = logging.getLogger(__name__)
 ENV_TARGET = "KVSNB_TARGET"
 ENV_ENDPOINT = "KVSNB_ENDPOINT_URL"
 ENV_REGION = "KVSNB_REGION"
+LOCAL_CA_PATH = "/_localkvs/ca.pem"
 DEFAULT_REGION = "us-west-2"
 LOCAL_ACCESS_KEY = "KVSNBLOCAL"
 LOCAL_SECRET_KEY = "kvsnb-local-secret"
@@ -92,6 +106,8 @@ class Target:
     local: Any = None  # the embedded kvsnb.local.LocalKvs, if any
     ice_host_addresses: tuple[str, ...] | None = None
     add_aws_stun: bool = True
+    ca_bundle: str | None = None  # the CA file connections are verified with (None: system's)
+    _own_ca_file: str | None = field(default=None, repr=False)  # a fetched CA, removed on close
     _clients: dict[tuple[str, str | None], Any] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
@@ -110,6 +126,7 @@ class Target:
                 service,
                 region_name=self.region,
                 endpoint_url=url,
+                verify=self.ca_bundle,
                 config=Config(retries={"max_attempts": 3, "mode": "standard"}),
             )
         return self._clients[key]
@@ -215,13 +232,21 @@ class Target:
         return str(channel_arn), str(stream_arn)
 
     def close(self) -> None:
-        """Stop the embedded Local KVS, if this target started one."""
+        """Stop the embedded Local KVS, if this target started one (and stop trusting its
+        CA)."""
         for c in self._clients.values():
             c.close()
         self._clients.clear()
         if self.local is not None:
+            trust.forget(self.local.url)
             self.local.stop_in_thread()
             self.local = None
+        if self._own_ca_file is not None:
+            if self.endpoint_url and trust.ca_file(self.endpoint_url) == self._own_ca_file:
+                trust.forget(self.endpoint_url)
+            with contextlib.suppress(OSError):
+                os.unlink(self._own_ca_file)
+            self._own_ca_file = None
 
     def __enter__(self) -> Target:
         return self
@@ -245,12 +270,15 @@ def connect(
     endpoint_url: str | None = None,
     data_dir: str | Path | None = None,
     profile: str | None = None,
+    ca_bundle: str | os.PathLike[str] | None = None,
     **local_options: Any,
 ) -> Target:
     """Connect to KVS (see the module docstring for how the target is chosen).
 
-    ``data_dir`` keeps an embedded Local KVS's data across runs; ``local_options`` go to its
-    ``LocalKvsConfig`` (e.g. ``signaling=SignalingLimits(...)``).
+    ``data_dir`` keeps an embedded Local KVS's data (and, with ``tls=True``, its local CA)
+    across runs; ``local_options`` go to its ``LocalKvsConfig`` (e.g. ``tls=True``,
+    ``signaling=SignalingLimits(...)``). ``ca_bundle`` is the CA file to verify an
+    ``https://`` endpoint with (see the module docstring).
     """
     choice = (target or os.environ.get(ENV_TARGET) or "").strip()
     endpoint_url = endpoint_url or (choice if choice.startswith(("http://", "https://")) else None)
@@ -270,13 +298,22 @@ def connect(
         session = boto3.Session(profile_name=profile, region_name=region)
         if session.get_credentials() is None:
             session = _local_session(region)
+        endpoint_url = endpoint_url.rstrip("/")
+        ca = os.fspath(ca_bundle) if ca_bundle else None
+        fetched = None
+        if ca is None and endpoint_url.startswith("https://") and _is_loopback(endpoint_url):
+            ca = fetched = _fetch_local_ca(endpoint_url)
+        if ca and endpoint_url.startswith("https://"):
+            trust.trust_ca(endpoint_url, ca)
         return Target(
             "endpoint",
             region,
             session,
-            endpoint_url=endpoint_url.rstrip("/"),
+            endpoint_url=endpoint_url,
             ice_host_addresses=LOOPBACK if _is_loopback(endpoint_url) else None,
             add_aws_stun=False,
+            ca_bundle=ca,
+            _own_ca_file=fetched,
         )
 
     from .local import LocalKvs, LocalKvsConfig  # the embedded default
@@ -285,6 +322,9 @@ def connect(
         data_dir=Path(data_dir) if data_dir else None, region=region, **local_options
     )
     kvs = LocalKvs(config).start_in_thread()
+    ca = str(kvs.ca_file) if kvs.ca_file is not None else None
+    if ca:
+        trust.trust_ca(kvs.url, ca)
     return Target(
         "local",
         region,
@@ -293,7 +333,36 @@ def connect(
         local=kvs,
         ice_host_addresses=LOOPBACK,
         add_aws_stun=False,
+        ca_bundle=ca,
     )
+
+
+def _fetch_local_ca(endpoint_url: str) -> str | None:
+    """The local CA of the Local KVS at a loopback ``https://`` endpoint, saved to a
+    temporary file; ``None`` when it has none (a user-supplied certificate: the system's
+    CAs or ``AWS_CA_BUNDLE`` then apply). The CA is public, so it is fetched without
+    verification (this machine's own loopback); every connection after that verifies
+    against it."""
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(
+            endpoint_url + LOCAL_CA_PATH, timeout=10, context=insecure
+        ) as resp:
+            pem = bytes(resp.read(1 << 16))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise TargetError(f"cannot get the local CA from {endpoint_url}: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise TargetError(f"cannot reach {endpoint_url}: {exc}") from exc
+    if b"BEGIN CERTIFICATE" not in pem:
+        raise TargetError(f"{endpoint_url}{LOCAL_CA_PATH} did not return a PEM certificate")
+    fd, path = tempfile.mkstemp(prefix="kvsnb-local-ca-", suffix=".pem")
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    return path
 
 
 async def serve_local(
@@ -306,11 +375,16 @@ async def serve_local(
     storage_workers: int = 0,
     fragment_duration_s: float | None = None,
     require_audio: bool = True,
+    tls: bool = False,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
 ) -> None:
     """Run a Local KVS in this event loop until SIGINT or SIGTERM (``kvsnb local``).
 
     ``strict_keys`` (access key, secret) makes it verify every SigV4 signature;
-    ``storage_workers`` > 0 runs storage sessions in that many worker processes.
+    ``storage_workers`` > 0 runs storage sessions in that many worker processes; ``tls``
+    serves https/wss with a local CA kept in the data directory, or with ``tls_cert`` and
+    ``tls_key`` when given. Prints the URL and, in TLS mode, how to trust the CA.
     """
     from .local import LocalKvs, LocalKvsConfig, StrictKeys
     from .local.storage.peer import StorageOptions
@@ -325,11 +399,17 @@ async def serve_local(
         region=region,
         strict_keys=StrictKeys(*strict_keys) if strict_keys else None,
         storage_workers=storage_workers,
+        tls=tls,
+        tls_cert=Path(tls_cert) if tls_cert else None,
+        tls_key=Path(tls_key) if tls_key else None,
         extra={"storage": options},
     )
     kvs = LocalKvs(config)
     await kvs.start()
     print(f"Local KVS at {kvs.url} (data: {kvs.data_dir})", flush=True)
+    if kvs.tls is not None:
+        kept = data_dir is not None
+        print(tls_instructions(kvs.url, kvs.tls.ca, kvs.tls.spki_sha256(), kept), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -337,6 +417,32 @@ async def serve_local(
     await stop.wait()
     print("stopping Local KVS", flush=True)
     await kvs.stop()
+
+
+def tls_instructions(url: str, ca: Path | None, spki: str, kept: bool = True) -> str:
+    """How to trust a Local KVS in TLS mode, for ``kvsnb local`` to print; ``kept``: its
+    data directory (so its CA) outlives it."""
+    lines = []
+    if ca is not None:
+        where = (
+            "kept in the data directory; reused on restart"
+            if kept
+            else "in a temporary data directory: a new CA every run; use --data to keep it"
+        )
+        lines += [
+            f"TLS: local CA {ca} ({where})",
+            f"  AWS CLI:  aws --endpoint-url {url} --ca-bundle {ca} kinesisvideo list-streams",
+            f"  env:      export AWS_CA_BUNDLE={ca}",
+            f"  boto3:    boto3.client('kinesisvideo', endpoint_url='{url}', verify='{ca}')",
+            f"  kvsnb:    kvsnb.connect('{url}')  (fetches and trusts this CA itself)",
+        ]
+    else:
+        lines.append("TLS: serving the certificate given with --cert/--key")
+    lines.append(
+        f"  Chromium: --ignore-certificate-errors-spki-list={spki} (with --user-data-dir), "
+        "or import the CA into the browser's trust store"
+    )
+    return "\n".join(lines)
 
 
 def _is_loopback(url: str) -> bool:

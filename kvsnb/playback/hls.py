@@ -30,6 +30,7 @@ import pandas as pd
 
 from ..errors import KvsnbError
 from ..target import Target
+from ..trust import ssl_context
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +177,9 @@ def parse_media(text: str, url: str) -> MediaPlaylist:
 
 
 def http_get(url: str, timeout: float = HTTP_TIMEOUT_S) -> bytes:
-    """GET a URL; raises ``urllib.error.HTTPError`` (with the body's AWS error) on failure."""
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+    """GET a URL (https verified against the CA ``kvsnb.trust`` holds for it, if any); raises
+    ``urllib.error.HTTPError`` (with the body's AWS error) on failure."""
+    with urllib.request.urlopen(url, timeout=timeout, context=ssl_context(url)) as resp:
         return bytes(resp.read(MAX_SEGMENT_BYTES))
 
 

@@ -14,6 +14,8 @@ scratch one while they are being written).
 Fixtures: ``jupyter_lab`` (session; the server, stopped with its kernels at the end),
 ``browser_context`` (session; Chromium with a temporary profile) and ``open_notebook``
 (opens ``/lab/tree/<name>`` in a new page, which it closes with the notebook's kernel).
+``chromium_context`` launches Chromium the same way with extra flags: the KVS JS SDK tests
+(``test_kvs_js_sdk.py``, their JS set up by ``webjs.py``) use it with fake media devices.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -521,18 +523,20 @@ def jupyter_lab(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> It
             shutil.copy(lab.log, artifacts / "jupyterlab-server.log")
 
 
-@pytest.fixture(scope="module")
-def browser_context(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Chromium (headless, temporary profile) in one Playwright context."""
+@contextlib.contextmanager
+def chromium_context(
+    chromium: Path, profile: Path, extra_args: Sequence[str] = ()
+) -> Iterator[Any]:
+    """Debian's Chromium, headless, with the profile directory ``profile``, in one
+    Playwright context (``CHROMIUM_ARGS`` plus ``extra_args``)."""
     from playwright.sync_api import sync_playwright
 
-    profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(profile),
             executable_path=str(chromium),
             headless=True,
-            args=CHROMIUM_ARGS,
+            args=[*CHROMIUM_ARGS, *extra_args],
             viewport=VIEWPORT,
             timeout=60_000,
         )
@@ -541,6 +545,13 @@ def browser_context(chromium: Path, tmp_path_factory: pytest.TempPathFactory) ->
             yield context
         finally:
             context.close()
+
+
+@pytest.fixture(scope="module")
+def browser_context(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Chromium (headless, temporary profile) in one Playwright context."""
+    with chromium_context(chromium, tmp_path_factory.mktemp("chromium-profile")) as context:
+        yield context
 
 
 @pytest.fixture

@@ -50,7 +50,6 @@ TS_FRAGMENT = "getTSFragment.ts"
 PLAYLIST_CONTENT_TYPE = "application/vnd.apple.mpegurl"
 MP4_CONTENT_TYPE = "video/mp4"
 TS_CONTENT_TYPE = "video/mp2t"
-CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
 
 LIVE, LIVE_REPLAY, ON_DEMAND = "LIVE", "LIVE_REPLAY", "ON_DEMAND"
 FRAGMENTED_MP4, MPEG_TS = "FRAGMENTED_MP4", "MPEG_TS"
@@ -469,7 +468,7 @@ class HlsPlane:
             raise UnknownOperationException(f"No KVS resource at GET {request.path}")
         session = self._session(query)
         body, content_type = await handler(session, query)
-        return web.Response(body=body, content_type=content_type, headers=CORS_HEADERS)
+        return web.Response(body=body, content_type=content_type)
 
     @staticmethod
     def _track(session: HlsSession, query: Any, *, required: bool) -> int:

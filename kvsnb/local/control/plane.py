@@ -86,7 +86,7 @@ def new_version() -> str:
 class Endpoints:
     """Where each plane of one Local KVS answers (the URLs the control plane hands out)."""
 
-    http: str  # e.g. http://127.0.0.1:4566, the control plane itself
+    http: str  # e.g. http://127.0.0.1:4566, the control plane itself (https:// in TLS mode)
 
     @property
     def control(self) -> str:
@@ -99,7 +99,8 @@ class Endpoints:
         return f"{self.http}/signaling"
 
     def signaling_wss(self, role: str = "MASTER") -> str:
-        """The signaling WebSocket endpoint for a role (AWS also hands out one per role)."""
+        """The signaling WebSocket endpoint for a role (AWS also hands out one per role):
+        ``ws://`` under an ``http://`` root, ``wss://`` under ``https://``."""
         return "ws" + self.signaling_https[len("http") :] + "/" + role.lower()
 
     @property

@@ -3,8 +3,10 @@
 Requests are routed by plane prefix (``/signaling``, ``/webrtc``, ``/media``; anything else is
 the control plane), and the control plane returns those endpoints, so boto3 clients and the
 AWS CLI work with ``endpoint_url`` as they do against AWS (the table is in docs/design.md,
-"Local KVS"). ``LocalKvs`` runs in the caller's event loop (``await start()``), on its own
-event-loop thread (``start_in_thread()``, what notebooks and tests use), or as
+"Local KVS"). With ``tls=True`` every plane is served over TLS on the same port (``https://``
+and ``wss://`` endpoints; certificate from ``front/tls.py``); every plane answers CORS
+(``front/cors.py``). ``LocalKvs`` runs in the caller's event loop (``await start()``), on its
+own event-loop thread (``start_in_thread()``, what notebooks and tests use), or as
 ``kvsnb local``.
 """
 
@@ -35,6 +37,7 @@ from kvsnb.local.core.errors import (
     AwsError,
     InvalidArgumentException,
     NotImplementedByLocalKvs,
+    ResourceNotFoundException,
     UnknownOperationException,
 )
 from kvsnb.local.core.responses import RawResponse
@@ -45,7 +48,9 @@ from kvsnb.local.storage.plane import StoragePlane
 from kvsnb.local.storage.workers import StorageWorkerPool
 from kvsnb.local.store.fragments import FragmentStore
 
+from . import cors
 from .sigv4 import SigV4Checker, StrictKeys
+from .tls import TlsFiles, local_ca_files, user_files
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,7 @@ PLANE_PREFIXES = (("/signaling", "signaling"), ("/webrtc", "webrtc"), ("/media",
 PLANE_SERVICE = {plane: name for name, plane in protocol.SERVICES.items()}
 MAX_BODY_BYTES = 8 * 1024 * 1024
 ADMIN_PREFIX = "/_localkvs/"
+CA_PATH = ADMIN_PREFIX + "ca.pem"
 ROLE_PATHS: dict[str, Role] = {"/master": "MASTER", "/viewer": "VIEWER"}
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 T = TypeVar("T")
@@ -76,6 +82,9 @@ class LocalKvsConfig:
     strict_keys: StrictKeys | None = None
     signaling: SignalingLimits = field(default_factory=SignalingLimits)
     storage_workers: int = 0  # > 0: storage sessions run in that many worker processes
+    tls: bool = False  # serve https/wss (a local CA in data_dir/tls unless cert/key given)
+    tls_cert: Path | None = None  # the user's certificate (chain), PEM; implies tls
+    tls_key: Path | None = None  # its private key, PEM
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,6 +121,7 @@ class LocalKvs:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self.tls: TlsFiles | None = None  # the TLS files served with, once started in TLS mode
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -123,9 +133,23 @@ class LocalKvs:
         return self._site_port
 
     @property
+    def scheme(self) -> str:
+        """``https`` in TLS mode, else ``http``."""
+        cfg = self.config
+        tls = cfg.tls or cfg.tls_cert is not None or cfg.tls_key is not None
+        return "https" if tls else "http"
+
+    @property
     def url(self) -> str:
-        """The control-plane endpoint, ``http://HOST:PORT``."""
-        return f"http://{self.config.host}:{self.port}"
+        """The control-plane endpoint, ``http://HOST:PORT`` (``https://`` in TLS mode)."""
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The local CA's certificate clients trust (TLS mode with the local CA only)."""
+        return self.tls.ca if self.tls is not None else None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -137,11 +161,18 @@ class LocalKvs:
     async def start(self) -> LocalKvs:
         """Bind, build every plane and serve in the running event loop."""
         self._loop = asyncio.get_running_loop()
+        ssl_context = None
+        if self.scheme == "https":
+            self.tls = await asyncio.to_thread(self._tls_files)
+            ssl_context = self.tls.server_context()
         app = web.Application(client_max_size=MAX_BODY_BYTES)
+        cors.install(app)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        site = web.TCPSite(
+            self._runner, self.config.host, self.config.port, ssl_context=ssl_context
+        )
         await site.start()
         sockets = getattr(site._server, "sockets", None)
         assert sockets, "the site did not bind"
@@ -155,6 +186,14 @@ class LocalKvs:
         await build_planes(self)  # the data planes build on the control plane
         logger.info("Local KVS serving at %s (data: %s)", self.url, self.data_dir)
         return self
+
+    def _tls_files(self) -> TlsFiles:
+        cfg = self.config
+        if cfg.tls_cert is not None or cfg.tls_key is not None:
+            if cfg.tls_cert is None or cfg.tls_key is None:
+                raise ValueError("tls_cert and tls_key go together: give both or neither")
+            return user_files(cfg.tls_cert, cfg.tls_key)
+        return local_ca_files(self.data_dir, cfg.host)
 
     def on_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run ``closer`` when Local KVS stops (planes register their shutdown)."""
@@ -254,6 +293,17 @@ class LocalKvs:
             raise UnknownOperationException(f"No Local KVS control at {request.path}")
         return web.json_response({"connections": told})
 
+    def _ca_response(self) -> web.Response:
+        """``GET /_localkvs/ca.pem``: the local CA's certificate (public, so unsigned), for
+        clients on this machine to trust; 404 when Local KVS has none."""
+        ca = self.ca_file
+        if ca is None:
+            raise ResourceNotFoundException(
+                "This Local KVS has no local CA (not in TLS mode, "
+                "or serving a user-supplied certificate)"
+            )
+        return web.Response(body=ca.read_bytes(), content_type="application/x-pem-file")
+
     # ------------------------------------------------------------------ requests
 
     async def _authorize(self, request: web.Request, body: bytes) -> None:
@@ -301,6 +351,8 @@ class LocalKvs:
                 return response
             if plane == "control" and path in ("/", "/_localkvs/health"):
                 return web.json_response({"status": "ok", "service": "Local KVS"})
+            if plane == "control" and path == CA_PATH:
+                return self._ca_response()
         if request.method == "POST" and plane == "control" and path.startswith(ADMIN_PREFIX):
             return await self._admin(request, path[len(ADMIN_PREFIX) :])
         if request.method != "POST":
