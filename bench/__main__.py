@@ -1,7 +1,10 @@
 """``make bench`` / ``python -m bench``: run every benchmark in turn, each in its own
 process, print what each prints, and keep the outputs in ``bench/results/``: the text of
 each (``NAME.txt``) and every JSON object a benchmark printed on a line of its own, with
-the machine it ran on (``latest.json``).
+the machine it ran on (``latest.json``). Each benchmark's headline figures (a
+``{"figures": {...}}`` line, ``bench.common.report``) join the history (``bench.history``):
+the run is appended with its commit and machine, and a table shows each figure beside the
+previous run's and its budget.
 
 Benchmarks print figures (ratios against a baseline run in the same process where one
 exists); none passes or fails on time. ``python -m bench NAME...`` runs only those."""
@@ -16,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench import history
 
 BENCHES = (
     "bench_stamp",
@@ -65,6 +70,13 @@ def main(argv: list[str]) -> int:
         if done.returncode:
             failed.append(name)
     (RESULTS / "latest.json").write_text(json.dumps(collected, indent=2), encoding="utf-8")
+    earlier = history.load()
+    run = history.record(
+        history.collect(collected["results"]), collected["started"], partial=bool(argv)
+    )
+    summary = history.table(run, earlier)
+    history.SUMMARY.write_text(summary, encoding="utf-8")
+    print(summary, flush=True)
     return 1 if failed else 0
 
 

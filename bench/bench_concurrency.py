@@ -35,7 +35,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from bench.common import LocalKvsProcess, cpu_seconds, pct, rss_mib
+from bench.common import LocalKvsProcess, cpu_seconds, pct, report, rss_mib
 
 LEVELS = (1, 8, 16, 32, 48)
 WORKERS = 4
@@ -308,6 +308,10 @@ def main() -> list[dict[str, Any]]:
             r["audio"] = not args.video_only
             print(json.dumps(r), flush=True)
             results.append(r)
+    if not args.video_only:
+        # the most masters with audio stored with < 0.1 % of frames lost, over every mode
+        lossless = [r["masters"] for r in results if (r["loss_pct"] or 0.0) < 0.1]
+        report(max_masters_lossless=max(lossless, default=0))
     return results
 
 

@@ -42,6 +42,7 @@ import boto3
 import numpy as np
 from botocore.config import Config
 
+from bench.common import report
 from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
 from kvsnb.local.archive.images import ImagesPlane
@@ -204,6 +205,8 @@ def bench_spacing(kvs: LocalKvs, work: Path, gop_s: int, reps: int) -> None:
             f"decoded of {SECONDS * FPS}; median {median:.2f} s ({_fmt(times)}) "
             f"→ ratio {median / ffmpeg_s:.2f}× ffmpeg"
         )
+        phase = "aligned" if phase_ms == 0 else "midgop"
+        report(**{f"ratio_{gop_s:g}s_{phase}": median / ffmpeg_s})
     kv.delete_stream(StreamARN=stream_arn)
 
 
@@ -284,6 +287,10 @@ def bench_latency(work: Path) -> None:
             f"  {len(arr)} fragments; last frame captured → its fragment stored and indexed "
             f"(GetImages can serve it from then on): p50 {np.percentile(low, 50):.0f} ms, "
             f"p95 {np.percentile(low, 95):.0f} ms, max {low.max():.0f} ms"
+        )
+        report(
+            stored_after_capture_ms_p95=float(np.percentile(low, 95)),
+            retrievable_after_capture_ms_p95=float(np.percentile(arr, 95)),
         )
         print(
             f"  last frame captured → first GetImages response with it: "

@@ -32,6 +32,7 @@ from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import pct, report
 from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
 from kvsnb.local.archive import remux
@@ -61,11 +62,6 @@ def client(service: str, url: str) -> Any:
         aws_secret_access_key="bench",
         config=Config(retries={"max_attempts": 1}),
     )
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def last_index(playlist: str) -> int:
@@ -206,8 +202,12 @@ async def main() -> None:
             am = client("kinesis-video-archived-media", kvs.url + "/media")
             latencies, arn = await live_latency(kvs, am)
             print(f"LIVE stored → listed over {len(latencies)} fragments (budget ≤ "
-                  f"{BUDGET_LISTED_MS} ms): p50 {pct(latencies, 0.5):.1f} ms, "
-                  f"p95 {pct(latencies, 0.95):.1f} ms, max {max(latencies):.1f} ms")  # fmt: skip
+                  f"{BUDGET_LISTED_MS} ms): p50 {pct(latencies, 50):.1f} ms, "
+                  f"p95 {pct(latencies, 95):.1f} ms, max {max(latencies):.1f} ms")  # fmt: skip
+            report(
+                live_stored_to_listed_ms_p50=pct(latencies, 50),
+                live_stored_to_listed_ms_p95=pct(latencies, 95),
+            )
             times = remux_times(kvs, arn)
             n = len(times["fmp4"])
             for key, label in (
@@ -217,9 +217,10 @@ async def main() -> None:
                 ("init", "init segments (2)"),
             ):
                 values = times[key]
-                mean, p95 = statistics.mean(values), pct(values, 0.95)
+                mean, p95 = statistics.mean(values), pct(values, 95)
                 print(f"remux {label:30s} per 1 s fragment over {n}: mean {mean:.2f} ms, "
                       f"p95 {p95:.2f} ms")  # fmt: skip
+                report(**{f"remux_{key}_ms_mean": mean})
             figures = await throughput(am, arn, kvs)
             for name, value in figures.items():
                 print(f"{READERS} readers, {name}: {value:.1f}")

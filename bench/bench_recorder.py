@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import report
 from kvsnb.local.storage.passthrough import EncodedFrame
 from kvsnb.local.storage.recorder import FragmentRecorder
 from kvsnb.local.store.fragments import FragmentStore
@@ -113,6 +114,7 @@ async def bench_recorder_only() -> None:
         f"CPU-s per media second: {per:.4f} (budget {BUDGET_CPU_PER_MEDIA_S}, "
         f"{'within' if per <= BUDGET_CPU_PER_MEDIA_S else 'OVER'} budget)"
     )
+    report(cpu_s_per_media_s=per)
 
 
 # --------------------------------------------------------------------- loopback
@@ -260,6 +262,8 @@ async def bench_loopback(record: bool = True) -> None:
         print(f"recorder stats: {after}")
     if media_s > 0:
         print(f"CPU {cpu:.3f} s → CPU-s per media second: {cpu / media_s:.4f}")
+        key = "loopback_record_cpu_s_per_media_s" if record else "loopback_cpu_s_per_media_s"
+        report(**{key: cpu / media_s})
     print("(aiortc's sender encodes at its own bitrate, ~0.5-1.5 Mbps after REMB ramp-up)")
 
 

@@ -13,6 +13,7 @@ from functools import partial
 import av
 import numpy as np
 
+from bench.common import report
 from kvsnb.media import Stamp, TestPatternTrack, draw_stamp, read_stamp, read_stamp_frame
 from kvsnb.media.sources import webrtc_h264_encoder
 from kvsnb.media.stamp import draw_stamp_yuv420p, try_read_stamp
@@ -56,8 +57,14 @@ def speed() -> None:
             ("read_stamp_frame (yuv)", partial(read_stamp_frame, frame), 2000),
             ("TestPatternTrack.render", partial(track.render, 7, BASE_MS), 300),
         ]
-        for name, fn, repeat in calls:
-            print(f"  {name:<24}{per_call_us(fn, repeat):8.1f} us")
+        timings = {name: per_call_us(fn, repeat) for name, fn, repeat in calls}
+        for name, us in timings.items():
+            print(f"  {name:<24}{us:8.1f} us")
+        if (width, height) == (640, 480):
+            report(
+                read_stamp_us_640x480=timings["read_stamp (RGB)"],
+                draw_stamp_yuv_us_640x480=timings["draw_stamp_yuv420p"],
+            )
 
 
 def survival(width: int, height: int, bitrate: int) -> tuple[float, dict[str, float]]:

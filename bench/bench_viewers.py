@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from bench.common import LocalKvsProcess, cpu_seconds, pct, rss_mib
+from bench.common import LocalKvsProcess, cpu_seconds, pct, report, rss_mib
 from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.session import JoinPolicy, MasterSession, ViewerSession
 from kvsnb.target import connect
@@ -82,6 +82,10 @@ def main() -> dict[str, Any]:
     """Run and print."""
     figures = asyncio.run(run())
     print(json.dumps(figures, indent=2))
+    report(
+        master_to_viewer_latency_ms_p95=figures["master_to_viewer_latency_ms_p95"],
+        local_kvs_cpu_per_viewer=figures["local_kvs_cpu_per_viewer"],
+    )
     return figures
 
 

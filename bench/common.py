@@ -4,6 +4,7 @@ storage workers), percentiles."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -111,6 +112,13 @@ class LocalKvsProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def report(**figures: float | None) -> None:
+    """Print a benchmark's headline figures as one ``{"figures": {...}}`` JSON line, which
+    ``make bench`` keeps in the history (``bench.history``). ``None`` values are left out."""
+    kept = {k: round(v, 4) for k, v in figures.items() if v is not None and v == v}
+    print(json.dumps({"figures": kept}), flush=True)
 
 
 def pct(values: Sequence[float], p: float) -> float:

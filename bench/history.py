@@ -1,0 +1,167 @@
+"""The benchmark history: every ``make bench`` run's headline figures, with the commit and the
+machine, appended to ``bench/results/history.jsonl`` (kept in git), and a table that shows each
+figure beside the previous run's on a machine of the same kind and its budget, so a
+regression shows at a glance (printed and written to ``bench/results/summary.md``).
+
+Budgets are docs/design.md's, "Performance budgets"; a figure without one is still tracked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+HISTORY = RESULTS / "history.jsonl"
+SUMMARY = RESULTS / "summary.md"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A figure's budget: ``at_most`` or ``at_least`` ``value`` (in the figure's unit)."""
+
+    bound: str  # "<=" or ">="
+    value: float
+
+    def met(self, figure: float) -> bool:
+        """Whether ``figure`` is within the budget."""
+        return figure <= self.value if self.bound == "<=" else figure >= self.value
+
+    def __str__(self) -> str:
+        return f"{'≤' if self.bound == '<=' else '≥'} {self.value:g}"
+
+
+# "bench.figure" → budget (docs/design.md, "Performance budgets")
+BUDGETS: dict[str, Budget] = {
+    "bench_join.join_to_first_frame_ms_p95": Budget("<=", 100),
+    "bench_join.under_load_join_to_first_frame_ms_p95": Budget("<=", 100),
+    "bench_recorder.cpu_s_per_media_s": Budget("<=", 0.03),
+    "bench_hls.live_stored_to_listed_ms_p95": Budget("<=", 50),
+    "bench_get_images.stored_after_capture_ms_p95": Budget("<=", 100),
+    "bench_get_images.ratio_1s_aligned": Budget("<=", 0.3),
+    "bench_get_images.ratio_1s_midgop": Budget("<=", 0.3),
+    "bench_get_images.ratio_10s_aligned": Budget("<=", 0.6),
+    "bench_get_images.ratio_10s_midgop": Budget("<=", 0.6),
+    "bench_concurrency.max_masters_lossless": Budget(">=", 40),
+}
+
+
+def machine() -> dict[str, Any]:
+    """What the run ran on: CPU count, processor model, platform, Python."""
+    import os
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def commit() -> str:
+    """The checked-out commit, with ``+dirty`` when the tree has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def collect(results: dict[str, list[Any]]) -> dict[str, float]:
+    """The headline figures of a run: every ``{"figures": {...}}`` object a benchmark printed,
+    as ``bench.name`` → number."""
+    out: dict[str, float] = {}
+    for bench, objects in results.items():
+        for obj in objects:
+            figures = obj.get("figures") if isinstance(obj, dict) else None
+            if isinstance(figures, dict):
+                for key, value in figures.items():
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        out[f"{bench}.{key}"] = float(value)
+    return out
+
+
+def load() -> list[dict[str, Any]]:
+    """Every run kept so far, oldest first."""
+    if not HISTORY.exists():
+        return []
+    runs = []
+    for line in HISTORY.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            runs.append(json.loads(line))
+    return runs
+
+
+def previous(runs: list[dict[str, Any]], key: str, cpus: int | None) -> float | None:
+    """The figure ``key`` in the latest earlier run on a machine with as many CPUs."""
+    for run in reversed(runs):
+        if run.get("machine", {}).get("cpus") == cpus and key in run.get("figures", {}):
+            return float(run["figures"][key])
+    return None
+
+
+def record(figures: dict[str, float], started: str, partial: bool) -> dict[str, Any]:
+    """Append this run to the history and return it. ``partial`` marks a run of only some
+    benchmarks."""
+    run = {
+        "started": started,
+        "commit": commit(),
+        "machine": machine(),
+        "partial": partial,
+        "figures": figures,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    with HISTORY.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(run, sort_keys=True) + "\n")
+    return run
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.3g}" if abs(value) < 10 else f"{value:,.0f}"
+
+
+def table(run: dict[str, Any], earlier: list[dict[str, Any]]) -> str:
+    """A Markdown table of ``run``'s figures beside the previous run's and the budgets."""
+    cpus = run["machine"]["cpus"]
+    lines = [
+        f"Run {run['started']} at {run['commit']} on {cpus} CPUs ({run['machine']['cpu_model']})",
+        "",
+        "| figure | this run | previous | budget | |",
+        "|---|---|---|---|---|",
+    ]
+    for key in sorted(run["figures"]):
+        value = run["figures"][key]
+        before = previous(earlier, key, cpus)
+        budget = BUDGETS.get(key)
+        status = "" if budget is None else ("met" if budget.met(value) else "**missed**")
+        change = ""
+        if before not in (None, 0) and not math.isnan(value):
+            assert before is not None
+            change = f" ({(value - before) / abs(before):+.0%})"
+        lines.append(
+            f"| {key} | {_fmt(value)} | {_fmt(before)}{change} | {budget or ''} | {status} |"
+        )
+    return "\n".join(lines) + "\n"
