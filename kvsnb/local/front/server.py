@@ -8,6 +8,7 @@ signaling REST     ``http://HOST:PORT/signaling``              ``kinesis-video-s
 signaling WSS      ``ws://HOST:PORT/signaling/{master,viewer}``  (custom JSON)
 webrtc-storage     ``http://HOST:PORT/webrtc``                 ``kinesis-video-webrtc-storage``
 archived media     ``http://HOST:PORT/media``                  ``kinesis-video-archived-media``
+media (Put/Get)    ``http://HOST:PORT/stream-media``           ``kinesis-video-media``
 =================  ==========================================  =====================
 
 So ``boto3.client("kinesisvideo", endpoint_url="http://HOST:PORT")`` and the AWS CLI with
@@ -49,6 +50,7 @@ from kvsnb.local.core.errors import (
     UnknownOperationException,
 )
 from kvsnb.local.core.responses import RawResponse
+from kvsnb.local.media.plane import MediaPlane
 from kvsnb.local.signaling.relay import Role, SignalingLimits, SignalingRelay
 from kvsnb.local.signaling.rest import SignalingRestPlane
 from kvsnb.local.storage.peer import StorageOptions, StorageSessionManager
@@ -61,7 +63,12 @@ from .sigv4 import SigV4Checker, StrictKeys
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
-PLANE_PREFIXES = (("/signaling", "signaling"), ("/webrtc", "webrtc"), ("/media", "media"))
+PLANE_PREFIXES = (
+    ("/signaling", "signaling"),
+    ("/webrtc", "webrtc"),
+    ("/media", "media"),
+    ("/stream-media", "stream-media"),
+)
 PLANE_SERVICE = {plane: name for name, plane in protocol.SERVICES.items()}
 MAX_BODY_BYTES = 8 * 1024 * 1024
 ADMIN_PREFIX = "/_localkvs/"
@@ -316,6 +323,10 @@ class LocalKvs:
             return await self._admin(request, path[len(ADMIN_PREFIX) :])
         if request.method != "POST":
             raise UnknownOperationException(f"No KVS operation at {request.method} {request.path}")
+        streaming = getattr(self.planes.get(plane), "streaming_routes", {}).get(path)
+        if streaming is not None:  # PutMedia / GetMedia: bodies and answers that stream
+            streamed: web.StreamResponse = await streaming(request, self._authorize)
+            return streamed
         route = protocol.routes().get((plane, path))
         if route is None:
             raise UnknownOperationException(f"No KVS operation at POST {request.path}")
@@ -385,6 +396,7 @@ async def build_planes(kvs: LocalKvs) -> None:
         ImagesPlane(control, store),
         ClipPlane(control, store),
     )
+    kvs.planes["stream-media"] = MediaPlane(control, store, kvs.config.extra.get("media"))
 
     async def close() -> None:
         await sessions.close()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -31,15 +31,63 @@ from typing import Any
 
 import av
 
+from kvsnb.ebml import (
+    CLUSTER,
+    EBML,
+    SEGMENT,
+    TAGS,
+    read_vint,
+    tags_element,
+)
+from kvsnb.ebml import read_segment_tags as read_segment_tags
+from kvsnb.h264 import (
+    HIGH_PROFILES as HIGH_PROFILES,
+)
+from kvsnb.h264 import (
+    NAL_AUD as NAL_AUD,
+)
+from kvsnb.h264 import (
+    NAL_IDR as NAL_IDR,
+)
+from kvsnb.h264 import (
+    NAL_PPS as NAL_PPS,
+)
+from kvsnb.h264 import (
+    NAL_SEI as NAL_SEI,
+)
+from kvsnb.h264 import (
+    NAL_SLICE as NAL_SLICE,
+)
+from kvsnb.h264 import (
+    NAL_SPS as NAL_SPS,
+)
+from kvsnb.h264 import (
+    START_CODE as START_CODE,
+)
+from kvsnb.h264 import (
+    SpsInfo as SpsInfo,
+)
+from kvsnb.h264 import (
+    build_avcc as build_avcc,
+)
+from kvsnb.h264 import (
+    parse_sps as parse_sps,
+)
+from kvsnb.h264 import (
+    split_annexb as split_annexb,
+)
+from kvsnb.h264 import (
+    split_length_prefixed as split_length_prefixed,
+)
+from kvsnb.h264 import (
+    to_annexb as to_annexb,
+)
+from kvsnb.h264 import (
+    to_length_prefixed as to_length_prefixed,
+)
+
 logger = logging.getLogger(__name__)
 
-NAL_SLICE = 1
-NAL_IDR = 5
-NAL_SEI = 6
-NAL_SPS = 7
-NAL_PPS = 8
-NAL_AUD = 9
-START_CODE = b"\x00\x00\x01"
 MKV_TIME_BASE = Fraction(1, 1000)
 TAG_FRAGMENT_NUMBER = "AWS_KINESISVIDEO_FRAGMENT_NUMBER"
 TAG_SERVER_TIMESTAMP = "AWS_KINESISVIDEO_SERVER_SIDE_TIMESTAMP"
@@ -47,196 +95,9 @@ TAG_PRODUCER_TIMESTAMP = "AWS_KINESISVIDEO_PRODUCER_SIDE_TIMESTAMP"
 VIDEO_CODEC_ID = "V_MPEG4/ISO/AVC"
 AUDIO_CODEC_ID = "A_AAC"
 READ_CHUNK_BYTES = 1 << 20
-HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
-
-# EBML element ids used by the tag reader.
-_ID_EBML = 0x1A45DFA3
-_ID_SEGMENT = 0x18538067
-_ID_CLUSTER = 0x1F43B675
-_ID_TAGS = 0x1254C367
-_ID_TAG = 0x7373
-_ID_SIMPLE_TAG = 0x67C8
-_ID_TAG_NAME = 0x45A3
-_ID_TAG_STRING = 0x4487
-_LEVEL1_IDS = frozenset(
-    {0x114D9B74, 0x1549A966, 0x1654AE6B, _ID_CLUSTER, 0x1C53BB6B, _ID_TAGS, 0x1941A469}
-)
-_MASTER_IDS = frozenset({_ID_SEGMENT, _ID_TAGS, _ID_TAG, _ID_SIMPLE_TAG})
 
 _template_lock = threading.Lock()
 _templates: dict[str, Any] = {}
-
-
-# ---------------------------------------------------------------------------- H.264
-
-
-def split_annexb(data: bytes) -> list[bytes]:
-    """Split an Annex-B byte string (3- or 4-byte start codes) into NAL units."""
-    nals: list[bytes] = []
-    i = data.find(START_CODE)
-    while i != -1:
-        start = i + 3
-        j = data.find(START_CODE, start)
-        nal = data[start:] if j == -1 else data[start:j]
-        # trailing zero bytes belong to the next 4-byte start code (or trailing_zero_8bits)
-        nal = nal.rstrip(b"\x00")
-        if nal:
-            nals.append(nal)
-        i = j
-    return nals
-
-
-def to_length_prefixed(nals: Iterable[bytes]) -> bytes:
-    """Join NAL units with 4-byte big-endian lengths (the avcC / Matroska framing)."""
-    return b"".join(len(n).to_bytes(4, "big") + n for n in nals)
-
-
-def split_length_prefixed(data: bytes, length_size: int = 4) -> list[bytes]:
-    """Split length-prefixed NAL units (avcC framing) back into NAL units."""
-    nals: list[bytes] = []
-    pos = 0
-    while pos + length_size <= len(data):
-        size = int.from_bytes(data[pos : pos + length_size], "big")
-        pos += length_size
-        nals.append(data[pos : pos + size])
-        pos += size
-    return nals
-
-
-def to_annexb(nals: Iterable[bytes]) -> bytes:
-    """Join NAL units with 4-byte start codes."""
-    return b"".join(b"\x00\x00\x00\x01" + n for n in nals)
-
-
-class _BitReader:
-    """Reads bits and Exp-Golomb codes from an RBSP (emulation prevention removed)."""
-
-    def __init__(self, rbsp: bytes) -> None:
-        self._value = int.from_bytes(rbsp, "big")
-        self._left = len(rbsp) * 8
-
-    def u(self, n: int) -> int:
-        if n > self._left:
-            raise ValueError("SPS truncated")
-        self._left -= n
-        return (self._value >> self._left) & ((1 << n) - 1)
-
-    def ue(self) -> int:
-        zeros = 0
-        while self.u(1) == 0:
-            zeros += 1
-            if zeros > 31:
-                raise ValueError("bad Exp-Golomb code")
-        return (1 << zeros) - 1 + self.u(zeros)
-
-    def se(self) -> int:
-        k = self.ue()
-        return (k + 1) // 2 if k % 2 else -(k // 2)
-
-
-def _rbsp(nal: bytes) -> bytes:
-    """Remove emulation prevention bytes (00 00 03 → 00 00)."""
-    return nal.replace(b"\x00\x00\x03", b"\x00\x00")
-
-
-@dataclass(frozen=True, slots=True)
-class SpsInfo:
-    """What the recorder needs from a sequence parameter set (never from decoding)."""
-
-    profile_idc: int
-    constraint_flags: int
-    level_idc: int
-    chroma_format_idc: int
-    bit_depth_luma: int
-    bit_depth_chroma: int
-    width: int
-    height: int
-
-    @property
-    def codec_string(self) -> str:
-        """RFC 6381 codec string, e.g. ``avc1.42e01f`` (HLS CODECS attribute)."""
-        return f"avc1.{self.profile_idc:02x}{self.constraint_flags:02x}{self.level_idc:02x}"
-
-
-def parse_sps(nal: bytes) -> SpsInfo:
-    """Parse an SPS NAL unit (ITU-T H.264 7.3.2.1.1) for profile, level and picture size."""
-    r = _BitReader(_rbsp(nal[1:]))
-    profile = r.u(8)
-    constraints = r.u(8)
-    level = r.u(8)
-    r.ue()  # seq_parameter_set_id
-    chroma_format_idc, depth_luma, depth_chroma = 1, 8, 8
-    if profile in HIGH_PROFILES:
-        chroma_format_idc = r.ue()
-        if chroma_format_idc == 3:
-            r.u(1)  # separate_colour_plane_flag
-        depth_luma = r.ue() + 8
-        depth_chroma = r.ue() + 8
-        r.u(1)  # qpprime_y_zero_transform_bypass_flag
-        if r.u(1):  # seq_scaling_matrix_present_flag
-            for i in range(8 if chroma_format_idc != 3 else 12):
-                if r.u(1):
-                    last, nxt = 8, 8
-                    for _ in range(16 if i < 6 else 64):
-                        if nxt != 0:
-                            nxt = (last + r.se() + 256) % 256
-                        last = nxt if nxt != 0 else last
-    r.ue()  # log2_max_frame_num_minus4
-    poc_type = r.ue()
-    if poc_type == 0:
-        r.ue()
-    elif poc_type == 1:
-        r.u(1)
-        r.se()
-        r.se()
-        for _ in range(r.ue()):
-            r.se()
-    r.ue()  # max_num_ref_frames
-    r.u(1)  # gaps_in_frame_num_value_allowed_flag
-    width_mbs = r.ue() + 1
-    height_units = r.ue() + 1
-    frame_mbs_only = r.u(1)
-    if not frame_mbs_only:
-        r.u(1)  # mb_adaptive_frame_field_flag
-    r.u(1)  # direct_8x8_inference_flag
-    crop_l = crop_r = crop_t = crop_b = 0
-    if r.u(1):
-        crop_l, crop_r, crop_t, crop_b = r.ue(), r.ue(), r.ue(), r.ue()
-    if chroma_format_idc == 1:
-        cx, cy = 2, 2 * (2 - frame_mbs_only)
-    elif chroma_format_idc == 2:
-        cx, cy = 2, 2 - frame_mbs_only
-    else:
-        cx, cy = 1, 2 - frame_mbs_only
-    width = width_mbs * 16 - cx * (crop_l + crop_r)
-    height = (2 - frame_mbs_only) * height_units * 16 - cy * (crop_t + crop_b)
-    return SpsInfo(
-        profile, constraints, level, chroma_format_idc, depth_luma, depth_chroma, width, height
-    )
-
-
-def build_avcc(sps_list: Sequence[bytes], pps_list: Sequence[bytes]) -> bytes:
-    """AVCDecoderConfigurationRecord (ISO/IEC 14496-15 5.3.3.1) with 4-byte NAL lengths."""
-    if not sps_list or not pps_list:
-        raise ValueError("avcC needs at least one SPS and one PPS")
-    sps0 = sps_list[0]
-    out = bytearray([1, sps0[1], sps0[2], sps0[3], 0xFC | 3, 0xE0 | len(sps_list)])
-    for sps in sps_list:
-        out += len(sps).to_bytes(2, "big") + sps
-    out.append(len(pps_list))
-    for pps in pps_list:
-        out += len(pps).to_bytes(2, "big") + pps
-    if sps0[1] in HIGH_PROFILES:
-        info = parse_sps(sps0)
-        out += bytes(
-            [
-                0xFC | info.chroma_format_idc,
-                0xF8 | (info.bit_depth_luma - 8),
-                0xF8 | (info.bit_depth_chroma - 8),
-                0,
-            ]
-        )
-    return bytes(out)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -368,61 +229,30 @@ def build_fragment_list_body(paths: Iterable[Path]) -> bytes:
     return b"".join(iter_fragment_list_body(paths))
 
 
-def _read_vint(data: bytes, pos: int, *, keep_marker: bool) -> tuple[int, int, bool]:
-    """Read an EBML variable-size integer: (value, new position, all-ones/unknown)."""
-    first = data[pos]
-    length = 1
-    mask = 0x80
-    while length <= 8 and not first & mask:
-        mask >>= 1
-        length += 1
-    if length > 8:
-        raise ValueError(f"bad EBML vint at {pos}")
-    value = first if keep_marker else first & (mask - 1)
-    for b in data[pos + 1 : pos + length]:
-        value = (value << 8) | b
-    unknown = not keep_marker and value == (1 << (7 * length)) - 1
-    return value, pos + length, unknown
-
-
-def read_segment_tags(data: bytes) -> list[dict[str, str]]:
-    """The SimpleTag name → string pairs of each Segment in a Matroska byte string.
-
-    A small EBML walker that understands unknown-size Segments and Clusters (the KVS
-    layout); used to check GetMediaForFragmentList bodies.
-    """
-    segments: list[dict[str, str]] = []
+def with_tags(data: bytes, head: dict[str, str], tail: dict[str, str] | None = None) -> bytes:
+    """A stored fragment file with its Tags element replaced by ``head`` (before the
+    Clusters) and, with ``tail``, a second Tags element after them: the layout of a GetMedia
+    chunk, whose continuation token follows the fragment (docs/wire.md, "GetMedia")."""
     pos = 0
-    end = len(data)
-    stack_unknown: list[int] = []  # ids of unknown-size masters we are inside
-    pending_name: str | None = None
-    while pos < end:
-        element_id, body, _ = _read_vint(data, pos, keep_marker=True)
-        size, body, unknown = _read_vint(data, body, keep_marker=False)
-        if element_id == _ID_EBML:
-            stack_unknown.clear()
-            pos = body + size
-            continue
-        if element_id == _ID_SEGMENT:
-            segments.append({})
-            stack_unknown = [_ID_SEGMENT] if unknown else []
+    tags_at: tuple[int, int] | None = None
+    first_cluster = len(data)
+    while pos < len(data):
+        element_id, body, _ = read_vint(data, pos, keep_marker=True)
+        size, body, unknown = read_vint(data, body, keep_marker=False)
+        if element_id == SEGMENT:
             pos = body
             continue
-        if element_id in _LEVEL1_IDS and stack_unknown and stack_unknown[-1] == _ID_CLUSTER:
-            stack_unknown.pop()
-        if element_id == _ID_CLUSTER and unknown:
-            stack_unknown.append(_ID_CLUSTER)
-            pos = body
-            continue
-        if element_id in _MASTER_IDS:
-            pos = body  # descend
-            continue
-        if element_id == _ID_TAG_NAME:
-            pending_name = data[body : body + size].decode("utf-8", "replace")
-        elif element_id == _ID_TAG_STRING and pending_name is not None and segments:
-            segments[-1][pending_name] = data[body : body + size].decode("utf-8", "replace")
-            pending_name = None
+        if element_id == CLUSTER:
+            first_cluster = pos
+            break
         if unknown:
-            raise ValueError(f"unknown-size element 0x{element_id:x} at {pos}")
+            raise ValueError(f"unknown-size element 0x{element_id:x} before the Clusters")
+        if element_id == TAGS:
+            tags_at = (pos, body + size)
+        elif element_id != EBML and pos == 0:
+            raise ValueError("not a Matroska fragment")
         pos = body + size
-    return segments
+    if tags_at is None:
+        tags_at = (first_cluster, first_cluster)
+    out = data[: tags_at[0]] + tags_element(head) + data[tags_at[1] :]
+    return out + tags_element(tail) if tail else out
