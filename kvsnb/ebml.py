@@ -573,3 +573,40 @@ def read_segment_tags(data: bytes) -> list[dict[str, str]]:
             raise ValueError(f"unknown-size element 0x{element_id:x} at {pos}")
         pos = body + size
     return segments
+
+
+def split_segments(data: bytes | bytearray) -> tuple[list[bytes], int]:
+    """Cut a GetMedia body into its chunks (EBML header + one live Segment each).
+
+    Returns the complete chunks and how many bytes they span; the rest is an unfinished
+    chunk (complete once the next EBML header or the end of the body arrives). Walks the
+    elements, so media bytes that happen to look like an EBML id never cut a chunk.
+    """
+    chunks: list[bytes] = []
+    start = pos = 0
+    in_segment = False
+    while pos < len(data):
+        try:
+            element_id, body, _ = read_vint(data, pos, keep_marker=True)
+            size, body, unknown = read_vint(data, body, keep_marker=False)
+        except IndexError:
+            break
+        if element_id == EBML:
+            if in_segment:
+                chunks.append(bytes(data[start:pos]))
+                start = pos
+                in_segment = False
+            if body + size > len(data):
+                break
+            pos = body + size
+            continue
+        if element_id == SEGMENT or (element_id == CLUSTER and unknown):
+            in_segment = True
+            pos = body
+            continue
+        if unknown:
+            raise MkvError(f"element 0x{element_id:x} of unknown size")
+        if body + size > len(data):
+            break
+        pos = body + size
+    return chunks, start
