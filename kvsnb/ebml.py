@@ -422,6 +422,8 @@ class PushParser:
         finally:
             del self._buf[:pos]
             self._offset += pos
+        if not self._skip:
+            self._close_known(self._offset, events)  # a known-size Cluster just completed
         return events
 
     def end(self) -> list[ParseEvent]:

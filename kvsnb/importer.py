@@ -116,13 +116,15 @@ async def put_media(
     timecode_type: Literal["ABSOLUTE", "RELATIVE"] = "RELATIVE",
     on_ack: Callable[[Ack], None] | None = None,
     raise_on_error: bool = True,
+    endpoint_url: str | None = None,
 ) -> list[Ack]:
     """Run one PutMedia request: send ``body`` (Matroska) while reading the acknowledgements.
 
     Returns every acknowledgement. An HTTP error raises ``PutMediaError`` with AWS's code;
     an ERROR acknowledgement raises it with the ErrorId unless ``raise_on_error`` is False.
+    ``endpoint_url`` skips GetDataEndpoint.
     """
-    endpoint = await asyncio.to_thread(target.data_endpoint, stream, "PUT_MEDIA")
+    endpoint = endpoint_url or await asyncio.to_thread(target.data_endpoint, stream, "PUT_MEDIA")
     url = endpoint.rstrip("/") + "/putMedia"
     headers = {**_stream_headers(stream), "x-amzn-fragment-timecode-type": timecode_type}
     if producer_start is not None:

@@ -5,7 +5,15 @@ from .clip import get_clip
 from .fragments import DecodedFrame, decode_video, get_media, list_fragments
 from .hls import HlsFrame, HlsReader, PlaylistError, hls_session_url
 from .images import decode_image, get_images, image_windows
-from .media_stream import MediaChunk, MediaResult, iter_media, read_media, start_selector
+from .media_stream import (
+    MediaChunk,
+    MediaResult,
+    iter_chunks,
+    iter_media,
+    open_media,
+    read_media,
+    start_selector,
+)
 from .times import parse_time
 
 __all__ = [
@@ -22,8 +30,10 @@ __all__ = [
     "get_media",
     "hls_session_url",
     "image_windows",
+    "iter_chunks",
     "iter_media",
     "list_fragments",
+    "open_media",
     "parse_time",
     "read_media",
     "start_selector",

@@ -103,14 +103,16 @@ def start_selector(
     return selector
 
 
-def iter_media(
-    target: Target, stream: str, selector: dict[str, Any], *, max_chunks: int | None = None
-) -> Iterator[MediaChunk]:
-    """GetMedia chunks as they arrive (the call follows the stream until the service ends
-    it, or until ``max_chunks`` chunks have come)."""
+def open_media(target: Target, stream: str, selector: dict[str, Any]) -> Any:
+    """Call GetMedia; returns the streaming payload once the answer has begun (its start
+    is fixed then: NOW means fragments stored after this returns)."""
     client = target.client("kinesis-video-media", target.data_endpoint(stream, "GET_MEDIA"))
-    response = client.get_media(**_stream_key(stream), StartSelector=selector)
-    payload = response["Payload"]
+    return client.get_media(**_stream_key(stream), StartSelector=selector)["Payload"]
+
+
+def iter_chunks(payload: Any, *, max_chunks: int | None = None) -> Iterator[MediaChunk]:
+    """The chunks of a GetMedia payload as they arrive (until the service ends the answer,
+    or ``max_chunks`` have come); closes the payload."""
     raw = getattr(payload, "_raw_stream", None)  # urllib3: read1 returns what has arrived
     read = raw.read1 if raw is not None and hasattr(raw, "read1") else payload.read
     buffer = bytearray()
@@ -134,6 +136,14 @@ def iter_media(
                 return
     finally:
         payload.close()
+
+
+def iter_media(
+    target: Target, stream: str, selector: dict[str, Any], *, max_chunks: int | None = None
+) -> Iterator[MediaChunk]:
+    """GetMedia chunks as they arrive (the call follows the stream until the service ends
+    it, or until ``max_chunks`` chunks have come)."""
+    yield from iter_chunks(open_media(target, stream, selector), max_chunks=max_chunks)
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,7 @@ class _Fragment:
     producer_start_ms: int = 0
     frames: list[tuple[int, int, bool, bytes]] = field(default_factory=list)  # track, ms, key, data
     last_ms: int | None = None
+    size: int = 0
 
     def ack(self, event: str) -> dict[str, Any]:
         """An acknowledgement about this fragment."""
@@ -543,6 +544,9 @@ class _PutMediaSession:
             )
         if ms - frag.producer_start_ms > self.options.max_fragment_duration_ms:
             raise PutMediaError(MAX_FRAGMENT_DURATION_REACHED, "fragment too long")
+        frag.size += len(block.data)
+        if frag.size > self.options.max_fragment_bytes:
+            raise PutMediaError(MAX_FRAGMENT_SIZE_REACHED, f"fragment over {frag.size} bytes")
         frag.frames.append((block.track, ms, block.keyframe, block.data))
         frag.last_ms = ms if frag.last_ms is None else max(frag.last_ms, ms)
 

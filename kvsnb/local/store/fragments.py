@@ -482,23 +482,32 @@ class FragmentStore:
     def fragment_at(
         self, stream_arn: str, selector: SelectorType | str, at_ms: int
     ) -> Fragment | None:
-        """The first fragment (by ``selector`` start time) that contains ``at_ms`` or starts
-        after it: where GetMedia's timestamp selectors begin."""
+        """Where GetMedia's timestamp selectors begin: the fragment that started last at or
+        before ``at_ms`` (by ``selector``) if it still runs at ``at_ms``, else the first one
+        starting after it (ties go to the lower fragment number)."""
         if selector == SELECTOR_PRODUCER:
             column = "producer_start_ms"
         elif selector == SELECTOR_SERVER:
             column = "server_start_ms"
         else:
             raise StoreError(f"unknown fragment selector type {selector!r}")
+        base = f"SELECT {_COLUMNS} FROM fragments WHERE stream_arn = ? "
+        limit = 1 + len(self.missing)
         with self._lock:
             self._check_open()
-            rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM fragments WHERE stream_arn = ? "
-                f"AND {column} + duration_ms > ? ORDER BY {column}, fragment_number LIMIT ?",
-                (stream_arn, int(at_ms), 1 + len(self.missing)),
+            before = self._conn.execute(
+                base + f"AND {column} <= ? ORDER BY {column} DESC, fragment_number LIMIT ?",
+                (stream_arn, int(at_ms), limit),
             ).fetchall()
-        out = self._filter(rows)
-        return out[0] if out else None
+            after = self._conn.execute(
+                base + f"AND {column} > ? ORDER BY {column}, fragment_number LIMIT ?",
+                (stream_arn, int(at_ms), limit),
+            ).fetchall()
+        running = [f for f in self._filter(before) if getattr(f, column) + f.duration_ms > at_ms]
+        if running:
+            return running[0]
+        later = self._filter(after)
+        return later[0] if later else None
 
     def latest_fragment(self, stream_arn: str) -> Fragment | None:
         """The most recently ingested fragment of a stream (highest number), or None."""
