@@ -70,7 +70,7 @@ def video_track(media_file: Path) -> tuple[ebml.TrackSpec, list[tuple[int, bool,
     with av.open(str(media_file)) as container:
         vs = container.streams.video[0]
         track = ebml.TrackSpec(
-            1, "V_MPEG4/ISO/AVC", bytes(vs.codec_context.extradata), "video", 320, 240
+            1, "V_MPEG4/ISO/AVC", bytes(vs.codec_context.extradata or b""), "video", 320, 240
         )
         packets = [
             (round(float(p.pts * p.time_base) * 1000), p.is_keyframe, bytes(p))
@@ -293,7 +293,7 @@ def test_unknown_stream_is_404_and_bad_headers_400(
     assert err.value.code == "ResourceNotFoundException"
     assert "HTTP 404" in str(err.value)
     with pytest.raises(PutMediaError) as err:
-        _put(target, producer_body, timecode_type="SIDEWAYS")  # type: ignore[arg-type]
+        _put(target, producer_body, timecode_type="SIDEWAYS")
     assert err.value.code == "InvalidArgumentException"
     assert "HTTP 400" in str(err.value)
 
