@@ -124,9 +124,9 @@ async def put_media(
     an ERROR acknowledgement raises it with the ErrorId unless ``raise_on_error`` is False.
     ``endpoint_url`` skips GetDataEndpoint.
     """
-    endpoint: str = endpoint_url or await asyncio.to_thread(
-        target.data_endpoint, stream, "PUT_MEDIA"
-    )
+    if endpoint_url is None:
+        endpoint_url = await asyncio.to_thread(target.data_endpoint, stream, "PUT_MEDIA")
+    endpoint = str(endpoint_url)
     url = endpoint.rstrip("/") + "/putMedia"
     headers = {**_stream_headers(stream), "x-amzn-fragment-timecode-type": timecode_type}
     if producer_start is not None:
