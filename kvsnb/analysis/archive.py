@@ -28,6 +28,7 @@ import io
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, Protocol
 
 import av
@@ -111,10 +112,14 @@ class FrameContext:
     first_in_fragment: bool
     frame: av.VideoFrame | None  # None for functions that need no decoding
 
-    def luma(self) -> np.ndarray:
-        """The frame's luma plane (H, W) as uint8."""
+    @cached_property
+    def _luma(self) -> np.ndarray:
         assert self.frame is not None, "this function was declared without decoding"
         return frame_luma(self.frame)
+
+    def luma(self) -> np.ndarray:
+        """The frame's luma plane (H, W) as uint8 (read once, shared by the functions)."""
+        return self._luma
 
     def rgb(self) -> np.ndarray:
         """The frame as (H, W, 3) RGB uint8."""
