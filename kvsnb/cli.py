@@ -134,6 +134,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from .importer import PutMediaError, import_file
     from .playback.times import parse_time
 
@@ -152,7 +154,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
             except kv.exceptions.ResourceNotFoundException:
                 kv.create_stream(StreamName=args.stream, DataRetentionInHours=args.retention)
         result = import_file(target, args.file, args.stream, start=start, progress=True)
-    except (PutMediaError, FileNotFoundError) as exc:
+    except (PutMediaError, FileNotFoundError, ClientError, BotoCoreError) as exc:
         print(f"import failed: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -445,3 +445,19 @@ def test_get_media_now_follows_the_stream_as_it_grows(
     new = [a.fragment_number for a in acks if a.event == "PERSISTED"]
     assert got == new
     assert not {a.fragment_number for a in stored} & set(got)
+
+
+def test_kvsnb_import_command(
+    media_kvs: LocalKvs, media_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvsnb.cli import main
+
+    args = ["import", str(media_file), "--stream", "from-cli", "--create"]
+    args += ["--start", "2026-01-01T00:00:00Z", "--endpoint-url", media_kvs.url]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "5 fragments, 10.0 media s" in out and "from 2026-01-01T00:00:00+00:00" in out
+    assert (
+        main(["import", str(media_file), "--stream", "nope", "--endpoint-url", media_kvs.url]) == 1
+    )
+    assert "ResourceNotFoundException" in capsys.readouterr().err
