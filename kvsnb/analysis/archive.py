@@ -2,9 +2,9 @@
 
 Over a time range of a stream the fragments are listed (every page of ListFragments) and
 grouped into partitions of about ``partition_seconds`` of media. Each partition is one task:
-it builds its own boto3 client from a small picklable ``TargetSpec`` (endpoint, region,
-where credentials come from, CA bundle), fetches its fragments with
-GetMediaForFragmentList, decodes them with PyAV (one thread, so workers scale with cores)
+it uses boto3 clients built in its own process from a small picklable ``TargetSpec``
+(endpoint, region, where credentials come from, CA bundle; built once per worker), fetches
+its fragments with GetMediaForFragmentList, decodes them with PyAV (one thread, so workers scale with cores)
 and applies the frame functions to every frame (or to one frame per ``sample_ms`` bucket),
 giving a pandas DataFrame; together they are a ``dask.dataframe`` built with ``from_map``
 and a ``meta``, so nothing runs to learn the schema.
@@ -28,7 +28,7 @@ import io
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Literal, Protocol
 
 import av
@@ -99,6 +99,13 @@ class TargetSpec:
         if self.ca_bundle:
             session._session.set_config_variable("ca_bundle", self.ca_bundle)
         return Target(self.name, self.region, session, endpoint_url=self.endpoint_url)
+
+
+@lru_cache(maxsize=8)
+def _target_of(spec: TargetSpec) -> Target:
+    """One ``Target`` per spec in each process (a worker's tasks share its boto3 clients:
+    building a session loads the service models, a third of a second)."""
+    return spec.target()
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,9 @@ class Brightness:
     decode: bool = True
 
     def __call__(self, ctx: FrameContext) -> dict[str, Any]:
-        return {"brightness": float(ctx.luma().mean())}
+        luma = ctx.luma()
+        wide = np.uint32 if luma.size * 255 < 2**32 else np.uint64  # an exact integer sum
+        return {"brightness": float(luma.sum(dtype=wide)) / luma.size}
 
 
 @dataclass
@@ -289,7 +298,7 @@ def analyze_partition(
     fns = _functions(functions)
     columns = _columns(fns)
     decode = any(fn.decode for fn in fns)
-    target = spec.target()
+    target = _target_of(spec)
     media = get_media(target, stream, list(partition.numbers))
     starts = np.array(partition.starts_ms, dtype=np.int64)
     rows: list[dict[str, Any]] = []
