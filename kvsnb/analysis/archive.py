@@ -6,8 +6,8 @@ it uses boto3 clients built in its own process from a small picklable ``TargetSp
 (endpoint, region, where credentials come from, CA bundle; built once per worker), fetches
 its fragments with GetMediaForFragmentList, decodes them with PyAV (one thread, so workers
 scale with cores) and applies the frame functions to every frame (or to one frame per
-``sample_ms`` bucket), giving a pandas DataFrame; together they are a ``dask.dataframe`` built with ``from_map``
-and a ``meta``, so nothing runs to learn the schema.
+``sample_ms`` bucket), giving a pandas DataFrame; together they are a ``dask.dataframe``
+built with ``from_map`` and a ``meta``, so nothing runs to learn the schema.
 
 ``analyze_archive`` computes it on the ``distributed.Client`` given, the current one, or a
 new ``LocalCluster``; ``analyze_local`` runs the very same partition function in a plain
