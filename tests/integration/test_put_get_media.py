@@ -29,9 +29,12 @@ from kvsnb.local import LocalKvs, LocalKvsConfig
 from kvsnb.local.media.plane import MediaOptions
 from kvsnb.media.sources import make_test_file
 from kvsnb.playback import (
+    HlsReader,
     decode_video,
+    get_clip,
     get_images,
     get_media,
+    hls_session_url,
     iter_chunks,
     list_fragments,
     open_media,
@@ -139,7 +142,7 @@ def test_data_endpoints_for_put_and_get_media(target: Target, media_kvs: LocalKv
 
 
 def test_put_media_acknowledges_each_fragment_and_stores_it(
-    target: Target, producer_body: list[bytes]
+    target: Target, producer_body: list[bytes], tmp_path: Path
 ) -> None:
     acks = _put(target, producer_body)
     persisted = [a for a in acks if a.event == "PERSISTED"]
@@ -163,6 +166,13 @@ def test_put_media_acknowledges_each_fragment_and_stores_it(
         target, "cam", START + dt.timedelta(seconds=2), START + dt.timedelta(seconds=4)
     )
     assert len(images) >= 1 and images["error"].isna().all()
+    clip = get_clip(target, "cam", START, START + dt.timedelta(seconds=SECONDS), tmp_path / "c.mp4")
+    with av.open(str(clip)) as container:
+        assert container.streams.audio and container.streams.video
+        assert sum(1 for _ in container.decode(video=0)) == round(SECONDS * FPS)
+    url = hls_session_url(target, "cam", selector="PRODUCER_TIMESTAMP")
+    segments = asyncio.run(HlsReader(url).playlist()).segments
+    assert len(segments) == len(persisted)
 
 
 def test_acknowledgements_arrive_while_the_upload_goes_on(
