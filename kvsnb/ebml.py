@@ -427,8 +427,19 @@ class PushParser:
         return events
 
     def end(self) -> list[ParseEvent]:
-        """The input ended: close an open Cluster (unknown size, or cut short)."""
+        """The input ended: close an open unknown-size Cluster. Raises ``MkvError`` when the
+        input stopped inside an element (a known-size Cluster or a block cut short)."""
         events: list[ParseEvent] = []
+        cut = (
+            self._buf
+            or self._skip
+            or any(
+                end is not None and end > self._offset for eid, end in self._stack if eid == CLUSTER
+            )
+        )
+        if cut and self.in_cluster:
+            self._stack.clear()
+            raise MkvError("the body ended inside a Cluster")
         if self.in_cluster:
             events.append(ClusterEnd())
         self._stack.clear()

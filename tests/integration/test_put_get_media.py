@@ -222,6 +222,19 @@ def test_not_matroska_gets_error_4006_and_stores_nothing(target: Target) -> None
     assert list_fragments(target, "cam").empty
 
 
+def test_body_ending_inside_a_fragment_keeps_the_complete_ones(
+    target: Target, producer_body: list[bytes]
+) -> None:
+    half = producer_body[2][: len(producer_body[2]) // 2]
+    acks = _put(target, [producer_body[0], producer_body[1], half])
+    assert [(a.error_id, a.error_code) for a in acks if a.event == "ERROR"] == [
+        (4006, "INVALID_MKV_DATA")
+    ]
+    persisted = [a.fragment_number for a in acks if a.event == "PERSISTED"]
+    assert len(persisted) == 1
+    assert list(list_fragments(target, "cam")["fragment_number"]) == persisted
+
+
 def test_timecode_going_backwards_gets_4004_and_keeps_earlier_fragments(
     target: Target, video_track: Any
 ) -> None:

@@ -117,3 +117,15 @@ def test_split_segments_cuts_a_getmedia_body_into_chunks() -> None:
     chunks, used = ebml.split_segments(one[:-3])
     assert chunks == [] and used == 0
     assert ebml.read_segment_tags(one + two) == [{"T": "1"}, {}]
+
+
+def test_input_ending_inside_a_known_size_cluster_is_an_error() -> None:
+    body = ebml.stream_start([TRACK]) + ebml.cluster(0, _frames(0))
+    parser = PushParser()
+    parser.feed(body[:-5])
+    try:
+        parser.end()
+    except MkvError as exc:
+        assert "ended inside a Cluster" in str(exc)
+    else:
+        raise AssertionError("accepted")

@@ -469,7 +469,11 @@ class _PutMediaSession:
             except Exception as exc:  # the client broke the upload off
                 raise PutMediaError(STREAM_READ_ERROR, f"reading the body failed: {exc}") from exc
             if not chunk:
-                await self._events(self.parser.end())
+                try:
+                    events = self.parser.end()
+                except MkvError as exc:
+                    raise PutMediaError(INVALID_MKV_DATA, str(exc)) from exc
+                await self._events(events)
                 return
             idle_since = time.monotonic()
             try:
