@@ -13,7 +13,10 @@ PutMedia (``POST /putMedia``, not in the botocore models: only the Java SDK has 
     ``idle_ack_interval_s`` without data, and the request closes after ``idle_timeout_s``
     (AWS: 30 s). A stream with no retention acknowledges ``RECEIVED`` and stores nothing, as
     AWS persists nothing then. Bad input gets an ``ERROR`` acknowledgement with AWS's
-    ``ErrorId`` and ``ErrorCode`` and ends the request; fragments persisted before stay.
+    ``ErrorId`` and ``ErrorCode`` and ends the request; fragments persisted before stay,
+    and so do those already RECEIVED. A body that ends inside a known-size Cluster (or a
+    block) gets ERROR 4006 and that fragment is dropped; an unknown-size Cluster ends with
+    the body.
     The signature is checked on the headers only: sign with
     ``X-Amz-Content-SHA256: UNSIGNED-PAYLOAD``.
     Wire source: the PutMedia API reference (acknowledgement format, error ids, limits).
