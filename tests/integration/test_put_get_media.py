@@ -5,6 +5,7 @@ archived-media APIs, GetMedia's start selectors, tags and continuation, followin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -484,3 +485,39 @@ def test_kvsnb_import_command(
         main(["import", str(media_file), "--stream", "nope", "--endpoint-url", media_kvs.url]) == 1
     )
     assert "ResourceNotFoundException" in capsys.readouterr().err
+
+
+def test_stopping_local_kvs_mid_upload_keeps_what_was_stored(
+    tmp_path: Path, producer_body: list[bytes]
+) -> None:
+    config = LocalKvsConfig(data_dir=tmp_path / "data", extra={"media": OPTIONS})
+    kvs = LocalKvs(config).start_in_thread()
+    target = connect(endpoint_url=kvs.url)
+    target.kinesisvideo.create_stream(StreamName="cam", DataRetentionInHours=24)
+    stopped = threading.Event()
+
+    def stop() -> None:
+        kvs.stop_in_thread()
+        stopped.set()
+
+    async def run() -> None:
+        def on_ack(ack: Ack) -> None:
+            if ack.event == "PERSISTED":  # Local KVS stops while the upload is open
+                threading.Thread(target=stop).start()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield producer_body[0] + producer_body[1]
+            await asyncio.sleep(60)  # the producer has nothing more for now
+
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                put_media(target, "cam", body(), producer_start=START, on_ack=on_ack), 60
+            )
+
+    asyncio.run(run())
+    assert stopped.wait(30)
+    with LocalKvs(LocalKvsConfig(data_dir=tmp_path / "data")) as again:
+        restarted = connect(endpoint_url=again.url)
+        assert len(list_fragments(restarted, "cam")) == 1
+        restarted.close()
+    target.close()

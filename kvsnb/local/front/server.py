@@ -396,9 +396,11 @@ async def build_planes(kvs: LocalKvs) -> None:
         ImagesPlane(control, store),
         ClipPlane(control, store),
     )
-    kvs.planes["stream-media"] = MediaPlane(control, store, kvs.config.extra.get("media"))
+    media = MediaPlane(control, store, kvs.config.extra.get("media"))  # extra["media"]: options
+    kvs.planes["stream-media"] = media
 
     async def close() -> None:
+        await media.close()
         await sessions.close()
         store.close()
 

@@ -174,9 +174,33 @@ class MediaPlane:
         self.store = store
         self.options = options or MediaOptions()
         self.streaming_routes: dict[str, Callable[[web.Request, Authorize], Awaitable[Any]]] = {
-            PUT_MEDIA_PATH: self.put_media,
-            GET_MEDIA_PATH: self.get_media,
+            PUT_MEDIA_PATH: self._tracked(self.put_media),
+            GET_MEDIA_PATH: self._tracked(self.get_media),
         }
+        self._active: set[asyncio.Task[Any]] = set()
+
+    def _tracked(
+        self, handler: Callable[[web.Request, Authorize], Awaitable[web.StreamResponse]]
+    ) -> Callable[[web.Request, Authorize], Awaitable[web.StreamResponse]]:
+        async def run(request: web.Request, authorize: Authorize) -> web.StreamResponse:
+            task = asyncio.current_task()
+            assert task is not None
+            self._active.add(task)
+            try:
+                return await handler(request, authorize)
+            finally:
+                self._active.discard(task)
+
+        return run
+
+    async def close(self) -> None:
+        """End every PutMedia and GetMedia in progress (Local KVS is stopping); fragments
+        already received are stored first."""
+        tasks = list(self._active)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
 
     # ------------------------------------------------------------------ PutMedia
 
