@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -26,7 +27,7 @@ from kvsnb.importer import (
     plan_file,
     put_media,
 )
-from kvsnb.local import LocalKvs, LocalKvsConfig
+from kvsnb.local import LocalKvs, LocalKvsConfig, StrictKeys
 from kvsnb.local.media.plane import MediaOptions
 from kvsnb.media.sources import make_test_file
 from kvsnb.playback import (
@@ -521,3 +522,28 @@ def test_stopping_local_kvs_mid_upload_keeps_what_was_stored(
         assert len(list_fragments(restarted, "cam")) == 1
         restarted.close()
     target.close()
+
+
+def test_put_media_signature_is_checked_in_strict_mode(
+    tmp_path: Path, producer_body: list[bytes]
+) -> None:
+    keys = StrictKeys("AKIASTRICTMEDIA00001", "strict/media+secret")
+    config = LocalKvsConfig(data_dir=tmp_path / "data", strict_keys=keys)
+    with LocalKvs(config) as kvs:
+
+        def target_with(secret: str) -> Target:
+            session = boto3.Session(
+                aws_access_key_id=keys.access_key,
+                aws_secret_access_key=secret,
+                region_name="us-west-2",
+            )
+            return Target("endpoint", "us-west-2", session, endpoint_url=kvs.url)
+
+        good = target_with(keys.secret_key)
+        good.kinesisvideo.create_stream(StreamName="cam", DataRetentionInHours=24)
+        endpoint = good.data_endpoint("cam", "PUT_MEDIA")
+        acks = _put(good, producer_body[:2])
+        assert _events(acks) == ["BUFFERING", "RECEIVED", "PERSISTED"]
+        with pytest.raises(PutMediaError) as err:
+            _put(target_with("wrong-secret"), producer_body[:2], endpoint_url=endpoint)
+        assert err.value.code == "InvalidSignatureException"
