@@ -27,6 +27,7 @@ from kvsnb.importer import (
     plan_file,
     put_media,
 )
+from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs, LocalKvsConfig, StrictKeys
 from kvsnb.local.media.plane import MediaOptions
 from kvsnb.media.sources import make_test_file
@@ -44,6 +45,7 @@ from kvsnb.playback import (
     start_selector,
 )
 from kvsnb.target import Target, connect
+from tests.conftest import FAST
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # a producer time well in the past
 SECONDS = 10.0
@@ -547,3 +549,17 @@ def test_put_media_signature_is_checked_in_strict_mode(
         with pytest.raises(PutMediaError) as err:
             _put(target_with("wrong-secret"), producer_body[:2], endpoint_url=endpoint)
         assert err.value.code == "InvalidSignatureException"
+
+
+async def test_get_media_reads_fragments_stored_by_a_storage_session(kvs: LocalKvs) -> None:
+    webrtc = connect(endpoint_url=kvs.url)
+    _, stream_arn = webrtc.create_storage_channel("webrtc")
+    kvs.planes["stream-media"].options = MediaOptions(get_media_idle_s=5)
+    await ingest(webrtc, "webrtc", seconds=2.5, policy=FAST)
+    # GetMedia follows the stream, so it also gets a fragment stored as the session closes
+    result = await asyncio.to_thread(read_media, webrtc, stream_arn, "EARLIEST")
+    listed = await asyncio.to_thread(list_fragments, webrtc, stream_arn)
+    assert list(result.fragments["fragment_number"]) == list(listed["fragment_number"])
+    stored = await asyncio.to_thread(get_media, webrtc, stream_arn, list(listed["fragment_number"]))
+    assert len(list(result.video_frames())) == len(list(decode_video(stored)))
+    webrtc.close()
