@@ -106,7 +106,7 @@ def split_plane(path: str) -> tuple[str, str]:
 
 
 class LocalKvs:
-    """A Local KVS server: control plane, signaling, webrtc-storage and archived media.
+    """A Local KVS server: control plane, signaling, webrtc-storage, media and archived media.
 
     ``url`` is the control-plane endpoint once started. The data directory holds everything
     stored; with none given a temporary one is made and removed on ``stop()``.
@@ -367,11 +367,11 @@ class CompositePlane:
 
 
 async def build_planes(kvs: LocalKvs) -> None:
-    """Create the signaling REST, webrtc-storage and archived-media planes of ``kvs``.
+    """Create the signaling REST, webrtc-storage, media and archived-media planes of ``kvs``.
 
-    ``kvs.config.extra["storage"]`` may hold a ``StorageOptions``; with
-    ``kvs.config.storage_workers`` > 0 the storage sessions run in that many worker
-    processes (``workers``).
+    ``kvs.config.extra["storage"]`` may hold a ``StorageOptions`` and ``extra["media"]`` a
+    ``MediaOptions``; with ``kvs.config.storage_workers`` > 0 the storage sessions run in
+    that many worker processes (``workers``).
     """
     control, relay = kvs.control, kvs.relay
     assert control is not None and relay is not None
@@ -396,7 +396,7 @@ async def build_planes(kvs: LocalKvs) -> None:
         ImagesPlane(control, store),
         ClipPlane(control, store),
     )
-    media = MediaPlane(control, store, kvs.config.extra.get("media"))  # extra["media"]: options
+    media = MediaPlane(control, store, kvs.config.extra.get("media"))
     kvs.planes["stream-media"] = media
 
     async def close() -> None:
