@@ -30,6 +30,8 @@ BENCHES = (
     "bench_get_images",
     "bench_viewers",
     "bench_concurrency",
+    "bench_put_media",
+    "bench_dask",
 )
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,4 +1,4 @@
-"""The ``kvsnb`` command: ``local``, ``demo``, ``ingest``, ``view``, ``check``."""
+"""The ``kvsnb`` command: ``local``, ``demo``, ``ingest``, ``view``, ``check``, ``import``."""
 
 from __future__ import annotations
 
@@ -139,6 +139,43 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .importer import PutMediaError, import_file
+    from .times import parse_time
+
+    try:
+        start = parse_time(args.start) if args.start else None
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    target = _target(args)
+    try:
+        if args.create:
+            kv = target.kinesisvideo
+            key = {"StreamARN": args.stream} if args.stream.startswith("arn:") else None
+            try:
+                kv.describe_stream(**(key or {"StreamName": args.stream}))
+            except kv.exceptions.ResourceNotFoundException:
+                kv.create_stream(StreamName=args.stream, DataRetentionInHours=args.retention)
+        result = import_file(target, args.file, args.stream, start=start, progress=True)
+    except (PutMediaError, FileNotFoundError, ClientError, BotoCoreError) as exc:
+        print(f"import failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        target.close()
+    for note in result.notes:
+        print(f"note: {note}")
+    print(
+        f"{len(result.fragments)} fragments, {result.media_seconds:.1f} media s in "
+        f"{result.wall_seconds:.2f} s ({result.speed:.0f}x real time, "
+        f"{result.bytes_sent / 1e6 / max(result.wall_seconds, 1e-9):.1f} MB/s) into "
+        f"{args.stream} from {result.producer_start.isoformat()}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``kvsnb`` command."""
     p = argparse.ArgumentParser(prog="kvsnb", description=__doc__)
@@ -205,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("source", help="testpattern or a media file")
     cp.add_argument("--video-only", action="store_true", help="audio not required")
     cp.set_defaults(func=_cmd_check)
+
+    mp = sub.add_parser("import", help="load a media file into a stream through PutMedia")
+    mp.add_argument("file", help="a media file (H.264/AAC pass through; others are transcoded)")
+    mp.add_argument("--stream", required=True, help="stream name or ARN")
+    mp.add_argument(
+        "--start",
+        help="producer time of the first frame: ISO 8601 or '2 h ago' (default: ends now)",
+    )
+    mp.add_argument("--endpoint-url", help="a Local KVS URL (default: KVSNB_TARGET/embedded)")
+    mp.add_argument("--region")
+    mp.add_argument("--create", action="store_true", help="create the stream if it is missing")
+    mp.add_argument("--retention", type=int, default=24, help="hours, with --create")
+    mp.set_defaults(func=_cmd_import)
     return p
 
 

@@ -1,5 +1,19 @@
-"""Analysis of stamped media: what was sent, stored and retrieved, and when."""
+"""Analysis of stamped media: what was sent, stored and retrieved, and when; frame analysis
+of long archives on Dask (``archive``)."""
 
+from .archive import (
+    ArchivePlan,
+    FrameContext,
+    TargetSpec,
+    UserFunction,
+    analyze_archive,
+    analyze_local,
+    frame_gaps,
+    keyframe_intervals,
+    local_client,
+    plan_archive,
+    to_dask,
+)
 from .latency import fragment_latency, frame_latency, latency_summary
 from .plots import plot_intervals, plot_latency_cdf, plot_latency_waterfall, plot_timeline
 from .probe import ProbeRecord, RetrievalProbe
@@ -7,14 +21,24 @@ from .stamps import Delivery, compare_delivery, stamps_from_frames, stamps_from_
 from .timeline import frame_timeline, timeline_summary
 
 __all__ = [
+    "ArchivePlan",
     "Delivery",
+    "FrameContext",
     "ProbeRecord",
     "RetrievalProbe",
+    "TargetSpec",
+    "UserFunction",
+    "analyze_archive",
+    "analyze_local",
     "compare_delivery",
     "fragment_latency",
+    "frame_gaps",
     "frame_latency",
     "frame_timeline",
+    "keyframe_intervals",
     "latency_summary",
+    "local_client",
+    "plan_archive",
     "plot_intervals",
     "plot_latency_cdf",
     "plot_latency_waterfall",
@@ -22,4 +46,5 @@ __all__ = [
     "stamps_from_frames",
     "stamps_from_images",
     "timeline_summary",
+    "to_dask",
 ]

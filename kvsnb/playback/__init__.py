@@ -6,11 +6,22 @@ from .clip import get_clip
 from .fragments import DecodedFrame, decode_video, get_media, list_fragments
 from .hls import HlsFrame, HlsReader, PlaylistError, hls_session_url
 from .images import decode_image, get_images, image_windows
+from .media_stream import (
+    MediaChunk,
+    MediaResult,
+    iter_chunks,
+    iter_media,
+    open_media,
+    read_media,
+    start_selector,
+)
 
 __all__ = [
     "DecodedFrame",
     "HlsFrame",
     "HlsReader",
+    "MediaChunk",
+    "MediaResult",
     "PlaylistError",
     "decode_image",
     "decode_video",
@@ -19,6 +30,11 @@ __all__ = [
     "get_media",
     "hls_session_url",
     "image_windows",
+    "iter_chunks",
+    "iter_media",
     "list_fragments",
+    "open_media",
     "parse_time",
+    "read_media",
+    "start_selector",
 ]

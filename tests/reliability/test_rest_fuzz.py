@@ -34,13 +34,20 @@ from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs
 from kvsnb.local.core import protocol
 from kvsnb.local.front.server import operation_method
+from kvsnb.local.media.plane import MediaOptions
 from kvsnb.target import connect
 from tests.conftest import FAST, start_kvs
 from tests.reliability.conftest import healthy, signed_post
 
 pytestmark = pytest.mark.timeout(120)
 
-PLANE_PATH = {"control": "", "signaling": "/signaling", "webrtc": "/webrtc", "media": "/media"}
+PLANE_PATH = {
+    "control": "",
+    "signaling": "/signaling",
+    "webrtc": "/webrtc",
+    "media": "/media",
+    "stream-media": "/stream-media",
+}
 MAX_DEPTH = 4
 MAX_LIST = 4
 EXAMPLES = 200  # hypothesis examples in total, over every operation
@@ -73,6 +80,7 @@ class _Collect(logging.Handler):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     kvs = start_kvs(tmp_path_factory.mktemp("fuzz") / "data")
+    kvs.planes["stream-media"].options = MediaOptions(get_media_idle_s=0.5)  # GetMedia ends soon
     errors: list[logging.LogRecord] = []
     handler = _Collect(errors)
     logging.getLogger("kvsnb.local").addHandler(handler)

@@ -14,6 +14,7 @@ import av
 import numpy as np
 import pytest
 
+from kvsnb.ebml import read_segment_tags
 from kvsnb.local.storage.passthrough import EncodedFrame
 from kvsnb.local.storage.recorder import FragmentRecorder
 from kvsnb.local.store.fragments import Fragment, FragmentStore
@@ -22,7 +23,6 @@ from kvsnb.local.store.mkv import (
     TAG_PRODUCER_TIMESTAMP,
     TAG_SERVER_TIMESTAMP,
     build_fragment_list_body,
-    read_segment_tags,
     timestamp_tag,
 )
 

@@ -82,6 +82,9 @@ def new_version() -> str:
     return "".join(secrets.choice(_ALNUM) for _ in range(VERSION_LENGTH))
 
 
+MEDIA_PLANE_APIS = frozenset({"PUT_MEDIA", "GET_MEDIA"})
+
+
 @dataclass(frozen=True)
 class Endpoints:
     """Where each plane of one Local KVS answers (the URLs the control plane hands out)."""
@@ -110,8 +113,13 @@ class Endpoints:
 
     @property
     def media(self) -> str:
-        """The archived-media plane (GetDataEndpoint's answer)."""
+        """The archived-media plane (GetDataEndpoint's answer for its APIs)."""
         return f"{self.http}/media"
+
+    @property
+    def stream_media(self) -> str:
+        """The kinesis-video-media plane (GetDataEndpoint for PUT_MEDIA and GET_MEDIA)."""
+        return f"{self.http}/stream-media"
 
 
 @dataclass(frozen=True)
@@ -602,8 +610,11 @@ class ControlPlane:
         }
 
     def get_data_endpoint(self, req: dict[str, Any]) -> dict[str, Any]:
-        """GetDataEndpoint: the archived-media endpoint for the stream (no path per API)."""
+        """GetDataEndpoint: the kinesis-video-media endpoint for PUT_MEDIA and GET_MEDIA, the
+        archived-media one for the other API names."""
         self.stream_of(req)
+        if req["APIName"] in MEDIA_PLANE_APIS:
+            return {"DataEndpoint": self.endpoints.stream_media}
         return {"DataEndpoint": self.endpoints.media}
 
     # ------------------------------------------------------------------ tags

@@ -37,12 +37,13 @@ from kvsnb.local.core.errors import AwsError, InvalidArgumentException, Serializ
 
 logger = logging.getLogger(__name__)
 
-# The four modelled KVS services, by botocore name, and the plane each one is.
+# The five modelled KVS services, by botocore name, and the plane each one is.
 SERVICES: dict[str, str] = {
     "kinesisvideo": "control",
     "kinesis-video-signaling": "signaling",
     "kinesis-video-webrtc-storage": "webrtc",
     "kinesis-video-archived-media": "media",
+    "kinesis-video-media": "stream-media",
 }
 CORAL_NAMESPACE = "http://internal.amazon.com/coral/com.amazonaws.kinesisvideo.v20170930/"
 MAX_VALIDATION_MESSAGES = 10
@@ -52,7 +53,7 @@ JAVA_P_Z = " \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 
 @cache
 def service_model(name: str) -> ServiceModel:
-    """The botocore service model of one of the four KVS services."""
+    """The botocore service model of one of the KVS services."""
     return botocore.session.get_session().get_service_model(name)
 
 

@@ -1,9 +1,9 @@
 """Local KVS: one aiohttp application on 127.0.0.1 that serves every KVS plane on one port.
 
-Requests are routed by plane prefix (``/signaling``, ``/webrtc``, ``/media``; anything else is
-the control plane), and the control plane returns those endpoints, so boto3 clients and the
-AWS CLI work with ``endpoint_url`` as they do against AWS (the table is in docs/design.md,
-"Local KVS"). With ``tls=True`` every plane is served over TLS on the same port (``https://``
+Requests are routed by plane prefix (``/signaling``, ``/webrtc``, ``/media``,
+``/stream-media``; anything else is the control plane), and the control plane returns those
+endpoints, so boto3 clients and the AWS CLI work with ``endpoint_url`` as they do against AWS
+(the table is in docs/design.md, "Local KVS"). With ``tls=True`` every plane is served over TLS on the same port (``https://``
 and ``wss://`` endpoints; certificate from ``front/tls.py``); every plane answers CORS
 (``front/cors.py``). ``LocalKvs`` runs in the caller's event loop (``await start()``), on its
 own event-loop thread (``start_in_thread()``, what notebooks and tests use), or as
@@ -41,6 +41,7 @@ from kvsnb.local.core.errors import (
     UnknownOperationException,
 )
 from kvsnb.local.core.responses import RawResponse
+from kvsnb.local.media.plane import MediaPlane
 from kvsnb.local.signaling.relay import Role, SignalingLimits, SignalingRelay
 from kvsnb.local.signaling.rest import SignalingRestPlane
 from kvsnb.local.storage.peer import StorageOptions, StorageSessionManager
@@ -55,7 +56,12 @@ from .tls import TlsFiles, local_ca_files, user_files
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
-PLANE_PREFIXES = (("/signaling", "signaling"), ("/webrtc", "webrtc"), ("/media", "media"))
+PLANE_PREFIXES = (
+    ("/signaling", "signaling"),
+    ("/webrtc", "webrtc"),
+    ("/media", "media"),
+    ("/stream-media", "stream-media"),
+)
 PLANE_SERVICE = {plane: name for name, plane in protocol.SERVICES.items()}
 MAX_BODY_BYTES = 8 * 1024 * 1024
 ADMIN_PREFIX = "/_localkvs/"
@@ -97,7 +103,7 @@ def split_plane(path: str) -> tuple[str, str]:
 
 
 class LocalKvs:
-    """A Local KVS server: control plane, signaling, webrtc-storage and archived media.
+    """A Local KVS server: control plane, signaling, webrtc-storage, media and archived media.
 
     ``url`` is the control-plane endpoint once started. The data directory holds everything
     stored; with none given a temporary one is made and removed on ``stop()``.
@@ -357,6 +363,10 @@ class LocalKvs:
             return await self._admin(request, path[len(ADMIN_PREFIX) :])
         if request.method != "POST":
             raise UnknownOperationException(f"No KVS operation at {request.method} {request.path}")
+        streaming = getattr(self.planes.get(plane), "streaming_routes", {}).get(path)
+        if streaming is not None:  # PutMedia / GetMedia: bodies and answers that stream
+            streamed: web.StreamResponse = await streaming(request, self._authorize)
+            return streamed
         route = protocol.routes().get((plane, path))
         if route is None:
             raise UnknownOperationException(f"No KVS operation at POST {request.path}")
@@ -397,11 +407,11 @@ class CompositePlane:
 
 
 async def build_planes(kvs: LocalKvs) -> None:
-    """Create the signaling REST, webrtc-storage and archived-media planes of ``kvs``.
+    """Create the signaling REST, webrtc-storage, media and archived-media planes of ``kvs``.
 
-    ``kvs.config.extra["storage"]`` may hold a ``StorageOptions``; with
-    ``kvs.config.storage_workers`` > 0 the storage sessions run in that many worker
-    processes (``workers``).
+    ``kvs.config.extra["storage"]`` may hold a ``StorageOptions`` and ``extra["media"]`` a
+    ``MediaOptions``; with ``kvs.config.storage_workers`` > 0 the storage sessions run in
+    that many worker processes (``workers``).
     """
     control, relay = kvs.control, kvs.relay
     assert control is not None and relay is not None
@@ -426,8 +436,11 @@ async def build_planes(kvs: LocalKvs) -> None:
         ImagesPlane(control, store),
         ClipPlane(control, store),
     )
+    media = MediaPlane(control, store, kvs.config.extra.get("media"))
+    kvs.planes["stream-media"] = media
 
     async def close() -> None:
+        await media.close()
         await sessions.close()
         store.close()
 

@@ -448,6 +448,53 @@ class FragmentStore:
                     found[fragment.fragment_number] = fragment
         return [found[n] for n in fragment_numbers if n in found]
 
+    def fragments_after(
+        self, stream_arn: str, after_number: str | None, limit: int = 100
+    ) -> list[Fragment]:
+        """Up to ``limit`` fragments numbered above ``after_number`` (all with None), in
+        fragment-number (ingestion) order: what GetMedia streams next."""
+        sql = f"SELECT {_COLUMNS} FROM fragments WHERE stream_arn = ?"
+        args: list[object] = [stream_arn]
+        if after_number is not None:
+            sql += " AND fragment_number > ?"
+            args.append(after_number.rjust(FRAGMENT_NUMBER_DIGITS, "0"))
+        sql += " ORDER BY fragment_number LIMIT ?"
+        args.append(int(limit) + len(self.missing))
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute(sql, args).fetchall()
+        return self._filter(rows)[:limit]
+
+    def fragment_at(
+        self, stream_arn: str, selector: SelectorType | str, at_ms: int
+    ) -> Fragment | None:
+        """Where GetMedia's timestamp selectors begin: the fragment that started last at or
+        before ``at_ms`` (by ``selector``) if it still runs at ``at_ms``, else the first one
+        starting after it (ties go to the lower fragment number)."""
+        if selector == SELECTOR_PRODUCER:
+            column = "producer_start_ms"
+        elif selector == SELECTOR_SERVER:
+            column = "server_start_ms"
+        else:
+            raise StoreError(f"unknown fragment selector type {selector!r}")
+        base = f"SELECT {_COLUMNS} FROM fragments WHERE stream_arn = ? "
+        limit = 1 + len(self.missing)
+        with self._lock:
+            self._check_open()
+            before = self._conn.execute(
+                base + f"AND {column} <= ? ORDER BY {column} DESC, fragment_number LIMIT ?",
+                (stream_arn, int(at_ms), limit),
+            ).fetchall()
+            after = self._conn.execute(
+                base + f"AND {column} > ? ORDER BY {column}, fragment_number LIMIT ?",
+                (stream_arn, int(at_ms), limit),
+            ).fetchall()
+        running = [f for f in self._filter(before) if getattr(f, column) + f.duration_ms > at_ms]
+        if running:
+            return running[0]
+        later = self._filter(after)
+        return later[0] if later else None
+
     def latest_fragment(self, stream_arn: str) -> Fragment | None:
         """The most recently ingested fragment of a stream (highest number), or None."""
         with self._lock:

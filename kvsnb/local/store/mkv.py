@@ -20,6 +20,15 @@ from typing import Any
 
 import av
 
+from kvsnb.ebml import (
+    CLUSTER,
+    EBML,
+    SEGMENT,
+    TAGS,
+    read_vint,
+    tags_element,
+)
+
 logger = logging.getLogger(__name__)
 
 MKV_TIME_BASE = Fraction(1, 1000)
@@ -29,20 +38,6 @@ TAG_PRODUCER_TIMESTAMP = "AWS_KINESISVIDEO_PRODUCER_SIDE_TIMESTAMP"
 VIDEO_CODEC_ID = "V_MPEG4/ISO/AVC"
 AUDIO_CODEC_ID = "A_AAC"
 READ_CHUNK_BYTES = 1 << 20
-
-# EBML element ids used by the tag reader.
-_ID_EBML = 0x1A45DFA3
-_ID_SEGMENT = 0x18538067
-_ID_CLUSTER = 0x1F43B675
-_ID_TAGS = 0x1254C367
-_ID_TAG = 0x7373
-_ID_SIMPLE_TAG = 0x67C8
-_ID_TAG_NAME = 0x45A3
-_ID_TAG_STRING = 0x4487
-_LEVEL1_IDS = frozenset(
-    {0x114D9B74, 0x1549A966, 0x1654AE6B, _ID_CLUSTER, 0x1C53BB6B, _ID_TAGS, 0x1941A469}
-)
-_MASTER_IDS = frozenset({_ID_SEGMENT, _ID_TAGS, _ID_TAG, _ID_SIMPLE_TAG})
 
 _template_lock = threading.Lock()
 _templates: dict[str, Any] = {}
@@ -177,61 +172,30 @@ def build_fragment_list_body(paths: Iterable[Path]) -> bytes:
     return b"".join(iter_fragment_list_body(paths))
 
 
-def _read_vint(data: bytes, pos: int, *, keep_marker: bool) -> tuple[int, int, bool]:
-    """Read an EBML variable-size integer: (value, new position, all-ones/unknown)."""
-    first = data[pos]
-    length = 1
-    mask = 0x80
-    while length <= 8 and not first & mask:
-        mask >>= 1
-        length += 1
-    if length > 8:
-        raise ValueError(f"bad EBML vint at {pos}")
-    value = first if keep_marker else first & (mask - 1)
-    for b in data[pos + 1 : pos + length]:
-        value = (value << 8) | b
-    unknown = not keep_marker and value == (1 << (7 * length)) - 1
-    return value, pos + length, unknown
-
-
-def read_segment_tags(data: bytes) -> list[dict[str, str]]:
-    """The SimpleTag name → string pairs of each Segment in a Matroska byte string.
-
-    A small EBML walker that understands unknown-size Segments and Clusters (the KVS
-    layout); used to check GetMediaForFragmentList bodies.
-    """
-    segments: list[dict[str, str]] = []
+def with_tags(data: bytes, head: dict[str, str], tail: dict[str, str] | None = None) -> bytes:
+    """A stored fragment file with its Tags element replaced by ``head`` (before the
+    Clusters) and, with ``tail``, a second Tags element after them: the layout of a GetMedia
+    chunk, whose continuation token follows the fragment (docs/wire.md, "GetMedia")."""
     pos = 0
-    end = len(data)
-    stack_unknown: list[int] = []  # ids of unknown-size masters we are inside
-    pending_name: str | None = None
-    while pos < end:
-        element_id, body, _ = _read_vint(data, pos, keep_marker=True)
-        size, body, unknown = _read_vint(data, body, keep_marker=False)
-        if element_id == _ID_EBML:
-            stack_unknown.clear()
-            pos = body + size
-            continue
-        if element_id == _ID_SEGMENT:
-            segments.append({})
-            stack_unknown = [_ID_SEGMENT] if unknown else []
+    tags_at: tuple[int, int] | None = None
+    first_cluster = len(data)
+    while pos < len(data):
+        element_id, body, _ = read_vint(data, pos, keep_marker=True)
+        size, body, unknown = read_vint(data, body, keep_marker=False)
+        if element_id == SEGMENT:
             pos = body
             continue
-        if element_id in _LEVEL1_IDS and stack_unknown and stack_unknown[-1] == _ID_CLUSTER:
-            stack_unknown.pop()
-        if element_id == _ID_CLUSTER and unknown:
-            stack_unknown.append(_ID_CLUSTER)
-            pos = body
-            continue
-        if element_id in _MASTER_IDS:
-            pos = body  # descend
-            continue
-        if element_id == _ID_TAG_NAME:
-            pending_name = data[body : body + size].decode("utf-8", "replace")
-        elif element_id == _ID_TAG_STRING and pending_name is not None and segments:
-            segments[-1][pending_name] = data[body : body + size].decode("utf-8", "replace")
-            pending_name = None
+        if element_id == CLUSTER:
+            first_cluster = pos
+            break
         if unknown:
-            raise ValueError(f"unknown-size element 0x{element_id:x} at {pos}")
+            raise ValueError(f"unknown-size element 0x{element_id:x} before the Clusters")
+        if element_id == TAGS:
+            tags_at = (pos, body + size)
+        elif element_id != EBML and pos == 0:
+            raise ValueError("not a Matroska fragment")
         pos = body + size
-    return segments
+    if tags_at is None:
+        tags_at = (first_cluster, first_cluster)
+    out = data[: tags_at[0]] + tags_element(head) + data[tags_at[1] :]
+    return out + tags_element(tail) if tail else out
