@@ -1,8 +1,8 @@
 """Local KVS: one aiohttp application on 127.0.0.1 that serves every KVS plane on one port.
 
-Requests are routed by plane prefix (``/signaling``, ``/webrtc``, ``/media``, ``/stream-
-media``; anything else is the control plane), and the control plane returns those endpoints,
-so boto3 clients and the AWS CLI work with ``endpoint_url`` as they do against AWS (the
+Requests are routed by plane prefix (``/signaling``, ``/webrtc``, ``/media``,
+``/stream-media``; anything else is the control plane), and the control plane returns those
+endpoints, so boto3 clients and the AWS CLI work with ``endpoint_url`` as they do against AWS (the
 table is in docs/design.md, "Local KVS"). With ``tls=True`` every plane is served over TLS
 on the same port (``https://`` and ``wss://`` endpoints; certificate from ``front/tls.py``);
 every plane answers CORS (``front/cors.py``). ``LocalKvs`` runs in the caller's event loop

@@ -1,38 +1,12 @@
-"""The kinesis-video-media plane: PutMedia and GetMedia.
+"""The kinesis-video-media plane: PutMedia (``POST /putMedia``, a streaming MKV upload answered
+with JSON acknowledgements while it goes on) and GetMedia (``POST /getMedia``, MKV chunks that
+follow the stream), as docs/wire.md, "PutMedia" and "GetMedia" describe.
 
-PutMedia (``POST /putMedia``, not in the botocore models: only the Java SDK has it)
-    Headers ``x-amzn-stream-name`` or ``x-amzn-stream-arn`` (exactly one),
-    ``x-amzn-fragment-timecode-type`` ``ABSOLUTE|RELATIVE`` and
-    ``x-amzn-producer-start-timestamp`` (epoch seconds; needed with RELATIVE). Header
-    problems get an HTTP error before anything is read (unknown stream: 404
-    ResourceNotFoundException; the rest 400 InvalidArgumentException). Then the answer is
-    HTTP 200 and a chunked stream of newline-separated JSON acknowledgements while the body
-    is still arriving: per fragment (= MKV Cluster) ``BUFFERING`` when its timecode arrives,
-    ``RECEIVED`` when it is complete and ``PERSISTED`` once durable, each with
-    ``FragmentTimecode`` (the cluster's timecode in ms) and ``FragmentNumber``; ``IDLE`` every
-    ``idle_ack_interval_s`` without data, and the request closes after ``idle_timeout_s``
-    (AWS: 30 s). A stream with no retention acknowledges ``RECEIVED`` and stores nothing, as
-    AWS persists nothing then. Bad input gets an ``ERROR`` acknowledgement with AWS's
-    ``ErrorId`` and ``ErrorCode`` and ends the request; fragments persisted before stay,
-    and so do those already RECEIVED. A body that ends inside a known-size Cluster (or a
-    block) gets ERROR 4006 and that fragment is dropped; an unknown-size Cluster ends with
-    the body.
-    The signature is checked on the headers only: sign with
-    ``X-Amz-Content-SHA256: UNSIGNED-PAYLOAD``.
-    Wire source: the PutMedia API reference (acknowledgement format, error ids, limits).
-
-GetMedia (``POST /getMedia``, botocore ``kinesis-video-media``)
-    Validated from the model; answers ``video/webm`` chunks in fragment-number order, each
-    the stored fragment with the tags ``AWS_KINESISVIDEO_FRAGMENT_NUMBER``,
-    ``..._SERVER_TIMESTAMP`` and ``..._PRODUCER_TIMESTAMP`` before its clusters and
-    ``..._MILLIS_BEHIND_NOW`` and ``..._CONTINUATION_TOKEN`` (the fragment number) after
-    them. It follows the stream: new fragments are sent as they are stored, and the
-    response ends after ``get_media_idle_s`` without one **(inferred: AWS's idle end is
-    undocumented)**. NOW starts with the next fragment stored; a FRAGMENT_NUMBER or
-    CONTINUATION_TOKEN that names no stored fragment gets 404 ResourceNotFoundException.
-
-Local KVS stores H.264 video (track 1, ``V_MPEG4/ISO/AVC`` with avcC codec private data) and
-AAC audio (``A_AAC``) only: another codec gets ERROR 4006 (AWS would store it).
+The rule: fragments are stored through the same FragmentStore as WebRTC ones, so every
+archived-media API reads them; bad input gets AWS's ERROR acknowledgement or HTTP error and
+what was persisted before stays. Local KVS stores H.264 (track 1, avcC codec private data) and
+AAC only: another codec gets ERROR 4006 (AWS would store it). The signature covers the
+headers only (sign with ``X-Amz-Content-SHA256: UNSIGNED-PAYLOAD``).
 """
 
 from __future__ import annotations
