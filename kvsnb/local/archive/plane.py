@@ -57,7 +57,7 @@ def decode_token(token: str | None, expect: dict[str, Any]) -> int:
     try:
         state = json.loads(base64.b64decode(token, validate=True))
         offset = int(state.pop("offset"))
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise InvalidArgumentException("NextToken is not valid.") from exc
     if state != expect or offset < 0:
         raise InvalidArgumentException("NextToken does not match this request.")
