@@ -56,3 +56,42 @@ async def test_timeline_finds_an_injected_drop(target: Target) -> None:
     table = latency_summary(lat, frag_lat).set_index("measure")
     assert table["count"].loc["capture → listed (ListFragments)"] > 50
     await asyncio.sleep(0)
+
+
+ONE_CLOCK_FRAGMENT = ("arrival_ms", "producer_offset_ms", "listed_beyond_end_ms")
+ONE_CLOCK_FRAME = ("listed_ms", "hls_ms", "images_ms", "images_beyond_end_ms")
+
+
+async def test_every_latency_on_one_clock_is_never_negative(target: Target) -> None:
+    """Capture, producer timestamps, server timestamps and the probe all read this machine's
+    clock: no frame reaches the server, a listing, HLS or GetImages before it was captured
+    (issue 15, point 5), and every frame is placed in the fragment that stores it."""
+    _, stream_arn = target.create_storage_channel("oneclock")
+    pattern = TestPatternTrack(640, 480, 30)
+    source = Source(pattern, ToneTrack(), pattern, "pattern")
+    probe = RetrievalProbe(target, stream_arn, image_every=15)
+    pattern.on_frame = probe.frame_sent
+    await probe.start()
+    result = await ingest(target, "oneclock", seconds=4.5, source=source, policy=FAST)
+    record = await probe.stop(2.0)
+
+    fragments = list_fragments(target, stream_arn)
+    assert len(fragments) >= 3
+    frag_lat = fragment_latency(fragments, record, result.frames_sent)
+    lat = frame_latency(result.frames_sent, fragments, record)
+    # each frame is placed in the fragment that stores it
+    stored_in: dict[int, str] = {}
+    for number in fragments["fragment_number"]:
+        stamps, _ = stamps_from_frames(decode_video(get_media(target, stream_arn, [number])))
+        stored_in.update({int(i): str(number) for i in stamps["frame_index"]})
+    placed = lat.dropna(subset=["fragment_number"]).set_index("frame_index")["fragment_number"]
+    wrong = {i: (f, stored_in.get(int(i))) for i, f in placed.items() if stored_in.get(int(i)) != f}
+    assert not wrong, wrong
+    for column in ONE_CLOCK_FRAGMENT:
+        values = frag_lat[column].dropna()
+        assert len(values) and (values >= 0).all(), (column, values.tolist())
+    for column in ONE_CLOCK_FRAME:
+        values = lat[column].dropna()
+        assert len(values) and (values >= 0).all(), (column, values.min())
+    table = latency_summary(lat, frag_lat)
+    assert (table[["p50_ms", "p95_ms", "max_ms"]].dropna() >= 0).all().all(), table

@@ -57,7 +57,8 @@ async def test_pattern_frames_carry_increasing_stamps_near_wall_clock() -> None:
     assert all(before_ms - 1 <= s.capture_ms <= after_ms + 1 for s in stamps)
     assert all(b.capture_ms - a.capture_ms >= 20 for a, b in itertools.pairwise(stamps))
     assert seen == stamps
-    assert [f.pts for f in frames] == [i * 3000 for i in range(8)]
+    # pts: the capture reading on the 90 kHz clock, from the first frame's
+    assert [f.pts for f in frames] == [(s.capture_ms - stamps[0].capture_ms) * 90 for s in stamps]
     assert all(f.time_base == fractions.Fraction(1, 90000) for f in frames)
     assert all((f.width, f.height, f.format.name) == (320, 240, "yuv420p") for f in frames)
 
