@@ -84,8 +84,12 @@ async def test_every_latency_on_one_clock_is_never_negative(target: Target) -> N
     for number in fragments["fragment_number"]:
         stamps, _ = stamps_from_frames(decode_video(get_media(target, stream_arn, [number])))
         stored_in.update({int(i): str(number) for i in stamps["frame_index"]})
-    placed = lat.dropna(subset=["fragment_number"]).set_index("frame_index")["fragment_number"]
-    wrong = {i: (f, stored_in.get(int(i))) for i, f in placed.items() if stored_in.get(int(i)) != f}
+    placed = lat.dropna(subset=["fragment_number"])
+    wrong = {
+        int(i): (f, stored_in.get(int(i)))
+        for i, f in zip(placed["frame_index"], placed["fragment_number"], strict=True)
+        if stored_in.get(int(i)) != f
+    }
     assert not wrong, wrong
     for column in ONE_CLOCK_FRAGMENT:
         values = frag_lat[column].dropna()
