@@ -31,13 +31,21 @@ from kvsnb.session import (
 from kvsnb.signaling import SignalingClient, SignalingMessage
 from kvsnb.target import Target, connect
 from kvsnb.timeline import STEPS
-from tests.conftest import FAST, FRAGMENT_S, make_client, start_kvs, stored_delivery, stored_stamps
+from tests.conftest import (
+    FAST,
+    FRAGMENT_S,
+    ingest_frames,
+    make_client,
+    start_kvs,
+    stored_delivery,
+    stored_stamps,
+    wait_until,
+)
 
 
 async def test_master_ingests_and_every_frame_is_stored(target: Target, kvs: LocalKvs) -> None:
     _, stream_arn = target.create_storage_channel("ingest")
-    result = await ingest(target, "ingest", seconds=3.5, policy=FAST)
-    await asyncio.sleep(0.2)
+    result = await ingest_frames(target, "ingest", 105)  # 3.5 s of capture, or more
 
     # ListFragments with a plain boto3 client at the GetDataEndpoint endpoint.
     kv = make_client("kinesisvideo", kvs.url)
@@ -68,7 +76,7 @@ async def test_master_ingests_and_every_frame_is_stored(target: Target, kvs: Loc
     # Every stamp sent is in the stored media, once, in order (no loss on loopback).
     _, (stamps, unreadable) = stored_stamps(target, stream_arn)
     delivery = compare_delivery(result.frames_sent, stamps, unreadable)
-    assert len(result.frames_sent) >= 90
+    assert list(result.frames_sent["frame_index"]) == list(range(105))
     assert delivery.complete, str(delivery)
 
     # The stored media has an AAC track next to H.264.
@@ -87,7 +95,7 @@ async def test_timeline_records_every_step_and_early_candidates(target: Target) 
     # Local KVS trickles its candidates before the offer (candidates_first): buffered.
     buffered = result.timeline.first("candidates_buffered")
     assert buffered is not None and buffered.detail["count"] >= 1
-    assert len(result.timeline.frames) >= 10
+    assert 0 < len(result.timeline.frames) == len(result.frames_sent)
 
 
 async def test_candidates_after_the_offer(tmp_path: Path) -> None:
@@ -223,10 +231,11 @@ async def test_video_only_master_accepted_when_switched(tmp_path: Path) -> None:
             _, stream_arn = tg.create_storage_channel("videoonly")
             source = _pattern()
             async with MasterSession(tg, "videoonly", video=source, policy=FAST):
-                await asyncio.sleep(1.5)
-            await asyncio.sleep(0.3)
-            fragments, (stamps, _) = stored_stamps(tg, stream_arn)
-            assert len(fragments) >= 1 and len(stamps) >= 30
+                await wait_until(lambda: len(source.sent) >= 45, "45 frames sent")
+                source.stop()
+                await asyncio.sleep(0.3)  # the last frames leave the sender
+            delivery = await stored_delivery(tg, stream_arn, source.frames_df())
+            assert delivery.complete, str(delivery)
     finally:
         server.stop_in_thread()
 
@@ -338,13 +347,13 @@ async def test_newest_master_wins(target: Target, kvs: LocalKvs) -> None:
     first_source = _pattern(start_index=0)
     first = MasterSession(target, "two-masters", video=first_source, audio=_tone(), policy=FAST)
     await first.start(timeout=15)
-    await asyncio.sleep(1.0)
+    await wait_until(lambda: len(first_source.sent) >= 30, "the first master sends")
     old = kvs.sessions.sessions[channel_arn]
     second_source = _pattern(start_index=100_000)
     second = MasterSession(target, "two-masters", video=second_source, audio=_tone(), policy=FAST)
     await second.start(timeout=15)
     t_switch = time.time()
-    await asyncio.sleep(1.5)
+    await wait_until(lambda: len(second_source.sent) >= 45, "the second master sends")
     assert old.closed and old.stats.end_reason == "replaced by a newer JoinStorageSession"
     assert kvs.sessions.sessions[channel_arn] is not old
     await second.stop()
