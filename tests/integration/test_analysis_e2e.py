@@ -58,7 +58,12 @@ async def test_timeline_finds_an_injected_drop(target: Target) -> None:
     await asyncio.sleep(0)
 
 
-ONE_CLOCK_FRAGMENT = ("arrival_ms", "producer_offset_ms", "listed_beyond_end_ms")
+ONE_CLOCK_FRAGMENT = (
+    "arrival_ms",
+    "producer_offset_ms",
+    "listed_beyond_end_ms",
+    "hls_beyond_end_ms",
+)
 ONE_CLOCK_FRAME = ("listed_ms", "hls_ms", "images_ms", "images_beyond_end_ms")
 
 

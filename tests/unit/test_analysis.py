@@ -144,6 +144,13 @@ def test_frames_are_placed_by_a_producer_offset_larger_than_half_a_frame(offset_
     expected = [str(90000 + sum(1 for f in firsts if f <= i) - 1) for i in range(len(capture))]
     assert placed == expected
     frames = pd.DataFrame({"frame_index": range(len(capture)), "capture_ms": capture})
-    lat = fragment_latency(frags, ProbeRecord(), frames)
+    # each fragment is listed 5 ms after the next one's first frame was captured (its end)
+    record = ProbeRecord()
+    for k, number in enumerate(frags["fragment_number"]):
+        end = capture[firsts[k + 1]] if k + 1 < len(firsts) else capture[-1] + 33
+        record.listed[number] = (float(end) + 5) / 1000
+    lat = fragment_latency(frags, record, frames)
     assert (lat["arrival_ms"] == offset_ms + 3).all()
     assert (lat["producer_offset_ms"] == offset_ms).all()
+    beyond = lat["listed_beyond_end_ms"].iloc[:-1]  # the last one's end is a guess here
+    assert beyond.round(3).eq(5.0).all(), beyond.tolist()
