@@ -3,7 +3,8 @@
 Both halves use them: Local KVS to write offers in AWS's shape from aiortc's (payload types
 126/111, a configurable H.264 profile, candidates trickled apart, the ``m=video 0`` +
 ``a=bundle-only`` variant), and the kvsnb client to make such offers acceptable to aiortc
-(bundle-only sections, H.264 profiles aiortc would refuse) and to trickle its candidates.
+(bundle-only sections), to read what an offer lists (``codecs``) and to trickle its
+candidates once per bundled transport (``bundled_candidates``).
 
 Only line-level edits: parsing into objects is aiortc's (``aiortc.sdp``).
 """
