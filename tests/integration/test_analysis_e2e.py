@@ -49,7 +49,9 @@ async def test_timeline_finds_an_injected_drop(target: Target) -> None:
     frag_lat = fragment_latency(fragments, record, result.frames_sent)
     assert frag_lat["listed_at"].notna().all()
     beyond = frag_lat["listed_beyond_end_ms"]
-    assert (beyond > -50).all(), beyond.tolist()
+    # the last fragment ends with the session (its end is where the master's last audio and
+    # video stopped), not at a cut: left out, as latency_summary does
+    assert (beyond.iloc[:-1] >= 0).all(), beyond.tolist()
     assert (beyond.iloc[:-1] < 1000).all(), beyond.tolist()
     lat = frame_latency(result.frames_sent, fragments, record)
     assert lat["fragment_number"].notna().mean() > 0.95
@@ -96,11 +98,17 @@ async def test_every_latency_on_one_clock_is_never_negative(target: Target) -> N
         if stored_in.get(int(i)) != f
     }
     assert not wrong, wrong
+    # "beyond the end" measures leave out the last fragment: it ends with the session, where
+    # the master's last audio and video stopped, not at a cut (as latency_summary does)
+    last = frag_lat.sort_values("producer_ms")["fragment_number"].iloc[-1]
+    cut = frag_lat[frag_lat["fragment_number"] != last]
     for column in ONE_CLOCK_FRAGMENT:
-        values = frag_lat[column].dropna()
+        rows = cut if "beyond_end" in column else frag_lat
+        values = rows[column].dropna()
         assert len(values) and (values >= 0).all(), (column, values.tolist())
     for column in ONE_CLOCK_FRAME:
-        values = lat[column].dropna()
+        rows = lat[lat["fragment_number"] != last] if "beyond_end" in column else lat
+        values = rows[column].dropna()
         assert len(values) and (values >= 0).all(), (column, values.min())
     table = latency_summary(lat, frag_lat)
     assert (table[["p50_ms", "p95_ms", "max_ms"]].dropna() >= 0).all().all(), table

@@ -395,10 +395,26 @@ async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
             viewer = ViewerSession(tg, "rejoin", client_id="watcher", policy=FAST)
             await master.start(timeout=15)
             await viewer.start(timeout=15)
-            await asyncio.sleep(5.0)
-            rejoins = [e for e in master.timeline.events if e.step == "socket_reconnected"]
-            assert len(rejoins) >= 2
-            assert sum(1 for e in viewer.timeline.events if e.step == "socket_reconnected") >= 2
+
+            def reconnects(session: Any) -> list[Any]:
+                return [e for e in session.timeline.events if e.step == "socket_reconnected"]
+
+            def sent_after_first_rejoin() -> int:
+                rejoins = reconnects(master)
+                if not rejoins:
+                    return 0
+                after = rejoins[0].wall * 1000 + 500
+                return sum(1 for f in video.sent if f.capture_ms > after)
+
+            await wait_until(
+                lambda: (
+                    len(reconnects(master)) >= 2
+                    and len(reconnects(viewer)) >= 2
+                    and sent_after_first_rejoin() >= 60
+                ),
+                "two re-joins each, and 60 frames sent after the first",
+            )
+            rejoins = reconnects(master)
             first_rejoin = min(e.wall for e in rejoins)
             assert video.readyState == "live"
             video.stop()
@@ -407,9 +423,12 @@ async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
             await viewer.stop()
             await master.stop()
             sent = video.frames_df()
-            assert len(sent) >= 140  # 5 s at 30 fps: the source never stopped
+            # the source never stopped: one run of frames from the first to the last
+            assert list(sent["frame_index"]) == list(range(len(sent)))
+            assert sent["capture_ms"].max() > max(e.wall for e in rejoins) * 1000
             delivery = await stored_delivery(tg, stream_arn, sent)
-            assert len(delivery.missing) <= len(rejoins), str(delivery)
+            # frames in flight at a re-join may be lost: at most one per re-join
+            assert len(delivery.missing) <= len(reconnects(master)), str(delivery)
             # the viewer sees the master on after re-joins (short gaps at its own re-joins)
             later = sent[sent["capture_ms"] > first_rejoin * 1000 + 500]
             seen = set(later["frame_index"]) & set(received["frame_index"].astype(int))
