@@ -376,6 +376,7 @@ def _tone() -> Any:
     return ToneTrack()
 
 
+@pytest.mark.timeout(300)  # re-joins every 1.5 s: long on a busy machine
 async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
     """Signaling sockets idle out (10 min on AWS, 1.5 s here); the clients reconnect and
     re-join, as the JS SDK does, on new peer connections with the same sources: the sources

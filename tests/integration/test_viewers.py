@@ -34,7 +34,9 @@ SILENCE_RMS = 30.0  # int16 RMS below which audio is taken as silence (tones are
 
 
 def tone_level(samples: np.ndarray, hz: float) -> float:
-    """Spectral peak near ``hz`` relative to the mean spectrum (≫ 1 when the tone is there)."""
+    """Spectral peak near ``hz`` relative to the spectrum around it (±300 Hz, the peak's band
+    left out): ≫ 1 when the tone is there; near 1 for silence or broadband sound (the time
+    marks of another tone are clicks, not a tone)."""
     if len(samples) < RATE // 4:
         return 0.0
     x = samples[-RATE:].astype(float)
@@ -43,7 +45,8 @@ def tone_level(samples: np.ndarray, hz: float) -> float:
     spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     freqs = np.fft.rfftfreq(len(x), 1 / RATE)
     band = (freqs > hz - 15) & (freqs < hz + 15)
-    return float(spec[band].max() / (spec.mean() + 1e-9))
+    around = (np.abs(freqs - hz) < 300) & ~band
+    return float(spec[band].max() / (np.median(spec[around]) + 1e-9))
 
 
 @pytest.fixture
