@@ -71,10 +71,20 @@ unit: setup
 	$(VENV)/bin/pytest -q tests/unit
 
 # The whole suite: lint, types, then unit, integration, reliability, browser (JupyterLab, and
-# the KVS JS SDK against Local KVS in TLS mode) and Binder tests and the notebooks (nbval). Pytest's exit 5 (no test ran) counts as a failure.
+# the KVS JS SDK against Local KVS in TLS mode) and Binder tests and the notebooks (nbval).
+# Pytest's exit 5 (no test ran) counts as a failure.
+# LOAD=N runs N CPU-bound busy processes for the run's duration (the suite must hold on a
+# busy machine); TESTS=... narrows the run to some test paths or node ids.
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+LOAD ?= 0
+TESTS ?= tests notebooks
 test: setup $(BROWSER_STAMP) browser-js lint typecheck
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests notebooks $(NBVAL); rc=$$?; \
+	@busy=""; for i in $$(seq 1 $(LOAD)); do \
+		$(PY) -c "while True: pass" & busy="$$busy $$!"; \
+	done; \
+	trap 'if [ -n "$$busy" ]; then kill $$busy 2>/dev/null; fi' EXIT INT TERM; \
+	if [ -n "$$busy" ]; then echo "LOAD=$(LOAD): busy processes$$busy"; fi; \
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(TESTS) $(NBVAL); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest ran no test"; exit 1; fi; exit $$rc
 
 # Rebuild the notebooks from notebooks/src and store their outputs.

@@ -3,7 +3,8 @@
 Both halves use them: Local KVS to write offers in AWS's shape from aiortc's (payload types
 126/111, a configurable H.264 profile, candidates trickled apart, the ``m=video 0`` +
 ``a=bundle-only`` variant), and the kvsnb client to make such offers acceptable to aiortc
-(bundle-only sections, H.264 profiles aiortc would refuse) and to trickle its candidates.
+(bundle-only sections), to read what an offer lists (``codecs``) and to trickle its
+candidates once per bundled transport (``bundled_candidates``).
 
 Only line-level edits: parsing into objects is aiortc's (``aiortc.sdp``).
 """
@@ -190,6 +191,58 @@ def directions(sdp: str) -> list[tuple[str, str, int]]:
                 direction = ln[2:]
         out.append((kind, direction, int(port)))
     return out
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A codec of an m-section: payload type, name, clock rate (and channels), fmtp."""
+
+    payload_type: int
+    name: str
+    clock: str
+    params: dict[str, str]
+
+    def describe(self) -> str:
+        """``H264/90000 (PT 126; profile-level-id=640c1f;packetization-mode=1)``."""
+        fmtp = ";".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.name}/{self.clock} (PT {self.payload_type}{'; ' + fmtp if fmtp else ''})"
+
+
+def codecs(sdp: str, kind: str) -> list[Codec]:
+    """The codecs (rtpmap, with their fmtp) of the m-sections of a kind, in order, RTX
+    excluded."""
+    _, sections = _sections(sdp)
+    found: list[Codec] = []
+    for section in sections:
+        if not section[0].startswith(f"m={kind} "):
+            continue
+        for ln in section:
+            m = re.match(r"^a=rtpmap:(\d+) ([^/]+)/(\S+)", ln)
+            if m and m[2].lower() != "rtx":
+                found.append(Codec(int(m[1]), m[2], m[3], fmtp(sdp, int(m[1]))))
+    return found
+
+
+def bundled_candidates(candidates: Iterable[CandidateLine], sdp: str) -> list[CandidateLine]:
+    """The candidates of the first m-section of the BUNDLE group (all of them when there is
+    no group): with a bundled transport every m-section lists the same candidates, and each
+    is trickled once (as browsers and the JS SDK do)."""
+    head, sections = _sections(sdp)
+    group = next((ln.split()[1:] for ln in head if ln.startswith("a=group:BUNDLE")), None)
+    items = list(candidates)
+    if not group:
+        return items
+    first = group[0]
+    index = next((i for i, s in enumerate(sections) if _mid(s) == first), 0)
+    return [c for c in items if c.sdp_mline_index == index]
+
+
+def ice_ufrag(sdp: str) -> str | None:
+    """The first ``a=ice-ufrag`` of a description (session or media level)."""
+    for ln in sdp.replace("\r\n", "\n").split("\n"):
+        if ln.startswith("a=ice-ufrag:"):
+            return ln[len("a=ice-ufrag:") :].strip()
+    return None
 
 
 def codec_names(sdp: str, kind: str) -> list[str]:

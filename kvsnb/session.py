@@ -3,10 +3,17 @@ or as a viewer (``ViewerSession``).
 
 The rule is the official JS SDK's (docs/wire.md, "Storage sessions"; the numbers are in
 ``JoinPolicy``): the master sequence with JoinStorageSession called only once the signaling
-socket is open, candidates that arrive before the offer buffered, retries only for the errors
-the SDK retries, and a re-join after every signaling reconnect (GO_AWAY included) and at the
-1 h limit, each on a new peer connection with the same sources (``stop()`` ends them). Every
-step lands in ``session.timeline`` (``SessionTimeline``).
+socket is open, candidates that arrive before the offer buffered, retries only for the
+errors the SDK retries, and a re-join after every signaling reconnect (GO_AWAY included) and
+at the 1 h limit, each on a new peer connection with the same sources (``stop()`` ends
+them). Every step lands in ``session.timeline`` (``SessionTimeline``).
+
+Three choices of its own, each written down in the README ("Storage sessions: how kvsnb
+joins, retries and reconnects"): the answer names H.264 at a profile the encoder really
+produces (with its RTX) and Opus, whatever the offer's order, or a ``SessionError`` names
+what was offered; the newest offer is answered (a superseded peer and its candidates are
+dropped) and each local candidate trickled once; a STATUS_RESPONSE ends the session only
+when it names the answer being connected.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -59,7 +67,9 @@ class JoinPolicy:
     offer_wait_s: float = 6.0
     jitter_base: float = 200.0
     jitter_cap_ms: float = 10_000.0
-    max_calls_per_attempt: int = 5
+    # The JS sample's maxAPICallRetriesPerConnectionAttempt = 5, checked as ``retries <= 5``
+    # after counting the retry: 1 first call + 6 retries.
+    max_calls_per_attempt: int = 7
     connect_timeout_s: float = 30.0
     max_failures: int = 5
     failure_window_s: float = 600.0
@@ -70,9 +80,11 @@ class JoinPolicy:
     max_video_bitrate_bps: int = MASTER_VIDEO_BITRATE_BPS
 
     def retry_delay(self, n: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait for an offer after the n-th call (n ≥ 1) before calling again."""
+        """Seconds to wait for an offer after the n-th call (n ≥ 1) before calling again:
+        the JS sample's ``6000 + min(rand·200^(retries−1), 10000)`` ms with ``retries = n−1``
+        (the calls made before this one)."""
         r = (rng or random).random()
-        jitter_ms = min(r * self.jitter_base ** (n - 1), self.jitter_cap_ms)
+        jitter_ms = min(r * self.jitter_base ** (n - 2), self.jitter_cap_ms)
         return self.offer_wait_s + jitter_ms / 1000.0
 
 
@@ -196,11 +208,29 @@ def try_read_stamp_frame(frame: av.VideoFrame) -> Stamp | None:
         return None
 
 
-def prepare_remote_offer(offer: str) -> tuple[str, dict[int, str]]:
-    """Make a storage session's offer acceptable to aiortc: explicit bundle-only sections and
-    H.264 profiles aiortc knows. Returns the SDP and the original profile-level-id of each
-    H.264 payload type that was changed (to restore in the answer)."""
-    return webrtc.relabel_h264_profiles(sdp.expand_bundle_only(offer))
+def prepare_remote_offer(offer: str) -> str:
+    """Make a storage session's offer acceptable to aiortc (explicit bundle-only sections).
+    Raises ``SessionError`` (code ``InvalidArgumentException``) when the offer has no H.264
+    that kvsnb's encoder produces or no Opus, naming what it offered. No profile is
+    relabelled: the answer declares only what is sent."""
+    try:
+        webrtc.check_offer_codecs(offer)
+    except webrtc.CodecError as exc:
+        raise SessionError(str(exc), "InvalidArgumentException") from exc
+    return sdp.expand_bundle_only(offer)
+
+
+def candidate_ufrag(payload: dict[str, Any]) -> str | None:
+    """The ICE username fragment a candidate payload names (``usernameFragment``, or the
+    candidate's ``ufrag`` extension), if any: it ties the candidate to one offer."""
+    ufrag = payload.get("usernameFragment")
+    if isinstance(ufrag, str) and ufrag:
+        return ufrag
+    parts = str(payload.get("candidate", "")).split()
+    for key, value in itertools.pairwise(parts):
+        if key == "ufrag":
+            return value
+    return None
 
 
 class StorageSessionBase(abc.ABC):
@@ -240,6 +270,9 @@ class StorageSessionBase(abc.ABC):
         self._offers: asyncio.Queue[SignalingMessage] = asyncio.Queue()
         self._early_candidates: list[dict[str, Any]] = []
         self._remote_set = False
+        self._remote_ufrag: str | None = None  # of the offer the current peer answers
+        self._discarded_ufrags: set[str] = set()  # of superseded or stale offers
+        self._sent: dict[str, str] = {}  # correlationId → what it was ("answer", "candidate")
         self._runner: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._rejoin = asyncio.Event()
@@ -375,6 +408,7 @@ class StorageSessionBase(abc.ABC):
             while True:
                 self._rejoin.clear()
                 if self._signaling_lost:
+                    self.timeline.mark("session_failed", reason="signaling socket closed for good")
                     self._set_state("failed")
                     raise SessionError(
                         "the signaling socket was closed for good by the server (a newer "
@@ -382,10 +416,14 @@ class StorageSessionBase(abc.ABC):
                     )
                 try:
                     await self._attempt()
-                except SessionError:
+                except SessionError as exc:
+                    self.timeline.mark("session_failed", error=exc.code, reason=str(exc)[:200])
                     raise
                 except Exception as exc:
                     if not is_retryable(exc):  # a bug or an error the JS SDK does not retry
+                        self.timeline.mark(
+                            "session_failed", error=type(exc).__name__, reason=str(exc)[:200]
+                        )
                         self._set_state("failed")
                         raise
                     logger.info("%s join attempt failed: %s", self.role, exc)
@@ -414,6 +452,7 @@ class StorageSessionBase(abc.ABC):
         while self.failures and now - self.failures[0] > self.policy.failure_window_s:
             self.failures.popleft()
         if len(self.failures) >= self.policy.max_failures:
+            self.timeline.mark("gave_up", failures=len(self.failures))
             self._set_state("failed")
             raise SessionError(
                 f"gave up after {len(self.failures)} failures within "
@@ -421,18 +460,58 @@ class StorageSessionBase(abc.ABC):
             )
 
     async def _attempt(self) -> None:
-        """One connection attempt: join (with offer-wait retries), answer, connect."""
+        """One connection attempt: join (with offer-wait retries), answer the newest offer,
+        connect; a newer offer before the peer connects replaces the peer."""
         self._set_state("joining")
         await self._close_pc(keep_tracks=True)
-        offer = await self._join_until_offer()
-        await self._answer(offer)
-        assert self.pc is not None
+        offer: SignalingMessage | None = self._newest_offer(await self._join_until_offer())
+        while offer is not None:
+            await self._answer(offer)
+            assert self.pc is not None
+            offer = await self._connected_or_newer_offer(self.pc)
+            if offer is not None:
+                offer = self._newest_offer(offer)
+                self.timeline.mark("offer_superseded", reason="a newer offer before connecting")
+                await self._close_pc(keep_tracks=True)
+
+    def _newest_offer(self, offer: SignalingMessage) -> SignalingMessage:
+        """``offer`` or, when more are queued, the newest one (the others are discarded)."""
+        while not self._offers.empty():
+            self._discard_offer(offer)
+            offer = self._offers.get_nowait()
+            self.timeline.mark("offer_superseded", reason="a newer offer was queued")
+        return offer
+
+    def _discard_offer(self, offer: SignalingMessage) -> None:
+        ufrag = sdp.ice_ufrag(str((offer.payload or {}).get("sdp", "")))
+        if ufrag:
+            self._discarded_ufrags.add(ufrag)
+
+    async def _connected_or_newer_offer(self, pc: RTCPeerConnection) -> SignalingMessage | None:
+        """Wait until ``pc`` is connected (``None``) or a newer offer comes first (returned).
+        Raises ``TimeoutError`` when neither happens within ``policy.connect_timeout_s``."""
+        connect = asyncio.ensure_future(
+            asyncio.wait_for(self._wait_connected(pc), self.policy.connect_timeout_s)
+        )
+        newer = asyncio.ensure_future(self._offers.get())
         try:
-            await asyncio.wait_for(self._wait_connected(self.pc), self.policy.connect_timeout_s)
+            done, _ = await asyncio.wait({connect, newer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (connect, newer):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(connect, newer, return_exceptions=True)
+        if newer in done and connect not in done:
+            return newer.result()
+        if newer in done:
+            self._offers.put_nowait(newer.result())  # came with the connection: kept
+        try:
+            connect.result()
         except TimeoutError as exc:
             raise TimeoutError(
                 f"peer not connected within {self.policy.connect_timeout_s} s"
             ) from exc
+        return None
 
     async def _join_call(self) -> None:
         assert self.endpoints is not None and self.channel_arn is not None
@@ -457,7 +536,8 @@ class StorageSessionBase(abc.ABC):
 
     async def _join_until_offer(self) -> SignalingMessage:
         while not self._offers.empty():  # stale offers from an earlier attempt
-            self._offers.get_nowait()
+            self._discard_offer(self._offers.get_nowait())
+            self.timeline.mark("offer_discarded", reason="from an earlier attempt")
         for n in range(1, self.policy.max_calls_per_attempt + 1):
             try:
                 await self._join_call()
@@ -495,30 +575,54 @@ class StorageSessionBase(abc.ABC):
 
     async def _answer(self, offer: SignalingMessage) -> None:
         assert self.signaling is not None and offer.payload is not None
-        text, changed = prepare_remote_offer(str(offer.payload.get("sdp", "")))
+        offered = str(offer.payload.get("sdp", ""))
+        try:
+            text = prepare_remote_offer(offered)
+        except SessionError as exc:
+            self.timeline.mark("offer_refused", error=exc.code, description=str(exc))
+            self._set_state("failed")
+            raise
         pc = RTCPeerConnection(self.target.rtc_configuration(self._ice_servers))
         self.pc = pc
         self._remote_set = False
+        self._remote_ufrag = sdp.ice_ufrag(offered)
         pc.on("connectionstatechange", lambda: self._on_pc_state(pc))
         pc.on("track", self._on_remote_track)
+        # As the JS SDK: codec preferences on each transceiver, H.264 and Opus only. aiortc
+        # negotiates codecs in setRemoteDescription, so the transceivers (one per m-section,
+        # in the offer's order) get their preferences before it.
+        for kind, _, _ in sdp.directions(text):
+            transceiver = pc.addTransceiver(kind, direction="inactive")
+            transceiver.setCodecPreferences(webrtc.storage_codec_preferences(kind))
         await pc.setRemoteDescription(RTCSessionDescription(text, "offer"))
         self._remote_set = True
-        for cand in self._early_candidates:
-            await self._add_candidate(cand)
-        self.timeline.mark("candidates_buffered", count=len(self._early_candidates))
-        self._early_candidates.clear()
+        early, self._early_candidates = self._early_candidates, []
+        applied = 0
+        for cand in early:
+            ufrag = candidate_ufrag(cand)
+            if ufrag is None or ufrag == self._remote_ufrag:
+                await self._add_candidate(cand)
+                applied += 1
+            elif ufrag in self._discarded_ufrags:
+                self.timeline.mark("candidate_discarded", reason="of a discarded offer")
+            else:
+                self._early_candidates.append(cand)  # for an offer still to come
+        self.timeline.mark("candidates_buffered", count=applied)
         self._attach_tracks(pc)
         with ice.host_addresses(self.target.ice_host_addresses):
             await pc.setLocalDescription(await pc.createAnswer())
-        answer = pc.localDescription.sdp
-        for pt, profile in changed.items():
-            answer = sdp.set_fmtp(answer, pt, profile_level_id=profile)
-        answer, candidates = sdp.split_candidates(answer)
+        answer, candidates = sdp.split_candidates(pc.localDescription.sdp)
         self._answer_id = await self.signaling.send("SDP_ANSWER", {"type": "answer", "sdp": answer})
+        self._sent[self._answer_id] = "answer"
         self._answer_error = None
-        self.timeline.mark("answer_sent")
-        for c in candidates:
-            await self.signaling.send("ICE_CANDIDATE", webrtc.candidate_to_payload(c))
+        self.timeline.mark(
+            "answer_sent",
+            video=", ".join(c.describe() for c in sdp.codecs(answer, "video")),
+            audio=", ".join(c.describe() for c in sdp.codecs(answer, "audio")),
+        )
+        for c in sdp.bundled_candidates(candidates, answer):
+            sent = await self.signaling.send("ICE_CANDIDATE", webrtc.candidate_to_payload(c))
+            self._sent[sent] = "candidate"
 
     async def _cap_bitrate(self) -> None:
         """Keep the video encoder's target at or below ``policy.max_video_bitrate_bps``.
@@ -605,6 +709,13 @@ class StorageSessionBase(abc.ABC):
             if keep_tracks:
                 for transceiver in pc.getTransceivers():
                     transceiver.sender.replaceTrack(None)
+            if self._remote_ufrag:
+                self._discarded_ufrags.add(self._remote_ufrag)
+            self._remote_ufrag = None
+            self._remote_set = False
+            if self._answer_id is not None:
+                self._sent[self._answer_id] = "superseded answer"
+            self._answer_id = None
             await pc.close()
 
     # ------------------------------------------------------------------ signaling
@@ -634,21 +745,33 @@ class StorageSessionBase(abc.ABC):
         if msg.type == "SDP_OFFER" and msg.payload is not None:
             await self._offers.put(msg)
         elif msg.type == "ICE_CANDIDATE" and msg.payload is not None:
-            if self.pc is None or not self._remote_set:
+            ufrag = candidate_ufrag(msg.payload)
+            if ufrag is not None and ufrag in self._discarded_ufrags:
+                self.timeline.mark("candidate_discarded", reason="of a discarded offer")
+            elif (
+                self.pc is None
+                or not self._remote_set
+                or (ufrag is not None and ufrag != self._remote_ufrag)
+            ):
                 self._early_candidates.append(msg.payload)
             else:
                 try:
                     await self._add_candidate(msg.payload)
                 except Exception as exc:
                     logger.info("ignoring unusable remote candidate: %s", exc)
+                    self.timeline.mark("bad_candidate", detail=str(exc)[:200])
         elif msg.type == "GO_AWAY":
             self.timeline.mark("go_away")
         elif msg.type == "RECONNECT_ICE_SERVER":
             self.timeline.mark("reconnect_ice_server")
         elif msg.type == "STATUS_RESPONSE":
             self.status_responses.append(msg)
-            if msg.status is not None and msg.status.correlation_id == self._answer_id:
-                # the storage session refused our answer: retrying would send the same one
+            cid = msg.status.correlation_id if msg.status is not None else None
+            about = self._sent.get(cid or "", "unknown")
+            if msg.status is not None and cid is not None and cid == self._answer_id:
+                # the storage session refused the answer of the offer being connected:
+                # retrying would send the same one, so the session ends (the JS sample stops
+                # on any error; a superseded answer's or a candidate's is only recorded)
                 self._answer_error = SessionError(
                     f"answer refused: {msg.status.error_type}: {msg.status.description}",
                     msg.status.error_type,
@@ -656,7 +779,10 @@ class StorageSessionBase(abc.ABC):
             self.timeline.mark(
                 "status_response",
                 error=msg.status.error_type if msg.status else None,
+                status=msg.status.status_code if msg.status else None,
                 description=msg.status.description if msg.status else None,
+                about=about,
+                fatal=self._answer_error is not None and about == "answer",
             )
 
 

@@ -154,3 +154,53 @@ async def stored_delivery(
         if delivery.complete or time.monotonic() > deadline:
             return delivery
         await asyncio.sleep(0.1)
+
+
+async def ingest_frames(
+    target: Target,
+    channel: str,
+    frames: int,
+    *,
+    policy: JoinPolicy | None = None,
+    size: tuple[int, int] = (320, 240),
+    deadline_s: float = 120.0,
+) -> Any:
+    """Ingest exactly ``frames`` frames of the stamped pattern (and a tone) as master: wait,
+    with a generous deadline, until the pattern has sent them all, however slowly a busy
+    machine produces them; then stop. Returns the ``IngestResult``: tests assert that what
+    was sent was stored, never how many frames a clock produced in a window."""
+    from kvsnb.ingest import IngestResult
+    from kvsnb.media import TestPatternTrack, ToneTrack
+    from kvsnb.session import MasterSession
+
+    pattern = TestPatternTrack(*size, 30, max_frames=frames)
+    tone = ToneTrack()
+    session = MasterSession(target, channel, video=pattern, audio=tone, policy=policy or FAST)
+    try:
+        await session.start(timeout=60)
+        started = time.time()
+        limit = time.monotonic() + deadline_s
+        while len(pattern.sent) < frames:
+            assert time.monotonic() < limit, f"{len(pattern.sent)} of {frames} frames sent"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the last frames leave the sender
+        ended = time.time()
+    finally:
+        tone.stop()
+        pattern.stop()
+        await session.stop()
+    assert session.channel_arn is not None
+    return IngestResult(
+        session.channel_arn, session.timeline, "pattern", started, ended, pattern.frames_df()
+    )
+
+
+async def wait_until(
+    condition: Callable[[], bool], what: str, deadline_s: float = 60.0, every_s: float = 0.05
+) -> None:
+    """Wait until ``condition()`` holds, failing with ``what`` after a generous deadline (a
+    busy machine is slow: tests wait for conditions, never for fixed times)."""
+    limit = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < limit, f"not within {deadline_s} s: {what}"
+        await asyncio.sleep(every_s)

@@ -5,8 +5,13 @@ Per fragment (``fragment_latency``), from ListFragments and a ``RetrievalProbe``
 * ``arrival_ms``: server timestamp − producer timestamp of the fragment's first frame (the
   transit of that frame to the storage session, on one machine's clock);
 * ``listed_ms``, ``hls_ms``: when the fragment was first listed by ListFragments / first
-  appeared in the LIVE HLS playlist, measured **beyond the fragment's end** (its producer
-  start + duration): the part of the latency that is not the wait for the fragment to fill.
+  appeared in the LIVE HLS playlist, measured **beyond the fragment's end** (the capture of
+  its first frame + its duration when the frames sent are known, else its producer start +
+  duration): the part of the latency that is not the wait for the fragment to fill.
+
+Every latency here is on one clock when the master runs on the same machine (capture
+stamps, server timestamps, the probe's times) and is never negative: a frame cannot be
+stored, listed or retrieved before it was captured, nor a fragment before it ended.
 
 Per frame (``frame_latency``): each stamped frame sent, its fragment, and capture →
 listed / in LIVE HLS / retrievable by GetImages (sampled frames) in ms.
@@ -80,6 +85,9 @@ def fragment_latency(
         first_capture = f["fragment_number"].map(first)
         f["arrival_ms"] = f["server_ms"] - first_capture
         f["producer_offset_ms"] = f["producer_ms"] - first_capture
+        # the fragment's end on the capture clock (its producer timestamps run after capture
+        # by the sender's offset): "beyond the end" is then measured on one clock
+        f["end_ms"] = (first_capture + f["duration_ms"]).fillna(f["end_ms"])
     f["listed_beyond_end_ms"] = f["listed_at"] * 1000 - f["end_ms"]
     f["hls_beyond_end_ms"] = f["hls_at"] * 1000 - f["end_ms"]
     return f

@@ -47,6 +47,17 @@ def plot_latency_cdf(frame_lat: pd.DataFrame, ax: Any = None) -> Figure:
     return fig
 
 
+FRAGMENT_SHOWN_DIGITS = 6  # "…000123": the tail of a 47-digit KVS fragment number
+
+
+def short_fragment_number(number: object) -> str:
+    """A fragment number shortened for display: its last digits after an ellipsis."""
+    text = str(number)
+    if len(text) <= FRAGMENT_SHOWN_DIGITS + 1:
+        return text
+    return "…" + text[-FRAGMENT_SHOWN_DIGITS:]
+
+
 def plot_latency_waterfall(fragment_lat: pd.DataFrame, ax: Any = None) -> Figure:
     """Per fragment: the wait for the fragment to fill (its duration), then fragment end →
     listed and → in the LIVE HLS playlist, stacked."""
@@ -66,10 +77,17 @@ def plot_latency_waterfall(fragment_lat: pd.DataFrame, ax: Any = None) -> Figure
         label="listed → in LIVE HLS",
     )
     ax.set_xticks(x)
-    ax.set_xlabel("fragment")
+    if "fragment_number" in fragment_lat:
+        ax.set_xticklabels(
+            [short_fragment_number(n) for n in fragment_lat["fragment_number"]],
+            rotation=30 if len(x) > 6 else 0,
+            fontsize="small",
+        )
+    ax.set_xlabel("fragment (number, last digits)")
     ax.set_ylabel("ms from the fragment's first frame")
     ax.set_title("Latency waterfall per fragment")
-    ax.legend(loc="upper left", fontsize="small")
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # room for the legend above the bars
+    ax.legend(loc="upper left", fontsize="small", ncols=3)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -7,9 +7,13 @@ Three pollers run side by side, each every ``interval_s`` (50 ms by default):
 * a LIVE HLS session (opened once the first fragment exists, as KVS needs one in the last
   30 s): the wall time each segment first appears, with its PROGRAM-DATE-TIME and duration;
 * GetImages: for sampled capture times (every ``image_every``-th frame sent, given via
-  ``frame_sent``), the wall time GetImages first returns an image for that time. Only the
-  oldest pending time is polled; once it is retrievable the next is tried at once, so the
-  probe costs one small call per interval.
+  ``frame_sent``), the wall time GetImages first returns an image for that frame. GetImages
+  selects by producer timestamp, which runs after the capture time by the sender's offset
+  (encode, send, RTP/NTP mapping): the probe asks for capture + that offset, known from the
+  listed fragments' starts (``producer_offset_ms``), so it never counts an earlier frame
+  (maybe of an earlier, already stored fragment) as the one sampled. Only the oldest pending
+  frame is polled; once it is retrievable the next is tried at once, so the probe costs one
+  small call per interval.
 
 Times are the probe's wall clock (``time.time()``), the same clock as the stamps' capture
 times when the master runs on the same machine.
@@ -24,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from botocore.exceptions import ClientError
 
@@ -33,6 +38,7 @@ from ..playback.fragments import FRAGMENT_COLUMNS
 from ..playback.hls import HlsReader, hls_session_url
 from ..target import Target
 from ..times import epoch_ms, from_epoch_ms
+from .timeline import producer_offset_ms
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +92,7 @@ class RetrievalProbe:
         self._want_hls = hls
         self._want_images = images
         self._pending: deque[Stamp] = deque()
+        self._captures: list[int] = []  # capture ms of every frame sent
         self._tasks: list[asyncio.Task[None]] = []
         self._archive = target.client(
             "kinesis-video-archived-media", target.data_endpoint(stream, "LIST_FRAGMENTS")
@@ -94,6 +101,7 @@ class RetrievalProbe:
 
     def frame_sent(self, stamp: Stamp) -> None:
         """Tell the probe a frame was captured (``TestPatternTrack(on_frame=...)``)."""
+        self._captures.append(stamp.capture_ms)
         # mid-interval frames: away from fragment starts (the first frame of all included)
         if self._want_images and stamp.index % self.image_every == self.image_every // 2:
             self._pending.append(stamp)
@@ -178,8 +186,12 @@ class RetrievalProbe:
             if not self._pending:
                 await asyncio.sleep(self.interval_s)
                 continue
+            offset = self._producer_offset_ms()
+            if offset is None:  # no fragment listed yet: nothing is retrievable
+                await asyncio.sleep(self.interval_s)
+                continue
             stamp = self._pending[0]
-            t = from_epoch_ms(stamp.capture_ms)
+            t = from_epoch_ms(stamp.capture_ms + offset)
             try:
                 resp = await asyncio.to_thread(
                     client.get_images,
@@ -207,7 +219,7 @@ class RetrievalProbe:
                     }
                 )
                 continue
-            if self._listed_beyond(stamp.capture_ms):
+            if self._listed_beyond(stamp.capture_ms + offset):
                 # a later fragment is listed and this time still has no media: it never
                 # will be retrievable (fragments are listed in order)
                 self._pending.popleft()
@@ -221,12 +233,19 @@ class RetrievalProbe:
                 continue
             await asyncio.sleep(self.interval_s)
 
-    def _listed_beyond(self, capture_ms: int) -> bool:
-        """Whether a listed fragment starts (producer time) after ``capture_ms``."""
+    def _listed_beyond(self, producer_ms: float) -> bool:
+        """Whether a listed fragment starts (producer time) after ``producer_ms``."""
         return any(
-            epoch_ms(f["ProducerTimestamp"]) > capture_ms
+            epoch_ms(f["ProducerTimestamp"]) > producer_ms
             for f in list(self.record.fragments.values())
         )
+
+    def _producer_offset_ms(self) -> float | None:
+        """Producer timestamp − capture time, from the fragments listed so far."""
+        starts = [f["ProducerTimestamp"].timestamp() * 1000 for f in self.record.fragments.values()]
+        if not starts or not self._captures:
+            return None
+        return producer_offset_ms(np.array(self._captures), np.array(starts))
 
     def images_frame(self) -> pd.DataFrame:
         """GetImages results: frame_index, capture_ms, retrievable_at."""

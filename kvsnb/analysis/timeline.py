@@ -16,22 +16,40 @@ import pandas as pd
 
 from ..times import epoch_ms
 
+# Producer timestamps and capture times are whole ms, and the recorder rounds its own.
+OFFSET_TOLERANCE_MS = 2.0
+
 
 def producer_offset_ms(capture_ms: np.ndarray, fragment_starts_ms: np.ndarray) -> float:
-    """How far producer timestamps run after capture times: the median, over fragments, of
-    (fragment start − capture time of the frame nearest to it). A fragment starts at a
-    frame, so this is that frame's capture → producer-timestamp offset (encode and the RTP
-    clock mapping), used to place frames in fragments without off-by-one at boundaries."""
+    """How far producer timestamps run after capture times, from the fragment starts.
+
+    A fragment starts at a frame, and a storage session's producer timestamps follow the RTP
+    timestamps, which kvsnb's sources take from the capture clock: so (fragment start −
+    capture time of its first frame) is one constant over the session (encode, send and the
+    sender's RTP/NTP mapping). It is found as the offset, among those of the frames captured
+    up to 1 s before the first fragment's start, that the most fragment starts share (within
+    ``OFFSET_TOLERANCE_MS``); ties go to the smallest offset ≥ 0 (a frame is never produced
+    before it is captured). With one fragment: the capture at or before its start."""
     if len(capture_ms) == 0 or len(fragment_starts_ms) == 0:
         return 0.0
     cap = np.sort(capture_ms.astype(float))
-    diffs = []
-    for s in fragment_starts_ms:
-        i = int(np.searchsorted(cap, s))
-        near = [cap[j] for j in (i - 1, i) if 0 <= j < len(cap)]
-        best = min(near, key=lambda c: abs(s - c))
-        diffs.append(s - best)
-    return float(np.median(diffs))
+    starts = np.sort(fragment_starts_ms.astype(float))
+    first = starts[0]
+    window = cap[(cap <= first + OFFSET_TOLERANCE_MS) & (cap >= first - 1000.0)]
+    if len(window) == 0:
+        return 0.0
+    best: tuple[int, float] | None = None
+    for c in window[::-1]:  # latest capture first: smallest offset first
+        offset = first - c
+        if offset < -OFFSET_TOLERANCE_MS:
+            continue
+        shifted = cap + offset
+        pos = np.clip(np.searchsorted(shifted, starts), 1, len(shifted) - 1)
+        near = np.minimum(np.abs(shifted[pos] - starts), np.abs(shifted[pos - 1] - starts))
+        hits = int((near <= OFFSET_TOLERANCE_MS).sum()) if len(shifted) > 1 else 1
+        if best is None or hits > best[0]:
+            best = (hits, offset)
+    return max(best[1], 0.0) if best is not None else 0.0
 
 
 def stored_offset_ms(stored: pd.DataFrame) -> float | None:
@@ -59,7 +77,7 @@ def fragment_of(
     if offset_ms is None:
         offset_ms = producer_offset_ms(capture_ms, starts)
     shifted = capture_ms.astype(float) + offset_ms
-    pos = np.searchsorted(starts, shifted + 0.5, side="right") - 1
+    pos = np.searchsorted(starts, shifted + OFFSET_TOLERANCE_MS, side="right") - 1
     return [str(numbers[p]) if p >= 0 else None for p in pos]
 
 

@@ -154,9 +154,13 @@ class TestPatternTrack(VideoStreamTrack):
 
     Each frame's capture time is the wall clock (``clock()``, ``time.time`` by default) in
     epoch ms when ``recv`` produces it; its index counts from ``start_index`` (mod 2**24).
-    Frames carry ``pts`` on the 90 kHz clock (time base 1/90000) and are paced in real time
-    at ``fps`` from the first ``recv``. Every frame is logged in ``sent`` (see
-    ``frames_df``) and passed to ``on_frame``. After ``max_frames`` frames the track ends.
+    Frames carry ``pts`` on the 90 kHz clock (time base 1/90000) taken from that same
+    capture reading (capture ms since the first frame × 90, kept increasing), so the RTP
+    timestamps and thus the producer timestamps a storage session derives from them follow
+    the capture times exactly, not an ideal ``n / fps`` schedule the pacing lags behind under
+    load. Frames are paced in real time at ``fps`` from the first ``recv``. Every frame is
+    logged in ``sent`` (see ``frames_df``) and passed to ``on_frame``. After ``max_frames``
+    frames the track ends.
     """
 
     __test__ = False
@@ -188,6 +192,7 @@ class TestPatternTrack(VideoStreamTrack):
         self._start_index = start_index
         self._count = 0
         self._t0: float | None = None
+        self._capture0_ms: int | None = None
         self.sent: list[FrameRecord] = []
 
     def render(self, index: int, capture_ms: int) -> av.VideoFrame:
@@ -218,7 +223,10 @@ class TestPatternTrack(VideoStreamTrack):
         capture_ms = int(self._clock() * 1000)
         stamp = Stamp(capture_ms, index)
         frame = self._pattern.render(index, stamp)
-        frame.pts = round(n * VIDEO_CLOCK_RATE / self.fps)
+        if self._capture0_ms is None:
+            self._capture0_ms = capture_ms
+        pts = (capture_ms - self._capture0_ms) * VIDEO_CLOCK_RATE // 1000
+        frame.pts = pts if not self.sent or pts > self.sent[-1].pts else self.sent[-1].pts + 1
         frame.time_base = VIDEO_TIME_BASE
         self._count += 1
         self.sent.append(FrameRecord(index, capture_ms, frame.pts, time.monotonic()))

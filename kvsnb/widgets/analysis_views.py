@@ -57,10 +57,20 @@ class FramesSource(Protocol):
 
 
 def plot_image() -> widgets.Image:
-    """An image widget for a plot: hidden until it has one, never wider than its output."""
+    """An image widget for a plot: hidden until it has one, never wider than its output
+    (it may shrink below its natural width, in a ``plot_row`` too)."""
     return widgets.Image(
-        format="png", layout=widgets.Layout(display="none", max_width="100%", height="auto")
+        format="png",
+        layout=widgets.Layout(
+            display="none", max_width="100%", min_width="0", height="auto", flex="1 1 360px"
+        ),
     )
+
+
+def plot_row(*images: widgets.Image) -> widgets.HBox:
+    """Plots side by side while the output is wide enough, wrapped one under the other when
+    it is not: never cut off at the output's right edge."""
+    return widgets.HBox(list(images), layout=widgets.Layout(flex_flow="row wrap", width="100%"))
 
 
 def show_png(image: widgets.Image, png: bytes) -> None:
@@ -130,7 +140,7 @@ class LatencyView(_LiveView):
         self.children = [
             self.status,
             self.summary_html,
-            widgets.HBox([self.cdf, self.waterfall]),
+            plot_row(self.cdf, self.waterfall),
         ]
 
     @classmethod

@@ -12,6 +12,7 @@
 
 # %%
 import asyncio
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -53,7 +54,11 @@ await asyncio.sleep(1)
 await viewer1.start(timeout=30)
 await asyncio.sleep(1)
 await viewer2.start(timeout=30)
-await asyncio.sleep(4)
+# watch until each viewer has received 4 s of video (120 frames), however busy the machine
+deadline = time.monotonic() + 60
+while min(len(v.received.rows) for v in (viewer1, viewer2)) < 120:
+    assert time.monotonic() < deadline, "the viewers did not receive 120 frames in 60 s"
+    await asyncio.sleep(0.1)
 stats = {
     name: await s.stats()
     for name, s in [("master", master), ("viewer-1", viewer1), ("viewer-2", viewer2)]

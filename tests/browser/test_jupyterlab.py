@@ -67,6 +67,16 @@ PLOTS_DRAWN_JS = """
 (el) => Array.from(el.querySelectorAll('img'))
   .filter((img) => img.complete && img.naturalWidth > 0).length >= 2
 """
+# Every drawn plot lies within the output area: none is cut off at its right edge.
+PLOTS_INSIDE_JS = """
+(el) => {
+  const area = el.closest('.jp-OutputArea-output') || el;
+  const right = area.getBoundingClientRect().right;
+  const imgs = Array.from(el.querySelectorAll('img'))
+    .filter((img) => img.complete && img.naturalWidth > 0);
+  return imgs.length >= 2 && imgs.every((img) => img.getBoundingClientRect().right <= right + 1);
+}
+"""
 
 
 def wait_for_text(
@@ -212,5 +222,6 @@ def test_track_tester_checklist_and_end_to_end(
     # then the latency summary, with the probe's measures, and its two plots
     wait_for_text(nb, tester, r"capture → listed \(ListFragments\)", 20, "end-to-end")
     wait_for_js(nb, tester, PLOTS_DRAWN_JS, 20, "end-to-end", "the latency plots drawn", tester)
+    wait_for_js(nb, tester, PLOTS_INSIDE_JS, 5, "end-to-end", "the plots not cut off", tester)
     nb.screenshot("03-end-to-end", tester)
     nb.assert_no_errors()

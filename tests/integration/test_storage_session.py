@@ -16,21 +16,36 @@ import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from kvsnb import sdp
 from kvsnb.analysis import compare_delivery
 from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs
 from kvsnb.playback import decode_video, get_media, list_fragments
-from kvsnb.session import JoinPolicy, MasterSession, SessionError, is_retryable
+from kvsnb.session import (
+    JoinPolicy,
+    MasterSession,
+    SessionError,
+    is_retryable,
+    prepare_remote_offer,
+)
 from kvsnb.signaling import SignalingClient, SignalingMessage
 from kvsnb.target import Target, connect
 from kvsnb.timeline import STEPS
-from tests.conftest import FAST, FRAGMENT_S, make_client, start_kvs, stored_delivery, stored_stamps
+from tests.conftest import (
+    FAST,
+    FRAGMENT_S,
+    ingest_frames,
+    make_client,
+    start_kvs,
+    stored_delivery,
+    stored_stamps,
+    wait_until,
+)
 
 
 async def test_master_ingests_and_every_frame_is_stored(target: Target, kvs: LocalKvs) -> None:
     _, stream_arn = target.create_storage_channel("ingest")
-    result = await ingest(target, "ingest", seconds=3.5, policy=FAST)
-    await asyncio.sleep(0.2)
+    result = await ingest_frames(target, "ingest", 105)  # 3.5 s of capture, or more
 
     # ListFragments with a plain boto3 client at the GetDataEndpoint endpoint.
     kv = make_client("kinesisvideo", kvs.url)
@@ -61,7 +76,7 @@ async def test_master_ingests_and_every_frame_is_stored(target: Target, kvs: Loc
     # Every stamp sent is in the stored media, once, in order (no loss on loopback).
     _, (stamps, unreadable) = stored_stamps(target, stream_arn)
     delivery = compare_delivery(result.frames_sent, stamps, unreadable)
-    assert len(result.frames_sent) >= 90
+    assert list(result.frames_sent["frame_index"]) == list(range(105))
     assert delivery.complete, str(delivery)
 
     # The stored media has an AAC track next to H.264.
@@ -80,7 +95,7 @@ async def test_timeline_records_every_step_and_early_candidates(target: Target) 
     # Local KVS trickles its candidates before the offer (candidates_first): buffered.
     buffered = result.timeline.first("candidates_buffered")
     assert buffered is not None and buffered.detail["count"] >= 1
-    assert len(result.timeline.frames) >= 10
+    assert 0 < len(result.timeline.frames) == len(result.frames_sent)
 
 
 async def test_candidates_after_the_offer(tmp_path: Path) -> None:
@@ -216,31 +231,34 @@ async def test_video_only_master_accepted_when_switched(tmp_path: Path) -> None:
             _, stream_arn = tg.create_storage_channel("videoonly")
             source = _pattern()
             async with MasterSession(tg, "videoonly", video=source, policy=FAST):
-                await asyncio.sleep(1.5)
-            await asyncio.sleep(0.3)
-            fragments, (stamps, _) = stored_stamps(tg, stream_arn)
-            assert len(fragments) >= 1 and len(stamps) >= 30
+                await wait_until(lambda: len(source.sent) >= 45, "45 frames sent")
+                source.stop()
+                await asyncio.sleep(0.3)  # the last frames leave the sender
+            delivery = await stored_delivery(tg, stream_arn, source.frames_df())
+            assert delivery.complete, str(delivery)
     finally:
         server.stop_in_thread()
 
 
 async def test_no_offer_is_retried_with_backoff(tmp_path: Path) -> None:
-    server = start_kvs(tmp_path / "d", unanswered_joins=2)
+    # 6 joins left unanswered: the 7th call of the same attempt (as the JS loop) gets one
+    server = start_kvs(tmp_path / "d", unanswered_joins=6)
     try:
         with connect(endpoint_url=server.url) as tg:
             tg.create_storage_channel("retry")
             # offers waited for 0.6 s: calls stay within the 2 joins/s quota
             policy = JoinPolicy(offer_wait_s=0.6, jitter_base=2.0, jitter_cap_ms=50)
             session = MasterSession(tg, "retry", video=_pattern(), audio=_tone(), policy=policy)
-            await session.start(timeout=20)
+            await session.start(timeout=30)
             await session.stop()
             events = session.timeline.events
             calls = [e for e in events if e.step == "join_call"]
             timeouts = [e for e in events if e.step == "offer_timeout"]
-            assert len(calls) == 3 and len(timeouts) == 2
+            assert len(calls) == 7 and len(timeouts) == 6
+            assert session.timeline.first("attempt_failed") is None  # all in one attempt
             for a, b in itertools.pairwise(calls):
                 assert b.mono - a.mono >= policy.offer_wait_s  # waited before calling again
-            assert session.joins == 3
+            assert session.joins == 7
     finally:
         server.stop_in_thread()
 
@@ -256,9 +274,12 @@ def test_retry_policy_is_the_js_sdks() -> None:
         def random(self) -> float:
             return self.r
 
-    assert policy.retry_delay(1, Fixed(0.5)) == pytest.approx(6.0005)  # 200^0 · 0.5 ms
-    assert policy.retry_delay(2, Fixed(0.5)) == pytest.approx(6.1)  # 200^1 · 0.5 ms
-    assert policy.retry_delay(3, Fixed(0.5)) == pytest.approx(16.0)  # capped at 10 s
+    # the JS sample: 6000 + min(rand·200^(retries−1), 10000) ms, retries = calls before
+    assert policy.retry_delay(1, Fixed(0.5)) == pytest.approx(6.0000025)  # 200^-1 · 0.5 ms
+    assert policy.retry_delay(2, Fixed(0.5)) == pytest.approx(6.0005)  # 200^0 · 0.5 ms
+    assert policy.retry_delay(3, Fixed(0.5)) == pytest.approx(6.1)  # 200^1 · 0.5 ms
+    assert policy.retry_delay(4, Fixed(0.5)) == pytest.approx(16.0)  # capped at 10 s
+    assert policy.max_calls_per_attempt == 7  # first call + 6 retries (``retries <= 5``)
     from botocore.exceptions import ClientError
 
     def err(code: str, msg: str, status: int) -> ClientError:
@@ -326,13 +347,13 @@ async def test_newest_master_wins(target: Target, kvs: LocalKvs) -> None:
     first_source = _pattern(start_index=0)
     first = MasterSession(target, "two-masters", video=first_source, audio=_tone(), policy=FAST)
     await first.start(timeout=15)
-    await asyncio.sleep(1.0)
+    await wait_until(lambda: len(first_source.sent) >= 30, "the first master sends")
     old = kvs.sessions.sessions[channel_arn]
     second_source = _pattern(start_index=100_000)
     second = MasterSession(target, "two-masters", video=second_source, audio=_tone(), policy=FAST)
     await second.start(timeout=15)
     t_switch = time.time()
-    await asyncio.sleep(1.5)
+    await wait_until(lambda: len(second_source.sent) >= 45, "the second master sends")
     assert old.closed and old.stats.end_reason == "replaced by a newer JoinStorageSession"
     assert kvs.sessions.sessions[channel_arn] is not old
     await second.stop()
@@ -355,6 +376,7 @@ def _tone() -> Any:
     return ToneTrack()
 
 
+@pytest.mark.timeout(300)  # re-joins every 1.5 s: long on a busy machine
 async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
     """Signaling sockets idle out (10 min on AWS, 1.5 s here); the clients reconnect and
     re-join, as the JS SDK does, on new peer connections with the same sources: the sources
@@ -374,10 +396,26 @@ async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
             viewer = ViewerSession(tg, "rejoin", client_id="watcher", policy=FAST)
             await master.start(timeout=15)
             await viewer.start(timeout=15)
-            await asyncio.sleep(5.0)
-            rejoins = [e for e in master.timeline.events if e.step == "socket_reconnected"]
-            assert len(rejoins) >= 2
-            assert sum(1 for e in viewer.timeline.events if e.step == "socket_reconnected") >= 2
+
+            def reconnects(session: Any) -> list[Any]:
+                return [e for e in session.timeline.events if e.step == "socket_reconnected"]
+
+            def sent_after_first_rejoin() -> int:
+                rejoins = reconnects(master)
+                if not rejoins:
+                    return 0
+                after = rejoins[0].wall * 1000 + 500
+                return sum(1 for f in video.sent if f.capture_ms > after)
+
+            await wait_until(
+                lambda: (
+                    len(reconnects(master)) >= 2
+                    and len(reconnects(viewer)) >= 2
+                    and sent_after_first_rejoin() >= 60
+                ),
+                "two re-joins each, and 60 frames sent after the first",
+            )
+            rejoins = reconnects(master)
             first_rejoin = min(e.wall for e in rejoins)
             assert video.readyState == "live"
             video.stop()
@@ -386,12 +424,179 @@ async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
             await viewer.stop()
             await master.stop()
             sent = video.frames_df()
-            assert len(sent) >= 140  # 5 s at 30 fps: the source never stopped
+            # the source never stopped: one run of frames from the first to the last
+            assert list(sent["frame_index"]) == list(range(len(sent)))
+            assert sent["capture_ms"].max() > max(e.wall for e in rejoins) * 1000
             delivery = await stored_delivery(tg, stream_arn, sent)
-            assert len(delivery.missing) <= len(rejoins), str(delivery)
+            # frames in flight at a re-join may be lost: at most one per re-join
+            assert len(delivery.missing) <= len(reconnects(master)), str(delivery)
             # the viewer sees the master on after re-joins (short gaps at its own re-joins)
             later = sent[sent["capture_ms"] > first_rejoin * 1000 + 500]
             seen = set(later["frame_index"]) & set(received["frame_index"].astype(int))
             assert len(later) >= 60 and len(seen) >= 0.8 * len(later), (len(seen), len(later))
     finally:
         server.stop_in_thread()
+
+
+class _Sent:
+    """Records what kvsnb's signaling clients send (the real ``send`` still runs)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        original = SignalingClient.send
+
+        async def send(client: SignalingClient, action: Any, payload: Any, *a: Any) -> str:
+            self.messages.append((action, payload))
+            return await original(client, action, payload, *a)
+
+        monkeypatch.setattr(SignalingClient, "send", send)
+
+    def of(self, action: str) -> list[dict[str, Any]]:
+        return [p for a, p in self.messages if a == action]
+
+
+async def test_answer_is_h264_and_opus_whatever_the_offer_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An offer listing VP8 and High H.264 before the storage H.264, PCMU/PCMA before Opus:
+    the answer has H.264 Constrained Baseline (what the encoder sends) with its RTX and Opus,
+    and what is stored is H.264 + AAC with every frame sent (issue 15, point 1)."""
+    sent = _Sent(monkeypatch)
+    server = start_kvs(tmp_path / "d", browser_codec_order=True)
+    try:
+        with connect(endpoint_url=server.url) as tg:
+            _, stream_arn = tg.create_storage_channel("order")
+            result = await ingest(tg, "order", seconds=1.5, policy=FAST)
+            answer = sent.of("SDP_ANSWER")[0]["sdp"]
+            video = sdp.codecs(answer, "video")
+            assert [c.name for c in video] == ["H264"]
+            assert video[0].payload_type == 126
+            assert video[0].params["profile-level-id"] == "42e01f"
+            assert video[0].params["packetization-mode"] == "1"
+            assert sdp.payload_types(answer, "video", "rtx") == [127]
+            assert sdp.fmtp(answer, 127)["apt"] == "126"
+            assert [c.name for c in sdp.codecs(answer, "audio")] == ["opus"]
+            assert "640c1f" not in answer
+            delivery = await stored_delivery(tg, stream_arn, result.frames_sent)
+            assert delivery.complete, str(delivery)
+            fragments = list_fragments(tg, stream_arn)
+            body = get_media(tg, stream_arn, list(fragments["fragment_number"]))
+            with av.open(io.BytesIO(body), mode="r") as c:
+                assert {s.codec_context.name for s in c.streams} == {"h264", "aac"}
+    finally:
+        server.stop_in_thread()
+
+
+def test_offer_without_h264_or_opus_is_named() -> None:
+    offer = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 98\r\na=rtpmap:96 VP8/90000\r\n"
+        "a=rtpmap:98 H264/90000\r\na=fmtp:98 profile-level-id=42e01f;packetization-mode=0\r\n"
+    )
+    with pytest.raises(SessionError, match=r"VP8/90000 \(PT 96\).*packetization-mode=0"):
+        prepare_remote_offer(offer)
+    fixed = offer.replace("packetization-mode=0", "packetization-mode=1")
+    with pytest.raises(SessionError, match=r"audio has no codec .*PCMU/8000 \(PT 0\)"):
+        prepare_remote_offer(fixed)
+
+
+@pytest.mark.parametrize("candidates_first", [True, False])
+async def test_a_newer_offer_before_connecting_replaces_the_peer(
+    tmp_path: Path, candidates_first: bool
+) -> None:
+    """The first join's offer arrives after the re-join was called, the re-join's offer after
+    kvsnb answered it: kvsnb closes the superseded peer, answers the newest offer and connects
+    at once, on that offer's candidates only (issue 15, point 2)."""
+    server = start_kvs(
+        tmp_path / "d",
+        unanswered_joins=0,
+        offer_delays_s=(0.6, 1.2),
+        candidate_ufrag=True,
+        candidates_first=candidates_first,
+    )
+    try:
+        with connect(endpoint_url=server.url) as tg:
+            tg.create_storage_channel("late")
+            received: list[dict[str, Any]] = []
+            session = MasterSession(tg, "late", video=_pattern(), audio=_tone(), policy=FAST)
+            session.timeline.on_event(lambda e: None)
+            original = session._on_signaling
+
+            async def spy(event: Any) -> None:
+                if event.message is not None and event.message.type == "ICE_CANDIDATE":
+                    received.append(event.message.payload)
+                await original(event)
+
+            session._on_signaling = spy  # type: ignore[method-assign]
+            await session.start(timeout=30)
+            try:
+                steps = [e.step for e in session.timeline.events]
+                assert "offer_superseded" in steps
+                assert "attempt_failed" not in steps  # no 10 s connect timeout, no 3rd join
+                assert session.joins == 2
+                first_call = session.timeline.first("join_call")
+                connected = session.timeline.first("dtls_connected")
+                assert first_call is not None and connected is not None
+                assert connected.mono - first_call.mono < FAST.connect_timeout_s
+                # the connected peer holds the newest offer's candidates and no others
+                assert session.pc is not None
+                ufrag = session._remote_ufrag
+                ice_transport = session.pc.getTransceivers()[0].receiver.transport.transport
+                remote = {(c.host, c.port) for c in ice_transport._connection.remote_candidates}
+                ours = [p for p in received if p.get("usernameFragment") == ufrag]
+                others = [p for p in received if p.get("usernameFragment") != ufrag]
+                assert ours and others
+                from aiortc.sdp import candidate_from_sdp
+
+                def addr(p: dict[str, Any]) -> tuple[str, int]:
+                    c = candidate_from_sdp(p["candidate"].removeprefix("candidate:"))
+                    return (c.ip, c.port)
+
+                assert {addr(p) for p in ours} <= remote
+                assert not {addr(p) for p in others} & remote
+            finally:
+                await session.stop()
+    finally:
+        server.stop_in_thread()
+
+
+async def test_each_local_candidate_is_trickled_once(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transport is bundled: each candidate goes once, for the first m-line of the BUNDLE
+    (issue 15, point 3)."""
+    sent = _Sent(monkeypatch)
+    target.create_storage_channel("once")
+    await ingest(target, "once", seconds=0.3, policy=FAST)
+    candidates = sent.of("ICE_CANDIDATE")
+    assert candidates
+    strings = [c["candidate"] for c in candidates]
+    assert len(strings) == len(set(strings))
+    assert {(c["sdpMid"], c["sdpMLineIndex"]) for c in candidates} == {("0", 0)}
+
+
+async def test_status_responses_are_in_the_timeline_and_only_the_answers_is_fatal(
+    target: Target,
+) -> None:
+    """A STATUS_RESPONSE about something else than the current answer (here a bad candidate)
+    is recorded with what it is about and the session carries on (issue 15, point 4)."""
+    target.create_storage_channel("status")
+    session = MasterSession(target, "status", video=_pattern(), audio=_tone(), policy=FAST)
+    await session.start(timeout=30)
+    try:
+        assert session.signaling is not None
+        await session.signaling.send("ICE_CANDIDATE", {"candidate": "candidate:garbage"})
+        deadline = time.monotonic() + 20
+        while session.timeline.first("status_response") is None:
+            assert time.monotonic() < deadline, "no STATUS_RESPONSE"
+            await asyncio.sleep(0.05)
+        event = session.timeline.first("status_response")
+        assert event is not None
+        assert event.detail["error"] == "InvalidArgumentException"
+        assert event.detail["status"] == "400"
+        assert event.detail["about"] == "unknown" and event.detail["fatal"] is False
+        await asyncio.sleep(0.5)
+        assert session.state == "connected"
+    finally:
+        await session.stop()

@@ -20,7 +20,14 @@ from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import list_fragments
 from kvsnb.session import JoinPolicy, MasterSession, ViewerSession
 from kvsnb.target import Target
-from tests.conftest import FAST, start_kvs, stored_delivery, stored_stamps
+from tests.conftest import (
+    FAST,
+    ingest_frames,
+    start_kvs,
+    stored_delivery,
+    stored_stamps,
+    wait_until,
+)
 from tests.integration.test_storage_session import send_wrong_master_answer
 from tests.integration.test_viewers import check_fourth_viewer_refused
 
@@ -56,9 +63,8 @@ async def test_masters_spread_over_workers_and_every_frame_is_stored(
     target: Target, kvs: LocalKvs
 ) -> None:
     streams = {name: target.create_storage_channel(name) for name in ("w1", "w2", "w3", "w4")}
-    results = await asyncio.gather(
-        *(ingest(target, name, seconds=2.5, policy=FAST) for name in streams)
-    )
+    # each master sends 75 frames (2.5 s at 30 fps on an idle machine; longer on a busy one)
+    results = await asyncio.gather(*(ingest_frames(target, name, 75) for name in streams))
     await asyncio.sleep(0.3)
     placement = pool(kvs).placement()
     assert set(placement) == {arn for arn, _ in streams.values()}
@@ -67,7 +73,7 @@ async def test_masters_spread_over_workers_and_every_frame_is_stored(
     assert os.getpid() not in pool(kvs).pids()
     for (name, (_, stream_arn)), result in zip(streams.items(), results, strict=True):
         delivery = await stored_delivery(target, stream_arn, result.frames_sent)
-        assert len(result.frames_sent) >= 60, name
+        assert list(result.frames_sent["frame_index"]) == list(range(75)), name
         assert delivery.complete, f"{name}: {delivery}"
 
 
@@ -100,9 +106,11 @@ async def test_viewers_in_a_worker_get_media_and_the_viewer_limit_holds(
     for v in viewers:
         await v.start(timeout=15)
     try:
-        await asyncio.sleep(2.0)
         for v in viewers:
-            assert len(v.received.frames_df().dropna()) > 20, v.client_id
+            await wait_until(
+                lambda v=v: len(v.received.frames_df().dropna()) > 20,  # type: ignore[misc]
+                f"{v.client_id} receives the master's stamped frames",
+            )
         # the worker's ClientLimitExceededException reaches boto3 as AWS sends it
         await check_fourth_viewer_refused(target, "wview", channel_arn)
     finally:
@@ -128,7 +136,11 @@ async def test_a_killed_worker_leaves_the_other_sessions_and_the_store_intact(
     sessions = {name: streaming_master(target, name, tracks[name]) for name in names}
     for s in sessions.values():
         await s.start(timeout=15)
-    await asyncio.sleep(2.5)
+    await wait_until(
+        lambda: len(list_fragments(target, streams["k1"][1])) > 0,
+        "a fragment of k1 is listed",
+        every_s=0.2,
+    )
     placement = pool(kvs).placement()
     victim_arn, survivor_arn = (streams[n][0] for n in names)
     victim_pid = placement[victim_arn]
@@ -143,20 +155,20 @@ async def test_a_killed_worker_leaves_the_other_sessions_and_the_store_intact(
         assert time.monotonic() < deadline, "the dead worker was not replaced"
         await asyncio.sleep(0.1)
 
-    # The survivor streams on: every frame it sent is stored.
-    await asyncio.sleep(1.5)
+    # The survivor streams on (45 more frames): every frame it sent is stored.
+    sent_at_kill = len(tracks["k2"].sent)
+    await wait_until(lambda: len(tracks["k2"].sent) >= sent_at_kill + 45, "k2 streams on")
     tracks["k2"].stop()
     await asyncio.sleep(0.3)
     await sessions["k2"].stop()
     sent = tracks["k2"].frames_df()
     delivery = await stored_delivery(target, streams["k2"][1], sent)
-    assert len(sent) >= 100
     assert delivery.complete, str(delivery)
 
     # Everything the dead worker had listed is still listed and decodes.
     fragments, (stamps, unreadable) = stored_stamps(target, streams["k1"][1])
     assert listed_before <= set(fragments["fragment_number"])
-    assert unreadable == 0 and stamps is not None and len(stamps) >= 30
+    assert unreadable == 0 and stamps is not None and len(stamps) > 0
 
     # A new join of the lost channel gets a session in a live worker and stores media.
     again = await ingest(target, "k1", seconds=1.5, policy=FAST)
@@ -172,7 +184,9 @@ async def test_storage_disabled_ends_the_session_in_its_worker(
     session = streaming_master(target, "wdisable")
     await session.start(timeout=15)
     try:
-        await asyncio.sleep(1.5)
+        await wait_until(
+            lambda: len(list_fragments(target, stream_arn)) > 0, "a fragment is listed", every_s=0.2
+        )
         target.kinesisvideo.update_media_storage_configuration(
             ChannelARN=channel_arn, MediaStorageConfiguration={"Status": "DISABLED"}
         )
@@ -185,6 +199,8 @@ async def test_storage_disabled_ends_the_session_in_its_worker(
             await asyncio.sleep(0.1)
         # what was received before is stored (the partial fragment too) and decodes
         _, (stamps, unreadable) = stored_stamps(target, stream_arn)
-        assert stamps is not None and len(stamps) >= 30 and unreadable == 0
+        assert stamps is not None and len(stamps) > 0 and unreadable == 0
+        indexes = sorted(int(i) for i in stamps["frame_index"])
+        assert indexes == list(range(indexes[0], indexes[-1] + 1))  # no hole
     finally:
         await session.stop()

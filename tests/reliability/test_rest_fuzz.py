@@ -382,6 +382,92 @@ def test_every_operation_survives_plain_bad_bodies(world: World) -> None:
     assert healthy(world.kvs.url)
 
 
+DEEP = 100_000
+
+
+def _hostile_bodies(shape: Shape | None) -> list[bytes]:
+    """Bodies that strain a JSON reader: nesting 100,000 deep (bare, and inside each member),
+    numbers beyond every range, NaN and infinities, lone surrogates, NUL, huge strings,
+    duplicate keys."""
+    members = list(getattr(shape, "members", {})) or ["x"]
+    bodies = [
+        b"[" * DEEP + b"]" * DEEP,
+        b'{"a":' * DEEP + b"1" + b"}" * DEEP,
+        b"[" * DEEP,  # unterminated
+    ]
+    for name in members:
+        key = json.dumps(name).encode()
+        for value in (
+            b"[" * DEEP + b"]" * DEEP,
+            b'{"a":' * DEEP + b"null" + b"}" * DEEP,
+            b"9" * 5000,
+            b"1e400",
+            b"-1e400",
+            b"NaN",
+            b"Infinity",
+            b"-0.0",
+            b'"\\ud800"',
+            b'"a\\u0000b"',
+            b'"' + b"x" * 300_000 + b'"',
+            b"18446744073709551616",
+        ):
+            bodies.append(b"{" + key + b":" + value + b"}")
+        bodies.append(b"{" + key + b":1," + key + b':"two"}')
+    if "NextToken" in members:  # an opaque token that decodes to JSON nested 3,000 deep
+        token = base64.b64encode(b"[" * 3000 + b"]" * 3000)[:4096].decode()
+        bodies.append(json.dumps({"NextToken": token}).encode())
+    return bodies
+
+
+def test_hostile_json_never_reaches_a_500(world: World) -> None:
+    """Every implemented operation answers hostile JSON with SerializationException or a
+    modelled error, never 500 (issue 15, point 6)."""
+    for route in _routes():
+        if not _implemented(route, world.kvs):
+            continue
+        for body in _hostile_bodies(route.operation.input_shape):
+            status = check_answer(route, world, body)
+            if body.startswith((b"[[", b'{"a":{')):
+                assert status == 400
+    assert not world.errors, [r.getMessage() for r in world.errors]
+    assert healthy(world.kvs.url)
+
+
+def test_deeply_nested_body_is_a_serialization_exception(world: World) -> None:
+    """A JSON body nested 100,000 levels deep is a body that cannot be read: 400
+    SerializationException, as any other."""
+    route = next(r for r in _routes() if r.name == "DescribeSignalingChannel")
+    url = world.kvs.url + PLANE_PATH[route.plane] + route.operation.http["requestUri"]
+    response = signed_post(url, b"[" * DEEP + b"]" * DEEP, timeout=REQUEST_TIMEOUT_S)
+    assert (response.status, response.error_code) == (400, "SerializationException")
+    # the same inside an opaque NextToken (base64 of JSON): not a token Local KVS made
+    deep = base64.b64encode(b"[" * 3000 + b"]" * 3000)[:4096].decode()
+    scalar = base64.b64encode(b'"offset"').decode()  # JSON, but not an object
+    for token in (deep, scalar):
+        check_next_token(world, token)
+
+
+def check_next_token(world: World, token: str) -> None:
+    """ListFragments and GetImages answer a NextToken they did not make with 400."""
+    for body in (
+        {"StreamARN": world.stream_arn, "NextToken": token},
+        {
+            "StreamARN": world.stream_arn,
+            "ImageSelectorType": "SERVER_TIMESTAMP",
+            "StartTimestamp": 0,
+            "EndTimestamp": 10,
+            "Format": "JPEG",
+            "NextToken": token,
+        },
+    ):
+        path = "/listFragments" if "Format" not in body else "/getImages"
+        response = signed_post(world.kvs.url + "/media" + path, json.dumps(body).encode())
+        assert (response.status, response.error_code) == (400, "InvalidArgumentException"), (
+            path,
+            response.body[:300],
+        )
+
+
 @settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -107,3 +107,50 @@ def test_latency_stages() -> None:
         assert fig.axes and fig.axes[0].has_data()
     tl = frame_timeline(sent(90), pd.DataFrame({"frame_index": range(90)}), frag)
     assert plot_timeline(tl).axes[0].has_data()
+
+
+@pytest.mark.parametrize("offset_ms", [0, 12, 20, 29, 45, 92])
+def test_frames_are_placed_by_a_producer_offset_larger_than_half_a_frame(offset_ms: int) -> None:
+    """Producer timestamps run after capture by a constant offset (encode, send, RTCP
+    mapping) that may exceed half a frame interval, and capture intervals jitter under load:
+    each fragment's first frame is still the one it starts with, so capture → server is never
+    negative (issue 15, point 5)."""
+    import numpy as np
+
+    from kvsnb.analysis.timeline import fragment_of, producer_offset_ms
+
+    rng = np.random.default_rng(7)
+    capture = T0 + np.cumsum(rng.integers(28, 60, size=150))  # a busy sender's intervals
+    firsts = [0, 31, 58, 90, 121]  # keyframes starting the fragments
+    rows = []
+    for k, i in enumerate(firsts):
+        start = int(capture[i]) + offset_ms
+        end = int(capture[firsts[k + 1]]) + offset_ms if k + 1 < len(firsts) else start + 900
+        rows.append(
+            {
+                "fragment_number": str(90000 + k),
+                "producer_time": pd.Timestamp(start, unit="ms", tz="UTC"),
+                # the keyframe arrives a little after it was sent
+                "server_time": pd.Timestamp(start + 3, unit="ms", tz="UTC"),
+                "duration_ms": end - start,
+                "size_bytes": 1000,
+            }
+        )
+    frags = pd.DataFrame(rows)
+    assert producer_offset_ms(
+        capture, frags["producer_time"].map(lambda t: t.timestamp() * 1000).to_numpy()
+    ) == pytest.approx(offset_ms)
+    placed = fragment_of(capture, frags)
+    expected = [str(90000 + sum(1 for f in firsts if f <= i) - 1) for i in range(len(capture))]
+    assert placed == expected
+    frames = pd.DataFrame({"frame_index": range(len(capture)), "capture_ms": capture})
+    # each fragment is listed 5 ms after the next one's first frame was captured (its end)
+    record = ProbeRecord()
+    for k, number in enumerate(frags["fragment_number"]):
+        end = capture[firsts[k + 1]] if k + 1 < len(firsts) else capture[-1] + 33
+        record.listed[number] = (float(end) + 5) / 1000
+    lat = fragment_latency(frags, record, frames)
+    assert (lat["arrival_ms"] == offset_ms + 3).all()
+    assert (lat["producer_offset_ms"] == offset_ms).all()
+    beyond = lat["listed_beyond_end_ms"].iloc[:-1]  # the last one's end is a guess here
+    assert beyond.round(3).eq(5.0).all(), beyond.tolist()

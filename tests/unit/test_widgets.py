@@ -42,6 +42,7 @@ from kvsnb.widgets import (
     TrackTester,
 )
 from kvsnb.widgets._common import describe_error
+from tests.conftest import wait_until
 
 FAST = JoinPolicy(offer_wait_s=0.5, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
 JPEG = b"\xff\xd8"
@@ -174,7 +175,14 @@ async def test_session_panel_creates_joins_streams_and_stops(target: Target) -> 
     for step in ("join_call", "offer_received", "answer_sent", "dtls_connected"):
         assert step in panel.timeline_html.value, step
 
-    await asyncio.sleep(1.0)
+    def sent_frames() -> int:
+        text = panel.stats_label.value
+        return int(text.split("frames sent: ")[1].split(" ")[0]) if "frames sent: " in text else 0
+
+    def previews_shown() -> int:
+        return len([s for s in states(panel.preview) if s.get("value")])
+
+    await wait_until(lambda: sent_frames() >= 15 and previews_shown() >= 3, "frames and previews")
     kbps = int(panel.stats_label.value.split("bitrate: ")[1].split(" kbps")[0])
     assert 50 < kbps < 3000  # from the session's RTP statistics
     sent = int(panel.stats_label.value.split("frames sent: ")[1].split(" ")[0])
@@ -191,10 +199,12 @@ async def test_session_panel_creates_joins_streams_and_stops(target: Target) -> 
     viewer.join_button.click()
     await settled(viewer.task)
     assert viewer.state == "connected", viewer.error
-    await asyncio.sleep(1.5)
-    assert "frames received: " in viewer.stats_label.value
-    received = int(viewer.stats_label.value.split("frames received: ")[1].split(" ")[0])
-    assert received >= 10
+
+    def received_frames() -> int:
+        text = viewer.stats_label.value
+        return int(text.split("frames received: ")[1].split(" ")[0]) if "received: " in text else 0
+
+    await wait_until(lambda: received_frames() >= 10, "the viewer receives frames")
     assert bytes(viewer.preview.value).startswith(JPEG)
     viewer.stop_button.click()
     await settled(viewer.task)
@@ -336,7 +346,9 @@ async def test_hls_viewer_steps_through_on_demand_frames(
     await settled(viewer.task)
     assert "frames in" in viewer.status.value, viewer.status.value
     frames = list(viewer.frames)
-    assert len(frames) >= 60
+    # every frame sent is in the ON_DEMAND range (but those the recorder dropped before the
+    # first keyframe, at most 2)
+    assert len(frames) >= len(recorded.result.frames_sent) - 2 > 0
     boundaries = viewer.boundaries()
     assert len(boundaries) == len(frags)
     assert all(frames[i].keyframe for i in boundaries)

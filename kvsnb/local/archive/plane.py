@@ -46,7 +46,7 @@ def decode_offset(token: str | None, expect: dict[str, Any]) -> int:
     state = decode_token(token)
     try:
         offset = int(state.pop("offset"))
-    except (AttributeError, ValueError, TypeError, KeyError) as exc:
+    except (AttributeError, ValueError, TypeError, KeyError, RecursionError) as exc:
         raise InvalidArgumentException(INVALID_TOKEN) from exc
     if state != expect or offset < 0:
         raise InvalidArgumentException("NextToken does not match this request.")

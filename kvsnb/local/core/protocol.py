@@ -280,6 +280,8 @@ def parse_input(route: Route, body: bytes) -> dict[str, Any]:
         data = json.loads(body) if body.strip() else {}
     except (ValueError, UnicodeDecodeError) as exc:
         raise SerializationException(f"Request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # nested deeper than the JSON reader goes
+        raise SerializationException("Request body is nested too deeply to be read") from exc
     shape = route.operation.input_shape
     if shape is None:
         return {}

@@ -24,5 +24,5 @@ def decode_token(token: str) -> Any:
     """The state a NextToken holds; ``InvalidArgumentException`` when it is not one."""
     try:
         return json.loads(base64.b64decode(token, validate=True))
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidArgumentException(INVALID_TOKEN) from exc

@@ -4,8 +4,9 @@ On each accepted JoinStorageSession (or JoinStorageSessionAsViewer) it sends the
 an offer in AWS's shape, checks the answer (a wrong one gets a STATUS_RESPONSE and the
 session ends), records the master by passthrough and serves viewers the master's video and
 everyone else's audio. The rule: docs/wire.md, "Storage sessions"; each configurable part of
-it is a field of ``StorageOptions``. How peer, passthrough, recorder and fan-out fit:
-docs/design.md, "Local KVS".
+it is a field of ``StorageOptions`` (which also has switches that imitate a browser's codec
+order, late offers and candidates with ``usernameFragment``, to test how clients cope). How
+peer, passthrough, recorder and fan-out fit: docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class StorageOptions:
 
     h264_profile_level_id: str = webrtc.OFFER_PROFILE_LEVEL_ID
     bundle_only_video: bool = False
+    browser_codec_order: bool = False  # VP8 + High H.264 first, PCMU/PCMA before Opus
+    offer_delays_s: tuple[float, ...] = ()  # n-th accepted join's offer sent this late
+    candidate_ufrag: bool = False  # trickled candidates carry usernameFragment
     candidates_first: bool = True
     require_audio: bool = True  # the API reference requires both tracks; SDKs since 2026 not
     fragment_duration_s: float = 2.0
@@ -100,21 +104,33 @@ class EndedSession:
 ENDED_KEPT = 256  # records of replaced sessions kept for inspection, newest last
 
 
-def _codec_preferences(pc_transceiver: RTCRtpTransceiver, kind: str) -> None:
-    caps = RTCRtpSender.getCapabilities(kind).codecs
-    if kind == "audio":
-        wanted = [c for c in caps if c.mimeType.lower() == "audio/opus"]
-    else:
-        wanted = [
-            c
-            for c in caps
-            if c.mimeType.lower() == "video/rtx"
-            or (
-                c.mimeType.lower() == "video/h264"
-                and c.parameters.get("profile-level-id") == webrtc.AIORTC_H264_PROFILE
-            )
-        ]
+HIGH_PROFILE_LEVEL_ID = "640c1f"  # what ``browser_codec_order`` offers before the storage H.264
+BROWSER_FIRST = {"audio": ("audio/pcmu", "audio/pcma"), "video": ("video/vp8",)}
+
+
+def _codec_preferences(pc_transceiver: RTCRtpTransceiver, kind: str, browser: bool) -> None:
+    wanted = webrtc.storage_codec_preferences(kind, (webrtc.AIORTC_H264_PROFILE,))
+    if browser:
+        caps = RTCRtpSender.getCapabilities(kind).codecs
+        first = [c for m in BROWSER_FIRST[kind] for c in caps if c.mimeType.lower() == m]
+        if kind == "video":  # aiortc's Baseline entry, offered as High (relabelled)
+            first += webrtc.storage_codec_preferences(kind, ("42001f",))[:1]
+        wanted = first + wanted
     pc_transceiver.setCodecPreferences(wanted)
+
+
+def _h264_payload_type(text: str, profile_level_id: str) -> int | None:
+    for pt in sdp.payload_types(text, "video", "H264"):
+        if sdp.fmtp(text, pt).get("profile-level-id", "").lower() == profile_level_id:
+            return pt
+    return None
+
+
+def _rtx_payload_type(text: str, apt: int) -> int | None:
+    for pt in sdp.payload_types(text, "video", "rtx"):
+        if sdp.fmtp(text, pt).get("apt") == str(apt):
+            return pt
+    return None
 
 
 VIEWER_LIMIT_MESSAGE = "Reached the maximum number of viewers connected to the session."
@@ -192,6 +208,7 @@ class _StoragePeer(abc.ABC):
         self._closed = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
+        self.late_offer: asyncio.Task[None] | None = None  # an offer sent late (options)
 
     @property
     def closed(self) -> bool:
@@ -220,33 +237,58 @@ class _StoragePeer(abc.ABC):
     def _transceivers(self) -> tuple[RTCRtpTransceiver, RTCRtpTransceiver]:
         """Add the audio (first) and video transceivers in this role's directions."""
 
-    async def start(self) -> None:
-        """Create the offer in AWS's shape and send it (and the candidates) to the client."""
+    async def start(self, delay_s: float = 0.0) -> None:
+        """Create the offer in AWS's shape and send it (and the candidates) to the client,
+        ``delay_s`` late if asked (then in the background: the offer goes out even if a
+        newer join has replaced this session by then, as AWS's late offers do)."""
         ice.set_host_addresses(LOOPBACK)
         audio, video = self._transceivers()
-        _codec_preferences(audio, "audio")
-        _codec_preferences(video, "video")
+        browser = self.options.browser_codec_order
+        _codec_preferences(audio, "audio", browser)
+        _codec_preferences(video, "video", browser)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         local = self.pc.localDescription.sdp
-        mapping = {}
-        for kind, codec, pt in (
-            ("audio", "opus", webrtc.OPUS_PAYLOAD_TYPE),
-            ("video", "H264", webrtc.H264_PAYLOAD_TYPE),
-            ("video", "rtx", H264_RTX_PT),
-        ):
-            found = sdp.payload_types(local, kind, codec)
-            if found:
-                mapping[found[0]] = pt
+        mapping: dict[int, int] = {}
+        opus = sdp.payload_types(local, "audio", "opus")
+        if opus:
+            mapping[opus[0]] = webrtc.OPUS_PAYLOAD_TYPE
+        h264 = _h264_payload_type(local, webrtc.AIORTC_H264_PROFILE)
+        if h264 is not None:
+            mapping[h264] = webrtc.H264_PAYLOAD_TYPE
+            rtx = _rtx_payload_type(local, h264)
+            if rtx is not None:
+                mapping[rtx] = H264_RTX_PT
+        high = _h264_payload_type(local, "42001f") if browser else None
         offer = sdp.rename_payload_types(local, mapping)
         offer = sdp.set_fmtp(
             offer, webrtc.H264_PAYLOAD_TYPE, profile_level_id=self.options.h264_profile_level_id
         )
+        if high is not None:
+            offer = sdp.set_fmtp(offer, high, profile_level_id=HIGH_PROFILE_LEVEL_ID)
         offer, candidates = sdp.split_candidates(offer)
+        candidates = sdp.bundled_candidates(candidates, offer)
         if self.options.bundle_only_video:
             offer = sdp.make_bundle_only(offer, "video")
         cand_payloads = [webrtc.candidate_to_payload(c, with_mid=False) for c in candidates]
+        ufrag = sdp.ice_ufrag(offer)
+        if self.options.candidate_ufrag and ufrag:
+            for p in cand_payloads:
+                p["usernameFragment"] = ufrag
+        self._spawn(self._watchdog())
+        if delay_s > 0:  # not one of the session's tasks: closing it does not cancel this
+            self.late_offer = asyncio.get_running_loop().create_task(
+                self._send_offer(offer, cand_payloads, delay_s)
+            )
+        else:
+            await self._send_offer(offer, cand_payloads)
+
+    async def _send_offer(
+        self, offer: str, cand_payloads: list[dict[str, Any]], delay_s: float = 0.0
+    ) -> None:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
         if self.options.candidates_first:
             for p in cand_payloads:
                 await self.relay.send_from_storage(self.conn, "ICE_CANDIDATE", p)
@@ -255,12 +297,14 @@ class _StoragePeer(abc.ABC):
         if not self.options.candidates_first:
             for p in cand_payloads:
                 await self.relay.send_from_storage(self.conn, "ICE_CANDIDATE", p)
-        self._spawn(self._watchdog())
 
     async def on_message(self, msg: ClientMessage) -> None:
         """An SDP_ANSWER or ICE_CANDIDATE from the client."""
         payload = msg.decoded()
         if msg.action == "SDP_ANSWER":
+            if self.stats.offer_sent_at is None:
+                logger.info("%s: an answer before this session's offer went out: ignored", self)
+                return
             await self._on_answer(payload)
         elif msg.action == "ICE_CANDIDATE":
             if not self._answered:
@@ -566,6 +610,11 @@ class StorageSessionManager:
         st.channel = channel
         return st
 
+    def _offer_delay(self, channel: Channel) -> float:
+        n = self.joins.get(channel.arn, 0)
+        delays = self.options.offer_delays_s
+        return delays[n - 1] if 0 < n <= len(delays) else 0.0
+
     def _unanswered(self, channel: Channel) -> bool:
         self.joins[channel.arn] = n = self.joins.get(channel.arn, 0) + 1
         if n <= self.options.unanswered_joins:
@@ -591,7 +640,10 @@ class StorageSessionManager:
             st.master = session
             st.mixer.master_present = True
             st.master_left_at = None
-            await session.start()
+            await session.start(self._offer_delay(channel))
+            if session.late_offer is not None:
+                self._closing.add(session.late_offer)
+                session.late_offer.add_done_callback(self._closing.discard)
 
     async def join_viewer(self, channel: Channel, client_id: str) -> None:
         """Offer a session to a viewer: at most ``max_viewers`` (slots of departed viewers
