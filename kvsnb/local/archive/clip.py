@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from kvsnb.local.archive import remux
-from kvsnb.local.archive.hls import (
+from kvsnb.local.archive.plane import ArchivePlane, epoch_ms
+from kvsnb.local.archive.streaming import (
     MAX_RANGE_MS,
     MP4_CONTENT_TYPE,
-    _require_codec_private,
     dedupe_producer,
+    require_codec_private,
 )
-from kvsnb.local.archive.plane import ArchivePlane, epoch_ms
 from kvsnb.local.control.plane import ControlPlane
 from kvsnb.local.core.errors import (
     InvalidArgumentException,
@@ -63,7 +63,7 @@ class ClipPlane:
             raise ResourceNotFoundException(
                 f"No fragments were found in the stream {stream.name} for the requested clip."
             )
-        _require_codec_private(found[0])
+        require_codec_private(found[0])
         chosen: list[Fragment] = []
         total = 0
         for f in found[:CLIP_MAX_FRAGMENTS]:

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from kvsnb.local.archive.clip import ClipPlane
+from kvsnb.local.archive.dash import DashPlane
 from kvsnb.local.archive.hls import HlsPlane
 from kvsnb.local.archive.images import ImagesPlane
 from kvsnb.local.archive.plane import ArchivePlane
@@ -342,11 +343,20 @@ class LocalKvs:
 
 
 class CompositePlane:
-    """One plane served by several objects: an operation (or ``handle_get``) is looked up on
-    each part in turn."""
+    """One plane served by several objects: an operation is looked up on each part in turn,
+    a GET goes to the part whose ``GET_PREFIX`` starts the path."""
 
     def __init__(self, *parts: Any) -> None:
         self.parts = parts
+
+    async def handle_get(self, request: web.Request, path: str) -> web.StreamResponse:
+        """Route a GET to the part serving that path (UnknownOperationException otherwise)."""
+        for part in self.parts:
+            prefix = getattr(part, "GET_PREFIX", None)
+            if prefix is not None and path.startswith(prefix):
+                response: web.StreamResponse = await part.handle_get(request, path)
+                return response
+        raise UnknownOperationException(f"No KVS resource at GET {request.path}")
 
     def __getattr__(self, name: str) -> Any:
         for part in self.parts:
@@ -382,6 +392,7 @@ async def build_planes(kvs: LocalKvs) -> None:
     kvs.planes["media"] = CompositePlane(
         ArchivePlane(control, store),
         HlsPlane(control, store, control.endpoints),
+        DashPlane(control, store, control.endpoints),
         ImagesPlane(control, store),
         ClipPlane(control, store),
     )
