@@ -7,10 +7,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kvsnb-installed
 SYSTEM_STAMP := $(VENV)/.kvsnb-system
 BROWSER_STAMP := $(VENV)/.kvsnb-browser
+NODE_STAMP := $(VENV)/.kvsnb-node
+# hls.js and dash.js for the Player widget: fetched from the npm registry, never committed
+VENDOR_DIR := kvsnb/widgets/static/vendor
+VENDOR := $(VENDOR_DIR)/hls.min.mjs $(VENDOR_DIR)/dash.all.min.mjs
 
-.PHONY: demo test lint typecheck unit setup system clean bench soak notebooks
+.PHONY: demo test lint typecheck unit setup system clean bench soak notebooks vendor
 
-setup: $(STAMP)
+setup: $(STAMP) $(VENDOR)
+
+vendor: $(VENDOR)
 
 system: $(SYSTEM_STAMP)
 
@@ -36,6 +42,14 @@ $(SYSTEM_STAMP):
 
 $(BROWSER_STAMP):
 	$(call apt_install_missing,chromium:chromium)
+
+# Node.js and npm (Debian's) only to fetch the Player's browser libraries with `npm pack`.
+$(NODE_STAMP):
+	$(call apt_install_missing,nodejs:node npm:npm)
+
+$(VENDOR) &: kvsnb/widgets/vendor.py $(STAMP) $(NODE_STAMP)
+	$(PY) -m kvsnb.widgets.vendor
+	@touch $(VENDOR)
 
 $(STAMP): pyproject.toml $(SYSTEM_STAMP)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -81,4 +95,4 @@ soak: setup
 	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) --workers $(SOAK_WORKERS)
 
 clean:
-	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache $(VENDOR_DIR)

@@ -13,11 +13,21 @@ Selection, first match wins:
 3. otherwise (``connect()``, ``KVSNB_TARGET=local``): an embedded Local KVS on its own
    event-loop thread, on 127.0.0.1 and an ephemeral port, with a temporary (or given) data
    directory. No AWS account or credentials are needed.
+
+Reached through a proxy: a Local KVS may be given the public base URL browsers reach it at
+(``public_url``, ``KVSNB_PUBLIC_URL``, ``kvsnb local --public-url``), and then every endpoint
+and HLS/DASH session URL it returns starts with it, so a player or the JS SDK in the browser
+can use them. An embedded Local KVS started by a kernel of a Jupyter server that has
+jupyter-server-proxy gets ``<server base_url>proxy/{port}`` (root-relative) by itself
+(``KVSNB_PUBLIC_URL=none`` turns that off). The target itself keeps talking to Local KVS
+directly: ``direct_url`` maps a public URL back, and endpoints are mapped before boto3 sees
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import signal
@@ -41,6 +51,7 @@ logger = logging.getLogger(__name__)
 ENV_TARGET = "KVSNB_TARGET"
 ENV_ENDPOINT = "KVSNB_ENDPOINT_URL"
 ENV_REGION = "KVSNB_REGION"
+ENV_PUBLIC_URL = "KVSNB_PUBLIC_URL"
 DEFAULT_REGION = "us-west-2"
 LOCAL_ACCESS_KEY = "KVSNBLOCAL"
 LOCAL_SECRET_KEY = "kvsnb-local-secret"
@@ -92,6 +103,7 @@ class Target:
     local: Any = None  # the embedded kvsnb.local.LocalKvs, if any
     ice_host_addresses: tuple[str, ...] | None = None
     add_aws_stun: bool = True
+    public_url: str | None = None  # the base browsers reach Local KVS at, if not endpoint_url
     _clients: dict[tuple[str, str | None], Any] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
@@ -129,6 +141,31 @@ class Target:
             )
         return creds.get_frozen_credentials()
 
+    def direct_url(self, url: str, *, websocket: bool = False) -> str:
+        """A URL Local KVS returned (an endpoint, an HLS/DASH session URL), as this process
+        reaches it: a public-URL prefix is swapped for ``endpoint_url`` (``ws`` scheme for a
+        WebSocket endpoint). Other URLs (AWS's) are returned unchanged."""
+        if self.public_url is None or self.endpoint_url is None:
+            return url
+        direct = self.endpoint_url
+        pairs = [(self.public_url, direct)]
+        if self.public_url.startswith("http"):
+            pairs.append(("ws" + self.public_url[4:], "ws" + direct[4:]))
+        elif websocket:
+            pairs = [(self.public_url, "ws" + direct[4:])]
+        for public, local in pairs:
+            if url == public or url.startswith(public + "/") or url.startswith(public + "?"):
+                return local + url[len(public) :]
+        return url
+
+    def public(self, url: str) -> str:
+        """The inverse of ``direct_url``: a URL of this target as a browser reaches it."""
+        if self.public_url is None or self.endpoint_url is None:
+            return url
+        if url.startswith(self.endpoint_url):
+            return self.public_url + url[len(self.endpoint_url) :]
+        return url
+
     # ------------------------------------------------------------------ discovery
 
     def channel_arn(self, channel: str) -> str:
@@ -149,13 +186,17 @@ class Target:
             ChannelARN=channel_arn,
             SingleMasterChannelEndpointConfiguration={"Protocols": list(protocols), "Role": role},
         )
-        urls = {e["Protocol"]: e["ResourceEndpoint"] for e in resp["ResourceEndpointList"]}
+        urls = {
+            e["Protocol"]: self.direct_url(e["ResourceEndpoint"], websocket=e["Protocol"] == "WSS")
+            for e in resp["ResourceEndpointList"]
+        }
         return ChannelEndpoints(channel_arn, role, urls)
 
     def data_endpoint(self, stream: str, api: str) -> str:
         """GetDataEndpoint for a stream (name or ARN) and API name."""
         key = {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
-        return str(self.kinesisvideo.get_data_endpoint(APIName=api, **key)["DataEndpoint"])
+        endpoint = self.kinesisvideo.get_data_endpoint(APIName=api, **key)["DataEndpoint"]
+        return self.direct_url(str(endpoint))
 
     def ice_servers(
         self, endpoints: ChannelEndpoints, client_id: str | None
@@ -245,12 +286,15 @@ def connect(
     endpoint_url: str | None = None,
     data_dir: str | Path | None = None,
     profile: str | None = None,
+    public_url: str | None = None,
     **local_options: Any,
 ) -> Target:
     """Connect to KVS (see the module docstring for how the target is chosen).
 
     ``data_dir`` keeps an embedded Local KVS's data across runs; ``local_options`` go to its
-    ``LocalKvsConfig`` (e.g. ``signaling=SignalingLimits(...)``).
+    ``LocalKvsConfig`` (e.g. ``signaling=SignalingLimits(...)``). ``public_url`` is the base
+    URL browsers reach Local KVS at (see the module docstring): the embedded one is started
+    with it; for a Local KVS at ``endpoint_url`` it must be the one it was started with.
     """
     choice = (target or os.environ.get(ENV_TARGET) or "").strip()
     endpoint_url = endpoint_url or (choice if choice.startswith(("http://", "https://")) else None)
@@ -277,12 +321,16 @@ def connect(
             endpoint_url=endpoint_url.rstrip("/"),
             ice_host_addresses=LOOPBACK if _is_loopback(endpoint_url) else None,
             add_aws_stun=False,
+            public_url=_public_url(public_url, None),
         )
 
     from .local import LocalKvs, LocalKvsConfig  # the embedded default
 
     config = LocalKvsConfig(
-        data_dir=Path(data_dir) if data_dir else None, region=region, **local_options
+        data_dir=Path(data_dir) if data_dir else None,
+        region=region,
+        public_url=_public_url(public_url, jupyter_proxy_base()),
+        **local_options,
     )
     kvs = LocalKvs(config).start_in_thread()
     return Target(
@@ -293,7 +341,37 @@ def connect(
         local=kvs,
         ice_host_addresses=LOOPBACK,
         add_aws_stun=False,
+        public_url=kvs.public_url if config.public_url is not None else None,
     )
+
+
+def _public_url(given: str | None, detected: str | None) -> str | None:
+    """The public base URL: given, else ``KVSNB_PUBLIC_URL`` (``none``: no public URL),
+    else what was detected."""
+    if given is not None:
+        return given.rstrip("/") or None
+    env = os.environ.get(ENV_PUBLIC_URL)
+    if env is not None:
+        return None if env.strip().lower() in ("", "none") else env.strip().rstrip("/")
+    return detected
+
+
+def jupyter_proxy_base() -> str | None:
+    """``<base_url>proxy/{port}`` when this process is a kernel of a running Jupyter server
+    (its ``JPY_PARENT_PID``) that has jupyter-server-proxy; else None (a kernel run by nbval
+    or nbclient has no server, a browser could not reach it anyway)."""
+    parent = os.environ.get("JPY_PARENT_PID")
+    if not parent or importlib.util.find_spec("jupyter_server_proxy") is None:
+        return None
+    try:
+        from jupyter_server.serverapp import list_running_servers
+    except ImportError:
+        return None
+    for info in list_running_servers():
+        if str(info.get("pid")) == parent:
+            base = str(info.get("base_url") or "/")
+            return f"{base if base.endswith('/') else base + '/'}proxy/{{port}}"
+    return None
 
 
 async def serve_local(
@@ -306,11 +384,13 @@ async def serve_local(
     storage_workers: int = 0,
     fragment_duration_s: float | None = None,
     require_audio: bool = True,
+    public_url: str | None = None,
 ) -> None:
     """Run a Local KVS in this event loop until SIGINT or SIGTERM (``kvsnb local``).
 
     ``strict_keys`` (access key, secret) makes it verify every SigV4 signature;
-    ``storage_workers`` > 0 runs storage sessions in that many worker processes.
+    ``storage_workers`` > 0 runs storage sessions in that many worker processes;
+    ``public_url`` is the base URL browsers reach it at (``{port}`` = the bound port).
     """
     from .local import LocalKvs, LocalKvsConfig, StrictKeys
     from .local.storage.peer import StorageOptions
@@ -325,11 +405,13 @@ async def serve_local(
         region=region,
         strict_keys=StrictKeys(*strict_keys) if strict_keys else None,
         storage_workers=storage_workers,
+        public_url=public_url,
         extra={"storage": options},
     )
     kvs = LocalKvs(config)
     await kvs.start()
-    print(f"Local KVS at {kvs.url} (data: {kvs.data_dir})", flush=True)
+    reached = f", reached at {kvs.public_url}" if public_url else ""
+    print(f"Local KVS at {kvs.url}{reached} (data: {kvs.data_dir})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

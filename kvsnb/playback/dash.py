@@ -236,8 +236,8 @@ def dash_session_url(
     expires: int = 300,
     max_results: int | None = None,
 ) -> str:
-    """GetDASHStreamingSessionURL at the stream's data endpoint (ranges as
-    ``hls_session_url``)."""
+    """GetDASHStreamingSessionURL at the stream's data endpoint (ranges and the URL returned
+    as ``hls_session_url``)."""
     client = target.client(
         "kinesis-video-archived-media",
         target.data_endpoint(stream, "GET_DASH_STREAMING_SESSION_URL"),
@@ -256,4 +256,5 @@ def dash_session_url(
     args["DisplayFragmentNumber"] = "ALWAYS" if display_numbers else "NEVER"
     if max_results is not None:
         args["MaxManifestFragmentResults"] = max_results
-    return str(client.get_dash_streaming_session_url(**args)["DASHStreamingSessionURL"])
+    url = client.get_dash_streaming_session_url(**args)["DASHStreamingSessionURL"]
+    return target.direct_url(str(url))

@@ -374,7 +374,8 @@ def hls_session_url(
     """GetHLSStreamingSessionURL at the stream's data endpoint.
 
     ON_DEMAND and LIVE_REPLAY need a range; without ``start``/``end`` the whole stored range
-    of the stream is used (from ListFragments, by ``selector``)."""
+    of the stream is used (from ListFragments, by ``selector``). The URL is the one this
+    process reaches (``Target.direct_url``); ``Target.public`` gives a browser's."""
     client = target.client(
         "kinesis-video-archived-media",
         target.data_endpoint(stream, "GET_HLS_STREAMING_SESSION_URL"),
@@ -393,4 +394,5 @@ def hls_session_url(
     args["DisplayFragmentTimestamp"] = "ALWAYS" if display_timestamps else "NEVER"
     if max_results is not None:
         args["MaxMediaPlaylistFragmentResults"] = max_results
-    return str(client.get_hls_streaming_session_url(**args)["HLSStreamingSessionURL"])
+    url = client.get_hls_streaming_session_url(**args)["HLSStreamingSessionURL"]
+    return target.direct_url(str(url))

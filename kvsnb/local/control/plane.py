@@ -87,7 +87,9 @@ def new_version() -> str:
 class Endpoints:
     """Where each plane of one Local KVS answers (the URLs the control plane hands out)."""
 
-    http: str  # e.g. http://127.0.0.1:4566, the control plane itself
+    # e.g. http://127.0.0.1:4566, the control plane itself; or the public base URL Local KVS
+    # is reached at behind a proxy (absolute, or root-relative such as /proxy/4566)
+    http: str
 
     @property
     def control(self) -> str:
@@ -100,8 +102,12 @@ class Endpoints:
         return f"{self.http}/signaling"
 
     def signaling_wss(self, role: str = "MASTER") -> str:
-        """The signaling WebSocket endpoint for a role (AWS also hands out one per role)."""
-        return "ws" + self.signaling_https[len("http") :] + "/" + role.lower()
+        """The signaling WebSocket endpoint for a role (AWS also hands out one per role); a
+        root-relative base stays relative (browsers resolve it against the page)."""
+        base = self.signaling_https
+        if base.startswith("http"):
+            base = "ws" + base[len("http") :]
+        return base + "/" + role.lower()
 
     @property
     def webrtc(self) -> str:

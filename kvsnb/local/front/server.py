@@ -88,6 +88,10 @@ class LocalKvsConfig:
     strict_keys: StrictKeys | None = None
     signaling: SignalingLimits = field(default_factory=SignalingLimits)
     storage_workers: int = 0  # > 0: storage sessions run in that many worker processes
+    # The base URL browsers reach this Local KVS at (a proxy path such as jupyter-server-
+    # proxy's ``/proxy/{port}``, absolute or root-relative; ``{port}`` is the bound port):
+    # every endpoint and session URL Local KVS returns starts with it. None: ``url``.
+    public_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,6 +144,14 @@ class LocalKvs:
         return f"http://{self.config.host}:{self.port}"
 
     @property
+    def public_url(self) -> str:
+        """The base of every endpoint and session URL returned (``config.public_url`` with
+        the port filled in, else ``url``)."""
+        if self.config.public_url is None:
+            return self.url
+        return self.config.public_url.format(port=self.port).rstrip("/")
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The event loop Local KVS runs on."""
         if self._loop is None:
@@ -158,14 +170,19 @@ class LocalKvs:
         sockets = getattr(site._server, "sockets", None)
         assert sockets, "the site did not bind"
         self._site_port = int(sockets[0].getsockname()[1])
-        endpoints = Endpoints(self.url)
+        endpoints = Endpoints(self.public_url)
         self.control = ControlPlane(
             self.data_dir, endpoints, region=self.config.region, account=self.config.account
         )
         self.relay = SignalingRelay(self.control, self._authorize_ws, self.config.signaling)
         self.planes = {"control": self.control}
         await build_planes(self)  # the data planes build on the control plane
-        logger.info("Local KVS serving at %s (data: %s)", self.url, self.data_dir)
+        logger.info(
+            "Local KVS serving at %s, reached at %s (data: %s)",
+            self.url,
+            self.public_url,
+            self.data_dir,
+        )
         return self
 
     def on_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
