@@ -1,0 +1,248 @@
+"""Players in a real browser (Debian's Chromium, headless): Local KVS's HLS (fMP4 and
+MPEG-TS) and DASH play, LIVE and ON_DEMAND,
+
+- in a plain page on another origin with hls.js and dash.js (the vendored ES modules), the
+  session URL pointing at Local KVS's 127.0.0.1 port (cross-origin reads);
+- in JupyterLab, with the ``Player`` widget, the embedded Local KVS reached through the
+  Jupyter server's ``/proxy/PORT/`` path (jupyter-server-proxy), never 127.0.0.1:PORT.
+
+Each player must advance ``currentTime``, decode more and more frames, report no fatal error,
+and a screenshot of its video element must carry a stamp that decodes (a capture time within
+the ingest). Screenshots go to ``test-artifacts/browser/``.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kvsnb.media.stamp import Stamp, try_read_stamp
+from kvsnb.playback import dash_session_url, hls_session_url
+
+from .conftest import ARTIFACTS, NotebookPage
+from .player_fixtures import LiveStream, live_stream, page_server, player_notebook
+
+__all__ = ["live_stream", "page_server"]  # fixtures, used by name
+
+pytestmark = pytest.mark.timeout(300)
+
+PLAY_S = 60.0  # the player starts and shows a stamped frame
+ADVANCE_S = 2.0  # currentTime must move at least this much while we watch
+STAMP_TRIES = 20
+CASES = [
+    ("hls", "LIVE", "FRAGMENTED_MP4"),
+    ("hls", "ON_DEMAND", "FRAGMENTED_MP4"),
+    ("hls", "LIVE", "MPEG_TS"),
+    ("dash", "LIVE", None),
+    ("dash", "ON_DEMAND", None),
+]
+
+VIDEO_STATE_JS = """
+(video) => ({
+  time: video.currentTime,
+  frames: video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality().totalVideoFrames : 0,
+  error: video.error ? String(video.error.message || video.error.code) : null,
+  width: video.videoWidth,
+})
+"""
+
+
+def stamp_of(shot: bytes) -> Stamp | None:
+    """The stamp in a screenshot of a video element, if it decodes."""
+    image = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"))
+    return try_read_stamp(image)
+
+
+def watch_video(
+    video: Any, errors: Callable[[], list[str]], label: str
+) -> tuple[dict[str, Any], Stamp]:
+    """Wait until ``video`` plays (currentTime advances by ADVANCE_S, frames decoded grow)
+    and a screenshot of it carries a stamp; the last state and the stamp."""
+    deadline = time.monotonic() + PLAY_S
+    first: dict[str, Any] | None = None
+    state: dict[str, Any] = {}
+    while True:
+        state = video.evaluate(VIDEO_STATE_JS)
+        assert not errors(), f"{label}: player errors {errors()}"
+        assert state["error"] is None, f"{label}: video error {state['error']}"
+        if first is None and state["time"] > 0 and state["frames"] > 0:
+            first = state
+        if (
+            first is not None
+            and state["time"] >= first["time"] + ADVANCE_S
+            and state["frames"] > first["frames"]
+        ):
+            break
+        assert time.monotonic() < deadline, f"{label}: not playing within {PLAY_S} s: {state}"
+        time.sleep(0.25)
+    for i in range(STAMP_TRIES):
+        shot = video.screenshot(timeout=10_000)
+        stamp = stamp_of(shot)
+        if stamp is not None:
+            (ARTIFACTS / f"player-{label}.png").write_bytes(shot)
+            return state, stamp
+        time.sleep(0.2 * (i + 1))
+    (ARTIFACTS / f"player-{label}-nostamp.png").write_bytes(shot)
+    raise AssertionError(f"{label}: no stamp decoded from {STAMP_TRIES} screenshots")
+
+
+@pytest.fixture(scope="module")
+def page(browser_context: Any, artifacts: Any) -> Iterator[Any]:
+    page = browser_context.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
+    try:
+        yield page
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "player-cross-origin-console.log").write_text("\n".join(console) + "\n")
+        page.close()
+
+
+@pytest.mark.parametrize(("kind", "mode", "container"), CASES)
+def test_cross_origin_page_plays(
+    live_stream: LiveStream,
+    page_server: str,
+    page: Any,
+    kind: str,
+    mode: str,
+    container: str | None,
+) -> None:
+    target, arn = live_stream.target, live_stream.arn
+    if kind == "hls":
+        url = hls_session_url(target, arn, mode=mode, container=container or "FRAGMENTED_MP4")
+    else:
+        url = dash_session_url(target, arn, mode=mode)
+    assert url.startswith(live_stream.kvs.url)  # another origin than the page's
+    started_ms = time.time() * 1000
+    query = urllib.parse.urlencode({"kind": kind, "url": url})
+    page.goto(f"{page_server}/player.html?{query}", wait_until="load")
+    page.wait_for_function("() => window.kvsnbReady === true", timeout=20_000)
+    label = f"cross-origin-{kind}-{mode}-{container or 'fmp4'}".lower()
+    state, stamp = watch_video(
+        page.locator("#video"), lambda: page.evaluate("() => window.kvsnbErrors"), label
+    )
+    assert state["width"] == 640
+    first = min(f.producer_start_ms for f in live_stream.kvs.store.list_fragments(arn))
+    assert first <= stamp.capture_ms <= time.time() * 1000
+    if mode == "LIVE":
+        # a live player shows recent media, not the start of the stream
+        assert stamp.capture_ms >= started_ms - 30_000
+
+
+# ---------------------------------------------------------------------------- JupyterLab
+
+NOTEBOOK = "player_test.ipynb"
+SETUP_CELL = """
+import asyncio, threading
+import kvsnb
+from kvsnb.ingest import ingest
+from kvsnb.local.storage.peer import StorageOptions
+from kvsnb.widgets import Player
+target = kvsnb.connect(extra={"storage": StorageOptions(fragment_duration_s=1.0)})
+_, arn = target.create_storage_channel("player")
+feed = lambda: asyncio.run(ingest(target, "player", seconds=600))  # noqa: E731
+threading.Thread(target=feed, daemon=True).start()
+target.local.call(target.local.store.wait_for_fragment(arn, timeout=30), timeout=40)
+print("public", target.public_url)
+"""
+PLAYERS = [
+    ("hls_live", 'Player.from_stream(target, arn, protocol="HLS", mode="LIVE")'),
+    ("hls_ts", 'Player.from_stream(target, arn, protocol="HLS", mode="LIVE", container="MPEG_TS")'),
+    ("dash_live", 'Player.from_stream(target, arn, protocol="DASH", mode="LIVE")'),
+    ("hls_vod", 'Player.from_stream(target, arn, protocol="HLS", mode="ON_DEMAND")'),
+    ("dash_vod", 'Player.from_stream(target, arn, protocol="DASH", mode="ON_DEMAND")'),
+]
+
+KERNEL_EVAL_JS = """
+async ([name, code]) => {
+  const app = window.jupyterapp;
+  let panel = null;
+  for (const w of Array.from(app.shell.widgets('main'))) {
+    if (w.context && w.context.path === name && w.sessionContext) panel = w;
+  }
+  const kernel = panel.sessionContext.session.kernel;
+  let out = '';
+  const future = kernel.requestExecute({code, silent: false, store_history: false});
+  future.onIOPub = (msg) => {
+    if (msg.header.msg_type === 'stream') out += msg.content.text;
+    if (msg.header.msg_type === 'error') out += 'ERROR ' + msg.content.evalue;
+  };
+  await future.done;
+  return out.trim();
+}
+"""
+
+
+def test_player_widget_plays_through_the_proxy(
+    jupyter_lab: Any, browser_context: Any, chromium: Any, artifacts: Any
+) -> None:
+    """Every Player in a JupyterLab notebook plays from ``<base_url>proxy/PORT/`` and the
+    kernel reads the producer timestamp of the frame on screen."""
+    cells = [SETUP_CELL] + [f"{name} = {expr}\n{name}" for name, expr in PLAYERS]
+    player_notebook(jupyter_lab.root / NOTEBOOK, cells)
+    page = browser_context.new_page()
+    nb = NotebookPage(NOTEBOOK, page, jupyter_lab)
+    requests: list[str] = []
+    page.on("console", lambda m: nb.console.append(f"[{m.type}] {m.text}"))
+    page.on("pageerror", lambda e: nb.console.append(f"[pageerror] {e}"))
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        page.goto(f"{jupyter_lab.url}/lab/tree/{NOTEBOOK}?reset", wait_until="domcontentloaded")
+        nb.wait_until_ready()
+        cells_out = nb.run_all()
+        nb.assert_no_errors(cells_out)
+        public = next(
+            o["text"]
+            for c in cells_out
+            for o in c["outputs"]
+            if (o["text"] or "").startswith("public")
+        ).split()[1]
+        assert public.startswith("/proxy/"), public
+        videos = page.locator(".kvsnb-player video")
+        page.wait_for_function(
+            f"() => document.querySelectorAll('.kvsnb-player video').length >= {len(PLAYERS)}",
+            timeout=30_000,
+        )
+        for i, (name, _) in enumerate(PLAYERS):
+            video = videos.nth(i)
+            video.scroll_into_view_if_needed()
+            label = f"jupyterlab-{name}"
+            pdt = page.locator(".kvsnb-player-pdt").nth(i)
+
+            def errors(pdt: Any = pdt) -> list[str]:
+                text = pdt.inner_text()
+                return [text] if text.startswith("error") else []
+
+            _, stamp = watch_video(video, errors, label)
+            # the kernel reads what the browser shows: a producer timestamp near the stamp
+            deadline = time.monotonic() + 20
+            while True:
+                shown = page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, f"print({name}.on_screen_ms)"])
+                if shown.lstrip("-").isdigit() and int(shown) > 0:
+                    break
+                assert time.monotonic() < deadline, f"{label}: kernel sees {shown!r}"
+                time.sleep(0.5)
+            assert abs(int(shown) - stamp.capture_ms) < 60_000, (label, shown, stamp)
+            assert pdt.inner_text().startswith("20"), pdt.inner_text()  # an ISO date on screen
+        # pause and seek from the kernel
+        page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, "hls_vod.pause(); hls_vod.seek(0.5)"])
+        page.wait_for_function(
+            "() => { const v = document.querySelectorAll('.kvsnb-player video')[3];"
+            " return v.paused && v.currentTime < 1.5; }",
+            timeout=20_000,
+        )
+        media = [u for u in requests if "/hls/v1/" in u or "/dash/v1/" in u]
+        assert media and all(u.startswith(jupyter_lab.url + public) for u in media), media[:5]
+    finally:
+        nb.screenshot("players")
+        nb.save_logs()
+        page.close(run_before_unload=False)
+        jupyter_lab.shutdown_session(NOTEBOOK)
