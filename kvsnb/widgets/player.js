@@ -37,6 +37,20 @@ function dashStamp(timeline, mediaTime) {
   return null;
 }
 
+// The player library comes from the kernel in a message (see player.py).
+function requestLibrary(model) {
+  return new Promise((resolve) => {
+    const onMessage = (msg) => {
+      if (msg && msg.type === "library") {
+        model.off("msg:custom", onMessage);
+        resolve(msg.source);
+      }
+    };
+    model.on("msg:custom", onMessage);
+    model.send({ type: "need-library" });
+  });
+}
+
 async function render({ model, el }) {
   const box = document.createElement("div");
   box.className = "kvsnb-player";
@@ -63,7 +77,7 @@ async function render({ model, el }) {
     stamp.textContent = "error: " + message;
   };
   try {
-    const lib = await importSource(model.get("_library"));
+    const lib = await importSource(await requestLibrary(model));
     if (protocol === "HLS") {
       const Hls = lib.default;
       const config = live

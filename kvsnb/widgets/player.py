@@ -2,8 +2,9 @@
 on Binder or in any Jupyter front end with anywidget.
 
 The browser plays the session itself with hls.js or dash.js (the ES-module builds fetched from
-npm at set-up, ``vendor``; the one the protocol needs is sent to the browser with the widget,
-so nothing is built or enabled in JupyterLab). It needs to reach the session URL: on the same
+npm at set-up, ``vendor``; the one the protocol needs is sent to the browser in a message
+when the view asks for it, so nothing is built or enabled in JupyterLab, and a saved
+notebook's widget state holds no third-party code). It needs to reach the session URL: on the same
 machine Local KVS's 127.0.0.1 URL works (its HLS and DASH resources allow any origin); on
 Binder or a remote JupyterLab, Local KVS answers under the Jupyter server's
 ``/proxy/PORT/`` path (jupyter-server-proxy) and ``from_stream`` hands the browser that URL
@@ -55,7 +56,6 @@ class Player(anywidget.AnyWidget):
     """Plays an HLS or DASH session URL in a ``<video>`` (see the module docstring)."""
 
     _esm = ESM
-    _library = traitlets.Unicode(help="the player library's ES module source").tag(sync=True)
     url = traitlets.Unicode(help="the session URL, as the browser reaches it").tag(sync=True)
     protocol = traitlets.Enum(PROTOCOLS, default_value="HLS", help="HLS or DASH").tag(sync=True)
     live = traitlets.Bool(False, help="LIVE or LIVE_REPLAY: play near the live edge").tag(sync=True)
@@ -82,7 +82,15 @@ class Player(anywidget.AnyWidget):
     def __init__(self, url: str, protocol: Protocol = "HLS", **kwargs: Any) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
-        super().__init__(url=url, protocol=protocol, _library=library(LIBRARY[protocol]), **kwargs)
+        self._source = library(LIBRARY[protocol])  # VendorError now if it is missing
+        super().__init__(url=url, protocol=protocol, **kwargs)
+        self.on_msg(self._on_message)
+
+    def _on_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        """The front end asks for the player library: sent as a message, never kept in the
+        widget state (so a saved notebook carries no third-party code)."""
+        if isinstance(content, dict) and content.get("type") == "need-library":
+            self.send({"type": "library", "source": self._source})
 
     @classmethod
     def from_stream(
