@@ -47,8 +47,8 @@ $(BROWSER_STAMP):
 $(NODE_STAMP):
 	$(call apt_install_missing,nodejs:node npm:npm)
 
-$(VENDOR) &: kvsnb/widgets/vendor.py $(STAMP) $(NODE_STAMP)
-	$(PY) -m kvsnb.widgets.vendor
+$(VENDOR) &: kvsnb/vendor.py $(STAMP) $(NODE_STAMP)
+	$(PY) -m kvsnb.vendor
 	@touch $(VENDOR)
 
 $(STAMP): pyproject.toml $(SYSTEM_STAMP)

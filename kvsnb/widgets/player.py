@@ -39,7 +39,7 @@ import traitlets
 from ..playback.dash import dash_session_url
 from ..playback.hls import hls_session_url
 from ..target import Target
-from .vendor import library
+from ..vendor import library
 
 logger = logging.getLogger(__name__)
 

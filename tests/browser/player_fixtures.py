@@ -23,7 +23,7 @@ import pytest
 from kvsnb.ingest import ingest
 from kvsnb.local import LocalKvs
 from kvsnb.target import Target, connect
-from kvsnb.widgets.vendor import LIBRARIES, library_path
+from kvsnb.vendor import LIBRARIES, library_path
 from tests.conftest import FAST, start_kvs
 
 from .conftest import free_port

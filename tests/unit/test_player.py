@@ -14,8 +14,8 @@ from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
 from kvsnb.ingest import ingest
 from kvsnb.playback import DashReader, HlsReader
 from kvsnb.target import Target, connect
+from kvsnb.vendor import LIBRARIES, VendorError, library, library_path
 from kvsnb.widgets import Player
-from kvsnb.widgets.vendor import LIBRARIES, VendorError, library, library_path
 from tests.conftest import FAST
 
 PUBLIC = "/user/me/proxy/{port}"
@@ -45,7 +45,7 @@ def test_vendored_libraries_are_es_modules() -> None:
 
 
 def test_missing_library_says_how_to_fetch_it(tmp_path: Path) -> None:
-    with pytest.raises(VendorError, match=r"make setup.*python -m kvsnb.widgets.vendor"):
+    with pytest.raises(VendorError, match=r"make setup.*python -m kvsnb.vendor"):
         library("dash.js", tmp_path)
 
 
