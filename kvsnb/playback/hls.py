@@ -353,7 +353,7 @@ def session_request(
         if end is not None:
             rng["EndTimestamp"] = end
         args[selector_key] = {"FragmentSelectorType": selector, "TimestampRange": rng}
-    elif mode != "LIVE":
+    elif mode != "LIVE" or selector != "SERVER_TIMESTAMP":
         args[selector_key] = {"FragmentSelectorType": selector}
     return args
 

@@ -37,6 +37,8 @@ function dashStamp(timeline, mediaTime) {
   return null;
 }
 
+const STALE_FRAME_MS = 250;
+
 // The player library comes from the kernel in a message (see player.py).
 function requestLibrary(model) {
   return new Promise((resolve) => {
@@ -71,6 +73,7 @@ async function render({ model, el }) {
   let player = null;
   let onScreen = () => null;
   let mediaTime = 0;
+  let frameAt = -Infinity;
   let timer = null;
   const fail = (message) => {
     model.set("error", String(message)); model.save_changes();
@@ -91,11 +94,19 @@ async function render({ model, el }) {
       hls.loadSource(url);
       hls.attachMedia(video);
       player = hls;
+      // the fragment holding the frame shown (its media start as parsed, startPTS, once
+      // loaded) and its PROGRAM-DATE-TIME; hls.playingDate lags at fragment changes
       onScreen = () => {
-        const date = hls.playingDate;
-        if (!date) return null;
-        // playingDate is for currentTime; shift to the frame actually shown
-        return date.getTime() + (mediaTime - video.currentTime) * 1000;
+        const level = hls.levels && hls.levels[hls.currentLevel >= 0 ? hls.currentLevel : 0];
+        const frags = level && level.details ? level.details.fragments : [];
+        for (const f of frags) {
+          const start = Number.isFinite(f.startPTS) ? f.startPTS : f.start;
+          const end = Number.isFinite(f.endPTS) ? f.endPTS : f.start + f.duration;
+          if (f.programDateTime !== null && mediaTime >= start && mediaTime < end) {
+            return f.programDateTime + (mediaTime - start) * 1000;
+          }
+        }
+        return null;
       };
     } else {
       const dash = lib.MediaPlayer().create();
@@ -125,14 +136,30 @@ async function render({ model, el }) {
   }
 
   if (video.requestVideoFrameCallback) {
-    const onFrame = (_now, meta) => {
+    const onFrame = (now, meta) => {
       mediaTime = meta.mediaTime;
+      frameAt = now;
       video.requestVideoFrameCallback(onFrame);
     };
     video.requestVideoFrameCallback(onFrame);
   }
+  // LIVE hls.js: (re)starting playback goes back near the live edge (a muted video that
+  // was paused, or held by the browser while scrolled out of view, would be far behind);
+  // dash.js's live catch-up does this by itself
+  if (live && protocol === "HLS") {
+    const target = model.get("target_duration_s");
+    video.addEventListener("play", () => {
+      const edge = player.liveSyncPosition;
+      if (Number.isFinite(edge) && video.currentTime < edge - 2 * target) video.currentTime = edge;
+    });
+  }
+  video.kvsnbPlayer = player;  // for tests and the browser console
+  video.kvsnbMediaTime = () => mediaTime;
   const report = () => {
-    if (!video.requestVideoFrameCallback) mediaTime = video.currentTime;
+    // the frame shown: the last one presented (requestVideoFrameCallback) while playing;
+    // currentTime's when paused, or when no frame was presented lately (a hidden video
+    // presents none, so the last one seen would be stale)
+    if (video.paused || performance.now() - frameAt > STALE_FRAME_MS) mediaTime = video.currentTime;
     const ms = onScreen();
     stamp.textContent = ms === null ? "—" : iso(Math.round(ms));
     const quality = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;

@@ -103,13 +103,14 @@ class Player(anywidget.AnyWidget):
         start: dt.datetime | None = None,
         end: dt.datetime | None = None,
         container: str = "FRAGMENTED_MP4",
-        selector: str = "SERVER_TIMESTAMP",
+        selector: str = "PRODUCER_TIMESTAMP",
         max_results: int | None = None,
         expires: int = 3600,
         **kwargs: Any,
     ) -> Player:
         """A player of a new session on ``stream`` (Get{HLS,DASH}StreamingSessionURL now,
-        with fragment timestamps shown). ON_DEMAND without a range plays everything stored;
+        with fragment timestamps shown: producer timestamps by default, so the time shown
+        is the frame's capture time). ON_DEMAND without a range plays everything stored;
         the URL given to the browser is the public one (``Target.public``)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")

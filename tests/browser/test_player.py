@@ -8,11 +8,16 @@ MPEG-TS) and DASH play, LIVE and ON_DEMAND,
 
 Each player must advance ``currentTime``, decode more and more frames, report no fatal error,
 and a screenshot of its video element must carry a stamp that decodes (a capture time within
-the ingest). Screenshots go to ``test-artifacts/browser/``.
+the ingest). Paused from the kernel, an ON_DEMAND Player's ``on_screen`` (read in the
+kernel) is the stamp of the frame in the screenshot within two frames; for LIVE players only
+that it is a timestamp of the stream: in headless Chromium their reported time was seen from
+within a frame to 4.8 s behind the frame in the screenshot (``player-on-screen-vs-stamp.log``),
+not explained yet. Screenshots go to ``test-artifacts/browser/``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import time
 import urllib.parse
@@ -36,6 +41,7 @@ pytestmark = pytest.mark.timeout(300)
 PLAY_S = 60.0  # the player starts and shows a stamped frame
 ADVANCE_S = 2.0  # currentTime must move at least this much while we watch
 STAMP_TRIES = 20
+SAME_FRAME_MS = 70  # two frames at 30 fps
 CASES = [
     ("hls", "LIVE", "FRAGMENTED_MP4"),
     ("hls", "ON_DEMAND", "FRAGMENTED_MP4"),
@@ -51,8 +57,15 @@ VIDEO_STATE_JS = """
   error: video.error ? String(video.error.message || video.error.code) : null,
   width: video.videoWidth,
   ended: video.ended,
+  paused: video.paused,
 })
 """
+
+
+def iso_ms(ms: int) -> str:
+    """``Date.toISOString()`` of epoch ms, as the Player writes it under the video."""
+    stamp = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def stamp_of(shot: bytes) -> Stamp | None:
@@ -73,6 +86,8 @@ def watch_video(
         state = video.evaluate(VIDEO_STATE_JS)
         assert not errors(), f"{label}: player errors {errors()}"
         assert state["error"] is None, f"{label}: video error {state['error']}"
+        if state["paused"] and not state["ended"]:  # held while out of view: play it
+            video.evaluate("(v) => v.play()")
         if state["ended"]:  # an ON_DEMAND session played out while others were watched
             video.evaluate("(v) => { v.currentTime = 0; v.play(); }")
             first = None
@@ -164,12 +179,13 @@ def wait_fragments(n):
         last = target.local.call(wait, timeout=40).fragment_number
 
 wait_fragments(1)
+first_ms = int(kvsnb.playback.list_fragments(target, arn)["producer_time"].min().timestamp() * 1000)
 print("public", target.public_url)
 """
 PLAYERS = [
+    ("dash_live", 'Player.from_stream(target, arn, protocol="DASH", mode="LIVE")'),
     ("hls_live", 'Player.from_stream(target, arn, protocol="HLS", mode="LIVE")'),
     ("hls_ts", 'Player.from_stream(target, arn, protocol="HLS", mode="LIVE", container="MPEG_TS")'),
-    ("dash_live", 'Player.from_stream(target, arn, protocol="DASH", mode="LIVE")'),
     ("hls_vod", 'Player.from_stream(target, arn, protocol="HLS", mode="ON_DEMAND")'),
     ("dash_vod", 'Player.from_stream(target, arn, protocol="DASH", mode="ON_DEMAND")'),
 ]
@@ -221,6 +237,8 @@ def test_player_widget_plays_through_the_proxy(
         ).split()[1]
         assert public.startswith("/proxy/"), public
         videos = page.locator(".kvsnb-player video")
+        diffs: dict[str, int] = {}
+        first_ms = int(page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, "print(first_ms)"]))
         page.wait_for_function(
             f"() => document.querySelectorAll('.kvsnb-player video').length >= {len(PLAYERS)}",
             timeout=30_000,
@@ -235,18 +253,29 @@ def test_player_widget_plays_through_the_proxy(
                 text = pdt.inner_text()
                 return [text] if text.startswith("error") else []
 
-            _, stamp = watch_video(video, errors, label)
-            # the kernel reads what the browser shows: a producer timestamp near the stamp
-            deadline = time.monotonic() + 20
-            while True:
-                shown = page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, f"print({name}.on_screen_ms)"])
-                if shown.lstrip("-").isdigit() and int(shown) > 0:
-                    break
-                assert time.monotonic() < deadline, f"{label}: kernel sees {shown!r}"
-                time.sleep(0.5)
-            assert abs(int(shown) - stamp.capture_ms) < 60_000, (label, shown, stamp)
-            assert pdt.inner_text().startswith("20"), pdt.inner_text()  # an ISO date on screen
-        # pause and seek from the kernel
+            watch_video(video, errors, label)
+            # paused from the kernel, the frame on screen stays (an ON_DEMAND one: a LIVE
+            # hls.js jumps back to the live edge even when paused): its stamp (capture
+            # time) and the producer timestamp the kernel reads back agree within a frame
+            page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, f"{name}.pause()"])
+            video.evaluate("(v) => new Promise((r) => v.paused ? r() : v.onpause = r)")
+            time.sleep(1.0)  # a few reports after the pause
+            stamp = stamp_of(video.screenshot(timeout=10_000))
+            assert stamp is not None, f"{label}: no stamp on the paused frame"
+            on_page = pdt.inner_text()
+            shown = page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, f"print({name}.on_screen_ms)"])
+            assert shown.isdigit(), f"{label}: the kernel reads {shown!r}"
+            diffs[label] = int(shown) - stamp.capture_ms
+            if name.endswith("vod"):
+                assert on_page == iso_ms(int(shown)), (label, on_page, shown)
+                assert abs(diffs[label]) <= SAME_FRAME_MS, (label, shown, stamp)
+            else:  # a timestamp of the stream (see the module docstring)
+                assert first_ms <= int(shown) <= time.time() * 1000, (label, shown)
+            # left paused: the machine decodes one video at a time
+        (ARTIFACTS / "player-on-screen-vs-stamp.log").write_text(
+            "\n".join(f"{k} {v} ms" for k, v in diffs.items()) + "\n"
+        )
+        # seek from the kernel
         page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, "hls_vod.pause(); hls_vod.seek(0.5)"])
         page.wait_for_function(
             "() => { const v = document.querySelectorAll('.kvsnb-player video')[3];"
