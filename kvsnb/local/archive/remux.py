@@ -1,11 +1,12 @@
-"""Remux stored Matroska fragments for HLS and GetClip, never re-encoding (DESIGN principle 3).
+"""Remux stored Matroska fragments for HLS, DASH and GetClip, never re-encoding (DESIGN
+principle 3).
 
 Three outputs, all built from the samples of the stored fragments (``mkv.py`` layout: track 1
 H.264 with an avcC codec private and length-prefixed NAL units, track 2 raw AAC with an
 AudioSpecificConfig, block timestamps = producer epoch ms):
 
-* **fMP4 (CMAF-style) for HLS**, one track per file as Kinesis Video Streams serves it
-  (TrackNumber 1 video, 2 audio): ``init_segment`` writes ``ftyp`` + ``moov`` (``avc1`` with
+* **fMP4 (CMAF-style) for HLS and DASH**, one track per file as Kinesis Video Streams serves
+  it (TrackNumber 1 video, 2 audio): ``init_segment`` writes ``ftyp`` + ``moov`` (``avc1`` with
   the avcC, or ``mp4a`` with an ``esds``; empty sample tables and an ``mvex``/``trex``), and
   ``media_segment`` writes one ``moof`` (``mfhd``, ``traf`` with ``tfhd``
   default-base-is-moof, a version-1 ``tfdt`` and a ``trun`` with per-sample duration, size
