@@ -9,9 +9,15 @@ SYSTEM_STAMP := $(VENV)/.kvsnb-system
 BROWSER_STAMP := $(VENV)/.kvsnb-browser
 NODE_STAMP := $(VENV)/.kvsnb-node
 
-.PHONY: demo test lint typecheck unit setup system clean bench soak notebooks browser-js
+# hls.js and dash.js for the Player widget: fetched from the npm registry, never committed
+VENDOR_DIR := kvsnb/widgets/static/vendor
+VENDOR := $(VENDOR_DIR)/hls.min.mjs $(VENDOR_DIR)/dash.all.min.mjs
 
-setup: $(STAMP)
+.PHONY: demo test lint typecheck unit setup system clean bench soak notebooks browser-js vendor
+
+setup: $(STAMP) $(VENDOR)
+
+vendor: $(VENDOR)
 
 system: $(SYSTEM_STAMP)
 
@@ -47,6 +53,12 @@ $(NODE_STAMP):
 # tests/browser/web/package.json changed.
 browser-js: setup $(NODE_STAMP)
 	$(PY) -m tests.browser.webjs
+
+# The Player's browser libraries (hls.js, dash.js), with `npm pack`, into the package's
+# ignored vendor folder.
+$(VENDOR) &: kvsnb/vendor.py $(STAMP) $(NODE_STAMP)
+	$(PY) -m kvsnb.vendor
+	@touch $(VENDOR)
 
 $(STAMP): pyproject.toml $(SYSTEM_STAMP)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -102,4 +114,4 @@ soak: setup
 	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) --workers $(SOAK_WORKERS)
 
 clean:
-	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache $(VENDOR_DIR)

@@ -38,6 +38,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
             tls=args.tls,
             tls_cert=args.cert,
             tls_key=args.key,
+            public_url=args.public_url,
         )
     )
     return 0
@@ -209,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run storage sessions in N worker processes (0: in the server process); "
         "use about one per core beyond ~16 concurrent masters with audio",
+    )
+    lp.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the base URL browsers reach Local KVS at behind a proxy, e.g. "
+        "https://hub.example/user/me/proxy/4566 or /proxy/{port} with jupyter-server-proxy; "
+        "every endpoint and HLS/DASH URL returned starts with it",
     )
     lp.set_defaults(func=_cmd_local)
 

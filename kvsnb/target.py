@@ -20,12 +20,21 @@ local CA that Local KVS serves at ``/_localkvs/ca.pem``. The target verifies eve
 connection with it: boto3 (``verify=``), and the signaling WebSocket and HLS fetches
 through ``kvsnb.trust``. Otherwise the usual trust applies (the system's CAs; boto3 also
 reads ``AWS_CA_BUNDLE``).
+Reached through a proxy: a Local KVS may be given the public base URL browsers reach it at
+(``public_url``, ``KVSNB_PUBLIC_URL``, ``kvsnb local --public-url``), and then every endpoint
+and HLS/DASH session URL it returns starts with it, so a player or the JS SDK in the browser
+can use them. An embedded Local KVS started by a kernel of a Jupyter server that has
+jupyter-server-proxy gets ``<server base_url>proxy/{port}`` (root-relative) by itself
+(``KVSNB_PUBLIC_URL=none`` turns that off). The target itself keeps talking to Local KVS
+directly: ``direct_url`` maps a public URL back, and endpoints are mapped before boto3 sees
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -55,6 +64,7 @@ ENV_TARGET = "KVSNB_TARGET"
 ENV_ENDPOINT = "KVSNB_ENDPOINT_URL"
 ENV_REGION = "KVSNB_REGION"
 LOCAL_CA_PATH = "/_localkvs/ca.pem"
+ENV_PUBLIC_URL = "KVSNB_PUBLIC_URL"
 DEFAULT_REGION = "us-west-2"
 LOCAL_ACCESS_KEY = "KVSNBLOCAL"
 LOCAL_SECRET_KEY = "kvsnb-local-secret"
@@ -108,6 +118,7 @@ class Target:
     add_aws_stun: bool = True
     ca_bundle: str | None = None  # the CA file connections are verified with (None: system's)
     _own_ca_file: str | None = field(default=None, repr=False)  # a fetched CA, removed on close
+    public_url: str | None = None  # the base browsers reach Local KVS at, if not endpoint_url
     _clients: dict[tuple[str, str | None], Any] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
@@ -146,6 +157,31 @@ class Target:
             )
         return creds.get_frozen_credentials()
 
+    def direct_url(self, url: str, *, websocket: bool = False) -> str:
+        """A URL Local KVS returned (an endpoint, an HLS/DASH session URL), as this process
+        reaches it: a public-URL prefix is swapped for ``endpoint_url`` (``ws`` scheme for a
+        WebSocket endpoint). Other URLs (AWS's) are returned unchanged."""
+        if self.public_url is None or self.endpoint_url is None:
+            return url
+        direct = self.endpoint_url
+        pairs = [(self.public_url, direct)]
+        if self.public_url.startswith("http"):
+            pairs.append(("ws" + self.public_url[4:], "ws" + direct[4:]))
+        elif websocket:
+            pairs = [(self.public_url, "ws" + direct[4:])]
+        for public, local in pairs:
+            if url == public or url.startswith(public + "/") or url.startswith(public + "?"):
+                return local + url[len(public) :]
+        return url
+
+    def public(self, url: str) -> str:
+        """The inverse of ``direct_url``: a URL of this target as a browser reaches it."""
+        if self.public_url is None or self.endpoint_url is None:
+            return url
+        if url.startswith(self.endpoint_url):
+            return self.public_url + url[len(self.endpoint_url) :]
+        return url
+
     # ------------------------------------------------------------------ discovery
 
     def channel_arn(self, channel: str) -> str:
@@ -166,13 +202,17 @@ class Target:
             ChannelARN=channel_arn,
             SingleMasterChannelEndpointConfiguration={"Protocols": list(protocols), "Role": role},
         )
-        urls = {e["Protocol"]: e["ResourceEndpoint"] for e in resp["ResourceEndpointList"]}
+        urls = {
+            e["Protocol"]: self.direct_url(e["ResourceEndpoint"], websocket=e["Protocol"] == "WSS")
+            for e in resp["ResourceEndpointList"]
+        }
         return ChannelEndpoints(channel_arn, role, urls)
 
     def data_endpoint(self, stream: str, api: str) -> str:
         """GetDataEndpoint for a stream (name or ARN) and API name."""
         key = {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
-        return str(self.kinesisvideo.get_data_endpoint(APIName=api, **key)["DataEndpoint"])
+        endpoint = self.kinesisvideo.get_data_endpoint(APIName=api, **key)["DataEndpoint"]
+        return self.direct_url(str(endpoint))
 
     def ice_servers(
         self, endpoints: ChannelEndpoints, client_id: str | None
@@ -271,6 +311,7 @@ def connect(
     data_dir: str | Path | None = None,
     profile: str | None = None,
     ca_bundle: str | os.PathLike[str] | None = None,
+    public_url: str | None = None,
     **local_options: Any,
 ) -> Target:
     """Connect to KVS (see the module docstring for how the target is chosen).
@@ -279,6 +320,10 @@ def connect(
     across runs; ``local_options`` go to its ``LocalKvsConfig`` (e.g. ``tls=True``,
     ``signaling=SignalingLimits(...)``). ``ca_bundle`` is the CA file to verify an
     ``https://`` endpoint with (see the module docstring).
+    ``data_dir`` keeps an embedded Local KVS's data across runs; ``local_options`` go to its
+    ``LocalKvsConfig`` (e.g. ``signaling=SignalingLimits(...)``). ``public_url`` is the base
+    URL browsers reach Local KVS at (see the module docstring): the embedded one is started
+    with it; for a Local KVS at ``endpoint_url`` it must be the one it was started with.
     """
     choice = (target or os.environ.get(ENV_TARGET) or "").strip()
     endpoint_url = endpoint_url or (choice if choice.startswith(("http://", "https://")) else None)
@@ -314,12 +359,16 @@ def connect(
             add_aws_stun=False,
             ca_bundle=ca,
             _own_ca_file=fetched,
+            public_url=_public_url(public_url, None),
         )
 
     from .local import LocalKvs, LocalKvsConfig  # the embedded default
 
     config = LocalKvsConfig(
-        data_dir=Path(data_dir) if data_dir else None, region=region, **local_options
+        data_dir=Path(data_dir) if data_dir else None,
+        region=region,
+        public_url=_public_url(public_url, jupyter_proxy_base()),
+        **local_options,
     )
     kvs = LocalKvs(config).start_in_thread()
     ca = str(kvs.ca_file) if kvs.ca_file is not None else None
@@ -334,6 +383,7 @@ def connect(
         ice_host_addresses=LOOPBACK,
         add_aws_stun=False,
         ca_bundle=ca,
+        public_url=kvs.public_url if config.public_url is not None else None,
     )
 
 
@@ -365,6 +415,35 @@ def _fetch_local_ca(endpoint_url: str) -> str | None:
     return path
 
 
+def _public_url(given: str | None, detected: str | None) -> str | None:
+    """The public base URL: given, else ``KVSNB_PUBLIC_URL`` (``none``: no public URL),
+    else what was detected."""
+    if given is not None:
+        return given.rstrip("/") or None
+    env = os.environ.get(ENV_PUBLIC_URL)
+    if env is not None:
+        return None if env.strip().lower() in ("", "none") else env.strip().rstrip("/")
+    return detected
+
+
+def jupyter_proxy_base() -> str | None:
+    """``<base_url>proxy/{port}`` when this process is a kernel of a running Jupyter server
+    (its ``JPY_PARENT_PID``) that has jupyter-server-proxy; else None (a kernel run by nbval
+    or nbclient has no server, a browser could not reach it anyway)."""
+    parent = os.environ.get("JPY_PARENT_PID")
+    if not parent or importlib.util.find_spec("jupyter_server_proxy") is None:
+        return None
+    try:
+        from jupyter_server.serverapp import list_running_servers
+    except ImportError:
+        return None
+    for info in list_running_servers():
+        if str(info.get("pid")) == parent:
+            base = str(info.get("base_url") or "/")
+            return f"{base if base.endswith('/') else base + '/'}proxy/{{port}}"
+    return None
+
+
 async def serve_local(
     *,
     host: str = "127.0.0.1",
@@ -378,6 +457,7 @@ async def serve_local(
     tls: bool = False,
     tls_cert: str | os.PathLike[str] | None = None,
     tls_key: str | os.PathLike[str] | None = None,
+    public_url: str | None = None,
 ) -> None:
     """Run a Local KVS in this event loop until SIGINT or SIGTERM (``kvsnb local``).
 
@@ -385,6 +465,8 @@ async def serve_local(
     ``storage_workers`` > 0 runs storage sessions in that many worker processes; ``tls``
     serves https/wss with a local CA kept in the data directory, or with ``tls_cert`` and
     ``tls_key`` when given. Prints the URL and, in TLS mode, how to trust the CA.
+    ``storage_workers`` > 0 runs storage sessions in that many worker processes;
+    ``public_url`` is the base URL browsers reach it at (``{port}`` = the bound port).
     """
     from .local import LocalKvs, LocalKvsConfig, StrictKeys
     from .local.storage.peer import StorageOptions
@@ -402,11 +484,13 @@ async def serve_local(
         tls=tls,
         tls_cert=Path(tls_cert) if tls_cert else None,
         tls_key=Path(tls_key) if tls_key else None,
+        public_url=public_url,
         extra={"storage": options},
     )
     kvs = LocalKvs(config)
     await kvs.start()
-    print(f"Local KVS at {kvs.url} (data: {kvs.data_dir})", flush=True)
+    reached = f", reached at {kvs.public_url}" if public_url else ""
+    print(f"Local KVS at {kvs.url}{reached} (data: {kvs.data_dir})", flush=True)
     if kvs.tls is not None:
         kept = data_dir is not None
         print(tls_instructions(kvs.url, kvs.tls.ca, kvs.tls.spki_sha256(), kept), flush=True)

@@ -1,8 +1,9 @@
-"""Getting stored media back: fragments, HLS, GetImages and GetClip, as numpy frames and
+"""Getting stored media back: fragments, HLS, DASH, GetImages and GetClip, as numpy frames and
 pandas tables."""
 
 from ..times import parse_time
 from .clip import get_clip
+from .dash import DashReader, DashSegment, ManifestError, dash_session_url
 from .fragments import DecodedFrame, decode_video, get_media, list_fragments
 from .hls import HlsFrame, HlsReader, PlaylistError, hls_session_url
 from .images import decode_image, get_images, image_windows
@@ -17,12 +18,16 @@ from .media_stream import (
 )
 
 __all__ = [
+    "DashReader",
+    "DashSegment",
     "DecodedFrame",
     "HlsFrame",
     "HlsReader",
+    "ManifestError",
     "MediaChunk",
     "MediaResult",
     "PlaylistError",
+    "dash_session_url",
     "decode_image",
     "decode_video",
     "get_clip",

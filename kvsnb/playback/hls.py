@@ -324,6 +324,42 @@ def stored_range(
     return starts.min().to_pydatetime(), ends.max().to_pydatetime()
 
 
+def session_request(
+    target: Target,
+    stream: str,
+    *,
+    mode: str,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    selector: str,
+    selector_key: str,
+    expires: int,
+) -> dict[str, object]:
+    """The arguments GetHLSStreamingSessionURL and GetDASHStreamingSessionURL share: the
+    stream, the mode, ``Expires`` and the fragment selector (``selector_key``). ON_DEMAND and
+    LIVE_REPLAY need a range; without ``start``/``end`` the whole stored range of the stream
+    is used (from ListFragments, by ``selector``)."""
+    args: dict[str, object] = {
+        ("StreamARN" if stream.startswith("arn:") else "StreamName"): stream,
+        "PlaybackMode": mode,
+        "Expires": expires,
+    }
+    if mode != "LIVE" and (start is None or end is None):
+        first, last = stored_range(target, stream, selector)
+        start = start or first
+        end = end or last
+    if start is not None or end is not None:
+        rng: dict[str, dt.datetime] = {}
+        if start is not None:
+            rng["StartTimestamp"] = start
+        if end is not None:
+            rng["EndTimestamp"] = end
+        args[selector_key] = {"FragmentSelectorType": selector, "TimestampRange": rng}
+    elif mode != "LIVE" or selector != "SERVER_TIMESTAMP":
+        args[selector_key] = {"FragmentSelectorType": selector}
+    return args
+
+
 def hls_session_url(
     target: Target,
     stream: str,
@@ -340,31 +376,25 @@ def hls_session_url(
     """GetHLSStreamingSessionURL at the stream's data endpoint.
 
     ON_DEMAND and LIVE_REPLAY need a range; without ``start``/``end`` the whole stored range
-    of the stream is used (from ListFragments, by ``selector``)."""
+    of the stream is used (from ListFragments, by ``selector``). The URL is the one this
+    process reaches (``Target.direct_url``); ``Target.public`` gives a browser's."""
     client = target.client(
         "kinesis-video-archived-media",
         target.data_endpoint(stream, "GET_HLS_STREAMING_SESSION_URL"),
     )
-    args: dict[str, object] = {
-        ("StreamARN" if stream.startswith("arn:") else "StreamName"): stream,
-        "PlaybackMode": mode,
-        "ContainerFormat": container,
-        "DisplayFragmentTimestamp": "ALWAYS" if display_timestamps else "NEVER",
-        "Expires": expires,
-    }
-    if mode != "LIVE" and (start is None or end is None):
-        first, last = stored_range(target, stream, selector)
-        start = start or first
-        end = end or last
-    if start is not None or end is not None:
-        rng: dict[str, dt.datetime] = {}
-        if start is not None:
-            rng["StartTimestamp"] = start
-        if end is not None:
-            rng["EndTimestamp"] = end
-        args["HLSFragmentSelector"] = {"FragmentSelectorType": selector, "TimestampRange": rng}
-    elif mode != "LIVE":
-        args["HLSFragmentSelector"] = {"FragmentSelectorType": selector}
+    args = session_request(
+        target,
+        stream,
+        mode=mode,
+        start=start,
+        end=end,
+        selector=selector,
+        selector_key="HLSFragmentSelector",
+        expires=expires,
+    )
+    args["ContainerFormat"] = container
+    args["DisplayFragmentTimestamp"] = "ALWAYS" if display_timestamps else "NEVER"
     if max_results is not None:
         args["MaxMediaPlaylistFragmentResults"] = max_results
-    return str(client.get_hls_streaming_session_url(**args)["HLSStreamingSessionURL"])
+    url = client.get_hls_streaming_session_url(**args)["HLSStreamingSessionURL"]
+    return target.direct_url(str(url))

@@ -5,6 +5,8 @@
 - ``TrackTester``: preflight checklist of a source, then an end-to-end ingest test;
 - ``ImageBrowser``: GetImages over a time range, image by image with stamps;
 - ``HlsViewer``: the decoded frames of an HLS session with fragment boundaries;
+- ``Player`` (anywidget): an HLS or DASH session playing in a ``<video>`` with hls.js or
+  dash.js, the program date time of the frame on screen read back by the kernel;
 - ``LatencyView``, ``TimelineView``: the analysis plots and summaries, live.
 
 Button callbacks schedule coroutines on the running event loop (the kernel's); each widget
@@ -14,6 +16,7 @@ keeps its last action in ``task`` so that code (and tests) can ``await widget.ta
 from .analysis_views import FramesSource, LatencyView, TimelineView
 from .hls_viewer import HlsViewer, PlaybackMode
 from .image_browser import ImageBrowser, ImageFormat
+from .player import Player
 from .session_panel import Role, SessionPanel
 from .track_tester import TrackTester, checklist_html
 
@@ -24,6 +27,7 @@ __all__ = [
     "ImageFormat",
     "LatencyView",
     "PlaybackMode",
+    "Player",
     "Role",
     "SessionPanel",
     "TimelineView",

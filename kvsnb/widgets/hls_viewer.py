@@ -10,10 +10,8 @@ keyframe flag and, for stamped media, the stamp.
 A frame that starts a new segment is marked as a fragment boundary, and ◀◀ / ▶▶ jump
 between boundaries. The viewer keeps the last ``max_frames`` decoded frames.
 
-No ``<video>`` player: that needs hls.js as an anywidget ES module, and ``anywidget`` is not
-installed in this environment. A browser player would also need to reach the session URL
-itself: Local KVS listens on 127.0.0.1 of the kernel's machine, which a browser on another
-machine (Binder, a remote JupyterLab) cannot reach without a proxy.
+To watch a session play in a ``<video>`` (hls.js or dash.js), use ``Player``; this viewer
+is for stepping through the decoded frames in the kernel.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import pytest
 
 from kvsnb.ingest import IngestResult, ingest
@@ -194,13 +195,86 @@ def test_fmp4_timeline_is_continuous(recorded: Recorded) -> None:
         response = Http.request("GET", resolve(url, uri))
         assert response.status == 200 and response.headers["content-type"] == "video/mp4"
         timings.append(moof_timing(response.body))
-    assert timings[0][0] == 0
+    # media time 0 is the session's earliest sample, video or audio
+    assert 0 <= timings[0][0] <= 90 * 1024 * 1000 // 48_000
     first = len(recorded.first_session)
     for (start, durations), (following, _) in itertools.pairwise(timings[:first]):
         assert following == start + sum(durations)
     # after the gap between the ingests, the timeline jumps by the gap (producer time)
     gap_ms = recorded.fragments[first].producer_start_ms - recorded.fragments[0].producer_start_ms
-    assert timings[first][0] == gap_ms * 90
+    assert timings[first][0] - timings[0][0] == gap_ms * 90
+
+
+def stored_tracks(rec: Recorded, fragments: list[Fragment]) -> tuple[int, float]:
+    """From the stored Matroska files: the audio frame count of ``fragments`` and the first
+    fragment's first audio time minus its first video time (s)."""
+    count = 0
+    offset = math.nan
+    for i, f in enumerate(fragments):
+        with av.open(str(rec.kvs.store.resolve(f))) as container:
+            firsts: dict[str, float] = {}
+            for packet in container.demux():
+                if packet.pts is None or packet.size == 0:
+                    continue
+                kind = packet.stream.type
+                firsts.setdefault(kind, float(packet.pts * packet.time_base))
+                count += kind == "audio"
+        if i == 0:
+            offset = firsts["audio"] - firsts["video"]
+    return count, offset
+
+
+def fmp4_tracks(master_url: str) -> tuple[int, float]:
+    """From an fMP4 HLS session: the audio frame count and the first audio segment's tfdt
+    minus the first video segment's (s), as a player reads them."""
+    playlists = media_playlists(master_url)
+    starts: dict[int, float] = {}
+    count = 0
+    for track, scale in ((1, 90_000), (2, 48_000)):
+        for i, uri in enumerate(segments(playlists[track])):
+            response = Http.request("GET", resolve(master_url, uri))
+            assert response.status == 200
+            base, durations = moof_timing(response.body)
+            if i == 0:
+                starts[track] = base / scale
+            if track == 2:
+                count += len(durations)
+    return count, starts[2] - starts[1]
+
+
+@pytest.mark.parametrize("mode", ["ON_DEMAND", "LIVE_REPLAY", "LIVE"])
+def test_fmp4_audio_keeps_its_offset_when_audio_leads(recorded: Recorded, mode: str) -> None:
+    """A session starting at a fragment whose audio begins before its video: the fMP4 audio
+    is not clamped to time 0 (it used to overlap the next segment and lose a frame)."""
+    fragments = recorded.fragments
+    lead = next(i for i, f in enumerate(fragments) if stored_tracks(recorded, [f])[1] < -0.005)
+    chosen = fragments[lead:]
+    expected_count, expected_offset = stored_tracks(recorded, chosen)
+    args: dict[str, Any] = {"StreamName": NAME, "PlaybackMode": mode}
+    plane = recorded.plane
+    if mode == "LIVE":
+        # a LIVE session starts at the newest MaxMediaPlaylistFragmentResults fragments;
+        # the plane's clock is moved to just after the ingest so they count as recent
+        newest = max(f.server_start_ms for f in fragments)
+        plane.clock = lambda: newest / 1000 + 2
+        args["MaxMediaPlaylistFragmentResults"] = len(chosen)
+    else:
+        start = dt.datetime.fromtimestamp(chosen[0].producer_start_ms / 1000, dt.UTC)
+        end = dt.datetime.fromtimestamp(chosen[-1].producer_start_ms / 1000 + 1, dt.UTC)
+        args["HLSFragmentSelector"] = {
+            "FragmentSelectorType": SELECTOR,
+            "TimestampRange": {"StartTimestamp": start, "EndTimestamp": end},
+        }
+        args["MaxMediaPlaylistFragmentResults"] = len(chosen)
+    try:
+        url = session_url(recorded, **args)
+        count, offset = fmp4_tracks(url)
+    finally:
+        plane.clock = time.time
+    assert count == expected_count
+    assert offset == pytest.approx(expected_offset, abs=0.0015)
+    if mode == "ON_DEMAND":
+        assert ffprobe_frames(url)["audio"] == expected_count
 
 
 # ---------------------------------------------------------------------------- playlists
@@ -277,8 +351,12 @@ def test_discontinuity_modes(
         args["DiscontinuityMode"] = mode
     text = media_playlists(session_url(recorded, **args))[1]
     count = text.count("#EXT-X-DISCONTINUITY\n")
-    want = len(recorded.fragments) - 1 if expected == "all" else expected
+    # ALWAYS: a marker before every segment, the first one too (as AWS writes it)
+    want = len(recorded.fragments) if expected == "all" else expected
     assert count == want
+    if expected == "all":
+        first_segment = next(ln for ln in text.splitlines() if ln.startswith("#EXTINF"))
+        assert text.index("#EXT-X-DISCONTINUITY\n") < text.index(first_segment)
     if expected == 1:
         lines = text.splitlines()
         after = lines[lines.index("#EXT-X-DISCONTINUITY") + 2]

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from kvsnb.local.archive import remux
-from kvsnb.local.archive.hls import (
+from kvsnb.local.archive.plane import ArchivePlane
+from kvsnb.local.archive.streaming import (
     MAX_RANGE_MS,
     MP4_CONTENT_TYPE,
     dedupe_producer,
     require_codec_private,
 )
-from kvsnb.local.archive.plane import ArchivePlane
 from kvsnb.local.control.plane import ControlPlane
 from kvsnb.local.core.errors import (
     InvalidArgumentException,

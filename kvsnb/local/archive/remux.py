@@ -1,5 +1,5 @@
-"""Remux stored Matroska fragments for HLS (fMP4, MPEG-TS) and GetClip (MP4), never re-encoding
-(docs/design.md, principle 3).
+"""Remux stored Matroska fragments for HLS (fMP4, MPEG-TS), DASH (fMP4) and GetClip (MP4),
+never re-encoding (docs/design.md, principle 3).
 
 The rule: every output runs on one session timeline whose origin is the first fragment's
 producer start, so segments continue one another whatever order a player fetches them in;

@@ -89,7 +89,10 @@ MEDIA_PLANE_APIS = frozenset({"PUT_MEDIA", "GET_MEDIA"})
 class Endpoints:
     """Where each plane of one Local KVS answers (the URLs the control plane hands out)."""
 
-    http: str  # e.g. http://127.0.0.1:4566, the control plane itself (https:// in TLS mode)
+    # e.g. http://127.0.0.1:4566 (https:// in TLS mode), the control plane itself; or the
+    # public base URL Local KVS is reached at behind a proxy (absolute, or root-relative such
+    # as /proxy/4566)
+    http: str
 
     @property
     def control(self) -> str:
@@ -103,8 +106,12 @@ class Endpoints:
 
     def signaling_wss(self, role: str = "MASTER") -> str:
         """The signaling WebSocket endpoint for a role (AWS also hands out one per role):
-        ``ws://`` under an ``http://`` root, ``wss://`` under ``https://``."""
-        return "ws" + self.signaling_https[len("http") :] + "/" + role.lower()
+        ``ws://`` under an ``http://`` root, ``wss://`` under ``https://``; a root-relative
+        base stays relative (browsers resolve it against the page)."""
+        base = self.signaling_https
+        if base.startswith("http"):
+            base = "ws" + base[len("http") :]
+        return base + "/" + role.lower()
 
     @property
     def webrtc(self) -> str:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from kvsnb.local.archive.clip import ClipPlane
+from kvsnb.local.archive.dash import DashPlane
 from kvsnb.local.archive.hls import HlsPlane
 from kvsnb.local.archive.images import ImagesPlane
 from kvsnb.local.archive.plane import ArchivePlane
@@ -91,6 +92,10 @@ class LocalKvsConfig:
     tls: bool = False  # serve https/wss (a local CA in data_dir/tls unless cert/key given)
     tls_cert: Path | None = None  # the user's certificate (chain), PEM; implies tls
     tls_key: Path | None = None  # its private key, PEM
+    # The base URL browsers reach this Local KVS at (a proxy path such as jupyter-server-
+    # proxy's ``/proxy/{port}``, absolute or root-relative; ``{port}`` is the bound port):
+    # every endpoint and session URL Local KVS returns starts with it. None: ``url``.
+    public_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -158,6 +163,14 @@ class LocalKvs:
         return self.tls.ca if self.tls is not None else None
 
     @property
+    def public_url(self) -> str:
+        """The base of every endpoint and session URL returned (``config.public_url`` with
+        the port filled in, else ``url``)."""
+        if self.config.public_url is None:
+            return self.url
+        return self.config.public_url.format(port=self.port).rstrip("/")
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The event loop Local KVS runs on."""
         if self._loop is None:
@@ -183,14 +196,19 @@ class LocalKvs:
         sockets = getattr(site._server, "sockets", None)
         assert sockets, "the site did not bind"
         self._site_port = int(sockets[0].getsockname()[1])
-        endpoints = Endpoints(self.url)
+        endpoints = Endpoints(self.public_url)
         self.control = ControlPlane(
             self.data_dir, endpoints, region=self.config.region, account=self.config.account
         )
         self.relay = SignalingRelay(self.control, self._authorize_ws, self.config.signaling)
         self.planes = {"control": self.control}
         await build_planes(self)  # the data planes build on the control plane
-        logger.info("Local KVS serving at %s (data: %s)", self.url, self.data_dir)
+        logger.info(
+            "Local KVS serving at %s, reached at %s (data: %s)",
+            self.url,
+            self.public_url,
+            self.data_dir,
+        )
         return self
 
     def _tls_files(self) -> TlsFiles:
@@ -393,11 +411,20 @@ class LocalKvs:
 
 
 class CompositePlane:
-    """One plane served by several objects: an operation (or ``handle_get``) is looked up on
-    each part in turn."""
+    """One plane served by several objects: an operation is looked up on each part in turn,
+    a GET goes to the part whose ``GET_PREFIX`` starts the path."""
 
     def __init__(self, *parts: Any) -> None:
         self.parts = parts
+
+    async def handle_get(self, request: web.Request, path: str) -> web.StreamResponse:
+        """Route a GET to the part serving that path (UnknownOperationException otherwise)."""
+        for part in self.parts:
+            prefix = getattr(part, "GET_PREFIX", None)
+            if prefix is not None and path.startswith(prefix):
+                response: web.StreamResponse = await part.handle_get(request, path)
+                return response
+        raise UnknownOperationException(f"No KVS resource at GET {request.path}")
 
     def __getattr__(self, name: str) -> Any:
         for part in self.parts:
@@ -433,6 +460,7 @@ async def build_planes(kvs: LocalKvs) -> None:
     kvs.planes["media"] = CompositePlane(
         ArchivePlane(control, store),
         HlsPlane(control, store, control.endpoints),
+        DashPlane(control, store, control.endpoints),
         ImagesPlane(control, store),
         ClipPlane(control, store),
     )

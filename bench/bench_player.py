@@ -1,0 +1,144 @@
+"""Capture → on screen in the ``Player`` widget, LIVE, 1 s fragments.
+
+A JupyterLab (the browser tests' harness: headless Debian Chromium driven by Playwright)
+opens a notebook whose embedded Local KVS (reached through jupyter-server-proxy, as on
+Binder) records a master ingesting the stamped test pattern with 1 s fragments, and shows a
+LIVE ``Player`` (HLS by default, ``--protocol DASH`` for dash.js). Once it plays, the video
+element is screenshotted every ``--interval`` seconds for ``--seconds``; each screenshot's
+stamp gives the capture time of the frame on screen, and capture → on screen is the wall
+clock at the screenshot (midpoint of the call) minus that capture time. Prints p50/p95/max
+and a JSON line. Needs Chromium (``make test`` installs it) and the vendored players.
+
+    python -m bench.bench_player [--seconds 60] [--protocol HLS|DASH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from kvsnb.media.stamp import try_read_stamp
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, NotebookPage, start_lab
+from tests.browser.player_fixtures import player_notebook
+
+NOTEBOOK = "bench_player.ipynb"
+PLAY_TIMEOUT_S = 90.0
+SETUP = """
+import asyncio, threading
+import kvsnb
+from kvsnb.ingest import ingest
+from kvsnb.local.storage.peer import StorageOptions
+from kvsnb.widgets import Player
+target = kvsnb.connect(extra={{"storage": StorageOptions(fragment_duration_s=1.0)}})
+_, arn = target.create_storage_channel("bench")
+feed = lambda: asyncio.run(ingest(target, "bench", seconds={ingest_s}))  # noqa: E731
+threading.Thread(target=feed, daemon=True).start()
+target.local.call(target.local.store.wait_for_fragment(arn, timeout=30), timeout=40)
+print("public", target.public_url)
+"""
+PLAYER = 'player = Player.from_stream(target, arn, protocol="{protocol}", mode="LIVE")\nplayer'
+
+
+def stamp_ms(shot: bytes) -> int | None:
+    """The capture time (epoch ms) in a screenshot of the video, if its stamp decodes."""
+    stamp = try_read_stamp(np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")))
+    return None if stamp is None else stamp.capture_ms
+
+
+def measure(page: Any, seconds: float, interval: float) -> tuple[list[float], int]:
+    """Latencies (ms) from screenshots of the first Player video, and the misses."""
+    video = page.locator(".kvsnb-player video").first
+    deadline = time.monotonic() + PLAY_TIMEOUT_S
+    while video.evaluate("(v) => v.currentTime") < 1.0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the Player did not start playing")
+        time.sleep(0.25)
+    latencies: list[float] = []
+    misses = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        before = time.time()
+        shot = video.screenshot(timeout=10_000)
+        after = time.time()
+        captured = stamp_ms(shot)
+        if captured is None:
+            misses += 1
+        else:
+            latencies.append((before + after) / 2 * 1000 - captured)
+        time.sleep(interval)
+    return latencies, misses
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="sampling time")
+    parser.add_argument("--interval", type=float, default=0.5, help="between screenshots (s)")
+    parser.add_argument("--protocol", choices=("HLS", "DASH"), default="HLS")
+    args = parser.parse_args(argv)
+    if not CHROMIUM.is_file():
+        print(f"skipped: no Chromium at {CHROMIUM}")
+        return 0
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="kvsnb-bench-player-") as tmp:
+        base = Path(tmp)
+        root = base / "root"
+        root.mkdir()
+        ingest_s = int(args.seconds + PLAY_TIMEOUT_S + 60)
+        player_notebook(
+            root / NOTEBOOK,
+            [SETUP.format(ingest_s=ingest_s), PLAYER.format(protocol=args.protocol)],
+        )
+        lab = start_lab(root, base / "jupyter", base / "server.log")
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(
+                    executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+                )
+                page = browser.new_page(viewport=VIEWPORT)
+                page.goto(f"{lab.url}/lab/tree/{NOTEBOOK}?reset", wait_until="domcontentloaded")
+                nb = NotebookPage(NOTEBOOK, page, lab)
+                nb.wait_until_ready()
+                cells = nb.run_all()
+                nb.assert_no_errors(cells)
+                latencies, misses = measure(page, args.seconds, args.interval)
+                browser.close()
+        finally:
+            lab.stop()
+    if not latencies:
+        print(f"no stamp decoded from {misses} screenshots")
+        return 1
+    p50, p95 = (float(np.percentile(latencies, q)) for q in (50, 95))
+    print(
+        f"capture -> on screen, Player LIVE {args.protocol}, 1 s fragments: "
+        f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(latencies):.0f} ms "
+        f"({len(latencies)} screenshots, {misses} without a readable stamp)"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "player",
+                "protocol": args.protocol,
+                "p50_ms": round(p50),
+                "p95_ms": round(p95),
+                "max_ms": round(max(latencies)),
+                "samples": len(latencies),
+                "misses": misses,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""MPEG-DASH on stored fragments: GetDASHStreamingSessionURL and the DASH resources under
+``/dash/v1/`` of the archived-media endpoint.
+
+Wire source: docs/wire.md "Archived media" and the botocore model's documentation of
+GetDASHStreamingSessionURL, DASHFragmentSelector and their members (quoted where a rule is
+applied). Sessions, tokens, fragment selection per PlaybackMode and the fMP4 segments are
+``streaming``'s, shared with HLS; MaxManifestFragmentResults is its ``max_results``.
+
+Resources (the model: GetDASHManifest, GetMP4InitFragment, GetMP4MediaFragment)
+    ``getDASHManifest.mpd?SessionToken=T`` (the URL GetDASHStreamingSessionURL returns),
+    ``getMP4InitFragment.mp4?TrackNumber=N&SessionToken=T`` and
+    ``getMP4MediaFragment.mp4?FragmentNumber=K&TrackNumber=N&SessionToken=T``, relative to the
+    manifest. The manifest has one Period with a video AdaptationSet (TrackNumber 1) and, when
+    the media has audio, an audio one (TrackNumber 2), each with one Representation whose
+    ``SegmentTemplate`` names those resources (``$Number$`` = K, the fragment's index in the
+    session) over a ``SegmentTimeline`` with one ``S`` per fragment (``t`` and ``d`` in ms on
+    the session timeline). **(inferred)**: the exact attribute set AWS writes; the resource
+    names and query parameters are the model's.
+
+Manifest per PlaybackMode
+    * ``ON_DEMAND``: ``type="static"`` with ``mediaPresentationDuration``; a
+      ``presentationTimeOffset`` makes the presentation start at 0.
+    * ``LIVE`` and ``LIVE_REPLAY``: ``type="dynamic"`` with ``minimumUpdatePeriod`` of 1 s
+      (the model: "We recommend that the media player retrieve a new manifest on a one-second
+      interval"), ``availabilityStartTime`` such that each listed segment is available, a
+      ``timeShiftBufferDepth`` covering the listed fragments, a ``suggestedPresentationDelay``
+      of two target durations, and a ``UTCTiming`` element carrying the server's clock (so
+      players need no outside time server). LIVE_REPLAY releases fragments as HLS does; a
+      LIVE_REPLAY session whose range has ended becomes ``static``.
+
+``DisplayFragmentTimestamp=ALWAYS`` adds ``kvs:ts`` to each ``S`` (the fragment's start in
+the selector's clock, epoch ms) and ``DisplayFragmentNumber=ALWAYS`` adds ``kvs:fn`` (the KVS
+fragment number), both in the namespace ``KVS_NAMESPACE`` **(inferred URI)**. DASH has no
+DiscontinuityMode: gaps show as jumps of ``t`` between ``S`` elements.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from aiohttp import web
+
+from kvsnb.local.archive import remux
+from kvsnb.local.archive.streaming import (
+    ALWAYS,
+    DEFAULT_EXPIRES_S,
+    DEFAULT_LIVE_RESULTS,
+    DEFAULT_ON_DEMAND_RESULTS,
+    LIVE_REPLAY,
+    MP4_CONTENT_TYPE,
+    NEVER,
+    ON_DEMAND,
+    Entry,
+    SessionOptions,
+    StreamingPlane,
+    StreamingSession,
+    fragment_index,
+    iso_ms,
+    selector_start,
+)
+from kvsnb.local.core.errors import UnknownOperationException
+
+logger = logging.getLogger(__name__)
+
+DASH_PREFIX = "/dash/v1/"
+MANIFEST = "getDASHManifest.mpd"
+MP4_INIT = "getMP4InitFragment.mp4"
+MP4_MEDIA = "getMP4MediaFragment.mp4"
+MPD_CONTENT_TYPE = "application/dash+xml"
+MPD_NAMESPACE = "urn:mpeg:dash:schema:mpd:2011"
+KVS_NAMESPACE = "https://kinesisvideo.amazonaws.com/dash"  # (inferred)
+LIVE_PROFILE = "urn:mpeg:dash:profile:isoff-live:2011"
+UTC_DIRECT = "urn:mpeg:dash:utc:direct:2014"
+MINIMUM_UPDATE_PERIOD_S = 1
+DEFAULT_AUDIO_CODEC = "mp4a.40.2"
+
+
+def duration(ms: int) -> str:
+    """An xs:duration in seconds with milliseconds (``PT12.345S``)."""
+    return f"PT{ms / 1000:.3f}S"
+
+
+class DashPlane(StreamingPlane):
+    """GetDASHStreamingSessionURL and the DASH resources under ``/dash/v1/``."""
+
+    NAME = "DASH"
+    GET_PREFIX = DASH_PREFIX
+
+    async def get_dash_streaming_session_url(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Create a DASH session and return its manifest URL (see module doc)."""
+        mode = req.get("PlaybackMode", "LIVE")
+        default_results = DEFAULT_ON_DEMAND_RESULTS if mode == ON_DEMAND else DEFAULT_LIVE_RESULTS
+        options = SessionOptions(
+            discontinuity_mode=NEVER,
+            display_timestamp=req.get("DisplayFragmentTimestamp", NEVER) == ALWAYS,
+            display_number=req.get("DisplayFragmentNumber", NEVER) == ALWAYS,
+            max_results=int(req.get("MaxManifestFragmentResults", default_results)),
+            expires_s=int(req.get("Expires", DEFAULT_EXPIRES_S)),
+        )
+        session = await self.open_session(req, req.get("DASHFragmentSelector"), options)
+        url = f"{self.endpoints.media}{DASH_PREFIX}{MANIFEST}?SessionToken={session.token}"
+        return {"DASHStreamingSessionURL": url}
+
+    async def handle_get(self, request: web.Request, path: str) -> web.Response:
+        """Serve the DASH resources: the manifest and the MP4 init and media fragments."""
+        if not path.startswith(DASH_PREFIX):
+            raise UnknownOperationException(f"No KVS resource at GET {request.path}")
+        resource = path[len(DASH_PREFIX) :]
+        if resource not in (MANIFEST, MP4_INIT, MP4_MEDIA):
+            raise UnknownOperationException(f"No KVS resource at GET {request.path}")
+        query = request.query
+        session = self.session(query)
+        if resource == MANIFEST:
+            await self.refresh(session)
+            return self.respond(self.manifest(session).encode(), MPD_CONTENT_TYPE)
+        track = self.track(session, query, required=True)
+        if resource == MP4_INIT:
+            return self.respond(await self.mp4_init(session, track), MP4_CONTENT_TYPE)
+        entry = session.entry(fragment_index(query))
+        return self.respond(await self.mp4_media(session, entry, track), MP4_CONTENT_TYPE)
+
+    # ------------------------------------------------------------------ the manifest
+
+    def manifest(self, session: StreamingSession) -> str:
+        """The MPD of a session as it stands now (see module doc)."""
+        entries, ended = self.visible(session)
+        static = session.mode == ON_DEMAND or (session.mode == LIVE_REPLAY and ended)
+        now_ms = int(self.clock() * 1000)
+        first_t = session.media_start_ms(entries[0]) if entries else 0
+        last_end = (
+            session.media_start_ms(entries[-1]) + entries[-1].fragment.duration_ms if entries else 0
+        )
+        target_s = max(1, math.ceil(session.longest_ms / 1000))
+        attrs = {
+            "xmlns": MPD_NAMESPACE,
+            "xmlns:kvs": KVS_NAMESPACE,
+            "profiles": LIVE_PROFILE,
+            "minBufferTime": duration(min(2, target_s) * 1000),
+            "maxSegmentDuration": duration(session.longest_ms),
+        }
+        if static:
+            attrs["type"] = "static"
+            attrs["mediaPresentationDuration"] = duration(last_end - first_t)
+        else:
+            attrs["type"] = "dynamic"
+            attrs["availabilityStartTime"] = iso_ms(self._availability_start(session, entries))
+            attrs["publishTime"] = iso_ms(now_ms)
+            attrs["minimumUpdatePeriod"] = duration(MINIMUM_UPDATE_PERIOD_S * 1000)
+            attrs["timeShiftBufferDepth"] = duration(max(last_end - first_t, 1000))
+            attrs["suggestedPresentationDelay"] = duration(2 * target_s * 1000)
+        lines = ['<?xml version="1.0" encoding="UTF-8"?>', f"<MPD {_attrs(attrs)}>"]
+        lines.append('  <Period id="0" start="PT0S">')
+        init = session.init
+        fps = init.frame_count * 1000 / init.duration_ms if init.duration_ms else 0.0
+        bandwidth = max(
+            (e.fragment.size_bytes * 8 * 1000 // max(e.fragment.duration_ms, 1) for e in entries),
+            default=0,
+        )
+        video = {
+            "id": str(remux.VIDEO_TRACK),
+            "mimeType": MP4_CONTENT_TYPE,
+            "codecs": init.video_codec,
+            "bandwidth": str(bandwidth),
+            "width": str(init.width),
+            "height": str(init.height),
+            "frameRate": f"{fps:.3f}".rstrip("0").rstrip("."),
+        }
+        sets = [("video", video)]
+        if session.has_audio:
+            audio = {
+                "id": str(remux.AUDIO_TRACK),
+                "mimeType": "audio/mp4",
+                "codecs": init.audio_codec or DEFAULT_AUDIO_CODEC,
+                "bandwidth": "64000",
+            }
+            sets.append(("audio", audio))
+        for content, representation in sets:
+            track = int(representation["id"])
+            lines.append(
+                f'    <AdaptationSet contentType="{content}" segmentAlignment="true" '
+                'startWithSAP="1">'
+            )
+            lines.append(f"      <Representation {_attrs(representation)}>")
+            template = {
+                "timescale": "1000",
+                "initialization": f"{MP4_INIT}?TrackNumber={track}&SessionToken={session.token}",
+                "media": (
+                    f"{MP4_MEDIA}?FragmentNumber=$Number$&TrackNumber={track}"
+                    f"&SessionToken={session.token}"
+                ),
+                "startNumber": str(entries[0].index if entries else 0),
+            }
+            if static:
+                template["presentationTimeOffset"] = str(first_t)
+            lines.append(f"        <SegmentTemplate {_attrs(template)}>")
+            lines.append("          <SegmentTimeline>")
+            lines += [f"            <S {_attrs(self._s(session, e))}/>" for e in entries]
+            lines.append("          </SegmentTimeline>")
+            lines.append("        </SegmentTemplate>")
+            lines.append("      </Representation>")
+            lines.append("    </AdaptationSet>")
+        lines.append("  </Period>")
+        if not static:
+            lines.append(f'  <UTCTiming schemeIdUri="{UTC_DIRECT}" value="{iso_ms(now_ms)}"/>')
+        lines.append("</MPD>")
+        lines.append("")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _s(session: StreamingSession, entry: Entry) -> dict[str, str]:
+        s = {"t": str(session.media_start_ms(entry)), "d": str(entry.fragment.duration_ms)}
+        if session.options.display_timestamp:
+            s["kvs:ts"] = str(selector_start(entry.fragment, session.selector))
+        if session.options.display_number:
+            s["kvs:fn"] = entry.fragment.fragment_number
+        return s
+
+    @staticmethod
+    def _availability_start(session: StreamingSession, entries: list[Entry]) -> int:
+        """Wall-clock ms of media time 0. LIVE: the origin (producer time is capture time,
+        so a listed segment ended before now). LIVE_REPLAY: chosen so that the newest listed
+        segment became available when it was released."""
+        if session.mode != LIVE_REPLAY or not entries:
+            return session.origin_ms
+        last = entries[-1]
+        released_ms = int(max(last.release_at, session.created) * 1000)
+        return released_ms - (session.media_start_ms(last) + last.fragment.duration_ms)
+
+
+def _attrs(values: dict[str, str]) -> str:
+    return " ".join(f"{k}={quoteattr(v)}" for k, v in values.items())
