@@ -1,22 +1,16 @@
-"""The Player widget without a browser (ipywidgets' dummy comm), its vendored libraries, and
-the public-URL mapping of a target, against a real embedded Local KVS with a public base
-URL (as under jupyter-server-proxy)."""
+"""The Player widget without a browser (ipywidgets' dummy comm) and its vendored libraries;
+the public-URL mapping against a real Local KVS is in tests/integration/test_player_widget.py."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
 
-from kvsnb.ingest import ingest
-from kvsnb.playback import DashReader, HlsReader
-from kvsnb.target import Target, connect
 from kvsnb.vendor import LIBRARIES, VendorError, library, library_path
 from kvsnb.widgets import Player
-from tests.conftest import FAST
 
 PUBLIC = "/user/me/proxy/{port}"
 
@@ -26,15 +20,6 @@ def comm() -> Iterator[None]:
     setup_test_comm()
     yield
     teardown_test_comm()
-
-
-@pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    tg = connect(data_dir=tmp_path_factory.mktemp("player"), public_url=PUBLIC)
-    try:
-        yield tg
-    finally:
-        tg.close()
 
 
 def test_vendored_libraries_are_es_modules() -> None:
@@ -80,38 +65,3 @@ def test_player_traits_and_commands(comm: None) -> None:
     dash = Player("u", "DASH")
     assert dash._source == library("dash.js")
     assert repr(dash) == "<kvsnb.widgets.Player DASH ON_DEMAND>"
-
-
-def test_public_url_is_returned_and_mapped_back(target: Target, comm: None) -> None:
-    kvs = target.local
-    public = PUBLIC.format(port=kvs.port)
-    assert target.public_url == public and kvs.public_url == public
-    _, arn = target.create_storage_channel("pub")
-    data = target.kinesisvideo.get_data_endpoint(
-        StreamARN=arn, APIName="GET_DASH_STREAMING_SESSION_URL"
-    )["DataEndpoint"]
-    assert data == public + "/media"  # what a browser uses
-    assert target.data_endpoint(arn, "GET_HLS_STREAMING_SESSION_URL") == kvs.url + "/media"
-    channel = target.channel_arn("pub")
-    raw = target.kinesisvideo.get_signaling_channel_endpoint(
-        ChannelARN=channel,
-        SingleMasterChannelEndpointConfiguration={"Protocols": ["WSS", "HTTPS"], "Role": "VIEWER"},
-    )["ResourceEndpointList"]
-    assert {e["Protocol"]: e["ResourceEndpoint"] for e in raw} == {
-        "WSS": public + "/signaling/viewer",
-        "HTTPS": public + "/signaling",
-    }
-    endpoints = target.endpoints(channel, "VIEWER", ("WSS", "HTTPS"))
-    assert endpoints.wss == "ws" + kvs.url[4:] + "/signaling/viewer"
-    assert endpoints.https == kvs.url + "/signaling"
-    # a whole ingest through the mapped endpoints, then both players' URLs
-    asyncio.run(ingest(target, "pub", seconds=2.5, policy=FAST))
-    for protocol in ("HLS", "DASH"):
-        player = Player.from_stream(target, arn, protocol=protocol, mode="ON_DEMAND")
-        assert player.url.startswith(public + "/media/"), player.url
-        assert not player.live
-        direct = target.direct_url(player.url)
-        assert direct.startswith(kvs.url + "/media/")
-        reader = HlsReader(direct) if protocol == "HLS" else DashReader(direct)
-        frames = asyncio.run(reader.to_frame())
-        assert len(frames) > 0 and frames["timestamp"].notna().all()
