@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 MP4_CONTENT_TYPE = "video/mp4"
 # Every streaming resource may be read by a player page on any origin (docs/design.md,
 # principle 9); the front's CORS middleware answers the preflights.
-CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
 
 LIVE, LIVE_REPLAY, ON_DEMAND = "LIVE", "LIVE_REPLAY", "ON_DEMAND"
 ALWAYS, NEVER, ON_DISCONTINUITY = "ALWAYS", "NEVER", "ON_DISCONTINUITY"
@@ -581,4 +580,4 @@ class StreamingPlane:
     @staticmethod
     def respond(body: bytes, content_type: str) -> web.Response:
         """A resource response (readable from any origin)."""
-        return web.Response(body=body, content_type=content_type, headers=CORS_HEADERS)
+        return web.Response(body=body, content_type=content_type)  # CORS: front/cors.py
