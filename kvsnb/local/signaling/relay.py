@@ -161,7 +161,7 @@ class ClientMessage:
         """The payload's JSON object (``InvalidArgumentException`` when it is not one)."""
         try:
             data = json.loads(base64.b64decode(self.payload, validate=True))
-        except (binascii.Error, ValueError) as exc:
+        except (binascii.Error, ValueError, RecursionError) as exc:
             raise InvalidArgumentException("messagePayload is not base64 of JSON") from exc
         if not isinstance(data, dict):
             raise InvalidArgumentException("messagePayload is not a JSON object")
@@ -237,7 +237,10 @@ def parse_client_message(text: str, max_payload: int) -> ClientMessage:
     Raises ``ValueError`` when there is no usable correlationId to answer to and
     ``AwsError`` (with the correlationId attached as ``correlation_id``) otherwise.
     """
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except RecursionError as exc:  # nested too deep to read: as unreadable as bad JSON
+        raise ValueError("message is nested too deeply") from exc
     if not isinstance(data, dict):
         raise ValueError("message is not a JSON object")
     corr = _get_ci(data, "correlationId")
