@@ -670,9 +670,6 @@ async def test_malformed_frames(kv: Any, net: Net) -> None:
     # Bad base64, an unknown action, a missing or non-string payload: STATUS_RESPONSE 400.
     await viewer.send("SDP_OFFER", "%%% not base64 %%%", corr="bad-b64")
     expect_status(await viewer.recv(), "bad-b64", "InvalidArgumentException")
-    deep = base64.b64encode(("[" * 3000 + "]" * 3000).encode()).decode()
-    await viewer.send("SDP_OFFER", deep, corr="deep-pl")
-    expect_status(await viewer.recv(), "deep-pl", "InvalidArgumentException")
     await viewer.send("HELLO", OFFER, corr="bad-action")
     expect_status(await viewer.recv(), "bad-action", "InvalidArgumentException")
     await viewer.ws.send_str(json.dumps({"action": "SDP_OFFER", "correlationId": "no-pl"}))
