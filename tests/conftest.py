@@ -130,9 +130,12 @@ def target(kvs: LocalKvs) -> Iterator[Target]:
         yield tg
 
 
-def stored_stamps(target: Target, stream_arn: str) -> Any:
-    """(fragments, (stamps, unreadable)) read via ListFragments + GetMediaForFragmentList."""
+def stored_stamps(target: Target, stream_arn: str, after: int | None = None) -> Any:
+    """(fragments, (stamps, unreadable)) read via ListFragments + GetMediaForFragmentList;
+    with ``after``, only the fragments numbered above it."""
     fragments = list_fragments(target, stream_arn)
+    if after is not None and len(fragments):
+        fragments = fragments[fragments["fragment_number"].map(int) > after]
     if not len(fragments):
         return fragments, (None, 0)
     media = get_media(target, stream_arn, list(fragments["fragment_number"]))
@@ -140,14 +143,14 @@ def stored_stamps(target: Target, stream_arn: str) -> Any:
 
 
 async def stored_delivery(
-    target: Target, stream_arn: str, sent: Any, *, within_s: float = 5.0
+    target: Target, stream_arn: str, sent: Any, *, within_s: float = 5.0, after: int | None = None
 ) -> Delivery:
     """How the stamped frames ``sent`` (``frame_index`` column) compare with what the stream
     stores, once every one is stored or ``within_s`` has passed: the last fragment of a
     master that just left is stored a moment after its client stopped."""
     deadline = time.monotonic() + within_s
     while True:
-        _, (stamps, unreadable) = await asyncio.to_thread(stored_stamps, target, stream_arn)
+        _, (stamps, unreadable) = await asyncio.to_thread(stored_stamps, target, stream_arn, after)
         if stamps is None:
             stamps = pd.DataFrame({"frame_index": []})
         delivery = compare_delivery(sent, stamps, unreadable)

@@ -75,7 +75,7 @@ class Media:
 
     @property
     def images_plane(self) -> ImagesPlane:
-        plane: ImagesPlane = self.kvs.planes["media"].parts[2]
+        plane = self.kvs.planes["media"].part(ImagesPlane)
         return plane
 
 

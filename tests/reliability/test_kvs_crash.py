@@ -140,7 +140,7 @@ async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) ->
             arn = next(iter(seen))
             top = max(int(n) for n in await asyncio.to_thread(listed, tg, arn))
             result = await ingest(tg, "crash-a", seconds=1.2, policy=FAST, width=320, height=240)
-            delivery = await stored_delivery(tg, arn, result.frames_sent, within_s=15)
+            delivery = await stored_delivery(tg, arn, result.frames_sent, within_s=15, after=top)
             assert delivery.complete, delivery  # every frame sent after the restart is stored
             after_restart = await asyncio.to_thread(listed, tg, arn)
             newer = [n for n in after_restart if int(n) > top]

@@ -417,6 +417,13 @@ class CompositePlane:
     def __init__(self, *parts: Any) -> None:
         self.parts = parts
 
+    def part(self, kind: type[T]) -> T:
+        """The part of type ``kind`` (``LookupError`` if there is none)."""
+        for part in self.parts:
+            if isinstance(part, kind):
+                return part
+        raise LookupError(f"no {kind.__name__} in this plane")
+
     async def handle_get(self, request: web.Request, path: str) -> web.StreamResponse:
         """Route a GET to the part serving that path (UnknownOperationException otherwise)."""
         for part in self.parts:
