@@ -25,7 +25,14 @@ from urllib.parse import urljoin
 import pandas as pd
 
 from ..target import Target
-from .hls import HlsFrame, PlaylistError, decode_segment, http_get, session_request
+from .hls import (
+    HlsFrame,
+    PlaylistError,
+    decode_segment,
+    frames_table,
+    http_get,
+    session_request,
+)
 
 MPD_NS = "{urn:mpeg:dash:schema:mpd:2011}"
 KVS_TS = "ts"  # local names of KVS's attributes on S (any namespace)
@@ -210,17 +217,7 @@ class DashReader:
     async def to_frame(self, **kwargs: bool | float | None) -> pd.DataFrame:
         """All frames (see ``frames``) as a DataFrame: timestamp, pts_s, sequence, keyframe,
         frame (PyAV)."""
-        rows = [
-            {
-                "timestamp": f.timestamp,
-                "pts_s": f.pts_s,
-                "sequence": f.sequence,
-                "keyframe": f.keyframe,
-                "frame": f.frame,
-            }
-            async for f in self.frames(**kwargs)  # type: ignore[arg-type]
-        ]
-        return pd.DataFrame(rows, columns=["timestamp", "pts_s", "sequence", "keyframe", "frame"])
+        return await frames_table(self.frames(**kwargs))  # type: ignore[arg-type]
 
 
 def dash_session_url(

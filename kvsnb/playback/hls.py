@@ -296,17 +296,23 @@ class HlsReader:
     async def to_frame(self, **kwargs: bool | float | None) -> pd.DataFrame:
         """All frames (see ``frames``) as a DataFrame: timestamp, pts_s, sequence, keyframe,
         frame (PyAV)."""
-        rows = [
-            {
-                "timestamp": f.timestamp,
-                "pts_s": f.pts_s,
-                "sequence": f.sequence,
-                "keyframe": f.keyframe,
-                "frame": f.frame,
-            }
-            async for f in self.frames(**kwargs)  # type: ignore[arg-type]
-        ]
-        return pd.DataFrame(rows, columns=["timestamp", "pts_s", "sequence", "keyframe", "frame"])
+        return await frames_table(self.frames(**kwargs))  # type: ignore[arg-type]
+
+
+async def frames_table(frames: AsyncIterator[HlsFrame]) -> pd.DataFrame:
+    """Frames read from HLS or DASH segments as a DataFrame: timestamp, pts_s, sequence,
+    keyframe, frame (PyAV)."""
+    rows = [
+        {
+            "timestamp": f.timestamp,
+            "pts_s": f.pts_s,
+            "sequence": f.sequence,
+            "keyframe": f.keyframe,
+            "frame": f.frame,
+        }
+        async for f in frames
+    ]
+    return pd.DataFrame(rows, columns=["timestamp", "pts_s", "sequence", "keyframe", "frame"])
 
 
 def stored_range(
