@@ -171,14 +171,24 @@ async def worker(
 
 def stored_frames(target: Any, stream: str) -> int:
     """Video frames in a stream's stored fragments (demuxed, not decoded)."""
+    return len(stored_frame_times(target, stream))
+
+
+def stored_frame_times(target: Any, stream: str) -> list[float]:
+    """Producer times (epoch s) of the video frames in a stream's stored fragments, in
+    order (demuxed, not decoded)."""
     from kvsnb.playback import get_media, list_fragments
 
     fragments = list_fragments(target, stream)
     if fragments.empty:
-        return 0
+        return []
     media = get_media(target, stream, list(fragments["fragment_number"]))
     with av.open(io.BytesIO(media), mode="r") as c:
-        return sum(1 for p in c.demux(video=0) if p.size > 0)
+        return [
+            float(p.pts * p.time_base)
+            for p in c.demux(video=0)
+            if p.size > 0 and p.pts is not None and p.time_base is not None
+        ]
 
 
 def fragment_lags(data_dir: str, streams: list[str]) -> list[float]:
@@ -204,6 +214,50 @@ def machine_cpu() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+def start_senders(
+    url: str, names: list[str], clip: Path, seconds: float, video_only: bool
+) -> list[subprocess.Popen[str]]:
+    """Masters on ``names`` in up to ``WORKERS`` sender processes, sending ``clip`` for
+    ``seconds``; returns once every master has joined (each process printed READY)."""
+    workers = min(WORKERS, len(names))
+    groups = [names[i::workers] for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.bench_concurrency",
+                "--worker",
+                url,
+                "--clip",
+                str(clip),
+                "--seconds",
+                str(seconds),
+                *(["--video-only"] if video_only else []),
+                *g,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for g in groups
+    ]
+    for p in procs:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if "READY" not in line:
+            raise RuntimeError(f"sender failed to start: {line!r}")
+    return procs
+
+
+def collect_senders(procs: list[subprocess.Popen[str]]) -> dict[str, int]:
+    """Wait for the sender processes to finish; frames sent per channel."""
+    sent: dict[str, int] = {}
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        sent.update(json.loads(out.strip().splitlines()[-1])["sent"])
+    return sent
+
+
 def run_level(
     n: int, clip: Path, seconds: float, video_only: bool, storage_workers: int
 ) -> dict[str, Any]:
@@ -216,33 +270,7 @@ def run_level(
         target = connect(endpoint_url=kvs.url)
         names = [f"sweep-{n}-{i}" for i in range(n)]
         streams = {name: target.create_storage_channel(name)[1] for name in names}
-        workers = min(WORKERS, n)
-        groups = [names[i::workers] for i in range(workers)]
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.bench_concurrency",
-                    "--worker",
-                    kvs.url,
-                    "--clip",
-                    str(clip),
-                    "--seconds",
-                    str(seconds + 3.0),
-                    *(["--video-only"] if video_only else []),
-                    *g,
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for g in groups
-        ]
-        for p in procs:
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            if "READY" not in line:
-                raise RuntimeError(f"worker failed to start: {line!r}")
+        procs = start_senders(kvs.url, names, clip, seconds + 3.0, video_only)
         time.sleep(2.0)  # warm up
         c0, m0, t0 = cpu_seconds(kvs.pid), machine_cpu(), time.monotonic()
         time.sleep(seconds)
@@ -250,10 +278,7 @@ def run_level(
         kvs_cpu = (cpu_seconds(kvs.pid) - c0) / elapsed
         all_cpu = (machine_cpu() - m0) / elapsed
         rss = rss_mib(kvs.pid)
-        sent: dict[str, int] = {}
-        for p in procs:
-            out, _ = p.communicate(timeout=120)
-            sent.update(json.loads(out.strip().splitlines()[-1])["sent"])
+        sent = collect_senders(procs)
         time.sleep(1.0)
         stored = {name: stored_frames(target, streams[name]) for name in names}
         lags = fragment_lags(kvs.data, list(streams.values()))

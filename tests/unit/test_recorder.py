@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from kvsnb.ebml import read_segment_tags
-from kvsnb.local.storage.passthrough import EncodedFrame
+from kvsnb.local.storage.passthrough import EncodedFrame, OpusDecoder, OpusPacket
 from kvsnb.local.storage.recorder import FragmentRecorder
 from kvsnb.local.store.fragments import Fragment, FragmentStore
 from kvsnb.local.store.mkv import (
@@ -251,6 +251,47 @@ async def test_audio_gap_is_filled_and_sync_kept(store: FragmentStore) -> None:
     for f in fragments:
         audio_total += len(decode_fragment(store, f)[1])
     assert abs(audio_total * 1024 * 1000 / AUDIO_RATE - n * 1000 / FPS) < 80
+
+
+def opus_packets(count: int) -> list[OpusPacket]:
+    """The tone as a master sends it: 20 ms Opus packets with their producer times."""
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate, encoder.layout, encoder.format = AUDIO_RATE, "stereo", "s16"
+    packets: list[OpusPacket] = []
+    for frame, _ in tone_frames(count):
+        for p in encoder.encode(frame):
+            assert p.pts is not None
+            ts = int(p.pts)
+            packets.append(OpusPacket(bytes(p), ts, BASE_S + ts / AUDIO_RATE, time.time()))
+    return packets
+
+
+async def test_opus_packets_are_stored_as_their_decoded_frames_would_be(
+    store: FragmentStore,
+) -> None:
+    # the same packets, 200 ms of them lost: once undecoded (decoded on the recorder's thread,
+    # in batches), once decoded on the caller's side; the stored audio must be the same
+    packets = [p for k, p in enumerate(opus_packets(150)) if not 60 <= k < 70]
+    stored: list[list[tuple[list[int], list[int]]]] = []
+    for undecoded in (True, False):
+        rec = FragmentRecorder(store, STREAM, fragment_duration_s=1.0)
+        camera, decoder, queue = Camera(gop=15), OpusDecoder(), list(packets)
+        for _ in range(round(3.0 * FPS)):
+            rec.add_video(camera.next())
+            while queue and queue[0].producer_time + 0.02 <= BASE_S + camera.index / FPS:
+                packet = queue.pop(0)
+                if undecoded:
+                    rec.add_opus(packet)
+                else:
+                    for frame, producer in decoder.decode(packet):
+                        rec.add_audio(frame, producer)
+        fragments = await rec.close()
+        assert rec.stats.audio_frames_in == len(packets) - len(queue)
+        assert rec.stats.audio_silence_samples == 10 * AUDIO_SAMPLES
+        stored.append([decode_fragment(store, f) for f in fragments])
+    undecoded_audio, decoded_audio = ([a for _, a in fs] for fs in stored)
+    assert undecoded_audio == decoded_audio
+    assert sum(len(a) for a in undecoded_audio) >= 130  # ~2.8 s of AAC frames of 1024
 
 
 async def test_get_media_for_fragment_list_body_plays_and_is_tagged(

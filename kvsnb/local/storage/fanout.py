@@ -165,6 +165,17 @@ class AudioMixer:
             while sum(len(b) for b in buf) > self.max_samples:
                 buf.popleft()
 
+    def wants(self, source: str) -> bool:
+        """Whether ``source``'s audio is heard by anyone now (``push`` would keep it)."""
+        return any(
+            listener != source and not (listener == STORE and source == MASTER)
+            for listener in self._buffers
+        )
+
+    def has_waiting(self, listener: str) -> bool:
+        """Whether others' audio is buffered for ``listener``."""
+        return any(self._buffers.get(listener, {}).values())
+
     def has_audience_for(self, listener: str) -> bool:
         """Whether ``listener`` has anyone to hear: the master hears viewers; a viewer hears
         the master and, while the master is there, the other viewers."""
@@ -186,7 +197,7 @@ class AudioMixer:
 
     def mix_into(self, frame: av.AudioFrame) -> av.AudioFrame:
         """The master's frame with the viewers' audio added (what is stored)."""
-        if not any(self._buffers.get(STORE, {}).values()):
+        if not self.has_waiting(STORE):
             return frame  # no viewer audio waiting: the master's frame as it is
         extra = self.pull(STORE, frame.samples)
         if not extra.any():

@@ -218,36 +218,76 @@ def direct_video(receiver: Any, sink: Callable[[EncodedFrame], None]) -> RtpCloc
     return registration.clock
 
 
-def direct_audio(receiver: Any, sink: Callable[[Any, float, float], None]) -> RtpClock:
-    """Decode an audio receiver's Opus on the event loop as each packet arrives (no playout
-    buffer: ``ImmediateAudioJitterBuffer``) and hand ``sink(frame, producer_time,
-    arrival_time)`` the s16 stereo 48 kHz frame. Call from the ``"track"`` event."""
+@dataclass(frozen=True, slots=True)
+class OpusPacket:
+    """One Opus packet as received: its payload, its unwrapped 48 kHz RTP timestamp, the
+    producer's wall-clock time of its first sample and its arrival (epoch seconds)."""
+
+    data: bytes
+    timestamp: int
+    producer_time: float
+    arrival_time: float
+
+
+class OpusDecoder:
+    """Opus packets → 48 kHz s16 stereo ``av.AudioFrame``s (pts on the packet's timestamp,
+    time base 1/48000), each with the producer time of its first sample. An undecodable
+    packet gives no frame."""
+
+    def __init__(self) -> None:
+        self._context = av.CodecContext.create("libopus", "r")
+        self._context.format = "s16"
+        self._context.layout = "stereo"
+        self._context.sample_rate = webrtc.OPUS_SAMPLE_RATE
+
+    def decode(self, packet: OpusPacket) -> list[tuple[av.AudioFrame, float]]:
+        """The frames of one packet (usually one), each with its producer time."""
+        raw = av.Packet(packet.data)
+        raw.pts = packet.timestamp
+        raw.time_base = AUDIO_TIME_BASE
+        try:
+            frames: list[av.AudioFrame] = self._context.decode(raw)
+        except av.FFmpegError as exc:
+            logger.debug("Opus packet not decodable: %s", exc)
+            return []
+        rate = webrtc.OPUS_SAMPLE_RATE
+        return [
+            (f, packet.producer_time + ((f.pts or packet.timestamp) - packet.timestamp) / rate)
+            for f in frames
+        ]
+
+
+def direct_audio_packets(receiver: Any, sink: Callable[[OpusPacket], None]) -> RtpClock:
+    """Hand an audio receiver's Opus packets to ``sink`` as ``OpusPacket``s, on the event
+    loop, as each arrives (no playout buffer: ``ImmediateAudioJitterBuffer``), undecoded.
+    Call from the ``"track"`` event."""
     if receiver.track is None or receiver.track.kind != "audio":
         raise ValueError("direct audio applies to audio receivers only")
     _check_not_started(receiver)
     clock = RtpClock(receiver, webrtc.OPUS_SAMPLE_RATE)
-    decoder = av.CodecContext.create("libopus", "r")
-    decoder.format = "s16"
-    decoder.layout = "stereo"
-    decoder.sample_rate = webrtc.OPUS_SAMPLE_RATE
 
-    def decode(encoded_frame: Any) -> None:
+    def deliver(encoded_frame: Any) -> None:
         arrival = time.time()
-        packet = av.Packet(encoded_frame.data)
-        packet.pts = int(encoded_frame.timestamp)
-        packet.time_base = AUDIO_TIME_BASE
-        try:
-            frames = decoder.decode(packet)
-        except av.FFmpegError as exc:
-            logger.debug("Opus packet not decodable: %s", exc)
-            return
-        for frame in frames:
-            producer, _ = clock.producer_time(int(frame.pts or 0), arrival)
-            sink(frame, producer, arrival)
+        timestamp = int(encoded_frame.timestamp)
+        producer, _ = clock.producer_time(timestamp, arrival)
+        sink(OpusPacket(bytes(encoded_frame.data), timestamp, producer, arrival))
 
     receiver._RTCRtpReceiver__jitter_buffer = ImmediateAudioJitterBuffer()
-    receiver._RTCRtpReceiver__decoder_queue = _DirectQueue(decode)
+    receiver._RTCRtpReceiver__decoder_queue = _DirectQueue(deliver)
     return clock
+
+
+def direct_audio(receiver: Any, sink: Callable[[Any, float, float], None]) -> RtpClock:
+    """Decode an audio receiver's Opus on the event loop as each packet arrives
+    (``direct_audio_packets``) and hand ``sink(frame, producer_time, arrival_time)`` the
+    s16 stereo 48 kHz frame. Call from the ``"track"`` event."""
+    decoder = OpusDecoder()
+
+    def decode(packet: OpusPacket) -> None:
+        for frame, producer in decoder.decode(packet):
+            sink(frame, producer, packet.arrival_time)
+
+    return direct_audio_packets(receiver, decode)
 
 
 def _decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:

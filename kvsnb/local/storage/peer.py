@@ -37,7 +37,10 @@ from kvsnb.local.signaling.relay import ClientConnection, ClientMessage, Storage
 from kvsnb.local.storage.fanout import MASTER, STORE, AudioMixer, MixedAudioTrack, VideoFanout
 from kvsnb.local.storage.passthrough import (
     EncodedFrame,
+    OpusDecoder,
+    OpusPacket,
     direct_audio,
+    direct_audio_packets,
     direct_video,
     keyframe_requester,
     receiver_for_track,
@@ -438,6 +441,7 @@ class MasterPeer(_StoragePeer):
         self.store = store
         self.recorder: FragmentRecorder | None = None  # made once the answer says what comes
         self._keyframe_requester: Callable[[], None] | None = None
+        self._decoder: OpusDecoder | None = None  # only while the master's audio is mixed
 
     def _request_keyframe(self) -> None:
         if self._keyframe_requester is not None and not self.closed:
@@ -463,14 +467,14 @@ class MasterPeer(_StoragePeer):
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         # Media goes straight from the jitter buffers to the recorder, on the event loop:
-        # video as received (passthrough), Opus decoded as it arrives (no playout buffer).
+        # video as received (passthrough), Opus packets as they arrive (no playout buffer).
         receiver = receiver_for_track(self.pc, track)
         if track.kind == "video":
             direct_video(receiver, self._video_frame)
             self._keyframe_requester = keyframe_requester(receiver)
             self.state.fanout.request_keyframe = self._request_keyframe
         else:
-            direct_audio(receiver, self._audio_frame)
+            direct_audio_packets(receiver, self._audio_packet)
 
     def _video_frame(self, frame: EncodedFrame) -> None:
         """An H.264 access unit from the master (``direct_video`` sink, on the loop)."""
@@ -483,6 +487,23 @@ class MasterPeer(_StoragePeer):
         self.stats.video_frames += 1
         self.recorder.add_video(frame)
         self.state.fanout.push(frame)
+
+    def _audio_packet(self, packet: OpusPacket) -> None:
+        """An Opus packet from the master (``direct_audio_packets`` sink, on the loop). While
+        no viewer hears the master and no viewer audio is to be mixed into the stored track,
+        the packet goes to the recorder undecoded (decoded on its thread); otherwise it is
+        decoded here for the mixer."""
+        mixer = self.state.mixer
+        if self.recorder is not None and not mixer.wants(MASTER) and not mixer.has_waiting(STORE):
+            if not self.closed:
+                self.stats.last_media_at = time.monotonic()
+                self.stats.audio_frames += 1
+                self.recorder.add_opus(packet)
+            return
+        if self._decoder is None:
+            self._decoder = OpusDecoder()
+        for frame, producer in self._decoder.decode(packet):
+            self._audio_frame(frame, producer, packet.arrival_time)
 
     def _on_audio(self, frame: Any, producer: float, arrival: float) -> None:
         self.state.mixer.push(MASTER, frame)

@@ -1,13 +1,14 @@
 """Cut a received H.264 (+ Opus) stream into durable, keyframe-aligned KVS fragments.
 
 ``FragmentRecorder`` takes passthrough H.264 access units (never decoded, docs/design.md,
-principle 3) and decoded 48 kHz Opus audio, encodes the audio to AAC and hands each fragment,
+principle 3) and 48 kHz Opus audio, as packets (decoded on its thread, in batches) or as
+decoded frames, encodes the audio to AAC and hands each fragment,
 in the Matroska of ``store.mkv``, to ``FragmentStore``. The rule: a fragment starts at a
 keyframe whose SPS/PPS are known and ends at the first keyframe after ``fragment_duration_s``,
 which the recorder asks for (``request_keyframe``, wired to PLI); docs/wire.md, "Storage
-sessions". ``add_video``/``add_audio`` only enqueue; ``request_keyframe`` and ``on_fragment``
-are called on the event loop that created the recorder. Timeline, audio placement and
-threads: docs/design.md, "Local KVS".
+sessions". ``add_video``/``add_audio``/``add_opus`` only enqueue; ``request_keyframe`` and
+``on_fragment`` are called on the event loop that created the recorder. Timeline, audio
+placement and threads: docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from kvsnb.h264 import (
     split_annexb,
     to_length_prefixed,
 )
-from kvsnb.local.storage.passthrough import EncodedFrame
+from kvsnb.local.storage.passthrough import EncodedFrame, OpusDecoder, OpusPacket
 from kvsnb.local.store.fragments import Fragment, FragmentMeta, FragmentStore
 from kvsnb.local.store.mkv import (
     TAG_FRAGMENT_NUMBER,
@@ -52,6 +53,8 @@ KEYFRAME_RETRY_MS = 1000
 AUDIO_GRACE_MS = 1000
 AUDIO_LAYOUT = "stereo"
 AAC_BIT_RATE = 96_000
+AAC_CODER = "fast"  # FFmpeg's default "twoloop" costs twice the CPU for a recorder's audio
+OPUS_BATCH_PACKETS = 10  # Opus packets queued on the loop go to the thread at most 200 ms late
 AAC_CODEC_STRING = "mp4a.40.2"
 AUDIO_GAP_TOLERANCE_SAMPLES = 480  # 10 ms
 AUDIO_MAX_FILL_SAMPLES = 5 * webrtc.OPUS_SAMPLE_RATE
@@ -124,6 +127,8 @@ class FragmentRecorder:
             max_workers=1, thread_name_prefix="kvsnb-recorder"
         )
         self._closed = False
+        self._opus_pending: list[OpusPacket] = []  # event-loop side, handed over in batches
+        self._opus_decoder: OpusDecoder | None = None  # recorder-thread side
         self._closing: asyncio.Future[list[Fragment]] | None = None
         self._stats = RecorderStats()
         self.fragments: list[Fragment] = []
@@ -160,6 +165,7 @@ class FragmentRecorder:
         if self._closed:
             logger.debug("video frame after close ignored")
             return
+        self._flush_opus()
         self._submit(self._on_video, frame)
 
     def add_audio(
@@ -176,10 +182,23 @@ class FragmentRecorder:
             raise TypeError(f"add_audio needs an av.AudioFrame, got {type(frame).__name__}")
         if self._closed or not self.audio:
             return
+        self._flush_opus()
         self._submit(self._on_audio, frame, producer_time)
+
+    def add_opus(self, packet: OpusPacket) -> None:
+        """Queue one Opus packet as received. Packets are handed to the recorder's thread in
+        batches (with the next video frame, or every ``OPUS_BATCH_PACKETS``), where they are
+        decoded and encoded like ``add_audio``'s frames: the event loop does no audio work.
+        Ignored with ``audio=False``."""
+        if self._closed or not self.audio:
+            return
+        self._opus_pending.append(packet)
+        if len(self._opus_pending) >= OPUS_BATCH_PACKETS:
+            self._flush_opus()
 
     async def drain(self) -> None:
         """Wait until everything queued so far has been processed."""
+        self._flush_opus()
         await asyncio.wrap_future(self._executor.submit(lambda: None))
 
     async def close(self) -> list[Fragment]:
@@ -188,6 +207,7 @@ class FragmentRecorder:
         Returns every fragment this recorder stored.
         """
         if self._closing is None:
+            self._flush_opus()
             self._closed = True
             loop = asyncio.get_running_loop()
             self._closing = loop.create_future()
@@ -199,6 +219,11 @@ class FragmentRecorder:
         return await asyncio.shield(self._closing)
 
     # ------------------------------------------------------------------ plumbing
+
+    def _flush_opus(self) -> None:
+        if self._opus_pending:
+            batch, self._opus_pending = self._opus_pending, []
+            self._submit(self._on_opus, batch)
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         self._executor.submit(self._guarded, fn, *args)
@@ -357,6 +382,7 @@ class FragmentRecorder:
         encoder.layout = AUDIO_LAYOUT
         encoder.format = "fltp"
         encoder.bit_rate = AAC_BIT_RATE
+        encoder.options = {"aac_coder": AAC_CODER}
         encoder.time_base = Fraction(1, webrtc.OPUS_SAMPLE_RATE)
         encoder.open()
         self._encoder = encoder
@@ -371,6 +397,13 @@ class FragmentRecorder:
             sample_rate=webrtc.OPUS_SAMPLE_RATE,
             layout=AUDIO_LAYOUT,
         )
+
+    def _on_opus(self, batch: list[OpusPacket]) -> None:
+        if self._opus_decoder is None:
+            self._opus_decoder = OpusDecoder()
+        for packet in batch:
+            for frame, producer in self._opus_decoder.decode(packet):
+                self._on_audio(frame, producer)
 
     def _on_audio(self, frame: av.AudioFrame, producer_time: float) -> None:
         self._stats.audio_frames_in += 1
