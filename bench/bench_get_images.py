@@ -193,8 +193,7 @@ def bench_spacing(kvs: LocalKvs, work: Path, gop_s: int, reps: int) -> None:
     for label, phase_ms in (("aligned", 0), ("mid-GOP", 500)):
         times = []
         for _ in range(reps):
-            renderer._media.clear()
-            renderer._decoders.clear()
+            renderer.clear_caches()
             before = renderer.frames_decoded
             elapsed, images, pages = time_get_images(archived, stream_arn, first_ms + phase_ms)
             decoded = renderer.frames_decoded - before

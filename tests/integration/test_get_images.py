@@ -21,9 +21,11 @@ from botocore.exceptions import ClientError
 from kvsnb.ingest import IngestResult, ingest
 from kvsnb.local import LocalKvs
 from kvsnb.local.archive.images import ImagesPlane
+from kvsnb.local.storage.recorder import FragmentRecorder
 from kvsnb.media.stamp import Stamp, read_stamp, read_stamp_frame
 from kvsnb.target import Target, connect
 from tests.conftest import FAST, make_client, start_kvs
+from tests.unit.test_recorder import BASE_S, Camera
 
 CHANNEL = "images"
 FPS = 30
@@ -322,6 +324,60 @@ def test_pages_of_25_cover_every_sample_once(media: Media) -> None:
     assert [ms_of(im) for p in pages for im in p["Images"]] == expected
 
 
+def test_every_page_holds_the_frames_shown_at_its_times(media: Media) -> None:
+    # later pages are decoded ahead while the client reads earlier ones; each must still be
+    # the frame shown at its sampled time (the range spans the pause between the bursts)
+    start = media.start_ms(0) + 123
+    end = start + 29 * 200  # 30 samples, 3 pages of 10
+    token: str | None = None
+    seen = []
+    while True:
+        kw: dict[str, Any] = {"NextToken": token} if token else {}
+        page = get_images(media, start, end, MaxResults=10, **kw)
+        for image in page["Images"]:
+            t = ms_of(image)
+            expected = media.frame_at(t)
+            if expected is None:
+                assert image.get("Error") == "NO_MEDIA" and "ImageContent" not in image, t
+            else:
+                assert stamp_of(decode_image(image["ImageContent"])[1]) == expected.stamp, t
+            seen.append(t)
+        token = page.get("NextToken")
+        if token is None:
+            break
+    assert seen == [start + 200 * k for k in range(30)]
+
+
+def test_the_same_request_again_sees_what_was_stored_since(media: Media) -> None:
+    kv = make_client("kinesisvideo", media.kvs.url)
+    arn = kv.create_stream(StreamName="images-later", DataRetentionInHours=1)["StreamARN"]
+    camera = Camera(gop=30)
+
+    def record(seconds: float) -> None:
+        recorder = FragmentRecorder(media.kvs.store, arn, fragment_duration_s=1.0, audio=False)
+        for _ in range(round(seconds * FPS)):
+            recorder.add_video(camera.next())
+        asyncio.run(recorder.close())
+
+    def errors() -> list[str | None]:
+        images = media.client.get_images(
+            StreamARN=arn,
+            ImageSelectorType="PRODUCER_TIMESTAMP",
+            StartTimestamp=when(BASE_S * 1000 + 250),
+            EndTimestamp=when(BASE_S * 1000 + 3750),
+            SamplingInterval=500,
+            Format="JPEG",
+            WidthPixels=64,
+            HeightPixels=48,
+        )["Images"]
+        return [im.get("Error") for im in images]
+
+    record(2.0)
+    assert errors() == [None] * 4 + ["NO_MEDIA"] * 4
+    record(2.0)  # the camera goes on: its next 2 s are stored
+    assert errors() == [None] * 8
+
+
 def test_max_results_sets_the_page_size_up_to_25(media: Media) -> None:
     start = media.start_ms(0)
     end = start + 29 * 200  # 30 samples
@@ -427,12 +483,10 @@ def test_corrupt_fragment_gives_media_error(media: Media) -> None:
     try:
         rng = np.random.default_rng(7)
         path.write_bytes(rng.integers(0, 256, len(original), dtype=np.uint8).tobytes())
-        renderer._media.clear()
-        renderer._decoders.clear()
+        renderer.clear_caches()
         t = media.start_ms(index) + 100
         images = get_images(media, t - 400, t + 400, SamplingInterval=200)["Images"]
         assert [im.get("Error") for im in images] == ["NO_MEDIA"] * 2 + ["MEDIA_ERROR"] * 3
     finally:
         path.write_bytes(original)
-        renderer._media.clear()
-        renderer._decoders.clear()
+        renderer.clear_caches()

@@ -3,32 +3,35 @@
 The rule: sampling, sizes, pages, NextToken, NO_MEDIA/MEDIA_ERROR entries and errors behave as
 docs/wire.md, "Archived media" (GetImages) describes, including the two points the model leaves
 open (one of Width/Height alone, the default sampling interval). Video is decoded only here
-(docs/design.md, principle 3), each GOP once from its keyframe to the last sample that needs
-it; the decoding plan and its caches are in docs/design.md, "Local KVS".
+(docs/design.md, principle 3): each sample is planned onto the fragment that covers it and
+each fragment's samples are one task for the decode processes (``render``), which decode
+each GOP once from its keyframe to its last sample. A paged request's next pages are planned
+ahead while the client reads this one; see docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import bisect
 import concurrent.futures
-import io
-import itertools
 import json
 import logging
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import av
-from PIL import Image  # Pillow: a dependency of matplotlib, itself a kvsnb dependency
-
 from kvsnb.local.archive.plane import ArchivePlane, decode_offset
+from kvsnb.local.archive.render import (
+    ERROR_MEDIA,
+    ERROR_NO_MEDIA,
+    DecodePool,
+    EncodeSpec,
+    FragmentTask,
+    TaskResult,
+    shared_pool,
+)
 from kvsnb.local.control.plane import ControlPlane
 from kvsnb.local.core.errors import (
     InvalidArgumentException,
@@ -48,32 +51,11 @@ MAX_RANGE_MS = 300_000  # API reference, EndTimestamp: at most 300 s after Start
 JPEG_QUALITY_KEY = "JPEGQuality"  # API reference, FormatConfig: the only key
 DEFAULT_JPEG_QUALITY = 80
 MIN_JPEG_QUALITY, MAX_JPEG_QUALITY = 1, 100
-FORMAT_JPEG, FORMAT_PNG = "JPEG", "PNG"
-PNG_COMPRESS_LEVEL = 1  # lossless either way; level 1 is the fastest zlib setting
-ERROR_NO_MEDIA = "NO_MEDIA"
-ERROR_MEDIA = "MEDIA_ERROR"
 NO_FRAGMENTS_MESSAGE = "No fragments found"  # docs/wire.md "Archived media", GetImages
 SIZE_MESSAGE = "Height and width for the images need to be provided or none."  # boto3#3900
 FRAGMENT_LOOKBACK_MS = 120_000  # a fragment starting this long before Start may still cover it
-WORKERS = max(2, os.cpu_count() or 2)
-DECODER_CACHE_SIZE = 4
-MEDIA_CACHE_SIZE = 8
-STORED_FORMAT = "matroska"  # mkv.py: every stored fragment is one Matroska file
-DEMUX_OPTIONS = {"probesize": "32", "analyzeduration": "0"}  # tracks come from the header
-
-_pool_lock = threading.Lock()
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def _executor() -> concurrent.futures.ThreadPoolExecutor:
-    """The process-wide pool that runs GOP decodes (shared by every Local KVS)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=WORKERS, thread_name_prefix="kvsnb-images"
-            )
-        return _pool
+READ_AHEAD_PAGES = 2  # pages of a paged request planned beyond the one asked for
+PLANS_KEPT = 2  # paged requests whose planned pages are kept
 
 
 # ---------------------------------------------------------------------------- request
@@ -171,258 +153,76 @@ def parse_request(req: dict[str, Any], stream_arn: str) -> ImageRequest:
     )
 
 
-# ---------------------------------------------------------------------------- media
-
-
-class MediaError(Exception):
-    """A fragment cannot give an image (unreadable, no video track, undecodable)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FragmentMedia:
-    """The demuxed video packets of one fragment file, in decode order."""
-
-    path: Path
-    extradata: bytes | None
-    data: tuple[bytes, ...]
-    pts: tuple[int, ...]  # producer epoch ms
-    keyframes: tuple[int, ...]  # packet indices of keyframes, ascending
-    monotonic: bool  # pts strictly increasing in decode order (no reordering)
-
-    def frame_at(self, t_ms: int) -> int | None:
-        """Index of the frame shown at producer time ``t_ms`` (last pts ≤ t), or None."""
-        if self.monotonic:
-            i = bisect.bisect_right(self.pts, t_ms) - 1
-            return i if i >= 0 else None
-        best: int | None = None
-        for i, p in enumerate(self.pts):
-            if p <= t_ms and (best is None or p > self.pts[best]):
-                best = i
-        return best
-
-    def keyframe_before(self, index: int) -> int | None:
-        """The last keyframe at or before packet ``index``, or None."""
-        k = bisect.bisect_right(self.keyframes, index) - 1
-        return self.keyframes[k] if k >= 0 else None
-
-
-def load_media(path: Path) -> FragmentMedia:
-    """Demux a stored fragment's video track (no decoding). ``MediaError`` if impossible."""
-    try:
-        with av.open(str(path), "r", format=STORED_FORMAT, options=DEMUX_OPTIONS) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path.name} has no video track")
-            stream = container.streams.video[0]
-            extradata = stream.codec_context.extradata
-            data: list[bytes] = []
-            pts: list[int] = []
-            keys: list[int] = []
-            for packet in container.demux(stream):
-                if packet.size == 0 or packet.pts is None:
-                    continue
-                if packet.is_keyframe:
-                    keys.append(len(data))
-                data.append(bytes(packet))
-                pts.append(int(packet.pts * packet.time_base * 1000))
-    except av.FFmpegError as exc:
-        raise MediaError(f"cannot read {path.name}: {exc}") from exc
-    monotonic = all(a < b for a, b in itertools.pairwise(pts))
-    return FragmentMedia(
-        path=path,
-        extradata=None if extradata is None else bytes(extradata),
-        data=tuple(data),
-        pts=tuple(pts),
-        keyframes=tuple(keys),
-        monotonic=monotonic,
-    )
-
-
-@dataclass(slots=True)
-class _Decoder:
-    """An H.264 decoder positioned after packet ``position`` of one fragment's GOP."""
-
-    path: Path
-    keyframe: int
-    position: int
-    context: Any
-    last: Any = None  # the last av.VideoFrame output
-
-    @classmethod
-    def open(cls, media: FragmentMedia, keyframe: int) -> _Decoder:
-        ctx = av.CodecContext.create("h264", "r")
-        if media.extradata:
-            ctx.extradata = media.extradata
-        ctx.thread_count = 1  # parallelism comes from decoding GOPs side by side
-        return cls(media.path, keyframe, keyframe - 1, ctx)
-
-
-@dataclass(slots=True)
-class _Run:
-    """The samples that decode from one keyframe of one fragment."""
-
-    media: FragmentMedia
-    keyframe: int
-    wanted: dict[int, list[int]] = field(default_factory=dict)  # packet index → page slots
-
-    @property
-    def last(self) -> int:
-        return max(self.wanted)
+# ---------------------------------------------------------------------------- planning
 
 
 class ImageRenderer:
-    """Decodes, scales and encodes sampled frames of stored fragments (thread-safe).
+    """Plans sampled times onto stored fragments and has each fragment's samples rendered
+    by the decode pool (``render.DecodePool``), one task per fragment."""
 
-    Keeps small LRU caches of demuxed fragments and of decoders left mid-GOP.
-    """
-
-    def __init__(self, store: FragmentStore) -> None:
+    def __init__(self, store: FragmentStore, pool: DecodePool | None = None) -> None:
         self.store = store
+        self.pool = pool or shared_pool()
         self._lock = threading.Lock()
-        self._media: OrderedDict[Path, FragmentMedia] = OrderedDict()
-        self._decoders: OrderedDict[tuple[Path, int], _Decoder] = OrderedDict()
+        self._generation = 0
         self.frames_decoded = 0  # frames decoded so far (tests and benchmarks read it)
 
-    # ------------------------------------------------------------------ caches
-
-    def media(self, fragment: Fragment) -> FragmentMedia:
-        """The demuxed packets of a fragment (cached)."""
-        path = self.store.resolve(fragment)
+    def clear_caches(self) -> None:
+        """Make the decode processes drop their cached fragments and decoders (before the
+        next task): a benchmark's cold start, or a fragment file changed under them."""
         with self._lock:
-            found = self._media.get(path)
-            if found is not None:
-                self._media.move_to_end(path)
-                return found
-        media = load_media(path)
-        with self._lock:
-            self._media[path] = media
-            while len(self._media) > MEDIA_CACHE_SIZE:
-                self._media.popitem(last=False)
-        return media
+            self._generation += 1
 
-    def _take_decoder(self, run: _Run, first: int) -> _Decoder:
-        key = (run.media.path, run.keyframe)
-        with self._lock:
-            decoder = self._decoders.pop(key, None)
-        if decoder is not None and decoder.position <= first:
-            return decoder
-        return _Decoder.open(run.media, run.keyframe)
-
-    def _keep_decoder(self, decoder: _Decoder) -> None:
-        with self._lock:
-            self._decoders[(decoder.path, decoder.keyframe)] = decoder
-            while len(self._decoders) > DECODER_CACHE_SIZE:
-                self._decoders.popitem(last=False)
-
-    # ------------------------------------------------------------------ rendering
-
-    def render(
-        self, request: ImageRequest, fragments: Sequence[Fragment], offset: int, count: int
-    ) -> list[dict[str, Any]]:
-        """The ``Images`` entries of sampled times ``offset`` .. ``offset + count - 1``.
-
-        ``fragments`` are the stream's fragments around the range, sorted by the
-        selector's start time. Blocking (decoding); runs GOPs in parallel.
-        """
-        times = [request.sample_ms(k) for k in range(offset, offset + count)]
-        results: list[dict[str, Any]] = [{"TimeStamp": t / 1000} for t in times]
+    def plan(
+        self, request: ImageRequest, fragments: Sequence[Fragment], slots: Sequence[int]
+    ) -> tuple[dict[int, str], list[FragmentTask]]:
+        """Sampled times ``slots`` onto ``fragments`` (sorted by the selector's start):
+        the errors known at once (NO_MEDIA where no fragment covers a time) and one task per
+        covering fragment."""
         server = request.selector == SELECTOR_SERVER
         starts = [f.server_start_ms if server else f.producer_start_ms for f in fragments]
-        covering = [_covering(fragments, starts, t) for t in times]
-        loaded = self._load_all({f.fragment_number: f for f in covering if f is not None})
-        runs: dict[tuple[Path, int], _Run] = {}
-        for slot, t in enumerate(times):
-            fragment = covering[slot]
+        spec = EncodeSpec(request.image_format, request.quality, request.width, request.height)
+        errors: dict[int, str] = {}
+        grouped: dict[str, tuple[Fragment, list[tuple[int, int]]]] = {}
+        for slot in slots:
+            t = request.sample_ms(slot)
+            fragment = _covering(fragments, starts, t)
             if fragment is None:
-                results[slot]["Error"] = ERROR_NO_MEDIA
+                errors[slot] = ERROR_NO_MEDIA
                 continue
             target = fragment.producer_start_ms + (t - fragment.server_start_ms) if server else t
-            media = loaded[fragment.fragment_number]
-            if media is None:
-                results[slot]["Error"] = ERROR_MEDIA
-                continue
-            if not media.pts:
-                results[slot]["Error"] = ERROR_MEDIA  # the fragment holds no video frame
-                continue
-            index = media.frame_at(target)
-            if index is None:
-                results[slot]["Error"] = ERROR_NO_MEDIA
-                continue
-            keyframe = media.keyframe_before(index)
-            if keyframe is None:
-                results[slot]["Error"] = ERROR_MEDIA  # no keyframe to start decoding from
-                continue
-            run = runs.setdefault((media.path, keyframe), _Run(media, keyframe))
-            run.wanted.setdefault(index, []).append(slot)
-        ordered = sorted(runs.values(), key=lambda r: r.last - r.keyframe, reverse=True)
-        if len(ordered) == 1:
-            self._decode_run(ordered[0], request, results)
-        elif ordered:
-            pool = _executor()
-            futures = [pool.submit(self._decode_run, r, request, results) for r in ordered]
-            for future in futures:
-                future.result()
-        return results
-
-    def _load_all(self, fragments: dict[str, Fragment]) -> dict[str, FragmentMedia | None]:
-        """Demux the fragments in parallel; None for those that cannot be read."""
-
-        def load(fragment: Fragment) -> FragmentMedia | None:
-            try:
-                return self.media(fragment)
-            except (MediaError, OSError) as exc:
-                logger.warning("GetImages: %s", exc)
-                return None
-
-        if len(fragments) <= 1:
-            return {n: load(f) for n, f in fragments.items()}
-        return dict(zip(fragments, _executor().map(load, fragments.values()), strict=True))
-
-    def _decode_run(self, run: _Run, request: ImageRequest, results: list[dict[str, Any]]) -> None:
-        """Decode one GOP from its keyframe up to its last wanted frame, encoding each."""
-        media = run.media
-        targets = sorted(run.wanted)
-        decoder = self._take_decoder(run, targets[0])
-        wanted_pts = {media.pts[i]: run.wanted[i] for i in targets}
-        done: set[int] = set()
-        decoded = 0
-
-        def emit(frame: Any) -> None:
-            slots = wanted_pts.get(frame.pts)
-            if slots is None or frame.pts in done:
-                return
-            done.add(frame.pts)
-            content = encode_image(frame, request)
-            for slot in slots:
-                results[slot]["ImageContent"] = content
-
-        try:
-            if decoder.last is not None and decoder.last.pts in wanted_pts:
-                emit(decoder.last)
-            flushed = False
-            for target in targets:
-                while media.pts[target] not in done and not flushed:
-                    if decoder.position + 1 < len(media.data):
-                        decoder.position += 1
-                        packet = av.Packet(media.data[decoder.position])
-                        packet.pts = media.pts[decoder.position]
-                        frames = decoder.context.decode(packet)
-                    else:
-                        frames = decoder.context.decode(None)
-                        flushed = True
-                    for frame in frames:
-                        decoded += 1
-                        decoder.last = frame
-                        emit(frame)
-            if not flushed:
-                self._keep_decoder(decoder)
-        except (av.FFmpegError, ValueError) as exc:
-            logger.warning("GetImages: decoding %s failed: %s", media.path.name, exc)
+            entry = grouped.setdefault(fragment.fragment_number, (fragment, []))
+            entry[1].append((slot, target))
         with self._lock:
-            self.frames_decoded += decoded
-        for index in targets:
-            for slot in run.wanted[index]:
-                if "ImageContent" not in results[slot]:
-                    results[slot]["Error"] = ERROR_MEDIA
+            generation = self._generation
+        tasks = [
+            FragmentTask(str(self.store.resolve(f)), tuple(samples), spec, generation)
+            for f, samples in grouped.values()
+        ]
+        return errors, tasks
+
+    def submit(self, task: FragmentTask) -> concurrent.futures.Future[TaskResult]:
+        """Queue a task on the decode pool (decoded frames are counted when it is done)."""
+        future = self.pool.submit(task)
+        future.add_done_callback(self._count)
+        return future
+
+    def _count(self, future: concurrent.futures.Future[TaskResult]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            with self._lock:
+                self.frames_decoded += future.result().decoded
+
+
+def _entry(
+    request: ImageRequest, slot: int, images: dict[int, str], errors: dict[int, str]
+) -> dict[str, Any]:
+    """One ``Images`` entry: the time, and the image or the error (MEDIA_ERROR if neither)."""
+    entry: dict[str, Any] = {"TimeStamp": request.sample_ms(slot) / 1000}
+    if slot in images:
+        entry["ImageContent"] = images[slot]
+    else:
+        entry["Error"] = errors.get(slot, ERROR_MEDIA)
+    return entry
 
 
 def _covering(fragments: Sequence[Fragment], starts: Sequence[int], t: int) -> Fragment | None:
@@ -438,28 +238,24 @@ def _covering(fragments: Sequence[Fragment], starts: Sequence[int], t: int) -> F
     return None
 
 
-def _consume(task: asyncio.Future[Any]) -> None:
-    """Retrieve a prefetch's outcome so an unused failure is not reported as unhandled."""
-    if not task.cancelled():
-        task.exception()
-
-
-def encode_image(frame: Any, request: ImageRequest) -> str:
-    """Scale a decoded frame as asked and encode it: base64 of the JPEG or PNG bytes."""
-    if request.width is not None and request.height is not None:
-        rgb = frame.reformat(width=request.width, height=request.height, format="rgb24")
-    else:
-        rgb = frame.reformat(format="rgb24")
-    image = Image.fromarray(rgb.to_ndarray(), "RGB")
-    buffer = io.BytesIO()
-    if request.image_format == FORMAT_PNG:
-        image.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
-    else:
-        image.save(buffer, "JPEG", quality=request.quality)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 # ---------------------------------------------------------------------------- plane
+
+
+@dataclass(eq=False)
+class _Plan:
+    """The sampled times of one paged request handed to the decode pool so far."""
+
+    pending: dict[int, concurrent.futures.Future[TaskResult]] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def planned(self, slot: int) -> bool:
+        return slot in self.pending or slot in self.errors
+
+    def forget(self, slots: Sequence[int]) -> None:
+        """Drop what belongs to a page once served (asked again, it is planned afresh)."""
+        for slot in slots:
+            self.pending.pop(slot, None)
+            self.errors.pop(slot, None)
 
 
 class ImagesPlane:
@@ -470,8 +266,7 @@ class ImagesPlane:
         self.store = store
         self._streams = ArchivePlane(control, store)
         self.renderer = ImageRenderer(store)
-        # the next page of the last paged request, rendered ahead (at most one page held)
-        self._prefetched: tuple[tuple[str, int, int], asyncio.Future[Any]] | None = None
+        self._plans: OrderedDict[str, _Plan] = OrderedDict()  # by the request's token state
 
     async def get_images(self, req: dict[str, Any]) -> dict[str, Any]:
         """GetImages: one entry per sampled time, at most 25 per page, NextToken for more."""
@@ -487,44 +282,73 @@ class ImagesPlane:
             raise InvalidArgumentException("NextToken is not valid.")
         page = min(PAGE_SIZE, int(req.get("MaxResults") or PAGE_SIZE))
         count = min(page, total - offset)
-        key = (json.dumps(request.token_state(), sort_keys=True), offset, count)
-        prefetched, self._prefetched = self._prefetched, None
-        if prefetched is not None and prefetched[0] == key:
-            images = await asyncio.shield(prefetched[1])
-        else:
-            images = await self._page(request, offset, count)
+        plan = self._plan_of(request, fresh=offset == 0)
+        slots = range(offset, offset + count)
+        missing = [s for s in slots if not plan.planned(s)]
+        if missing:
+            await self._plan_slots(request, plan, missing, page_asked=True)
         more = offset + count < total
         if more:
-            self._prefetch(request, offset + count, min(page, total - offset - count))
+            end = min(total, offset + count + READ_AHEAD_PAGES * page)
+            await self._read_ahead(request, plan, range(offset + count, end))
+        images = await self._collect(request, plan, slots)
+        plan.forget(slots)
         token = encode_token({**request.token_state(), "offset": offset + count})
         return {"Images": images, "NextToken": token if more else None}
 
-    async def _page(self, request: ImageRequest, offset: int, count: int) -> list[dict[str, Any]]:
-        """The Images entries of one page (``ResourceNotFoundException`` if the whole range
-        has no fragment)."""
-        first, last = request.sample_ms(offset), request.sample_ms(offset + count - 1)
-        fragments = await self._fragments(request, first, last)
-        if not fragments and (first, last) != (request.start_ms, request.end_ms):
-            if not await self._fragments(request, request.start_ms, request.end_ms):
-                raise ResourceNotFoundException(NO_FRAGMENTS_MESSAGE)
-        elif not fragments:
-            raise ResourceNotFoundException(NO_FRAGMENTS_MESSAGE)
-        return await asyncio.to_thread(self.renderer.render, request, fragments, offset, count)
+    def _plan_of(self, request: ImageRequest, *, fresh: bool) -> _Plan:
+        """The request's plan: a new one for its first page, else the one its earlier pages
+        made (what they planned ahead is complete, so still true)."""
+        key = json.dumps(request.token_state(), sort_keys=True)
+        plan = self._plans.pop(key, None)
+        if plan is None or fresh:
+            plan = _Plan()
+        self._plans[key] = plan
+        while len(self._plans) > PLANS_KEPT:
+            self._plans.popitem(last=False)
+        return plan
 
-    def _prefetch(self, request: ImageRequest, offset: int, count: int) -> None:
-        """Start rendering the next page while the client reads this one, when its range is
-        complete (a later fragment is already stored, so waiting cannot change the page)."""
+    async def _plan_slots(
+        self, request: ImageRequest, plan: _Plan, slots: Sequence[int], *, page_asked: bool
+    ) -> None:
+        """Hand ``slots`` to the decode pool. For the page asked for,
+        ``ResourceNotFoundException`` when the request's whole range has no fragment."""
+        first, last = request.sample_ms(slots[0]), request.sample_ms(slots[-1])
+        fragments = await self._fragments(request, first, last)
+        if page_asked and not fragments:
+            whole = (request.start_ms, request.end_ms)
+            if (first, last) == whole or not await self._fragments(request, *whole):
+                raise ResourceNotFoundException(NO_FRAGMENTS_MESSAGE)
+        errors, tasks = self.renderer.plan(request, fragments, slots)
+        plan.errors.update(errors)
+        for task in tasks:
+            future = self.renderer.submit(task)
+            for slot, _ in task.samples:
+                plan.pending[slot] = future
+
+    async def _read_ahead(self, request: ImageRequest, plan: _Plan, slots: range) -> None:
+        """Plan the next pages while the client reads this one, as far as their range is
+        complete (a later fragment is already stored, so waiting cannot change them)."""
         latest = self.store.latest_fragment(request.stream_arn)
         if latest is None:
             return
         server = request.selector == SELECTOR_SERVER
         latest_start = latest.server_start_ms if server else latest.producer_start_ms
-        if latest_start <= request.sample_ms(offset + count - 1):
-            return
-        key = (json.dumps(request.token_state(), sort_keys=True), offset, count)
-        task = asyncio.ensure_future(self._page(request, offset, count))
-        task.add_done_callback(_consume)
-        self._prefetched = (key, task)
+        ahead = [s for s in slots if not plan.planned(s) and request.sample_ms(s) < latest_start]
+        if ahead:
+            await self._plan_slots(request, plan, ahead, page_asked=False)
+
+    @staticmethod
+    async def _collect(request: ImageRequest, plan: _Plan, slots: range) -> list[dict[str, Any]]:
+        """The page's entries, once the tasks rendering them are done."""
+        futures = {id(f): f for s in slots if (f := plan.pending.get(s)) is not None}
+        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
+        images: dict[int, str] = {}
+        errors = dict(plan.errors)
+        for result in results:
+            images.update(result.images)
+            errors.update(result.errors)
+        return [_entry(request, slot, images, errors) for slot in slots]
 
     async def _fragments(self, request: ImageRequest, start_ms: int, end_ms: int) -> list[Fragment]:
         """The stream's fragments that overlap [start_ms, end_ms] by the request's selector,

@@ -1,6 +1,7 @@
 """What every Local KVS service shares: the AWS error classes (``errors``), request parsing,
 validation and response shapes from the botocore service models (``protocol``), responses
-whose payload is not JSON (``responses``) and the NextToken codec (``tokens``).
+whose payload is not JSON (``responses``), the NextToken codec (``tokens``) and the
+messages to and from worker processes (``frames``).
 
 The bottom layer: it imports nothing else of ``kvsnb.local``.
 """

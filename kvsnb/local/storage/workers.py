@@ -15,14 +15,13 @@ import contextlib
 import itertools
 import logging
 import os
-import pickle
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kvsnb.local.control.plane import Channel
+from kvsnb.local.core import frames
 from kvsnb.local.core.errors import AwsError
 from kvsnb.local.signaling.relay import ClientMessage, SignalingRelay, SocketConnection
 from kvsnb.local.storage.peer import StorageOptions, StorageSessionManager
@@ -31,20 +30,17 @@ from kvsnb.webrtc import Role
 
 logger = logging.getLogger(__name__)
 
-_HEADER = struct.Struct(">I")
 CALL_TIMEOUT_S = 60.0  # a join or message the worker has not answered by then fails
 STOP_TIMEOUT_S = 30.0  # a worker has this long to store its partial fragments on stop
 _WORKER_CODE = "from kvsnb.local.storage.workers import worker_main; worker_main()"
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
+    return frames.pack(message)
 
 
 async def _read(reader: asyncio.StreamReader) -> tuple[Any, ...]:
-    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    message = pickle.loads(await reader.readexactly(size))
+    message = await frames.read_async(reader)
     assert isinstance(message, tuple)
     return message
 

@@ -1,0 +1,42 @@
+"""Messages between Local KVS and its worker processes (storage workers, GetImages decoders):
+length-prefixed pickled frames over a child's stdin/stdout, read with asyncio or blocking."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import struct
+from typing import IO, Any
+
+_HEADER = struct.Struct(">I")
+
+
+def pack(message: Any) -> bytes:
+    """One frame: a 4-byte big-endian length, then the pickled message."""
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
+
+
+async def read_async(reader: asyncio.StreamReader) -> Any:
+    """The next message on an asyncio stream (``IncompleteReadError`` at its end)."""
+    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    return pickle.loads(await reader.readexactly(size))
+
+
+def read_blocking(stream: IO[bytes]) -> Any:
+    """The next message on a blocking binary stream (``EOFError`` at its end)."""
+    head = _read_exactly(stream, _HEADER.size)
+    (size,) = _HEADER.unpack(head)
+    return pickle.loads(_read_exactly(stream, size))
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    chunks: list[bytes] = []
+    left = size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            raise EOFError("the other end closed the pipe")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
