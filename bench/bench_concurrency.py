@@ -1,4 +1,4 @@
-"""Concurrency sweep: 1, 8, 16, 32, 48 masters into one Local KVS on this machine.
+"""Concurrency sweep: 1, 8, 16, 32, 40, 48 masters into one Local KVS on this machine.
 
 Local KVS runs in its own process (``kvsnb local``), once with its storage sessions in the
 server process and once spread over 2 storage worker processes (``--workers``); the masters
@@ -37,7 +37,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from bench.common import LocalKvsProcess, cpu_seconds, pct, report, rss_mib
 
-LEVELS = (1, 8, 16, 32, 48)
+LEVELS = (1, 8, 16, 32, 40, 48)
 WORKERS = 4
 MEASURE_S = 10.0
 FPS = 30

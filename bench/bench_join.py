@@ -38,6 +38,24 @@ LOAD_WORKERS = 2
 FRAGMENT_WAIT_S = 15.0
 
 
+async def join_once(tg: Any, name: str, timeout: float) -> tuple[MasterSession, str, Any, float]:
+    """A new storage channel ``name`` and a master that joins it with live test media: (the
+    started session, the stream's ARN, its join_call event, join call → offer received, ms)."""
+    _, stream_arn = tg.create_storage_channel(name)
+    session = MasterSession(
+        tg,
+        name,
+        video=TestPatternTrack(640, 480, 30),
+        audio=ToneTrack(),
+        policy=JoinPolicy(offer_wait_s=2.0),
+    )
+    await session.start(timeout=timeout)
+    join = session.timeline.last("join_call")
+    offer = session.timeline.last("offer_received")
+    assert join is not None and offer is not None
+    return session, stream_arn, join, (offer.mono - join.mono) * 1000
+
+
 async def run(joins: int = JOINS, workers: int = 0) -> dict[str, Any]:
     """Measure ``joins`` joins; returns the figures. With storage ``workers`` the storage
     peer's first frame is in another process: only the offer and the stored fragment are
@@ -55,21 +73,8 @@ async def run(joins: int = JOINS, workers: int = 0) -> dict[str, Any]:
     to_fragment: list[float] = []
     try:
         for i in range(joins):
-            name = f"join-{i}"
-            _, stream_arn = tg.create_storage_channel(name)
-            session = MasterSession(
-                tg,
-                name,
-                video=TestPatternTrack(640, 480, 30),
-                audio=ToneTrack(),
-                policy=JoinPolicy(offer_wait_s=2.0),
-            )
-            await session.start(timeout=20)
-            join = session.timeline.last("join_call")
-            assert join is not None
-            offer = session.timeline.last("offer_received")
-            assert offer is not None
-            to_offer.append((offer.mono - join.mono) * 1000)
+            session, stream_arn, join, offer_ms = await join_once(tg, f"join-{i}", timeout=20)
+            to_offer.append(offer_ms)
             if not workers:
                 peer = kvs.sessions.channels[session.channel_arn].master
                 deadline = time.monotonic() + 5
@@ -116,19 +121,8 @@ async def run_under_load(
             await asyncio.sleep(3.0)  # every sender is past its join and ingesting
             for i in range(joins):
                 name = f"join-{i}"
-                tg.create_storage_channel(name)
-                session = MasterSession(
-                    tg,
-                    name,
-                    video=TestPatternTrack(640, 480, 30),
-                    audio=ToneTrack(),
-                    policy=JoinPolicy(offer_wait_s=2.0),
-                )
-                await session.start(timeout=30)
-                join = session.timeline.last("join_call")
-                offer = session.timeline.last("offer_received")
-                assert join is not None and offer is not None
-                to_offer.append((offer.mono - join.mono) * 1000)
+                session, _, join, offer_ms = await join_once(tg, name, timeout=30)
+                to_offer.append(offer_ms)
                 deadline = time.monotonic() + FRAGMENT_WAIT_S
                 fragments = list_fragments(tg, name)
                 while fragments.empty and time.monotonic() < deadline:

@@ -18,9 +18,32 @@ Imports go one way, down that list (front → storage, archive, media → signal
 core); ``pyproject.toml`` states it as import-linter contracts.
 """
 
-from kvsnb.local.core.errors import AwsError
-from kvsnb.local.front.server import LocalKvs, LocalKvsConfig
-from kvsnb.local.front.sigv4 import StrictKeys
-from kvsnb.local.signaling.relay import SignalingLimits
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvsnb.local.core.errors import AwsError
+    from kvsnb.local.front.server import LocalKvs, LocalKvsConfig
+    from kvsnb.local.front.sigv4 import StrictKeys
+    from kvsnb.local.signaling.relay import SignalingLimits
 
 __all__ = ["AwsError", "LocalKvs", "LocalKvsConfig", "SignalingLimits", "StrictKeys"]
+
+# Imported on first use (PEP 562), so that a worker process importing one service module does
+# not load the server.
+_LAZY = {
+    "AwsError": "kvsnb.local.core.errors",
+    "LocalKvs": "kvsnb.local.front.server",
+    "LocalKvsConfig": "kvsnb.local.front.server",
+    "StrictKeys": "kvsnb.local.front.sigv4",
+    "SignalingLimits": "kvsnb.local.signaling.relay",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module the first time it is asked for."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -378,6 +378,22 @@ def test_the_same_request_again_sees_what_was_stored_since(media: Media) -> None
     assert errors() == [None] * 8
 
 
+def test_a_decode_process_that_died_is_replaced(media: Media) -> None:
+    pool = media.images_plane.renderer.pool
+    if not pool.processes:
+        pytest.skip("GetImages decodes on threads here (KVSNB_DECODE_PROCESSES=0)")
+    start = media.start_ms(0) + 100
+    assert all("ImageContent" in im for im in get_images(media, start, start + 400)["Images"])
+    workers = list(pool._workers)
+    assert workers  # the request above ran in decode processes
+    for worker in workers:
+        worker.proc.kill()
+        worker.proc.wait(10)
+    images = get_images(media, start + 1000, start + 1400)["Images"]
+    assert all("ImageContent" in im for im in images), [im.get("Error") for im in images]
+    assert all(w.proc.poll() is None for w in pool._workers if w not in workers)
+
+
 def test_max_results_sets_the_page_size_up_to_25(media: Media) -> None:
     start = media.start_ms(0)
     end = start + 29 * 200  # 30 samples

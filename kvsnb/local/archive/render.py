@@ -19,6 +19,7 @@ import io
 import itertools
 import logging
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -379,17 +380,18 @@ class DecodePool:
         if not self.processes:
             return self._in_process.render(task)
         worker: _WorkerProcess | None = getattr(self._local, "worker", None)
-        if worker is None or worker.proc.poll() is not None:
-            worker = _WorkerProcess()
-            self._local.worker = worker
-            with self._lock:
-                self._workers.append(worker)
         try:
+            if worker is None or worker.proc.poll() is not None:
+                worker = _WorkerProcess()
+                self._local.worker = worker
+                with self._lock:
+                    self._workers.append(worker)
             return worker.call(task)
-        except (OSError, EOFError, ValueError) as exc:
-            logger.warning("GetImages: decode process %d failed: %s", worker.proc.pid, exc)
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            logger.warning("GetImages: a decode process failed: %s", exc)
             self._local.worker = None
-            worker.proc.kill()
+            if worker is not None:
+                worker.proc.kill()
             return TaskResult.failed(task)
 
     def close(self) -> None:
