@@ -32,6 +32,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 
 from kvsnb import ice, sdp, webrtc
 from kvsnb.local.control.plane import Channel
+from kvsnb.local.core import memory
 from kvsnb.local.core.errors import ClientLimitExceededException, InvalidArgumentException
 from kvsnb.local.signaling.relay import ClientConnection, ClientMessage, StorageRelay
 from kvsnb.local.storage.fanout import MASTER, STORE, AudioMixer, MixedAudioTrack, VideoFanout
@@ -418,6 +419,7 @@ class _StoragePeer(abc.ABC):
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         await self._release()
+        memory.trim_later()  # what the session held natively goes back to the system
 
     @abc.abstractmethod
     async def _release(self) -> None:
