@@ -103,7 +103,7 @@ test: setup $(BROWSER_STAMP) browser-js lint typecheck
 notebooks: setup
 	$(PY) notebooks/build.py
 
-bench: setup
+bench: setup $(BROWSER_STAMP)
 	$(PY) -m bench
 
 # A long run: 4 masters and 2 viewers, memory and loss over time (SOAK_MINUTES=60 default;

@@ -32,6 +32,7 @@ BENCHES = (
     "bench_concurrency",
     "bench_put_media",
     "bench_dask",
+    "bench_player",
 )
 RESULTS = Path(__file__).parent / "results"
 

@@ -22,7 +22,7 @@ import time
 import av
 
 from bench.bench_put_media import START, media_file
-from bench.common import LocalKvsProcess
+from bench.common import LocalKvsProcess, report
 from kvsnb.analysis.archive import (
     TargetSpec,
     analyze_local,
@@ -103,6 +103,12 @@ def main() -> None:
         f"{one / floor:.2f}x the decode floor"
     )
     print(json.dumps(rounded))
+    report(
+        dask_2_vs_1=two / one,
+        dask_1_vs_decode_floor=one / floor,
+        dask_2_workers_fps=two,
+        decode_floor_fps=floor,
+    )
 
 
 if __name__ == "__main__":

@@ -7,16 +7,16 @@ LIVE ``Player`` (HLS by default, ``--protocol DASH`` for dash.js). Once it plays
 element is screenshotted every ``--interval`` seconds for ``--seconds``; each screenshot's
 stamp gives the capture time of the frame on screen, and capture → on screen is the wall
 clock at the screenshot (midpoint of the call) minus that capture time. Prints p50/p95/max
-and a JSON line. Needs Chromium (``make test`` installs it) and the vendored players.
+and the figures line, for HLS and then DASH by default. Needs Chromium (``make test`` and
+``make bench`` install it) and the vendored players.
 
-    python -m bench.bench_player [--seconds 60] [--protocol HLS|DASH]
+    python -m bench.bench_player [--seconds 60] [--protocol HLS|DASH|both]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import tempfile
 import time
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench.common import report
 from kvsnb.media.stamp import try_read_stamp
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, NotebookPage, start_lab
 from tests.browser.player_fixtures import player_notebook
@@ -78,26 +79,19 @@ def measure(page: Any, seconds: float, interval: float) -> tuple[list[float], in
     return latencies, misses
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0, help="sampling time")
-    parser.add_argument("--interval", type=float, default=0.5, help="between screenshots (s)")
-    parser.add_argument("--protocol", choices=("HLS", "DASH"), default="HLS")
-    args = parser.parse_args(argv)
-    if not CHROMIUM.is_file():
-        print(f"skipped: no Chromium at {CHROMIUM}")
-        return 0
+def run(protocol: str, seconds: float, interval: float) -> tuple[list[float], int]:
+    """One Player in JupyterLab, sampled for ``seconds``: (latencies in ms, screenshots
+    without a readable stamp)."""
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="kvsnb-bench-player-") as tmp:
         base = Path(tmp)
         root = base / "root"
         root.mkdir()
-        ingest_s = int(args.seconds + PLAY_TIMEOUT_S + 60)
+        ingest_s = int(seconds + PLAY_TIMEOUT_S + 60)
         player_notebook(
             root / NOTEBOOK,
-            [SETUP.format(ingest_s=ingest_s), PLAYER.format(protocol=args.protocol)],
+            [SETUP.format(ingest_s=ingest_s), PLAYER.format(protocol=protocol)],
         )
         lab = start_lab(root, base / "jupyter", base / "server.log")
         try:
@@ -111,33 +105,45 @@ def main(argv: list[str] | None = None) -> int:
                 nb.wait_until_ready()
                 cells = nb.run_all()
                 nb.assert_no_errors(cells)
-                latencies, misses = measure(page, args.seconds, args.interval)
+                latencies, misses = measure(page, seconds, interval)
                 browser.close()
         finally:
             lab.stop()
-    if not latencies:
-        print(f"no stamp decoded from {misses} screenshots")
-        return 1
-    p50, p95 = (float(np.percentile(latencies, q)) for q in (50, 95))
-    print(
-        f"capture -> on screen, Player LIVE {args.protocol}, 1 s fragments: "
-        f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(latencies):.0f} ms "
-        f"({len(latencies)} screenshots, {misses} without a readable stamp)"
-    )
-    print(
-        json.dumps(
-            {
-                "bench": "player",
-                "protocol": args.protocol,
-                "p50_ms": round(p50),
-                "p95_ms": round(p95),
-                "max_ms": round(max(latencies)),
-                "samples": len(latencies),
-                "misses": misses,
+    return latencies, misses
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="sampling time")
+    parser.add_argument("--interval", type=float, default=0.5, help="between screenshots (s)")
+    parser.add_argument("--protocol", choices=("HLS", "DASH", "both"), default="both")
+    args = parser.parse_args(argv)
+    if not CHROMIUM.is_file():
+        print(f"skipped: no Chromium at {CHROMIUM}")
+        return 0
+    protocols = ("HLS", "DASH") if args.protocol == "both" else (args.protocol,)
+    failed = 0
+    for protocol in protocols:
+        latencies, misses = run(protocol, args.seconds, args.interval)
+        if not latencies:
+            print(f"{protocol}: no stamp decoded from {misses} screenshots")
+            failed += 1
+            continue
+        p50, p95 = (float(np.percentile(latencies, q)) for q in (50, 95))
+        print(
+            f"capture -> on screen, Player LIVE {protocol}, 1 s fragments: "
+            f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(latencies):.0f} ms "
+            f"({len(latencies)} screenshots, {misses} without a readable stamp)"
+        )
+        key = protocol.lower()
+        report(
+            **{
+                f"{key}_capture_to_screen_ms_p50": p50,
+                f"{key}_capture_to_screen_ms_p95": p95,
             }
         )
-    )
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

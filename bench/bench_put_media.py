@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import LocalKvsProcess
+from bench.common import LocalKvsProcess, report
 from kvsnb.importer import import_file_async
 from kvsnb.media.sources import make_test_file
 from kvsnb.target import connect
@@ -90,6 +90,11 @@ def main() -> None:
         "the copy's speed)"
     )
     print(json.dumps(figures))
+    report(
+        media_s_per_wall_s=speed,
+        put_media_mb_per_s=result.bytes_sent / 1e6 / result.wall_seconds,
+        put_media_vs_copy=copy_s / result.wall_seconds,
+    )
 
 
 if __name__ == "__main__":

@@ -48,6 +48,11 @@ BUDGETS: dict[str, Budget] = {
     "bench_get_images.ratio_10s_aligned": Budget("<=", 0.6),
     "bench_get_images.ratio_10s_midgop": Budget("<=", 0.6),
     "bench_concurrency.max_masters_lossless": Budget(">=", 40),
+    "bench_put_media.media_s_per_wall_s": Budget(">=", 50),
+    "bench_dask.dask_2_vs_1": Budget(">=", 1.7),
+    "bench_dask.dask_1_vs_decode_floor": Budget(">=", 0.8),
+    "bench_player.hls_capture_to_screen_ms_p50": Budget("<=", 3000),
+    "bench_player.dash_capture_to_screen_ms_p50": Budget("<=", 3000),
 }
 
 
