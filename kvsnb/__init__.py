@@ -6,6 +6,7 @@ channel's storage session), the media sources and ``check_tracks``, ``ingest``, 
 ``playback`` and ``analysis`` subpackages."""
 
 from importlib import import_module
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -65,15 +66,15 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """A public name, imported from its module the first time it is asked for."""
-    if name not in _LAZY:
+    """A public name, imported from its module the first time it is asked for; any other
+    submodule (``kvsnb.timeline``, ...) is imported as an attribute access asks for it."""
+    module = _LAZY.get(name)
+    if name in _LAZY and module is not None:
+        value = getattr(import_module(f"{__name__}.{module}"), name)
+    elif not name.startswith("_") and find_spec(f"{__name__}.{name}") is not None:
+        value = import_module(f"{__name__}.{name}")
+    else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = _LAZY[name]
-    value = (
-        import_module(f"{__name__}.{name}")
-        if module is None
-        else getattr(import_module(f"{__name__}.{module}"), name)
-    )
     globals()[name] = value
     return value
 

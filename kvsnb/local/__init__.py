@@ -19,6 +19,7 @@ core); ``pyproject.toml`` states it as import-linter contracts.
 """
 
 from importlib import import_module
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -41,9 +42,13 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """A public name, imported from its module the first time it is asked for."""
-    if name not in _LAZY:
+    """A public name, imported from its module the first time it is asked for; a service
+    subpackage (``kvsnb.local.store``, ...) as an attribute access asks for it."""
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+    elif not name.startswith("_") and find_spec(f"{__name__}.{name}") is not None:
+        value = import_module(f"{__name__}.{name}")
+    else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_LAZY[name]), name)
     globals()[name] = value
     return value
