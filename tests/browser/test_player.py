@@ -45,6 +45,7 @@ STAMP_TRIES = 20
 # A paused ON_DEMAND Player's reported time vs the stamp in a screenshot: seen 8-40 ms
 # (about a frame) on a quiet machine, up to 456 ms on a loaded one; within a fragment (1 s).
 ON_SCREEN_MS = 1000
+REPORT_S = 30.0  # a paused Player reports the frame it shows within this
 CASES = [
     ("hls", "LIVE", "FRAGMENTED_MP4"),
     ("hls", "ON_DEMAND", "FRAGMENTED_MP4"),
@@ -262,11 +263,20 @@ def test_player_widget_plays_through_the_proxy(
             # time) and the producer timestamp the kernel reads back agree
             page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, f"{name}.pause()"])
             video.evaluate("(v) => new Promise((r) => v.paused ? r() : v.onpause = r)")
-            time.sleep(1.0)  # a few reports after the pause
+
+            def kernel_reads(name: str = name) -> str:
+                read = page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, f"print({name}.on_screen_ms)"])
+                return str(read)
+
+            # the player reports a few times a second; after the pause, wait for a report that
+            # names a frame (a LIVE hls.js player moving to the live edge reports none a while)
+            deadline = time.monotonic() + REPORT_S
+            while not kernel_reads().isdigit() and time.monotonic() < deadline:
+                time.sleep(0.25)
             stamp = stamp_of(video.screenshot(timeout=10_000))
             assert stamp is not None, f"{label}: no stamp on the paused frame"
             on_page = pdt.inner_text()
-            shown = page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, f"print({name}.on_screen_ms)"])
+            shown = kernel_reads()
             assert shown.isdigit(), f"{label}: the kernel reads {shown!r}"
             diffs[label] = int(shown) - stamp.capture_ms
             if name.endswith("vod"):

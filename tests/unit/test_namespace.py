@@ -1,6 +1,7 @@
-"""The package namespaces load what is asked for: a decode process that imports
-``kvsnb.local.archive.render`` does not load the server, WebRTC or pandas, while every public
-name of ``kvsnb`` and ``kvsnb.local`` still resolves."""
+"""Worker processes load what they run: a GetImages decode process and a storage worker start
+with ``kvsnb`` as a bare package namespace (``frames.worker_command``), so neither loads the
+toolkit's public names (sessions, playback, analysis) nor, for decoding, WebRTC or the server;
+``kvsnb.local``'s public names load on first use and all resolve."""
 
 from __future__ import annotations
 
@@ -8,33 +9,44 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("aiortc", "aiohttp", "pandas", "boto3", "kvsnb.local.front.server", "kvsnb.session")
+import pytest
+
+from kvsnb.local.core.frames import bare_import_code, worker_command
+
+CLIENT_SIDE = ("pandas", "matplotlib", "boto3", "ipywidgets", "kvsnb.session", "kvsnb.playback")
+SERVER = ("aiortc", "aiohttp", "kvsnb.local.front.server")
 
 
-def modules_after(code: str) -> set[str]:
-    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+def modules_loaded_by(module: str) -> set[str]:
+    probe = bare_import_code(module) + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def test_a_decode_process_loads_no_server_webrtc_or_pandas() -> None:
-    loaded = modules_after("from kvsnb.local.archive.render import worker_main")
+def test_a_decode_process_loads_neither_client_nor_server() -> None:
+    loaded = modules_loaded_by("kvsnb.local.archive.render")
     assert "kvsnb.local.archive.render" in loaded
-    assert not [m for m in HEAVY if m in loaded]
+    assert not [m for m in (*CLIENT_SIDE, *SERVER) if m in loaded]
 
 
-def test_every_public_name_resolves() -> None:
-    import kvsnb
+def test_a_storage_worker_loads_no_client_side_module() -> None:
+    loaded = modules_loaded_by("kvsnb.local.storage.workers")
+    assert "aiortc" in loaded  # it runs the storage peers
+    assert not [m for m in CLIENT_SIDE if m in loaded]
+
+
+def test_worker_command_runs_the_function() -> None:
+    command = worker_command("kvsnb.h264", "__name__.upper")
+    assert command[0] == sys.executable and command[1] == "-c"
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_local_public_names_resolve() -> None:
     import kvsnb.local
 
-    for package in (kvsnb, kvsnb.local):
-        for name in package.__all__:
-            assert getattr(package, name) is not None, f"{package.__name__}.{name}"
-    assert kvsnb.timeline.STEPS  # a submodule, as an attribute
-    assert kvsnb.local.store.fragments.FragmentStore
-    try:
-        kvsnb.no_such_name  # noqa: B018
-    except AttributeError as exc:
-        assert "no_such_name" in str(exc)
-    else:
-        raise AssertionError("an unknown name must raise AttributeError")
+    for name in kvsnb.local.__all__:
+        assert getattr(kvsnb.local, name) is not None, name
+    assert kvsnb.local.store.fragments.FragmentStore  # a subpackage, as an attribute
+    with pytest.raises(AttributeError, match="no_such_name"):
+        getattr(kvsnb.local, "no_such_name")  # noqa: B009

@@ -44,7 +44,6 @@ VIDEO_CODEC_ID = "V_MPEG4/ISO/AVC"
 DECODER_CACHE_SIZE = 4
 MEDIA_CACHE_SIZE = 8
 PROCESSES_ENV = "KVSNB_DECODE_PROCESSES"
-_WORKER_CODE = "from kvsnb.local.archive.render import worker_main; worker_main()"
 
 
 def decode_processes() -> int:
@@ -333,7 +332,7 @@ class _WorkerProcess:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_CODE],
+            frames.worker_command(__name__, "worker_main"),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

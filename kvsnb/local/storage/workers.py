@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 60.0  # a join or message the worker has not answered by then fails
 STOP_TIMEOUT_S = 30.0  # a worker has this long to store its partial fragments on stop
-_WORKER_CODE = "from kvsnb.local.storage.workers import worker_main; worker_main()"
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -145,9 +144,7 @@ class StorageWorkerPool:
 
     async def _spawn(self, index: int) -> _Worker:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            _WORKER_CODE,
+            *frames.worker_command(__name__, "worker_main"),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
