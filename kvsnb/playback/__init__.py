@@ -5,7 +5,7 @@ from ..times import parse_time
 from .clip import get_clip
 from .dash import DashReader, DashSegment, ManifestError, dash_session_url
 from .fragments import DecodedFrame, decode_video, get_media, list_fragments
-from .hls import HlsFrame, HlsReader, PlaylistError, hls_session_url
+from .hls import HlsFrame, HlsReader, PlaylistError, hls_session_url, stored_range
 from .images import decode_image, get_images, image_windows
 from .media_stream import (
     MediaChunk,
@@ -42,4 +42,5 @@ __all__ = [
     "parse_time",
     "read_media",
     "start_selector",
+    "stored_range",
 ]

@@ -38,6 +38,7 @@ function dashStamp(timeline, mediaTime) {
 }
 
 const STALE_FRAME_MS = 250;
+const KNOWN_FRAGMENTS = 600;  // remembered fragment times of a LIVE HLS playlist (10 min of 1 s)
 
 // The player library comes from the kernel in a message (see player.py).
 function requestLibrary(model) {
@@ -95,16 +96,22 @@ async function render({ model, el }) {
       hls.attachMedia(video);
       player = hls;
       // the fragment holding the frame shown (its media start as parsed, startPTS, once
-      // loaded) and its PROGRAM-DATE-TIME; hls.playingDate lags at fragment changes
+      // loaded) and its PROGRAM-DATE-TIME; hls.playingDate lags at fragment changes. A LIVE
+      // playlist slides on while the video is paused: the fragments seen are remembered
+      // (the last KNOWN_FRAGMENTS), so a paused frame keeps its time.
+      const known = new Map();  // fragment sn → [start, end, program date time]
       onScreen = () => {
         const level = hls.levels && hls.levels[hls.currentLevel >= 0 ? hls.currentLevel : 0];
         const frags = level && level.details ? level.details.fragments : [];
         for (const f of frags) {
+          if (f.programDateTime === null) continue;
           const start = Number.isFinite(f.startPTS) ? f.startPTS : f.start;
           const end = Number.isFinite(f.endPTS) ? f.endPTS : f.start + f.duration;
-          if (f.programDateTime !== null && mediaTime >= start && mediaTime < end) {
-            return f.programDateTime + (mediaTime - start) * 1000;
-          }
+          known.set(f.sn, [start, end, f.programDateTime]);
+        }
+        while (known.size > KNOWN_FRAGMENTS) known.delete(known.keys().next().value);
+        for (const [start, end, pdt] of known.values()) {
+          if (mediaTime >= start && mediaTime < end) return pdt + (mediaTime - start) * 1000;
         }
         return null;
       };

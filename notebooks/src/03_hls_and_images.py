@@ -14,6 +14,7 @@
 # ways and check, with the stamps, that they give the frames that were sent.
 
 # %%
+import datetime as dt
 import tempfile
 from pathlib import Path
 
@@ -23,7 +24,14 @@ import pandas as pd
 
 import kvsnb
 from kvsnb.analysis import stamps_from_frames, stamps_from_images
-from kvsnb.playback import HlsReader, get_clip, get_images, hls_session_url, list_fragments
+from kvsnb.playback import (
+    HlsReader,
+    get_clip,
+    get_images,
+    hls_session_url,
+    list_fragments,
+    stored_range,
+)
 
 target = kvsnb.connect("local")
 channel_arn, stream_arn = target.create_storage_channel("playback")
@@ -107,13 +115,14 @@ print(
 #
 # `get_images` calls `GetImages` (splitting ranges longer than 300 s and following
 # `NextToken`) and decodes each image to numpy. Here: one 320x240 JPEG every 500 ms over
-# what was sent, by producer timestamp; `stamps_from_images` reads the stamp of each image.
-# The samples start a quarter second after the first capture (exactly at it, the stream has
-# no media yet, as notebook 02 explains).
+# what was stored, by producer timestamp (`stored_range`: the first fragment's start to the
+# last one's end); `stamps_from_images` reads the stamp of each image. Producer timestamps
+# run a little after capture times (notebook 02), so sampling from the first capture on
+# could start before the stream has media.
 
 # %%
-first, last = result.sample_range(margin_s=0)  # first and last capture
-start, end = result.sample_range(margin_s=0.25)
+first, last = stored_range(target, stream_arn, "PRODUCER_TIMESTAMP")
+start, end = first, last - dt.timedelta(milliseconds=1)  # the end itself is past the media
 images = stamps_from_images(
     get_images(
         target,
@@ -142,7 +151,8 @@ fig.tight_layout()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("images:", len(images), "asked for", int((last - first).total_seconds() * 2))
+asked = int((end - start).total_seconds() * 1000) // 500 + 1  # Start, Start + 500 ms, ...
+print("one image per sampled time:", len(images) == asked)
 print(
     "every image has media and a stamp of a frame sent:",
     bool(
