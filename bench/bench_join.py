@@ -33,6 +33,14 @@ from kvsnb.session import JoinPolicy, MasterSession
 from kvsnb.target import connect
 
 JOINS = 20
+STEPS_AFTER_JOIN = (
+    "join_response",
+    "offer_received",
+    "answer_sent",
+    "ice_connected",
+    "dtls_connected",
+    "first_frame_sent",
+)
 LOAD_MASTERS = 32
 LOAD_WORKERS = 2
 FRAGMENT_WAIT_S = 15.0
@@ -56,6 +64,26 @@ async def join_once(tg: Any, name: str, timeout: float) -> tuple[MasterSession, 
     return session, stream_arn, join, (offer.mono - join.mono) * 1000
 
 
+def steps_after_join(session: MasterSession, join: Any) -> dict[str, float]:
+    """ms from the join call to each later step of the master's timeline (where the time of
+    a join goes)."""
+    out: dict[str, float] = {}
+    for step in STEPS_AFTER_JOIN:
+        event = session.timeline.last(step)
+        if event is not None and event.mono >= join.mono:
+            out[step] = (event.mono - join.mono) * 1000
+    return out
+
+
+def step_medians(per_join: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each step over the joins, in timeline order."""
+    return {
+        step: round(pct([j[step] for j in per_join if step in j], 50), 1)
+        for step in STEPS_AFTER_JOIN
+        if any(step in j for j in per_join)
+    }
+
+
 async def run(joins: int = JOINS, workers: int = 0) -> dict[str, Any]:
     """Measure ``joins`` joins; returns the figures. With storage ``workers`` the storage
     peer's first frame is in another process: only the offer and the stored fragment are
@@ -71,6 +99,7 @@ async def run(joins: int = JOINS, workers: int = 0) -> dict[str, Any]:
     to_frame: list[float] = []
     to_offer: list[float] = []
     to_fragment: list[float] = []
+    steps: list[dict[str, float]] = []
     try:
         for i in range(joins):
             session, stream_arn, join, offer_ms = await join_once(tg, f"join-{i}", timeout=20)
@@ -84,6 +113,7 @@ async def run(joins: int = JOINS, workers: int = 0) -> dict[str, Any]:
                 to_frame.append((peer.stats.first_frame_at - join.mono) * 1000)
             await kvs.store.wait_for_fragment(stream_arn, timeout=10)
             to_fragment.append((time.monotonic() - join.mono) * 1000)
+            steps.append(steps_after_join(session, join))
             await session.stop()
     finally:
         tg.close()
@@ -95,6 +125,7 @@ async def run(joins: int = JOINS, workers: int = 0) -> dict[str, Any]:
         "join_to_first_frame_ms_p50": round(pct(to_frame, 50), 1) if to_frame else None,
         "join_to_first_frame_ms_p95": round(pct(to_frame, 95), 1) if to_frame else None,
         "join_to_first_fragment_stored_ms_p50": round(pct(to_fragment, 50), 1),
+        "master_steps_after_join_ms_p50": step_medians(steps),
         "fragment_duration_s": 1.0,
         "budget_join_to_first_frame_ms_p95": 100,
     }
@@ -111,6 +142,7 @@ async def run_under_load(
     make_clip(clip)
     to_frame: list[float] = []
     to_offer: list[float] = []
+    steps: list[dict[str, float]] = []
     with LocalKvsProcess("--workers", str(workers), "--fragment-seconds", "1") as kvs:
         tg = connect(endpoint_url=kvs.url)
         names = [f"load-{i}" for i in range(masters)]
@@ -128,6 +160,7 @@ async def run_under_load(
                 while fragments.empty and time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
                     fragments = list_fragments(tg, name)
+                steps.append(steps_after_join(session, join))
                 await session.stop()
                 if fragments.empty:
                     print(f"join {i}: no fragment stored within {FRAGMENT_WAIT_S:.0f} s")
@@ -150,6 +183,7 @@ async def run_under_load(
         "join_to_first_frame_ms_p50": round(pct(to_frame, 50), 1),
         "join_to_first_frame_ms_p95": round(pct(to_frame, 95), 1),
         "join_to_first_frame_ms_max": round(max(to_frame, default=float("nan")), 1),
+        "master_steps_after_join_ms_p50": step_medians(steps),
         "budget_join_to_first_frame_ms_p95": 100,
     }
 
