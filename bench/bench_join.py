@@ -31,16 +31,10 @@ from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.session import JoinPolicy, MasterSession
 from kvsnb.target import connect
+from kvsnb.timeline import STEPS
 
 JOINS = 20
-STEPS_AFTER_JOIN = (
-    "join_response",
-    "offer_received",
-    "answer_sent",
-    "ice_connected",
-    "dtls_connected",
-    "first_frame_sent",
-)
+STEPS_AFTER_JOIN = STEPS[STEPS.index("join_call") + 1 :]  # the master's steps after the join
 LOAD_MASTERS = 32
 LOAD_WORKERS = 2
 FRAGMENT_WAIT_S = 15.0
