@@ -348,17 +348,11 @@ class _WorkerProcess:
             raise EOFError(f"decode process answered {type(result).__name__}")
         return result
 
-    def close(self) -> None:
-        try:
-            self.stdin.close()  # the process exits at the end of its input
-            self.proc.wait(5)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-
 
 class DecodePool:
     """Runs ``FragmentTask``s in order on ``processes`` worker processes (started on first
-    use, replaced when one dies), or on threads of this process when ``processes`` is 0."""
+    use, replaced when one dies; each ends when this process closes its input), or on
+    threads of this process when ``processes`` is 0."""
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
@@ -392,13 +386,6 @@ class DecodePool:
             if worker is not None:
                 worker.proc.kill()
             return TaskResult.failed(task)
-
-    def close(self) -> None:
-        """Stop the worker processes (a later task starts new ones)."""
-        with self._lock:
-            workers, self._workers = self._workers, []
-        for worker in workers:
-            worker.close()
 
 
 _pool_lock = threading.Lock()
