@@ -62,7 +62,8 @@ def test_clip_of_everything_decodes_every_frame(recorded: Recorded, tmp_path: Pa
     assert frames["audio"] == sum(f.audio_frame_count for f in recorded.fragments)
     # and nothing is lost or doubled: ffmpeg decodes all frames without errors
     decoded = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(tmp_path / "clip.mp4"), "-f", "null", "-"],
+        # repeat+: every message in full, never collapsed into "Last message repeated"
+        ["ffmpeg", "-v", "repeat+error", "-i", str(tmp_path / "clip.mp4"), "-f", "null", "-"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     # ffmpeg's null muxer may note that two frames' ms timestamps round onto one tick of its
