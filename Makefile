@@ -56,8 +56,8 @@ browser-js: setup $(NODE_STAMP)
 
 # The Player's browser libraries (hls.js, dash.js), with `npm pack`, into the package's
 # ignored vendor folder.
-$(VENDOR) &: kvsnb/vendor.py $(STAMP) $(NODE_STAMP)
-	$(PY) -m kvsnb.vendor
+$(VENDOR) &: kvsnb/widgets/vendor.py $(STAMP) $(NODE_STAMP)
+	$(PY) -m kvsnb.widgets.vendor
 	@touch $(VENDOR)
 
 $(STAMP): pyproject.toml $(SYSTEM_STAMP)

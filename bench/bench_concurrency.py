@@ -49,8 +49,8 @@ AUDIO_TB = fractions.Fraction(1, 48_000)
 
 def make_clip(path: Path) -> None:
     """Encode the stamped test pattern and a tone once: H.264 Annex B and Opus packets."""
-    from kvsnb.media import TestPatternTrack
-    from kvsnb.media.sources import ToneGenerator
+    from kvsnb.sources import TestPatternTrack
+    from kvsnb.sources.tracks import ToneGenerator
 
     pattern = TestPatternTrack(640, 480, FPS)
     enc = av.CodecContext.create("libx264", "w")
@@ -137,8 +137,8 @@ async def worker(
     url: str, channels: list[str], clip: Path, seconds: float, video_only: bool
 ) -> dict[str, Any]:
     """Run masters on ``channels`` for ``seconds`` of media; report frames sent."""
-    from kvsnb.session import JoinPolicy, MasterSession
-    from kvsnb.target import connect
+    from kvsnb.client.session import JoinPolicy, MasterSession
+    from kvsnb.launch import connect
 
     data = pickle.loads(clip.read_bytes())
     video_packets = [p for p, _ in data["video"]]
@@ -262,7 +262,7 @@ def run_level(
     n: int, clip: Path, seconds: float, video_only: bool, storage_workers: int
 ) -> dict[str, Any]:
     """One level of the sweep."""
-    from kvsnb.target import connect
+    from kvsnb.launch import connect
 
     extra = ["--allow-video-only"] if video_only else []
     extra += ["--workers", str(storage_workers)]

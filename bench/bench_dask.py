@@ -30,9 +30,9 @@ from kvsnb.analysis.archive import (
     plan_archive,
     to_dask,
 )
-from kvsnb.importer import import_file_async
+from kvsnb.launch import connect
 from kvsnb.playback import get_media
-from kvsnb.target import connect
+from kvsnb.putmedia.importer import import_file_async
 
 
 def decode_floor_fps(target: object, stream: str, numbers: list[str]) -> tuple[float, int]:

@@ -43,16 +43,16 @@ import numpy as np
 from botocore.config import Config
 
 from bench.common import report
-from kvsnb.ingest import ingest
+from kvsnb.client.ingest import ingest
+from kvsnb.client.session import JoinPolicy
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
 from kvsnb.local.archive.images import ImagesPlane
 from kvsnb.local.storage.passthrough import EncodedFrame
 from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.local.storage.recorder import FragmentRecorder
 from kvsnb.local.store.mkv import build_fragment_list_body
-from kvsnb.media.stamp import read_stamp
-from kvsnb.session import JoinPolicy
-from kvsnb.target import connect
+from kvsnb.sources.stamp import read_stamp
 
 SECONDS = 300
 WIDTH, HEIGHT, FPS = 640, 480, 30

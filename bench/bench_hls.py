@@ -33,12 +33,12 @@ from botocore.config import Config
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import pct, report
-from kvsnb.ingest import ingest
+from kvsnb.client.ingest import ingest
+from kvsnb.client.session import JoinPolicy
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
 from kvsnb.local.archive import remux
 from kvsnb.local.storage.peer import StorageOptions
-from kvsnb.session import JoinPolicy
-from kvsnb.target import connect
 
 logger = logging.getLogger(__name__)
 

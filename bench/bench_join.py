@@ -26,12 +26,12 @@ from typing import Any
 
 from bench.bench_concurrency import make_clip, start_senders
 from bench.common import LocalKvsProcess, pct, report
+from kvsnb.client.session import JoinPolicy, MasterSession
+from kvsnb.client.timeline import STEPS
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, LocalKvsConfig
 from kvsnb.local.storage.peer import StorageOptions
-from kvsnb.media import TestPatternTrack, ToneTrack
-from kvsnb.session import JoinPolicy, MasterSession
-from kvsnb.target import connect
-from kvsnb.timeline import STEPS
+from kvsnb.sources import TestPatternTrack, ToneTrack
 
 JOINS = 20
 STEPS_AFTER_JOIN = STEPS[STEPS.index("join_call") + 1 :]  # the master's steps after the join

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from bench.common import report
-from kvsnb.media.stamp import try_read_stamp
+from kvsnb.sources.stamp import try_read_stamp
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, NotebookPage, start_lab
 from tests.browser.player_fixtures import player_notebook
 
@@ -36,7 +36,7 @@ PLAY_TIMEOUT_S = 90.0
 SETUP = """
 import asyncio, threading
 import kvsnb
-from kvsnb.ingest import ingest
+from kvsnb.client.ingest import ingest
 from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.widgets import Player
 target = kvsnb.connect(extra={{"storage": StorageOptions(fragment_duration_s=1.0)}})

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from bench.common import LocalKvsProcess, report
-from kvsnb.importer import import_file_async
-from kvsnb.media.sources import make_test_file
-from kvsnb.target import connect
+from kvsnb.launch import connect
+from kvsnb.putmedia.importer import import_file_async
+from kvsnb.sources.tracks import make_test_file
 
 WIDTH, HEIGHT, FPS = 640, 480, 30
 BITRATE = 1_000_000

@@ -131,7 +131,7 @@ def _sender_process(conn: Any, seconds: float) -> None:
     )
     from aiortc.mediastreams import AudioStreamTrack
 
-    from kvsnb.ice import host_addresses
+    from kvsnb.wire.ice import host_addresses
 
     class Pattern(VideoStreamTrack):
         def __init__(self) -> None:
@@ -176,12 +176,12 @@ async def bench_loopback(record: bool = True) -> None:
     """
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    from kvsnb.ice import host_addresses
     from kvsnb.local.storage.passthrough import (
         enable_passthrough,
         keyframe_requester,
         receiver_for_track,
     )
+    from kvsnb.wire.ice import host_addresses
 
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()

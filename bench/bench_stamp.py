@@ -14,9 +14,9 @@ import av
 import numpy as np
 
 from bench.common import report
-from kvsnb.media import Stamp, TestPatternTrack, draw_stamp, read_stamp, read_stamp_frame
-from kvsnb.media.sources import webrtc_h264_encoder
-from kvsnb.media.stamp import draw_stamp_yuv420p, try_read_stamp
+from kvsnb.sources import Stamp, TestPatternTrack, draw_stamp, read_stamp, read_stamp_frame
+from kvsnb.sources.stamp import draw_stamp_yuv420p, try_read_stamp
+from kvsnb.sources.tracks import webrtc_h264_encoder
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import time
 from typing import Any
 
 from bench.common import LocalKvsProcess, cpu_seconds, pct, report, rss_mib
-from kvsnb.media import TestPatternTrack, ToneTrack
-from kvsnb.session import JoinPolicy, MasterSession, ViewerSession
-from kvsnb.target import connect
+from kvsnb.client.session import JoinPolicy, MasterSession, ViewerSession
+from kvsnb.launch import connect
+from kvsnb.sources import TestPatternTrack, ToneTrack
 
 WINDOW_S = 8.0
 POLICY = JoinPolicy(offer_wait_s=1.0)

@@ -29,8 +29,8 @@ from bench.bench_concurrency import (
     stored_frame_times,
 )
 from bench.common import LocalKvsProcess, cpu_seconds, rss_mib
-from kvsnb.session import JoinPolicy, MasterSession, ViewerSession
-from kvsnb.target import connect
+from kvsnb.client.session import JoinPolicy, MasterSession, ViewerSession
+from kvsnb.launch import connect
 
 MASTERS = 4
 VIEWERS = 2

@@ -9,11 +9,13 @@ import logging
 import sys
 from pathlib import Path
 
+from kvsnb.wire.defaults import DEFAULT_REGION
+
 DEFAULT_PORT = 4566
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
-    from .target import serve_local
+    from kvsnb.local.runner import serve
 
     strict = None
     if args.strict:
@@ -26,7 +28,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
         print("--cert and --key go together", file=sys.stderr)
         return 2
     asyncio.run(
-        serve_local(
+        serve(
             host=args.host,
             port=args.port,
             data_dir=args.data,
@@ -45,13 +47,13 @@ def _cmd_local(args: argparse.Namespace) -> int:
 
 
 def _target(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .target import connect
+    from kvsnb.launch import connect
 
     return connect(endpoint_url=args.endpoint_url, region=args.region)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from kvsnb.demo import run_demo
 
     out = Path(args.out)
     asyncio.run(run_demo(out, seconds=args.seconds))
@@ -59,9 +61,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from .ingest import ingest
-    from .session import SessionError
-    from .timeline import TimelineEvent
+    from kvsnb.client.ingest import ingest
+    from kvsnb.client.session import SessionError
+    from kvsnb.client.timeline import TimelineEvent
 
     target = _target(args)
     try:
@@ -89,9 +91,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
-    from .media.sources import ToneTrack
-    from .session import SessionError, ViewerSession
-    from .timeline import TimelineEvent
+    from kvsnb.client.session import SessionError, ViewerSession
+    from kvsnb.client.timeline import TimelineEvent
+    from kvsnb.sources.tracks import ToneTrack
 
     target = _target(args)
 
@@ -133,7 +135,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .media.check import check_tracks
+    from kvsnb.sources.check import check_tracks
 
     report = check_tracks(args.source, require_audio=not args.video_only)
     print(report)
@@ -143,8 +145,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_import(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from .importer import PutMediaError, import_file
-    from .times import parse_time
+    from kvsnb.putmedia.importer import PutMediaError, import_file
+    from kvsnb.wire.times import parse_time
 
     try:
         start = parse_time(args.start) if args.start else None
@@ -187,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--host", default="127.0.0.1")
     lp.add_argument("--port", type=int, default=DEFAULT_PORT)
     lp.add_argument("--data", help="data directory (default: a temporary one)")
-    lp.add_argument("--region", default="us-west-2")
+    lp.add_argument("--region", default=DEFAULT_REGION)
     lp.add_argument("--strict", metavar="ACCESS_KEY:SECRET", help="verify SigV4 signatures")
     lp.add_argument("--fragment-seconds", type=float, default=2.0)
     lp.add_argument(

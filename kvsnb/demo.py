@@ -25,24 +25,25 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from .analysis.latency import fragment_latency, frame_latency, latency_summary
-from .analysis.plots import (
+from kvsnb.analysis.frame_timeline import frame_timeline, timeline_summary
+from kvsnb.analysis.latency import fragment_latency, frame_latency, latency_summary
+from kvsnb.analysis.plots import (
     plot_intervals,
     plot_latency_cdf,
     plot_latency_waterfall,
     plot_timeline,
     short_fragment_number,
 )
-from .analysis.probe import RetrievalProbe
-from .analysis.stamps import compare_delivery, stamps_from_frames, stamps_from_images
-from .analysis.timeline import frame_timeline, timeline_summary
-from .ingest import ingest, make_source
-from .playback.fragments import decode_video, get_media, list_fragments
-from .playback.hls import HlsReader, hls_session_url
-from .playback.images import get_images
-from .signaling import SignalingClient
-from .target import Target, connect
-from .timeline import TimelineEvent
+from kvsnb.analysis.probe import RetrievalProbe
+from kvsnb.analysis.stamps import compare_delivery, stamps_from_frames, stamps_from_images
+from kvsnb.client.ingest import ingest, make_source
+from kvsnb.client.signaling import SignalingClient
+from kvsnb.client.target import Target
+from kvsnb.client.timeline import TimelineEvent
+from kvsnb.launch import connect
+from kvsnb.playback.fragments import decode_video, get_media, list_fragments
+from kvsnb.playback.hls import HlsReader, hls_session_url
+from kvsnb.playback.images import get_images
 
 T = TypeVar("T")
 

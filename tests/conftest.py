@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 
 from kvsnb.analysis import Delivery, compare_delivery, stamps_from_frames
+from kvsnb.client.session import JoinPolicy
+from kvsnb.client.target import Target
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
 from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.playback import decode_video, get_media, list_fragments
-from kvsnb.session import JoinPolicy
-from kvsnb.target import Target, connect
 
 REGION = "us-west-2"
 FRAGMENT_S = 1.0
@@ -172,9 +173,9 @@ async def ingest_frames(
     with a generous deadline, until the pattern has sent them all, however slowly a busy
     machine produces them; then stop. Returns the ``IngestResult``: tests assert that what
     was sent was stored, never how many frames a clock produced in a window."""
-    from kvsnb.ingest import IngestResult
-    from kvsnb.media import TestPatternTrack, ToneTrack
-    from kvsnb.session import MasterSession
+    from kvsnb.client.ingest import IngestResult
+    from kvsnb.client.session import MasterSession
+    from kvsnb.sources import TestPatternTrack, ToneTrack
 
     pattern = TestPatternTrack(*size, 30, max_frames=frames)
     tone = ToneTrack()

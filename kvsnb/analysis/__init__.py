@@ -1,7 +1,7 @@
 """Analysis of stamped media: what was sent, stored and retrieved, and when; frame analysis
 of long archives on Dask (``archive``)."""
 
-from .archive import (
+from kvsnb.analysis.archive import (
     ArchivePlan,
     FrameContext,
     TargetSpec,
@@ -14,11 +14,16 @@ from .archive import (
     plan_archive,
     to_dask,
 )
-from .latency import fragment_latency, frame_latency, latency_summary
-from .plots import plot_intervals, plot_latency_cdf, plot_latency_waterfall, plot_timeline
-from .probe import ProbeRecord, RetrievalProbe
-from .stamps import Delivery, compare_delivery, stamps_from_frames, stamps_from_images
-from .timeline import frame_timeline, timeline_summary
+from kvsnb.analysis.frame_timeline import frame_timeline, timeline_summary
+from kvsnb.analysis.latency import fragment_latency, frame_latency, latency_summary
+from kvsnb.analysis.plots import (
+    plot_intervals,
+    plot_latency_cdf,
+    plot_latency_waterfall,
+    plot_timeline,
+)
+from kvsnb.analysis.probe import ProbeRecord, RetrievalProbe
+from kvsnb.analysis.stamps import Delivery, compare_delivery, stamps_from_frames, stamps_from_images
 
 __all__ = [
     "ArchivePlan",

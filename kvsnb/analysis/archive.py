@@ -15,7 +15,7 @@ loop, so both give the same table. Dask retries a partition whose worker died, a
 partition only reads, so a retried one gives the same rows.
 
 Frame functions: ``"timeline"`` (no decoding: producer time, keyframe, size, always there),
-``"stamps"`` (the stamp's capture time and frame index, ``kvsnb.media.stamp``),
+``"stamps"`` (the stamp's capture time and frame index, ``kvsnb.sources.stamp``),
 ``"brightness"`` (mean luma, 0-255) and ``"motion"`` (mean absolute luma change from the
 previous frame of the same fragment, on a quarter-size grid; NaN on a fragment's first
 frame), or any ``FrameFunction``.
@@ -36,9 +36,9 @@ import boto3
 import numpy as np
 import pandas as pd
 
-from ..media.stamp import frame_luma, try_read_stamp
-from ..playback.fragments import get_media, list_fragments
-from ..target import Target
+from kvsnb.client.target import Target
+from kvsnb.playback.fragments import get_media, list_fragments
+from kvsnb.sources.stamp import frame_luma, try_read_stamp
 
 logger = logging.getLogger(__name__)
 

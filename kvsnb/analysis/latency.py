@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..times import epoch_ms
-from .probe import ProbeRecord
-from .timeline import fragment_of
+from kvsnb.analysis.frame_timeline import fragment_of
+from kvsnb.analysis.probe import ProbeRecord
+from kvsnb.wire.times import epoch_ms
 
 MATCH_TOLERANCE_MS = 60.0
 PERCENTILES = (50, 95)

@@ -32,13 +32,13 @@ import numpy as np
 import pandas as pd
 from botocore.exceptions import ClientError
 
-from ..errors import reap
-from ..media.stamp import Stamp
-from ..playback.fragments import FRAGMENT_COLUMNS
-from ..playback.hls import HlsReader, hls_session_url
-from ..target import Target
-from ..times import epoch_ms, from_epoch_ms
-from .timeline import producer_offset_ms
+from kvsnb.analysis.frame_timeline import producer_offset_ms
+from kvsnb.client.target import Target
+from kvsnb.errors import reap
+from kvsnb.playback.fragments import FRAGMENT_COLUMNS
+from kvsnb.playback.hls import HlsReader, hls_session_url
+from kvsnb.sources.stamp import Stamp
+from kvsnb.wire.times import epoch_ms, from_epoch_ms
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Protocol
 import av
 import pandas as pd
 
-from ..media.stamp import Stamp, StampError, read_stamp_frame, try_read_stamp
-from ..playback.images import decode_image
-from ..times import epoch_ms
+from kvsnb.playback.images import decode_image
+from kvsnb.sources.stamp import Stamp, StampError, read_stamp_frame, try_read_stamp
+from kvsnb.wire.times import epoch_ms
 
 STAMP_COLUMNS = ["frame_index", "capture_ms", "pts_s", "keyframe"]
 

@@ -1,13 +1,12 @@
 """Getting stored media back: fragments, HLS, DASH, GetImages and GetClip, as numpy frames and
 pandas tables."""
 
-from ..times import parse_time
-from .clip import get_clip
-from .dash import DashReader, DashSegment, ManifestError, dash_session_url
-from .fragments import DecodedFrame, decode_video, get_media, list_fragments
-from .hls import HlsFrame, HlsReader, PlaylistError, hls_session_url, stored_range
-from .images import decode_image, get_images, image_windows
-from .media_stream import (
+from kvsnb.playback.clip import get_clip
+from kvsnb.playback.dash import DashReader, DashSegment, ManifestError, dash_session_url
+from kvsnb.playback.fragments import DecodedFrame, decode_video, get_media, list_fragments
+from kvsnb.playback.hls import HlsFrame, HlsReader, PlaylistError, hls_session_url, stored_range
+from kvsnb.playback.images import decode_image, get_images, image_windows
+from kvsnb.playback.media_stream import (
     MediaChunk,
     MediaResult,
     iter_chunks,
@@ -16,6 +15,7 @@ from .media_stream import (
     read_media,
     start_selector,
 )
+from kvsnb.wire.times import parse_time
 
 __all__ = [
     "DashReader",

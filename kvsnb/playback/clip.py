@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Literal
 
-from ..target import Target
+from kvsnb.client.target import Target
 
 CHUNK_BYTES = 1 << 20
 

@@ -24,8 +24,8 @@ from urllib.parse import urljoin
 
 import pandas as pd
 
-from ..target import Target
-from .hls import (
+from kvsnb.client.target import Target
+from kvsnb.playback.hls import (
     HlsFrame,
     PlaylistError,
     decode_segment,

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pandas as pd
 
-from ..target import Target
+from kvsnb.client.target import Target
 
 logger = logging.getLogger(__name__)
 

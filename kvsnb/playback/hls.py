@@ -28,9 +28,9 @@ import av
 import numpy as np
 import pandas as pd
 
-from ..errors import KvsnbError
-from ..target import Target
-from ..trust import ssl_context
+from kvsnb.client.target import Target
+from kvsnb.client.trust import ssl_context
+from kvsnb.errors import KvsnbError
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def parse_media(text: str, url: str) -> MediaPlaylist:
 
 
 def http_get(url: str, timeout: float = HTTP_TIMEOUT_S) -> bytes:
-    """GET a URL (https verified against the CA ``kvsnb.trust`` holds for it, if any); raises
+    """GET a URL (https verified against the CA ``kvsnb.client.trust`` holds for it, if any); raises
     ``urllib.error.HTTPError`` (with the body's AWS error) on failure."""
     with urllib.request.urlopen(url, timeout=timeout, context=ssl_context(url)) as resp:
         return bytes(resp.read(MAX_SEGMENT_BYTES))
@@ -319,7 +319,7 @@ def stored_range(
     target: Target, stream: str, selector: str = "SERVER_TIMESTAMP"
 ) -> tuple[dt.datetime, dt.datetime]:
     """The first fragment's start and the last fragment's end (``selector`` clock)."""
-    from .fragments import list_fragments
+    from kvsnb.playback.fragments import list_fragments
 
     frags = list_fragments(target, stream, selector=selector)  # type: ignore[arg-type]
     if frags.empty:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..target import Target
+from kvsnb.client.target import Target
 
 logger = logging.getLogger(__name__)
 

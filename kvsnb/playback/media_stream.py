@@ -17,9 +17,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from ..ebml import read_segment_tags, split_segments
-from ..target import Target
-from .fragments import DecodedFrame, _stream_key, decode_video
+from kvsnb.client.target import Target
+from kvsnb.playback.fragments import DecodedFrame, _stream_key, decode_video
+from kvsnb.wire.ebml import read_segment_tags, split_segments
 
 logger = logging.getLogger(__name__)
 

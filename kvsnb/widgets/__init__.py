@@ -13,12 +13,12 @@ Button callbacks schedule coroutines on the running event loop (the kernel's); e
 keeps its last action in ``task`` so that code (and tests) can ``await widget.task``.
 """
 
-from .analysis_views import FramesSource, LatencyView, TimelineView
-from .hls_viewer import HlsViewer, PlaybackMode
-from .image_browser import ImageBrowser, ImageFormat
-from .player import Player
-from .session_panel import Role, SessionPanel
-from .track_tester import TrackTester, checklist_html
+from kvsnb.widgets.analysis_views import FramesSource, LatencyView, TimelineView
+from kvsnb.widgets.hls_viewer import HlsViewer, PlaybackMode
+from kvsnb.widgets.image_browser import ImageBrowser, ImageFormat
+from kvsnb.widgets.player import Player
+from kvsnb.widgets.session_panel import Role, SessionPanel
+from kvsnb.widgets.track_tester import TrackTester, checklist_html
 
 __all__ = [
     "FramesSource",

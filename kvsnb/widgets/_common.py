@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from matplotlib.figure import Figure
 from PIL import Image as PILImage
 
-from ..session import SessionError
+from kvsnb.client.session import SessionError
 
 logger = logging.getLogger(__name__)
 

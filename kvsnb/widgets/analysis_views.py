@@ -26,20 +26,20 @@ import ipywidgets as widgets
 import pandas as pd
 from traitlets import Int
 
-from ..analysis.latency import fragment_latency, frame_latency, latency_summary
-from ..analysis.plots import (
+from kvsnb.analysis.frame_timeline import frame_timeline, timeline_summary
+from kvsnb.analysis.latency import fragment_latency, frame_latency, latency_summary
+from kvsnb.analysis.plots import (
     plot_intervals,
     plot_latency_cdf,
     plot_latency_waterfall,
     plot_timeline,
 )
-from ..analysis.probe import RetrievalProbe
-from ..analysis.stamps import stamps_from_frames
-from ..analysis.timeline import frame_timeline, timeline_summary
-from ..playback.fragments import decode_video, get_media, list_fragments
-from ..target import Target
-from ..times import from_epoch_ms
-from ._common import Tasks, describe_error, error_html, figure_png, table_html
+from kvsnb.analysis.probe import RetrievalProbe
+from kvsnb.analysis.stamps import stamps_from_frames
+from kvsnb.client.target import Target
+from kvsnb.playback.fragments import decode_video, get_media, list_fragments
+from kvsnb.widgets._common import Tasks, describe_error, error_html, figure_png, table_html
+from kvsnb.wire.times import from_epoch_ms
 
 logger = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ import ipywidgets as widgets
 import pandas as pd
 from traitlets import Int
 
-from ..playback.hls import HlsFrame, HlsReader, hls_session_url
-from ..session import try_read_stamp_frame
-from ..target import Target
-from ..times import parse_time
-from ._common import Tasks, error_html, iso, table_html, to_jpeg
+from kvsnb.client.session import try_read_stamp_frame
+from kvsnb.client.target import Target
+from kvsnb.playback.hls import HlsFrame, HlsReader, hls_session_url
+from kvsnb.widgets._common import Tasks, error_html, iso, table_html, to_jpeg
+from kvsnb.wire.times import parse_time
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,13 @@ import ipywidgets as widgets
 import pandas as pd
 from traitlets import Int
 
-from ..analysis.stamps import stamps_from_images
-from ..ingest import IngestResult
-from ..playback.images import MIN_INTERVAL_MS, get_images, image_windows
-from ..target import Target, connect
-from ..times import parse_time
-from ._common import Tasks, error_html, iso
+from kvsnb.analysis.stamps import stamps_from_images
+from kvsnb.client.ingest import IngestResult
+from kvsnb.client.target import Target
+from kvsnb.launch import connect
+from kvsnb.playback.images import MIN_INTERVAL_MS, get_images, image_windows
+from kvsnb.widgets._common import Tasks, error_html, iso
+from kvsnb.wire.times import parse_time
 
 logger = logging.getLogger(__name__)
 

@@ -36,10 +36,10 @@ import anywidget
 import pandas as pd
 import traitlets
 
-from ..playback.dash import dash_session_url
-from ..playback.hls import hls_session_url
-from ..target import Target
-from ..vendor import library
+from kvsnb.client.target import Target
+from kvsnb.playback.dash import dash_session_url
+from kvsnb.playback.hls import hls_session_url
+from kvsnb.widgets.vendor import library
 
 logger = logging.getLogger(__name__)
 

@@ -29,13 +29,14 @@ from typing import Any
 import ipywidgets as widgets
 from traitlets import Unicode
 
-from ..errors import reap
-from ..ingest import TEST_PATTERN, Source, make_source
-from ..session import JoinPolicy, MasterSession, StorageSessionBase, ViewerSession
-from ..target import Target, connect, new_client_id
-from ..timeline import TimelineEvent
-from ..webrtc import ROLES, Role
-from ._common import Tasks, describe_error, error_html, table_html, to_jpeg
+from kvsnb.client.ingest import TEST_PATTERN, Source, make_source
+from kvsnb.client.session import JoinPolicy, MasterSession, StorageSessionBase, ViewerSession
+from kvsnb.client.target import Target, new_client_id
+from kvsnb.client.timeline import TimelineEvent
+from kvsnb.errors import reap
+from kvsnb.launch import connect
+from kvsnb.widgets._common import Tasks, describe_error, error_html, table_html, to_jpeg
+from kvsnb.wire.webrtc import ROLES, Role
 
 logger = logging.getLogger(__name__)
 

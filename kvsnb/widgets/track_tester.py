@@ -1,6 +1,6 @@
 """``TrackTester``: will this source ingest? A preflight checklist, then a real test.
 
-**Check** applies the ingestion rules of ``kvsnb.media.check_tracks`` to the source (the
+**Check** applies the ingestion rules of ``kvsnb.sources.check_tracks`` to the source (the
 stamped test pattern with its tone, or a media file) and lists them: ✓ passed, ✗ failed
 (required), ⚠ failed (advisory), each with the value found, what is expected and why.
 
@@ -26,18 +26,19 @@ import ipywidgets as widgets
 import pandas as pd
 from traitlets import Bool
 
-from ..analysis.latency import fragment_latency, frame_latency
-from ..analysis.probe import RetrievalProbe
-from ..analysis.stamps import stamps_from_images
-from ..ingest import TEST_PATTERN, IngestResult, ingest, make_source
-from ..media.check import TrackReport, check_tracks
-from ..media.sources import ToneTrack
-from ..playback.fragments import list_fragments
-from ..playback.images import get_images
-from ..session import JoinPolicy
-from ..target import Target, connect
-from ..timeline import TimelineEvent
-from ._common import (
+from kvsnb.analysis.latency import fragment_latency, frame_latency
+from kvsnb.analysis.probe import RetrievalProbe
+from kvsnb.analysis.stamps import stamps_from_images
+from kvsnb.client.ingest import TEST_PATTERN, IngestResult, ingest, make_source
+from kvsnb.client.session import JoinPolicy
+from kvsnb.client.target import Target
+from kvsnb.client.timeline import TimelineEvent
+from kvsnb.launch import connect
+from kvsnb.playback.fragments import list_fragments
+from kvsnb.playback.images import get_images
+from kvsnb.sources.check import TrackReport, check_tracks
+from kvsnb.sources.tracks import ToneTrack
+from kvsnb.widgets._common import (
     ERROR_COLOUR,
     OK_COLOUR,
     Tasks,
@@ -45,7 +46,7 @@ from ._common import (
     error_html,
     table_html,
 )
-from .analysis_views import LatencyView
+from kvsnb.widgets.analysis_views import LatencyView
 
 logger = logging.getLogger(__name__)
 

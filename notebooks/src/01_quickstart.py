@@ -62,7 +62,7 @@ pd.Series(
 # `TestPatternTrack`, Opus audio from the `ToneTrack`.
 #
 # We stop the pattern a moment before leaving, so that every frame it captured has left
-# the sender when the peer connection closes (`kvsnb.ingest` does the same for you).
+# the sender when the peer connection closes (`kvsnb.client.ingest` does the same for you).
 
 # %%
 pattern = kvsnb.TestPatternTrack()  # 640x480, 30 fps, stamped
@@ -101,7 +101,7 @@ steps[steps["step"] != "pc_state"].drop(columns="time")
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 3.2))
-shown = steps[steps["step"].isin(kvsnb.timeline.STEPS)].drop_duplicates("step")
+shown = steps[steps["step"].isin(kvsnb.client.timeline.STEPS)].drop_duplicates("step")
 ax.barh(shown["step"], shown["delta_ms"], left=shown["t_ms"] - shown["delta_ms"])
 ax.invert_yaxis()
 ax.set_xlabel("ms since the first step")
@@ -113,14 +113,14 @@ print(f"JoinStorageSession call → first frame sent: {join_to_frame * 1000:.0f}
 
 # %% [markdown]
 # Check: the master went through every setup step, in the order of the storage-session
-# sequence (`kvsnb.timeline.STEPS`).
+# sequence (`kvsnb.client.timeline.STEPS`).
 
 # %%
 # NBVAL_CHECK_OUTPUT
-firsts = [master.timeline.first(step) for step in kvsnb.timeline.STEPS]
+firsts = [master.timeline.first(step) for step in kvsnb.client.timeline.STEPS]
 print("every setup step happened:", all(e is not None for e in firsts))
 print("in order:", all(a.mono <= b.mono for a, b in zip(firsts, firsts[1:])))
-print("steps:", " → ".join(kvsnb.timeline.STEPS))
+print("steps:", " → ".join(kvsnb.client.timeline.STEPS))
 
 # %% [markdown]
 # ## 5. Stored fragments

@@ -29,7 +29,7 @@ from kvsnb.analysis import (
     plot_latency_cdf,
     stamps_from_images,
 )
-from kvsnb.media import make_test_file
+from kvsnb.sources import make_test_file
 from kvsnb.playback import get_images, list_fragments
 
 workdir = Path(tempfile.mkdtemp(prefix="kvsnb-02-"))
@@ -120,7 +120,7 @@ source = kvsnb.make_source("testpattern")  # pattern + tone
 probe = RetrievalProbe(target, stream_arn)
 source.pattern.on_frame = probe.frame_sent
 await probe.start()
-result = await kvsnb.ingest(target, "track-test", seconds=4, source=source)
+result = await kvsnb.client.ingest(target, "track-test", seconds=4, source=source)
 record = await probe.stop(2.5)  # keep watching for the last fragment
 sent = result.frames_sent
 print(f"sent {len(sent)} frames in {result.seconds:.1f} s ({result.source})")

@@ -35,7 +35,7 @@ from kvsnb.playback import (
 
 target = kvsnb.connect("local")
 channel_arn, stream_arn = target.create_storage_channel("playback")
-result = await kvsnb.ingest(target, "playback", seconds=5)
+result = await kvsnb.client.ingest(target, "playback", seconds=5)
 sent = result.frames_sent
 fragments = list_fragments(target, stream_arn)
 print(f"sent {len(sent)} frames; {len(fragments)} fragments stored")

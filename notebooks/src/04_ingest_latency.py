@@ -43,7 +43,7 @@ source = kvsnb.make_source()
 probe = RetrievalProbe(target, stream_arn)
 source.pattern.on_frame = probe.frame_sent
 await probe.start()
-result = await kvsnb.ingest(target, "latency", seconds=6, source=source)
+result = await kvsnb.client.ingest(target, "latency", seconds=6, source=source)
 record = await probe.stop(2.5)
 sent = result.frames_sent
 fragments = list_fragments(target, stream_arn)

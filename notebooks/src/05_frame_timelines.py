@@ -26,7 +26,7 @@ from kvsnb.analysis import (
     stamps_from_frames,
     timeline_summary,
 )
-from kvsnb.ingest import Source
+from kvsnb import Source
 from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.playback import decode_video, get_media, list_fragments
 
@@ -46,7 +46,7 @@ source = Source(
     pattern=pattern,
     description="stamped pattern, 4 frames dropped",
 )
-result = await kvsnb.ingest(target, "timelines", seconds=6, source=source)
+result = await kvsnb.client.ingest(target, "timelines", seconds=6, source=source)
 print(
     f"the pattern captured {len(result.frames_sent)} frames;",
     f"the DroppingTrack discarded {dropping.dropped}",

@@ -68,7 +68,7 @@ source = kvsnb.make_source()
 probe = RetrievalProbe(target, stream_arn, interval_s=0.25)
 source.pattern.on_frame = probe.frame_sent
 await probe.start()
-result = await kvsnb.ingest(target, name, seconds=10, source=source)
+result = await kvsnb.client.ingest(target, name, seconds=10, source=source)
 record = await probe.stop(8)
 sent = result.frames_sent
 print(f"sent {len(sent)} frames in {result.seconds:.1f} s; probe errors: {len(record.errors)}")

@@ -37,7 +37,7 @@ from kvsnb.analysis import (
     plan_archive,
     to_dask,
 )
-from kvsnb.media.sources import make_test_file
+from kvsnb.sources import make_test_file
 
 MINUTES = float(os.environ.get("KVSNB_ARCHIVE_MINUTES", "3"))  # 60 for the full hour
 FPS = 15

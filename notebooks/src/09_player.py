@@ -27,7 +27,7 @@ target = kvsnb.connect("local", extra={"storage": StorageOptions(fragment_durati
 channel_arn, stream_arn = target.create_storage_channel("watch")
 print("Local KVS reached by the browser at:", target.public_url or target.endpoint_url)
 
-live = asyncio.ensure_future(kvsnb.ingest(target, "watch", seconds=15))
+live = asyncio.ensure_future(kvsnb.client.ingest(target, "watch", seconds=15))
 while list_fragments(target, stream_arn).empty:  # the first fragment is stored
     await asyncio.sleep(0.25)
 

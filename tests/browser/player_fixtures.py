@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from kvsnb.ingest import ingest
+from kvsnb.client.ingest import ingest
+from kvsnb.client.target import Target
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
-from kvsnb.target import Target, connect
-from kvsnb.vendor import LIBRARIES, library_path
+from kvsnb.widgets.vendor import LIBRARIES, library_path
 from tests.conftest import FAST, start_kvs
 
 from .conftest import free_port

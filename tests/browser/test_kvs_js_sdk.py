@@ -34,11 +34,12 @@ import av
 import numpy as np
 import pytest
 
+from kvsnb.client.session import JoinPolicy, MasterSession
+from kvsnb.client.target import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, Target
+from kvsnb.launch import connect
 from kvsnb.local import StrictKeys
-from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import decode_image, list_fragments
-from kvsnb.session import JoinPolicy, MasterSession
-from kvsnb.target import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, Target, connect
+from kvsnb.sources import TestPatternTrack, ToneTrack
 from tests.integration.test_viewers import tone_level
 
 from .conftest import ARTIFACTS, chromium_context

@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kvsnb.media.stamp import Stamp, try_read_stamp
 from kvsnb.playback import dash_session_url, hls_session_url
+from kvsnb.sources.stamp import Stamp, try_read_stamp
 
 from .conftest import ARTIFACTS, NotebookPage
 from .player_fixtures import LiveStream, live_stream, page_server, player_notebook
@@ -168,7 +168,7 @@ NOTEBOOK = "player_test.ipynb"
 SETUP_CELL = """
 import asyncio, threading
 import kvsnb
-from kvsnb.ingest import ingest
+from kvsnb.client.ingest import ingest
 from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.widgets import Player
 target = kvsnb.connect(extra={"storage": StorageOptions(fragment_duration_s=1.0)})

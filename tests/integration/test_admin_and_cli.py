@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from kvsnb.client.signaling import SignalingClient
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
-from kvsnb.media import make_test_file
-from kvsnb.signaling import SignalingClient
-from kvsnb.target import connect
+from kvsnb.sources import make_test_file
 from tests.conftest import FAST, start_kvs
 from tests.integration.conftest import Http
 
@@ -121,8 +121,8 @@ async def test_master_refuses_an_offer_with_only_a_high_profile(tmp_path: Path) 
     try:
         with connect(endpoint_url=server.url) as tg:
             tg.create_storage_channel("high")
-            from kvsnb.ingest import ingest
-            from kvsnb.session import SessionError
+            from kvsnb.client.ingest import ingest
+            from kvsnb.client.session import SessionError
 
             with pytest.raises(SessionError, match="profile-level-id=640c1f") as info:
                 await ingest(tg, "high", seconds=1.0, policy=FAST, connect_timeout=30)

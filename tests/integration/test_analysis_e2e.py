@@ -14,10 +14,10 @@ from kvsnb.analysis import (
     stamps_from_frames,
     timeline_summary,
 )
-from kvsnb.ingest import Source, ingest
-from kvsnb.media import DroppingTrack, TestPatternTrack, ToneTrack
+from kvsnb.client.ingest import Source, ingest
+from kvsnb.client.target import Target
 from kvsnb.playback import decode_video, get_media, list_fragments
-from kvsnb.target import Target
+from kvsnb.sources import DroppingTrack, TestPatternTrack, ToneTrack
 from tests.conftest import FAST
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from kvsnb.launch import connect
 from kvsnb.local.archive.dash import KVS_NAMESPACE, DashPlane
-from kvsnb.media.stamp import read_stamp
 from kvsnb.playback.dash import DashReader
-from kvsnb.target import connect
+from kvsnb.sources.stamp import read_stamp
 from tests.integration.conftest import Http
 from tests.integration.test_hls import (
     Recorded,
@@ -213,7 +213,7 @@ async def test_live_manifest_follows_ingest(recorded: Recorded) -> None:
 
 
 async def tg_ingest(tg: Any, name: str) -> None:
-    from kvsnb.ingest import ingest
+    from kvsnb.client.ingest import ingest
     from tests.conftest import FAST
 
     await ingest(tg, name, seconds=3.5, policy=FAST)

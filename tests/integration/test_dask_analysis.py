@@ -26,10 +26,11 @@ from kvsnb.analysis.archive import (
     plan_archive,
     to_dask,
 )
-from kvsnb.importer import import_file_async
+from kvsnb.client.target import Target
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, LocalKvsConfig
-from kvsnb.media.sources import make_test_file
-from kvsnb.target import Target, connect
+from kvsnb.putmedia.importer import import_file_async
+from kvsnb.sources.tracks import make_test_file
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 SECONDS = 30.0

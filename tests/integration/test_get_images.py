@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from kvsnb.ingest import IngestResult, ingest
+from kvsnb.client.ingest import IngestResult, ingest
+from kvsnb.client.target import Target
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
 from kvsnb.local.archive.images import ImagesPlane
 from kvsnb.local.storage.recorder import FragmentRecorder
-from kvsnb.media.stamp import Stamp, read_stamp, read_stamp_frame
-from kvsnb.target import Target, connect
+from kvsnb.sources.stamp import Stamp, read_stamp, read_stamp_frame
 from tests.conftest import FAST, make_client, start_kvs
 from tests.unit.test_recorder import BASE_S, Camera
 

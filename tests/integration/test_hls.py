@@ -21,11 +21,11 @@ import aiohttp
 import av
 import pytest
 
-from kvsnb.ingest import IngestResult, ingest
+from kvsnb.client.ingest import IngestResult, ingest
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
 from kvsnb.local.archive.hls import HlsPlane, program_date_time
 from kvsnb.local.store.fragments import Fragment
-from kvsnb.target import connect
 from tests.conftest import FAST, make_client, start_kvs
 from tests.integration.conftest import Http
 

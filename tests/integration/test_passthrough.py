@@ -19,8 +19,6 @@ from aiortc import (
 )
 from aiortc.mediastreams import AudioStreamTrack
 
-from kvsnb.h264 import is_keyframe
-from kvsnb.ice import host_addresses
 from kvsnb.local.storage.passthrough import (
     CLOCK_SOURCE_SR,
     EncodedFrame,
@@ -30,6 +28,8 @@ from kvsnb.local.storage.passthrough import (
     receiver_for_track,
     send_pli,
 )
+from kvsnb.wire.h264 import is_keyframe
+from kvsnb.wire.ice import host_addresses
 
 WIDTH, HEIGHT = 640, 480
 LOOPBACK = ["127.0.0.1"]

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvsnb.ingest import ingest
+from kvsnb.client.ingest import ingest
+from kvsnb.client.target import Target
+from kvsnb.launch import connect
 from kvsnb.playback import DashReader, HlsReader
-from kvsnb.target import Target, connect
 from kvsnb.widgets import Player
 from tests.conftest import FAST
 from tests.widget_support import recording_comm

@@ -17,20 +17,11 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from kvsnb import ebml
-from kvsnb.ebml import read_segment_tags
-from kvsnb.importer import (
-    Ack,
-    PutMediaError,
-    file_fragments,
-    import_file_async,
-    plan_file,
-    put_media,
-)
-from kvsnb.ingest import ingest
+from kvsnb.client.ingest import ingest
+from kvsnb.client.target import Target
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, LocalKvsConfig, StrictKeys
 from kvsnb.local.media.plane import MediaOptions
-from kvsnb.media.sources import make_test_file
 from kvsnb.playback import (
     HlsReader,
     decode_video,
@@ -44,7 +35,17 @@ from kvsnb.playback import (
     read_media,
     start_selector,
 )
-from kvsnb.target import Target, connect
+from kvsnb.putmedia.importer import (
+    Ack,
+    PutMediaError,
+    file_fragments,
+    import_file_async,
+    plan_file,
+    put_media,
+)
+from kvsnb.sources.tracks import make_test_file
+from kvsnb.wire import ebml
+from kvsnb.wire.ebml import read_segment_tags
 from tests.conftest import FAST
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # a producer time well in the past

@@ -24,6 +24,7 @@ import pytest
 from botocore.credentials import Credentials
 from yarl import URL
 
+from kvsnb.client.signaling import SignalingClient, SignalingError, SignalingEvent, presign_url
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits, StrictKeys
 from kvsnb.local.signaling import relay as relay_module
 from kvsnb.local.signaling.relay import (
@@ -33,7 +34,6 @@ from kvsnb.local.signaling.relay import (
     CLOSE_MAX_DURATION,
     CLOSE_REPLACED,
 )
-from kvsnb.signaling import SignalingClient, SignalingError, SignalingEvent, presign_url
 from tests.conftest import SignalingChannel, make_channel, make_client
 
 pytestmark = pytest.mark.timeout(30)

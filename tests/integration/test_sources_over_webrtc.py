@@ -12,7 +12,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
 
-from kvsnb.media import (
+from kvsnb.sources import (
     FileSource,
     Stamp,
     TestPatternTrack,

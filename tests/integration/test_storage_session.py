@@ -16,21 +16,22 @@ import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from kvsnb import sdp
 from kvsnb.analysis import compare_delivery
-from kvsnb.ingest import ingest
-from kvsnb.local import LocalKvs
-from kvsnb.playback import decode_video, get_media, list_fragments
-from kvsnb.session import (
+from kvsnb.client.ingest import ingest
+from kvsnb.client.session import (
     JoinPolicy,
     MasterSession,
     SessionError,
     is_retryable,
     prepare_remote_offer,
 )
-from kvsnb.signaling import SignalingClient, SignalingMessage
-from kvsnb.target import Target, connect
-from kvsnb.timeline import STEPS
+from kvsnb.client.signaling import SignalingClient, SignalingMessage
+from kvsnb.client.target import Target
+from kvsnb.client.timeline import STEPS
+from kvsnb.launch import connect
+from kvsnb.local import LocalKvs
+from kvsnb.playback import decode_video, get_media, list_fragments
+from kvsnb.wire import sdp
 from tests.conftest import (
     FAST,
     FRAGMENT_S,
@@ -89,7 +90,7 @@ async def test_timeline_records_every_step_and_early_candidates(target: Target) 
     target.create_storage_channel("timeline")
     result = await ingest(target, "timeline", seconds=0.5, policy=FAST)
     steps = list(result.timeline.to_frame()["step"])
-    for step in STEPS:  # every setup step, as kvsnb.timeline lists them
+    for step in STEPS:  # every setup step, as kvsnb.client.timeline lists them
         assert step in steps, step
     assert steps.index("socket_open") < steps.index("join_call")  # socket first, then join
     # Local KVS trickles its candidates before the offer (candidates_first): buffered.
@@ -365,13 +366,13 @@ async def test_newest_master_wins(target: Target, kvs: LocalKvs) -> None:
 
 
 def _pattern(start_index: int = 0) -> Any:
-    from kvsnb.media import TestPatternTrack
+    from kvsnb.sources import TestPatternTrack
 
     return TestPatternTrack(320, 240, 30, start_index=start_index)
 
 
 def _tone() -> Any:
-    from kvsnb.media import ToneTrack
+    from kvsnb.sources import ToneTrack
 
     return ToneTrack()
 
@@ -382,9 +383,9 @@ async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
     re-join, as the JS SDK does, on new peer connections with the same sources: the sources
     stay live, every frame but those in flight at a re-join is stored, the viewer keeps
     receiving."""
+    from kvsnb.client.session import ViewerSession
     from kvsnb.local import SignalingLimits
-    from kvsnb.media import TestPatternTrack, ToneTrack
-    from kvsnb.session import ViewerSession
+    from kvsnb.sources import TestPatternTrack, ToneTrack
 
     limits = SignalingLimits(connects_per_s=100.0, idle_timeout_s=1.5)
     server = start_kvs(tmp_path / "data", signaling=limits)

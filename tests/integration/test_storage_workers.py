@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from kvsnb.ingest import ingest
+from kvsnb.client.ingest import ingest
+from kvsnb.client.session import JoinPolicy, MasterSession, ViewerSession
+from kvsnb.client.target import Target
 from kvsnb.local import LocalKvs
 from kvsnb.local.storage.workers import StorageWorkerPool
-from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import list_fragments
-from kvsnb.session import JoinPolicy, MasterSession, ViewerSession
-from kvsnb.target import Target
+from kvsnb.sources import TestPatternTrack, ToneTrack
 from tests.conftest import (
     FAST,
     ingest_frames,

@@ -24,18 +24,19 @@ import botocore.exceptions
 import pytest
 from cryptography import x509
 
-from kvsnb import trust
-from kvsnb.ingest import ingest
+from kvsnb.client import trust
+from kvsnb.client.ingest import ingest
+from kvsnb.client.session import MasterSession, ViewerSession
+from kvsnb.client.signaling import SignalingClient, SignalingError
+from kvsnb.client.target import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, Target
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, LocalKvsConfig, StrictKeys
 from kvsnb.local.front import cors
 from kvsnb.local.front.tls import TlsSetupError, local_ca_files
 from kvsnb.local.storage.peer import StorageOptions
-from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import get_images, get_media, hls_session_url, list_fragments
 from kvsnb.playback.hls import HlsReader
-from kvsnb.session import MasterSession, ViewerSession
-from kvsnb.signaling import SignalingClient, SignalingError
-from kvsnb.target import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, Target, connect
+from kvsnb.sources import TestPatternTrack, ToneTrack
 from tests.conftest import FAST, FRAGMENT_S, make_client
 
 ORIGIN = "http://localhost:8888"

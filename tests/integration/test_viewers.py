@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from kvsnb.client.session import JoinPolicy, MasterSession, SessionError, ViewerSession
+from kvsnb.client.signaling import SignalingClient
+from kvsnb.client.target import Target
 from kvsnb.local import LocalKvs
-from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import get_media, list_fragments
-from kvsnb.session import JoinPolicy, MasterSession, SessionError, ViewerSession
-from kvsnb.signaling import SignalingClient
-from kvsnb.target import Target
+from kvsnb.sources import TestPatternTrack, ToneTrack
 from tests.conftest import make_client, start_kvs, wait_until
 
 POLICY = JoinPolicy(offer_wait_s=0.6, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)

@@ -21,13 +21,14 @@ from kvsnb.analysis import (
     stamps_from_frames,
 )
 from kvsnb.analysis.probe import ProbeRecord
-from kvsnb.ingest import IngestResult, ingest, make_source
+from kvsnb.client.ingest import IngestResult, ingest, make_source
+from kvsnb.client.session import JoinPolicy
+from kvsnb.client.target import Target
+from kvsnb.launch import connect
 from kvsnb.local import SignalingLimits
 from kvsnb.local.storage.peer import StorageOptions
-from kvsnb.media import TestPatternTrack
 from kvsnb.playback import decode_video, get_media, list_fragments
-from kvsnb.session import JoinPolicy
-from kvsnb.target import Target, connect
+from kvsnb.sources import TestPatternTrack
 from kvsnb.widgets import (
     HlsViewer,
     ImageBrowser,

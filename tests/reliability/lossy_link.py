@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvsnb.session import MasterSession
+from kvsnb.client.session import MasterSession
 
 HOST = "127.0.0.1"
 RTX_PT = 127  # the storage session's offer: rtx on 127 for H.264 on 126

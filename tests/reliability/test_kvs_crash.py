@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 
 from bench.common import process_tree
-from kvsnb.ingest import ingest
+from kvsnb.client.ingest import ingest
+from kvsnb.client.session import MasterSession
+from kvsnb.client.target import Target
+from kvsnb.launch import connect
 from kvsnb.local.store.fragments import TEMP_PREFIX
-from kvsnb.media import TestPatternTrack, ToneTrack
 from kvsnb.playback import decode_video, get_media
-from kvsnb.session import MasterSession
-from kvsnb.target import Target, connect
+from kvsnb.sources import TestPatternTrack, ToneTrack
 from tests.conftest import FAST, stored_delivery
 from tests.reliability.conftest import LocalKvsChild, decode_fully
 

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from kvsnb.analysis import frame_timeline, timeline_summary
+from kvsnb.client.target import Target
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
-from kvsnb.media import TestPatternTrack, ToneTrack
-from kvsnb.target import Target, connect
+from kvsnb.sources import TestPatternTrack, ToneTrack
 from tests.conftest import FAST, start_kvs, stored_stamps
 from tests.reliability.lossy_link import LinkedStorageSession, LinkStats, LossyLink
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
+from kvsnb.client.session import MasterSession
+from kvsnb.client.target import Target
 from kvsnb.local import LocalKvs
-from kvsnb.media import TestPatternTrack, ToneTrack
-from kvsnb.session import MasterSession
-from kvsnb.target import Target
+from kvsnb.sources import TestPatternTrack, ToneTrack
 from tests.conftest import FAST, start_kvs, stored_stamps
 
 pytestmark = pytest.mark.timeout(90)

@@ -19,10 +19,10 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from yarl import URL
 
+from kvsnb.client.signaling import presign_url
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
 from kvsnb.local.signaling.relay import CLOSE_REPLACED
-from kvsnb.signaling import presign_url
-from kvsnb.target import connect
 from tests.conftest import make_client, start_kvs
 
 pytestmark = pytest.mark.timeout(60)

@@ -30,12 +30,12 @@ from botocore.model import Shape
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvsnb.ingest import ingest
+from kvsnb.client.ingest import ingest
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
 from kvsnb.local.core import protocol
 from kvsnb.local.front.server import operation_method
 from kvsnb.local.media.plane import MediaOptions
-from kvsnb.target import connect
 from tests.conftest import FAST, start_kvs
 from tests.reliability.conftest import healthy, signed_post
 

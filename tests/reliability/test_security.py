@@ -29,11 +29,11 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from yarl import URL
 
-from kvsnb.ingest import ingest
+from kvsnb.client.ingest import ingest
+from kvsnb.client.signaling import presign_url
+from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, StrictKeys
 from kvsnb.local.archive.hls import HlsPlane
-from kvsnb.signaling import presign_url
-from kvsnb.target import connect
 from tests.conftest import FAST, make_client, start_kvs
 from tests.reliability.conftest import RawResponse, healthy, signed_post
 

@@ -33,9 +33,9 @@ import pytest
 from botocore.credentials import Credentials
 from yarl import URL
 
+from kvsnb.client.signaling import presign_url
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
 from kvsnb.local.signaling.relay import CLOSE_REPLACED
-from kvsnb.signaling import presign_url
 from tests.conftest import SignalingChannel, make_channel, make_client
 
 pytestmark = pytest.mark.timeout(60)

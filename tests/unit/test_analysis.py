@@ -117,7 +117,7 @@ def test_frames_are_placed_by_a_producer_offset_larger_than_half_a_frame(offset_
     negative (issue 15, point 5)."""
     import numpy as np
 
-    from kvsnb.analysis.timeline import fragment_of, producer_offset_ms
+    from kvsnb.analysis.frame_timeline import fragment_of, producer_offset_ms
 
     rng = np.random.default_rng(7)
     capture = T0 + np.cumsum(rng.integers(28, 60, size=150))  # a busy sender's intervals

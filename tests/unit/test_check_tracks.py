@@ -7,9 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvsnb.h264 import profile_name as h264_profile_name
-from kvsnb.h264 import sps_header as h264_sps_header
-from kvsnb.media import (
+from kvsnb.sources import (
     FileSource,
     TestPatternTrack,
     ToneTrack,
@@ -17,10 +15,12 @@ from kvsnb.media import (
     check_tracks,
     make_test_file,
 )
-from kvsnb.media.check import (
+from kvsnb.sources.check import (
     AIORTC_OPUS_BITRATE_BPS,
     MAX_KEYFRAME_INTERVAL_S,
 )
+from kvsnb.wire.h264 import profile_name as h264_profile_name
+from kvsnb.wire.h264 import sps_header as h264_sps_header
 
 
 @pytest.fixture(scope="module")

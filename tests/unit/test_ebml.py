@@ -4,8 +4,8 @@ input that is not Matroska; GetMedia bodies cut into chunks."""
 
 from __future__ import annotations
 
-from kvsnb import ebml
-from kvsnb.ebml import (
+from kvsnb.wire import ebml
+from kvsnb.wire.ebml import (
     Block,
     ClusterEnd,
     ClusterStart,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
 
-from kvsnb.vendor import LIBRARIES, VendorError, library, library_path
 from kvsnb.widgets import Player
+from kvsnb.widgets.vendor import LIBRARIES, VendorError, library, library_path
 
 PUBLIC = "/user/me/proxy/{port}"
 
@@ -30,7 +30,7 @@ def test_vendored_libraries_are_es_modules() -> None:
 
 
 def test_missing_library_says_how_to_fetch_it(tmp_path: Path) -> None:
-    with pytest.raises(VendorError, match=r"make setup.*python -m kvsnb.vendor"):
+    with pytest.raises(VendorError, match=r"make setup.*python -m kvsnb.widgets.vendor"):
         library("dash.js", tmp_path)
 
 

@@ -14,7 +14,6 @@ import av
 import numpy as np
 import pytest
 
-from kvsnb.ebml import read_segment_tags
 from kvsnb.local.storage.passthrough import EncodedFrame, OpusDecoder, OpusPacket
 from kvsnb.local.storage.recorder import FragmentRecorder
 from kvsnb.local.store.fragments import Fragment, FragmentStore
@@ -25,6 +24,7 @@ from kvsnb.local.store.mkv import (
     build_fragment_list_body,
     timestamp_tag,
 )
+from kvsnb.wire.ebml import read_segment_tags
 
 STREAM = "arn:aws:kinesisvideo:us-west-2:123456789012:stream/cam-1/1700000000000"
 WIDTH, HEIGHT, FPS = 640, 480, 30

@@ -15,6 +15,12 @@ from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from kvsnb.client.signaling import (
+    PRESIGN_EXPIRES_S,
+    SignalingClient,
+    decode_message,
+    presign_url,
+)
 from kvsnb.local.core.errors import (
     ClientLimitExceededException,
     InvalidArgumentException,
@@ -22,12 +28,6 @@ from kvsnb.local.core.errors import (
 )
 from kvsnb.local.front.sigv4 import SigV4Checker, StrictKeys
 from kvsnb.local.signaling.relay import parse_client_message, status_response
-from kvsnb.signaling import (
-    PRESIGN_EXPIRES_S,
-    SignalingClient,
-    decode_message,
-    presign_url,
-)
 
 ARN = "arn:aws:kinesisvideo:us-west-2:123456789012:channel/my-channel/1700000000000"
 OFFER = {"type": "offer", "sdp": "v=0\r\n"}

@@ -13,7 +13,7 @@ import pytest
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from kvsnb.media import (
+from kvsnb.sources import (
     CameraNotFoundError,
     CameraSource,
     FileSource,
@@ -25,7 +25,7 @@ from kvsnb.media import (
     make_test_file,
     read_stamp_frame,
 )
-from kvsnb.media.sources import MARK_DURATION_S
+from kvsnb.sources.tracks import MARK_DURATION_S
 
 START_MS = 1_763_700_000_250  # a quarter second past a whole second
 

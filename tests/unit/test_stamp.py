@@ -10,7 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from kvsnb.media import (
+from kvsnb.sources import (
     Stamp,
     StampError,
     TestPatternTrack,
@@ -20,8 +20,7 @@ from kvsnb.media import (
     read_stamp_frame,
     try_read_stamp,
 )
-from kvsnb.media.sources import webrtc_h264_encoder
-from kvsnb.media.stamp import (
+from kvsnb.sources.stamp import (
     BAND_FRACTION,
     COLUMNS,
     DATA_COLUMNS,
@@ -31,6 +30,7 @@ from kvsnb.media.stamp import (
     TOTAL_BITS,
     stamp_bits,
 )
+from kvsnb.sources.tracks import webrtc_h264_encoder
 
 BASE_MS = 1_763_700_000_000
 FRAME_MS = 33

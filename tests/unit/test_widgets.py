@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kvsnb.media import make_test_file
+from kvsnb.client.session import JoinPolicy
 from kvsnb.playback import image_windows as windows
 from kvsnb.playback import parse_time as parse_when
-from kvsnb.session import JoinPolicy
+from kvsnb.sources import make_test_file
 from kvsnb.widgets import (
     TrackTester,
 )

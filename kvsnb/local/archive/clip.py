@@ -24,7 +24,7 @@ from kvsnb.local.core.errors import (
 )
 from kvsnb.local.core.responses import RawResponse
 from kvsnb.local.store.fragments import SELECTOR_PRODUCER, Fragment, FragmentStore
-from kvsnb.times import epoch_ms
+from kvsnb.wire.times import epoch_ms
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from kvsnb.local.core.errors import (
 )
 from kvsnb.local.core.tokens import encode_token
 from kvsnb.local.store.fragments import SELECTOR_SERVER, Fragment, FragmentStore
-from kvsnb.times import epoch_ms
+from kvsnb.wire.times import epoch_ms
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from kvsnb.local.core.responses import RawResponse
 from kvsnb.local.core.tokens import INVALID_TOKEN, decode_token, encode_token
 from kvsnb.local.store.fragments import Fragment, FragmentStore
 from kvsnb.local.store.mkv import build_fragment_list_body
-from kvsnb.times import epoch_ms
+from kvsnb.wire.times import epoch_ms
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import av
 
-from kvsnb import h264
+from kvsnb.wire import h264
 
 logger = logging.getLogger(__name__)
 

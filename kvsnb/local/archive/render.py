@@ -31,8 +31,8 @@ from typing import IO, Any
 import av
 from PIL import Image  # Pillow: a dependency of matplotlib, itself a kvsnb dependency
 
-from kvsnb import ebml
 from kvsnb.local.core import frames
+from kvsnb.wire import ebml
 
 logger = logging.getLogger(__name__)
 

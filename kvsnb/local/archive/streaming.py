@@ -22,7 +22,6 @@ from typing import Any
 
 from aiohttp import web
 
-from kvsnb import webrtc
 from kvsnb.local.archive import remux
 from kvsnb.local.archive.plane import ArchivePlane
 from kvsnb.local.control.plane import ControlPlane, Endpoints, Stream
@@ -36,7 +35,8 @@ from kvsnb.local.core.errors import (
     UnsupportedStreamMediaTypeException,
 )
 from kvsnb.local.store.fragments import SELECTOR_PRODUCER, SELECTOR_SERVER, Fragment, FragmentStore
-from kvsnb.times import epoch_ms
+from kvsnb.wire import webrtc
+from kvsnb.wire.times import epoch_ms
 
 logger = logging.getLogger(__name__)
 

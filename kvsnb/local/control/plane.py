@@ -30,10 +30,10 @@ from kvsnb.local.core.errors import (
     VersionMismatchException,
 )
 from kvsnb.local.core.tokens import INVALID_TOKEN, decode_token, encode_token
+from kvsnb.wire.defaults import DEFAULT_REGION
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REGION = "us-west-2"
 DEFAULT_ACCOUNT = "000000000000"
 DEFAULT_MESSAGE_TTL_S = 60
 MAX_TAGS = 50

@@ -8,7 +8,6 @@ import asyncio
 import pickle
 import struct
 import sys
-from pathlib import Path
 from typing import IO, Any
 
 _HEADER = struct.Struct(">I")
@@ -46,22 +45,6 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 
 
 def worker_command(module: str, function: str) -> list[str]:
-    """The command of a worker process that runs ``module.function()``, with ``kvsnb`` set up
-    as a bare package namespace: the worker loads the modules it imports, not the toolkit's
-    public names (sessions, playback, analysis: aiortc, pandas, matplotlib), which halves a
-    storage worker's memory and takes a decode process from ~250 MiB to ~50."""
-    return [sys.executable, "-c", bare_import_code(module) + f"\n{module}.{function}()"]
-
-
-def bare_import_code(module: str) -> str:
-    """Python source that imports ``module`` with ``kvsnb`` as a bare package namespace."""
-    package = Path(__file__).resolve().parents[2]  # kvsnb/
-    return "\n".join(
-        [
-            "import sys, types",
-            "kvsnb = types.ModuleType('kvsnb')",
-            f"kvsnb.__path__ = [{str(package)!r}]",
-            "sys.modules['kvsnb'] = kvsnb",
-            f"import {module}",
-        ]
-    )
+    """The command of a worker process that runs ``module.function()``. ``kvsnb``'s root
+    loads its public names lazily, so the worker loads only the modules it imports."""
+    return [sys.executable, "-c", f"import {module}\n{module}.{function}()"]

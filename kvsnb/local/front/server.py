@@ -42,6 +42,9 @@ from kvsnb.local.core.errors import (
     UnknownOperationException,
 )
 from kvsnb.local.core.responses import RawResponse
+from kvsnb.local.front import cors
+from kvsnb.local.front.sigv4 import SigV4Checker, StrictKeys
+from kvsnb.local.front.tls import TlsFiles, local_ca_files, user_files
 from kvsnb.local.media.plane import MediaPlane
 from kvsnb.local.signaling.relay import Role, SignalingLimits, SignalingRelay
 from kvsnb.local.signaling.rest import SignalingRestPlane
@@ -49,14 +52,11 @@ from kvsnb.local.storage.peer import StorageOptions, StorageSessionManager
 from kvsnb.local.storage.plane import StoragePlane
 from kvsnb.local.storage.workers import StorageWorkerPool
 from kvsnb.local.store.fragments import FragmentStore
-
-from . import cors
-from .sigv4 import SigV4Checker, StrictKeys
-from .tls import TlsFiles, local_ca_files, user_files
+from kvsnb.wire.defaults import DEFAULT_REGION, LOOPBACK
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HOST = LOOPBACK
 PLANE_PREFIXES = (
     ("/signaling", "signaling"),
     ("/webrtc", "webrtc"),
@@ -84,7 +84,7 @@ class LocalKvsConfig:
     host: str = DEFAULT_HOST
     port: int = 0
     data_dir: Path | None = None
-    region: str = "us-west-2"
+    region: str = DEFAULT_REGION
     account: str = "000000000000"
     strict_keys: StrictKeys | None = None
     signaling: SignalingLimits = field(default_factory=SignalingLimits)

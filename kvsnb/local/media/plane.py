@@ -22,18 +22,6 @@ from typing import Any
 
 from aiohttp import web
 
-from kvsnb.ebml import (
-    Block,
-    ClusterEnd,
-    ClusterStart,
-    ClusterTimecode,
-    HeaderEvent,
-    MkvError,
-    ParseEvent,
-    PushParser,
-    StreamHeader,
-)
-from kvsnb.h264 import parse_sps
 from kvsnb.local.control.plane import ControlPlane, Stream
 from kvsnb.local.core import protocol
 from kvsnb.local.core.errors import (
@@ -52,6 +40,18 @@ from kvsnb.local.store.mkv import (
     timestamp_tag,
     with_tags,
 )
+from kvsnb.wire.ebml import (
+    Block,
+    ClusterEnd,
+    ClusterStart,
+    ClusterTimecode,
+    HeaderEvent,
+    MkvError,
+    ParseEvent,
+    PushParser,
+    StreamHeader,
+)
+from kvsnb.wire.h264 import parse_sps
 
 logger = logging.getLogger(__name__)
 

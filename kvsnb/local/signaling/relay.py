@@ -30,7 +30,7 @@ from kvsnb.local.core.errors import (
     InvalidArgumentException,
     ResourceNotFoundException,
 )
-from kvsnb.webrtc import Role
+from kvsnb.wire.webrtc import Role
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The signaling REST plane (``kinesis-video-signaling``): GetIceServerConfig.
 
 Local KVS runs no TURN server: peers reach it over loopback host candidates (see
-``kvsnb.ice``), so the honest ICE configuration is an empty ``IceServerList``. Clients that add
+``kvsnb.wire.ice``), so the honest ICE configuration is an empty ``IceServerList``. Clients that add
 AWS's STUN server themselves must not do so against Local KVS (kvsnb's ``target`` does not).
 """
 

@@ -28,8 +28,8 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
-from kvsnb import webrtc
 from kvsnb.local.storage.passthrough import EncodedFrame
+from kvsnb.wire import webrtc
 
 logger = logging.getLogger(__name__)
 

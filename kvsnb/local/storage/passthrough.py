@@ -27,7 +27,7 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 from aiortc.utils import uint16_add
 
-from kvsnb import h264, webrtc
+from kvsnb.wire import h264, webrtc
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 
-from kvsnb import ice, sdp, webrtc
 from kvsnb.local.control.plane import Channel
 from kvsnb.local.core import memory
 from kvsnb.local.core.errors import ClientLimitExceededException, InvalidArgumentException
@@ -48,11 +47,12 @@ from kvsnb.local.storage.passthrough import (
 )
 from kvsnb.local.storage.recorder import FragmentRecorder
 from kvsnb.local.store.fragments import FragmentStore
+from kvsnb.wire import ice, sdp, webrtc
+from kvsnb.wire.defaults import LOOPBACK
 
 logger = logging.getLogger(__name__)
 
 H264_RTX_PT = 127
-LOOPBACK = ["127.0.0.1"]
 WATCHDOG_PERIOD_S = 0.25
 
 
@@ -245,7 +245,7 @@ class _StoragePeer(abc.ABC):
         """Create the offer in AWS's shape and send it (and the candidates) to the client,
         ``delay_s`` late if asked (then in the background: the offer goes out even if a
         newer join has replaced this session by then, as AWS's late offers do)."""
-        ice.set_host_addresses(LOOPBACK)
+        ice.set_host_addresses([LOOPBACK])
         audio, video = self._transceivers()
         browser = self.options.browser_codec_order
         _codec_preferences(audio, "audio", browser)

@@ -24,17 +24,6 @@ from typing import Any
 
 import av
 
-from kvsnb import h264, webrtc
-from kvsnb.h264 import (
-    NAL_IDR,
-    NAL_PPS,
-    NAL_SPS,
-    SpsInfo,
-    build_avcc,
-    parse_sps,
-    split_annexb,
-    to_length_prefixed,
-)
 from kvsnb.local.storage.passthrough import EncodedFrame, OpusDecoder, OpusPacket
 from kvsnb.local.store.fragments import Fragment, FragmentMeta, FragmentStore
 from kvsnb.local.store.mkv import (
@@ -44,6 +33,17 @@ from kvsnb.local.store.mkv import (
     AudioTrackConfig,
     FragmentWriter,
     timestamp_tag,
+)
+from kvsnb.wire import h264, webrtc
+from kvsnb.wire.h264 import (
+    NAL_IDR,
+    NAL_PPS,
+    NAL_SPS,
+    SpsInfo,
+    build_avcc,
+    parse_sps,
+    split_annexb,
+    to_length_prefixed,
 )
 
 logger = logging.getLogger(__name__)

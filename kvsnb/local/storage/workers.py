@@ -26,7 +26,7 @@ from kvsnb.local.core.errors import AwsError
 from kvsnb.local.signaling.relay import ClientMessage, SignalingRelay, SocketConnection
 from kvsnb.local.storage.peer import StorageOptions, StorageSessionManager
 from kvsnb.local.store.fragments import Fragment, FragmentStore
-from kvsnb.webrtc import Role
+from kvsnb.wire.webrtc import Role
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import av
 
-from kvsnb.ebml import (
+from kvsnb.wire.ebml import (
     CLUSTER,
     EBML,
     SEGMENT,

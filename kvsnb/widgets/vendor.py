@@ -2,7 +2,7 @@
 kept as package data (``kvsnb/widgets/static/vendor/``, ignored by git: third-party code is never
 committed, docs/design.md principle 10).
 
-``python -m kvsnb.vendor`` (what ``make setup`` and Binder's ``postBuild`` run) asks
+``python -m kvsnb.widgets.vendor`` (what ``make setup`` and Binder's ``postBuild`` run) asks
 ``npm pack`` for the pinned packages and copies their ES-module builds and licences out of
 the tarballs; ``library(name)`` reads one back for the widget, or raises ``VendorError``
 saying how to fetch it.
@@ -19,9 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KvsnbError
+from kvsnb.errors import KvsnbError
 
-VENDOR_DIR = Path(__file__).resolve().parent / "widgets" / "static" / "vendor"
+VENDOR_DIR = Path(__file__).resolve().parent / "static" / "vendor"
 NPM_TIMEOUT_S = 300
 
 
@@ -65,7 +65,7 @@ def library(name: str, vendor_dir: Path = VENDOR_DIR) -> str:
         raise VendorError(
             f"{name} is not installed ({path} is missing): it is fetched from the npm registry "
             "when kvsnb is set up. Run `make setup` in the repository, or "
-            "`python -m kvsnb.vendor` (needs npm)."
+            "`python -m kvsnb.widgets.vendor` (needs npm)."
         )
     return path.read_text(encoding="utf-8")
 
@@ -107,7 +107,7 @@ def fetch(vendor_dir: Path = VENDOR_DIR, npm: str = "npm") -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kvsnb.vendor [--dir DIR]``."""
+    """``python -m kvsnb.widgets.vendor [--dir DIR]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=VENDOR_DIR)
     args = parser.parse_args(argv)

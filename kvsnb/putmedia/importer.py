@@ -31,10 +31,10 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from tqdm.auto import tqdm
 
-from kvsnb import ebml
+from kvsnb.client.target import Target
 from kvsnb.errors import KvsnbError
-from kvsnb.h264 import NAL_AUD, NAL_PPS, NAL_SPS, build_avcc, split_annexb, to_length_prefixed
-from kvsnb.target import Target
+from kvsnb.wire import ebml
+from kvsnb.wire.h264 import NAL_AUD, NAL_PPS, NAL_SPS, build_avcc, split_annexb, to_length_prefixed
 
 logger = logging.getLogger(__name__)
 

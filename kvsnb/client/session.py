@@ -37,14 +37,14 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import ice, sdp, webrtc
-from .errors import KvsnbError, reap
-from .media.sources import MASTER_VIDEO_BITRATE_BPS
-from .media.stamp import Stamp, StampError, read_stamp_frame
-from .signaling import SignalingClient, SignalingError, SignalingEvent, SignalingMessage
-from .target import ChannelEndpoints, Target, new_client_id, run_sync
-from .timeline import SessionTimeline
-from .webrtc import Role
+from kvsnb.client.signaling import SignalingClient, SignalingError, SignalingEvent, SignalingMessage
+from kvsnb.client.target import ChannelEndpoints, Target, new_client_id, run_sync
+from kvsnb.client.timeline import SessionTimeline
+from kvsnb.errors import KvsnbError, reap
+from kvsnb.sources.stamp import Stamp, StampError, read_stamp_frame
+from kvsnb.sources.tracks import MASTER_VIDEO_BITRATE_BPS
+from kvsnb.wire import ice, sdp, webrtc
+from kvsnb.wire.webrtc import Role
 
 logger = logging.getLogger(__name__)
 
@@ -804,7 +804,6 @@ class MasterSession(StorageSessionBase):
                 self._attach_audio(transceiver)
 
 
-StorageSession = MasterSession
 """The master's earlier name, kept for code written against kvsnb 0.1."""
 
 

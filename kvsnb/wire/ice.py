@@ -28,7 +28,6 @@ import aioice.ice
 
 logger = logging.getLogger(__name__)
 
-LOOPBACK_IPV4 = "127.0.0.1"
 
 _HOST_ADDRESSES: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
     "kvsnb_ice_host_addresses", default=None

@@ -44,13 +44,13 @@ from typing import Any
 import av
 import pandas as pd
 
-from kvsnb import h264, webrtc
-from kvsnb.media.sources import (
+from kvsnb.sources.tracks import (
     TEST_PATTERN,
     TestPatternTrack,
     ToneTrack,
     webrtc_h264_encoder,
 )
+from kvsnb.wire import h264, webrtc
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def check_tracks(
     ``source`` is a media file path, a ``FileSource`` (its file), a ``TestPatternTrack``
     (encoded for ``TRACK_CHECK_SECONDS`` with aiortc's libx264 settings at the bitrate kvsnb
     masters cap video to; it has no audio), a ``(TestPatternTrack, ToneTrack)`` pair,
-    ``"testpattern"`` (that pair) or a ``kvsnb.ingest.Source``. Files are demuxed, not
+    ``"testpattern"`` (that pair) or a ``kvsnb.client.ingest.Source``. Files are demuxed, not
     decoded, for at most ``MAX_SCAN_SECONDS``. Raises ``FileNotFoundError`` for a missing
     file, ``TypeError`` for another kind of source and ``av.FFmpegError`` for a file FFmpeg
     cannot open.
@@ -307,7 +307,7 @@ def check_tracks(
     if isinstance(source, str) and source == TEST_PATTERN:
         source = (TestPatternTrack(), ToneTrack())
     elif not isinstance(source, str | os.PathLike | tuple) and hasattr(source, "pattern"):
-        # a kvsnb.ingest.Source: its stamped pattern (with its audio), or its file
+        # a kvsnb.client.ingest.Source: its stamped pattern (with its audio), or its file
         pattern, file = source.pattern, getattr(source, "file", None)
         audio = getattr(source, "audio", None)
         if pattern is not None:

@@ -35,8 +35,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from yarl import URL
 
-from .errors import KvsnbError, reap
-from .trust import ssl_context
+from kvsnb.client.trust import ssl_context
+from kvsnb.errors import KvsnbError, reap
 
 logger = logging.getLogger(__name__)
 

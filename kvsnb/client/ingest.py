@@ -14,11 +14,11 @@ from pathlib import Path
 import pandas as pd
 from aiortc.mediastreams import MediaStreamTrack
 
-from .media.files import FileSource
-from .media.sources import TEST_PATTERN, TestPatternTrack, ToneTrack
-from .session import JoinPolicy, MasterSession
-from .target import Target
-from .timeline import SessionTimeline, TimelineEvent
+from kvsnb.client.session import JoinPolicy, MasterSession
+from kvsnb.client.target import Target
+from kvsnb.client.timeline import SessionTimeline, TimelineEvent
+from kvsnb.sources.files import FileSource
+from kvsnb.sources.tracks import TEST_PATTERN, TestPatternTrack, ToneTrack
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..times import epoch_ms
+from kvsnb.wire.times import epoch_ms
 
 # Producer timestamps and capture times are whole ms, and the recorder rounds its own.
 OFFSET_TOLERANCE_MS = 2.0

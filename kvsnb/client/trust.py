@@ -2,7 +2,7 @@
 
 The system's CAs (or ``AWS_CA_BUNDLE`` for boto3) everywhere, plus, for the host and port of
 a Local KVS in TLS mode that this process started or was pointed at, that Local KVS's local
-CA: ``kvsnb.target`` registers it with ``trust_ca``, and the clients that do not go through
+CA: ``kvsnb.client.target`` registers it with ``trust_ca``, and the clients that do not go through
 boto3 (the signaling WebSocket, HLS fetches) ask ``ssl_context(url)``. So ``https``/``wss``
 to Local KVS needs no extra step, and nothing else trusts that CA.
 """

@@ -1,14 +1,14 @@
 """Media sources as aiortc tracks: stamped test pattern, tone with time marks, file, camera.
 
 - ``TestPatternTrack`` produces a moving, colourful YUV 4:2:0 picture whose top band carries a
-  ``Stamp`` (see ``kvsnb.media.stamp``): the wall-clock capture time in ms and the frame
+  ``Stamp`` (see ``kvsnb.sources.stamp``): the wall-clock capture time in ms and the frame
   index. It is paced in real time and logs every frame it hands to the sender.
 - ``ToneTrack`` produces a sine tone with a *time mark* at every whole second of its capture
   clock: for ``MARK_DURATION_S`` the tone switches (phase-continuously) to
   ``MARK_FREQUENCY_HZ``. ``find_tone_marks`` finds the mark onsets in decoded audio, so the
   stored audio can be lined up with wall-clock time like the stamped video.
 - ``FileSource`` plays a media file. Its video is passed through without re-encoding when it
-  already fits KVS ingestion (``kvsnb.media.check``), otherwise decoded (aiortc re-encodes
+  already fits KVS ingestion (``kvsnb.sources.check``), otherwise decoded (aiortc re-encodes
   it). Its audio is always decoded (aiortc encodes Opus).
 - ``CameraSource`` opens a V4L2 camera through aiortc's ``MediaPlayer``.
 - ``make_test_file`` writes a real media file (stamped pattern + tone) with PyAV.
@@ -35,9 +35,9 @@ import pandas as pd
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
-from kvsnb import webrtc
 from kvsnb.errors import KvsnbError
-from kvsnb.media.stamp import Stamp, draw_stamp_yuv420p
+from kvsnb.sources.stamp import Stamp, draw_stamp_yuv420p
+from kvsnb.wire import webrtc
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import numpy as np
 from aiortc import RTCIceCandidate, RTCRtpCodecCapability, RTCRtpSender
 from aiortc.sdp import H264Profile, candidate_from_sdp, parse_h264_profile_level_id
 
-from kvsnb import sdp
 from kvsnb.errors import KvsnbError
+from kvsnb.wire import sdp
 
 Role = Literal["MASTER", "VIEWER"]
 """A signaling client's role in a channel (GetSignalingChannelEndpoint ``Role``)."""

@@ -1,5 +1,5 @@
 """A media file as a KVS ingestion source: ``FileSource`` passes H.264 through when the file
-already fits the ingestion rules (``kvsnb.media.check``), otherwise decodes it so that aiortc
+already fits the ingestion rules (``kvsnb.sources.check``), otherwise decodes it so that aiortc
 re-encodes it."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import av
 import av.bitstream
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from kvsnb.media.check import VIDEO_RULES, check_tracks
-from kvsnb.media.sources import (
+from kvsnb.sources.check import VIDEO_RULES, check_tracks
+from kvsnb.sources.tracks import (
     ANNEXB_FILTER,
     AUDIO_PTIME_S,
     AUDIO_SAMPLE_RATE,

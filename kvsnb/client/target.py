@@ -18,7 +18,7 @@ TLS: ``connect(tls=True)`` serves the embedded Local KVS over https/wss with its
 for an ``https://`` endpoint the CA is ``ca_bundle=``, else (on a loopback address) the
 local CA that Local KVS serves at ``/_localkvs/ca.pem``. The target verifies every
 connection with it: boto3 (``verify=``), and the signaling WebSocket and HLS fetches
-through ``kvsnb.trust``. Otherwise the usual trust applies (the system's CAs; boto3 also
+through ``kvsnb.client.trust``. Otherwise the usual trust applies (the system's CAs; boto3 also
 reads ``AWS_CA_BUNDLE``).
 Reached through a proxy: a Local KVS may be given the public base URL browsers reach it at
 (``public_url``, ``KVSNB_PUBLIC_URL``, ``kvsnb local --public-url``), and then every endpoint
@@ -37,7 +37,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import signal
 import ssl
 import tempfile
 import urllib.error
@@ -45,7 +44,6 @@ import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
@@ -54,9 +52,10 @@ from botocore.credentials import ReadOnlyCredentials
 
 if TYPE_CHECKING:
     from aiortc import RTCConfiguration
-from . import trust
-from .errors import KvsnbError
-from .webrtc import Role
+from kvsnb.client import trust
+from kvsnb.errors import KvsnbError
+from kvsnb.wire.defaults import DEFAULT_REGION, LOOPBACK
+from kvsnb.wire.webrtc import Role
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +64,8 @@ ENV_ENDPOINT = "KVSNB_ENDPOINT_URL"
 ENV_REGION = "KVSNB_REGION"
 LOCAL_CA_PATH = "/_localkvs/ca.pem"
 ENV_PUBLIC_URL = "KVSNB_PUBLIC_URL"
-DEFAULT_REGION = "us-west-2"
 LOCAL_ACCESS_KEY = "KVSNBLOCAL"
 LOCAL_SECRET_KEY = "kvsnb-local-secret"
-LOOPBACK = ("127.0.0.1",)
 DEFAULT_RETENTION_HOURS = 24
 
 EndpointProtocol = Literal["WSS", "HTTPS", "WEBRTC"]
@@ -303,87 +300,65 @@ def _local_session(region: str) -> boto3.Session:
     )
 
 
-def connect(
-    target: str | None = None,
+def aws_target(region: str | None = None, profile: str | None = None) -> Target:
+    """AWS itself, with boto3's credential chain (``profile`` if given) and region."""
+    session = boto3.Session(profile_name=profile, region_name=region)
+    return Target("aws", session.region_name or DEFAULT_REGION, session, add_aws_stun=True)
+
+
+def endpoint_target(
+    endpoint_url: str,
     *,
     region: str | None = None,
-    endpoint_url: str | None = None,
-    data_dir: str | Path | None = None,
     profile: str | None = None,
     ca_bundle: str | os.PathLike[str] | None = None,
     public_url: str | None = None,
-    **local_options: Any,
 ) -> Target:
-    """Connect to KVS (see the module docstring for how the target is chosen).
+    """A Local KVS (or anything else speaking KVS) already running at ``endpoint_url``.
 
-    ``data_dir`` keeps an embedded Local KVS's data (and, with ``tls=True``, its local CA)
-    across runs; ``local_options`` go to its ``LocalKvsConfig`` (e.g. ``tls=True``,
-    ``signaling=SignalingLimits(...)``). ``ca_bundle`` is the CA file to verify an
-    ``https://`` endpoint with (see the module docstring).
-    ``data_dir`` keeps an embedded Local KVS's data across runs; ``local_options`` go to its
-    ``LocalKvsConfig`` (e.g. ``signaling=SignalingLimits(...)``). ``public_url`` is the base
-    URL browsers reach Local KVS at (see the module docstring): the embedded one is started
-    with it; for a Local KVS at ``endpoint_url`` it must be the one it was started with.
-    """
-    choice = (target or os.environ.get(ENV_TARGET) or "").strip()
-    endpoint_url = endpoint_url or (choice if choice.startswith(("http://", "https://")) else None)
-    if not endpoint_url and choice.lower() not in ("aws", "local"):
-        if choice:
-            raise TargetError(f"Unknown target {choice!r}: use 'aws', 'local' or a URL")
-        endpoint_url = os.environ.get(ENV_ENDPOINT) or None
-    region = region or os.environ.get(ENV_REGION) or None
-
-    if choice.lower() == "aws":
-        session = boto3.Session(profile_name=profile, region_name=region)
-        region = session.region_name or DEFAULT_REGION
-        return Target("aws", region, session, add_aws_stun=True)
-
+    With no credentials in boto3's chain, Local KVS's own keys are used. An ``https://``
+    endpoint is verified with ``ca_bundle``, else (on loopback) with the local CA that Local
+    KVS serves; ``public_url`` must be the one the Local KVS was started with."""
     region = region or DEFAULT_REGION
-    if endpoint_url:
-        session = boto3.Session(profile_name=profile, region_name=region)
-        if session.get_credentials() is None:
-            session = _local_session(region)
-        endpoint_url = endpoint_url.rstrip("/")
-        ca = os.fspath(ca_bundle) if ca_bundle else None
-        fetched = None
-        if ca is None and endpoint_url.startswith("https://") and _is_loopback(endpoint_url):
-            ca = fetched = _fetch_local_ca(endpoint_url)
-        if ca and endpoint_url.startswith("https://"):
-            trust.trust_ca(endpoint_url, ca)
-        return Target(
-            "endpoint",
-            region,
-            session,
-            endpoint_url=endpoint_url,
-            ice_host_addresses=LOOPBACK if _is_loopback(endpoint_url) else None,
-            add_aws_stun=False,
-            ca_bundle=ca,
-            _own_ca_file=fetched,
-            public_url=_public_url(public_url, None),
-        )
-
-    from .local import LocalKvs, LocalKvsConfig  # the embedded default
-
-    config = LocalKvsConfig(
-        data_dir=Path(data_dir) if data_dir else None,
-        region=region,
-        public_url=_public_url(public_url, jupyter_proxy_base()),
-        **local_options,
+    session = boto3.Session(profile_name=profile, region_name=region)
+    if session.get_credentials() is None:
+        session = _local_session(region)
+    endpoint_url = endpoint_url.rstrip("/")
+    ca = os.fspath(ca_bundle) if ca_bundle else None
+    fetched = None
+    if ca is None and endpoint_url.startswith("https://") and _is_loopback(endpoint_url):
+        ca = fetched = _fetch_local_ca(endpoint_url)
+    if ca and endpoint_url.startswith("https://"):
+        trust.trust_ca(endpoint_url, ca)
+    return Target(
+        "endpoint",
+        region,
+        session,
+        endpoint_url=endpoint_url,
+        ice_host_addresses=(LOOPBACK,) if _is_loopback(endpoint_url) else None,
+        add_aws_stun=False,
+        ca_bundle=ca,
+        _own_ca_file=fetched,
+        public_url=public_url_setting(public_url, None),
     )
-    kvs = LocalKvs(config).start_in_thread()
-    ca = str(kvs.ca_file) if kvs.ca_file is not None else None
+
+
+def embedded_target(local: Any, region: str, *, public_url: str | None) -> Target:
+    """The target of a Local KVS started in this process (``local`` has ``url``,
+    ``ca_file`` and ``stop_in_thread()``); closing the target stops it."""
+    ca = str(local.ca_file) if local.ca_file is not None else None
     if ca:
-        trust.trust_ca(kvs.url, ca)
+        trust.trust_ca(local.url, ca)
     return Target(
         "local",
         region,
         _local_session(region),
-        endpoint_url=kvs.url,
-        local=kvs,
-        ice_host_addresses=LOOPBACK,
+        endpoint_url=local.url,
+        local=local,
+        ice_host_addresses=(LOOPBACK,),
         add_aws_stun=False,
         ca_bundle=ca,
-        public_url=kvs.public_url if config.public_url is not None else None,
+        public_url=public_url,
     )
 
 
@@ -415,7 +390,7 @@ def _fetch_local_ca(endpoint_url: str) -> str | None:
     return path
 
 
-def _public_url(given: str | None, detected: str | None) -> str | None:
+def public_url_setting(given: str | None, detected: str | None) -> str | None:
     """The public base URL: given, else ``KVSNB_PUBLIC_URL`` (``none``: no public URL),
     else what was detected."""
     if given is not None:
@@ -442,91 +417,6 @@ def jupyter_proxy_base() -> str | None:
             base = str(info.get("base_url") or "/")
             return f"{base if base.endswith('/') else base + '/'}proxy/{{port}}"
     return None
-
-
-async def serve_local(
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    data_dir: str | os.PathLike[str] | None = None,
-    region: str = DEFAULT_REGION,
-    strict_keys: tuple[str, str] | None = None,
-    storage_workers: int = 0,
-    fragment_duration_s: float | None = None,
-    require_audio: bool = True,
-    tls: bool = False,
-    tls_cert: str | os.PathLike[str] | None = None,
-    tls_key: str | os.PathLike[str] | None = None,
-    public_url: str | None = None,
-) -> None:
-    """Run a Local KVS in this event loop until SIGINT or SIGTERM (``kvsnb local``).
-
-    ``strict_keys`` (access key, secret) makes it verify every SigV4 signature;
-    ``storage_workers`` > 0 runs storage sessions in that many worker processes; ``tls``
-    serves https/wss with a local CA kept in the data directory, or with ``tls_cert`` and
-    ``tls_key`` when given. Prints the URL and, in TLS mode, how to trust the CA.
-    ``storage_workers`` > 0 runs storage sessions in that many worker processes;
-    ``public_url`` is the base URL browsers reach it at (``{port}`` = the bound port).
-    """
-    from .local import LocalKvs, LocalKvsConfig, StrictKeys
-    from .local.storage.peer import StorageOptions
-
-    options = StorageOptions(require_audio=require_audio)
-    if fragment_duration_s is not None:
-        options.fragment_duration_s = fragment_duration_s
-    config = LocalKvsConfig(
-        host=host,
-        port=port,
-        data_dir=Path(data_dir) if data_dir else None,
-        region=region,
-        strict_keys=StrictKeys(*strict_keys) if strict_keys else None,
-        storage_workers=storage_workers,
-        tls=tls,
-        tls_cert=Path(tls_cert) if tls_cert else None,
-        tls_key=Path(tls_key) if tls_key else None,
-        public_url=public_url,
-        extra={"storage": options},
-    )
-    kvs = LocalKvs(config)
-    await kvs.start()
-    reached = f", reached at {kvs.public_url}" if public_url else ""
-    print(f"Local KVS at {kvs.url}{reached} (data: {kvs.data_dir})", flush=True)
-    if kvs.tls is not None:
-        kept = data_dir is not None
-        print(tls_instructions(kvs.url, kvs.tls.ca, kvs.tls.spki_sha256(), kept), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    print("stopping Local KVS", flush=True)
-    await kvs.stop()
-
-
-def tls_instructions(url: str, ca: Path | None, spki: str, kept: bool = True) -> str:
-    """How to trust a Local KVS in TLS mode, for ``kvsnb local`` to print; ``kept``: its
-    data directory (so its CA) outlives it."""
-    lines = []
-    if ca is not None:
-        where = (
-            "kept in the data directory; reused on restart"
-            if kept
-            else "in a temporary data directory: a new CA every run; use --data to keep it"
-        )
-        lines += [
-            f"TLS: local CA {ca} ({where})",
-            f"  AWS CLI:  aws --endpoint-url {url} --ca-bundle {ca} kinesisvideo list-streams",
-            f"  env:      export AWS_CA_BUNDLE={ca}",
-            f"  boto3:    boto3.client('kinesisvideo', endpoint_url='{url}', verify='{ca}')",
-            f"  kvsnb:    kvsnb.connect('{url}')  (fetches and trusts this CA itself)",
-        ]
-    else:
-        lines.append("TLS: serving the certificate given with --cert/--key")
-    lines.append(
-        f"  Chromium: --ignore-certificate-errors-spki-list={spki} (with --user-data-dir), "
-        "or import the CA into the browser's trust store"
-    )
-    return "\n".join(lines)
 
 
 def _is_loopback(url: str) -> bool:

@@ -1,10 +1,19 @@
 """Media for KVS ingestion: stamped test pattern, tone, file and camera sources, the stamp
 codec that reads capture times back from retrieved frames, and track checks."""
 
-from kvsnb.media.check import RuleResult, TrackReport, check_tracks
-from kvsnb.media.faults import DroppingTrack
-from kvsnb.media.files import FileSource
-from kvsnb.media.sources import (
+from kvsnb.sources.check import RuleResult, TrackReport, check_tracks
+from kvsnb.sources.faults import DroppingTrack
+from kvsnb.sources.files import FileSource
+from kvsnb.sources.stamp import (
+    Stamp,
+    StampError,
+    draw_stamp,
+    draw_stamp_yuv420p,
+    read_stamp,
+    read_stamp_frame,
+    try_read_stamp,
+)
+from kvsnb.sources.tracks import (
     AudioRecord,
     CameraNotFoundError,
     CameraSource,
@@ -14,15 +23,6 @@ from kvsnb.media.sources import (
     ToneTrack,
     find_tone_marks,
     make_test_file,
-)
-from kvsnb.media.stamp import (
-    Stamp,
-    StampError,
-    draw_stamp,
-    draw_stamp_yuv420p,
-    read_stamp,
-    read_stamp_frame,
-    try_read_stamp,
 )
 
 __all__ = [
