@@ -79,6 +79,20 @@ class JoinPolicy:
     # receiver's bandwidth estimate (REMB) may otherwise raise aiortc's target to 3 Mbps
     max_video_bitrate_bps: int = MASTER_VIDEO_BITRATE_BPS
 
+    @classmethod
+    def local(cls, **changes: Any) -> JoinPolicy:
+        """The JS SDK's rules with the waits shortened for a Local KVS on this machine, whose
+        offer arrives within milliseconds: a 0.6 s offer wait, a jitter of at most 50 ms, a
+        10 s connect timeout. ``changes`` override any field. Against AWS keep the defaults."""
+        fields: dict[str, Any] = {
+            "offer_wait_s": 0.6,
+            "jitter_base": 2.0,
+            "jitter_cap_ms": 50.0,
+            "connect_timeout_s": 10.0,
+        }
+        fields.update(changes)
+        return cls(**fields)
+
     def retry_delay(self, n: int, rng: random.Random | None = None) -> float:
         """Seconds to wait for an offer after the n-th call (n ≥ 1) before calling again:
         the JS sample's ``6000 + min(rand·200^(retries−1), 10000)`` ms with ``retries = n−1``
