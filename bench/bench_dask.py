@@ -32,7 +32,7 @@ from kvsnb.analysis.archive import (
 )
 from kvsnb.launch import connect
 from kvsnb.playback import get_media
-from kvsnb.putmedia.importer import import_file_async
+from kvsnb.putmedia import import_file_async
 
 
 def decode_floor_fps(target: object, stream: str, numbers: list[str]) -> tuple[float, int]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.common import LocalKvsProcess, report
 from kvsnb.launch import connect
-from kvsnb.putmedia.importer import import_file_async
+from kvsnb.putmedia import import_file_async
 from kvsnb.sources.tracks import make_test_file
 
 WIDTH, HEIGHT, FPS = 640, 480, 30

@@ -145,7 +145,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_import(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from kvsnb.putmedia.importer import PutMediaError, import_file
+    from kvsnb.putmedia import PutMediaError, import_file
     from kvsnb.wire.times import parse_time
 
     try:

@@ -29,7 +29,7 @@ from kvsnb.analysis.archive import (
 from kvsnb.client.target import Target
 from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, LocalKvsConfig
-from kvsnb.putmedia.importer import import_file_async
+from kvsnb.putmedia import import_file_async
 from kvsnb.sources.tracks import make_test_file
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

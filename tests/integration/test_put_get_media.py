@@ -35,7 +35,7 @@ from kvsnb.playback import (
     read_media,
     start_selector,
 )
-from kvsnb.putmedia.importer import (
+from kvsnb.putmedia import (
     Ack,
     PutMediaError,
     file_fragments,
