@@ -1,5 +1,5 @@
 """Analysis of stamped media: what was sent, stored and retrieved, and when; frame analysis
-of long archives on Dask (``archive``)."""
+of long archives on Dask (``archive``); the demo's HTML report (``report``)."""
 
 from kvsnb.analysis.archive import (
     ArchivePlan,
@@ -23,6 +23,7 @@ from kvsnb.analysis.plots import (
     plot_timeline,
 )
 from kvsnb.analysis.probe import ProbeRecord, RetrievalProbe
+from kvsnb.analysis.report import report_html
 from kvsnb.analysis.stamps import Delivery, compare_delivery, stamps_from_frames, stamps_from_images
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "plot_latency_cdf",
     "plot_latency_waterfall",
     "plot_timeline",
+    "report_html",
     "stamps_from_frames",
     "stamps_from_images",
     "timeline_summary",

@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 
 import pandas as pd
 
+from kvsnb.analysis.report import report_html, setup_chart_svg
 from kvsnb.client.timeline import SessionTimeline
-from kvsnb.demo import report_html, setup_chart_svg
 
 NUMBER = "91343852333181432392682062607743920146975013" + "123"
 
