@@ -35,7 +35,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from bench.common import LocalKvsProcess, cpu_seconds, pct, report, rss_mib
+from bench.common import cpu_seconds, pct, report, rss_mib
+from kvsnb.local.runner import LocalKvsProcess
 
 LEVELS = (1, 8, 16, 32, 40, 48)
 WORKERS = 4
@@ -151,7 +152,11 @@ async def worker(
         tracks.append(video)
         sessions.append(
             MasterSession(
-                target, name, video=video, audio=audio, policy=JoinPolicy(offer_wait_s=3.0)
+                target,
+                name,
+                video=video,
+                audio=audio,
+                policy=JoinPolicy.local(offer_wait_s=3.0, connect_timeout_s=30.0),
             )
         )
     started = []
@@ -191,7 +196,7 @@ def stored_frame_times(target: Any, stream: str) -> list[float]:
         ]
 
 
-def fragment_lags(data_dir: str, streams: list[str]) -> list[float]:
+def fragment_lags(data_dir: Path, streams: list[str]) -> list[float]:
     """stored_at − producer end (ms) of every fragment but each stream's last (closed when
     its master left), from Local KVS's own index."""
     db = sqlite3.connect(Path(data_dir) / "fragments.sqlite")
@@ -281,7 +286,7 @@ def run_level(
         sent = collect_senders(procs)
         time.sleep(1.0)
         stored = {name: stored_frames(target, streams[name]) for name in names}
-        lags = fragment_lags(kvs.data, list(streams.values()))
+        lags = fragment_lags(kvs.data_dir, list(streams.values()))
         target.close()
     total_sent = sum(sent.values())
     total_stored = sum(stored.values())

@@ -22,7 +22,7 @@ import time
 import av
 
 from bench.bench_put_media import START, media_file
-from bench.common import LocalKvsProcess, report
+from bench.common import report
 from kvsnb.analysis.archive import (
     TargetSpec,
     analyze_local,
@@ -31,6 +31,7 @@ from kvsnb.analysis.archive import (
     to_dask,
 )
 from kvsnb.launch import connect
+from kvsnb.local.runner import LocalKvsProcess
 from kvsnb.playback import get_media
 from kvsnb.putmedia import import_file_async
 

@@ -263,7 +263,7 @@ def bench_latency(work: Path) -> None:
 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
-        policy = JoinPolicy(offer_wait_s=0.3, jitter_base=2.0, jitter_cap_ms=50)
+        policy = JoinPolicy.local(offer_wait_s=0.3, connect_timeout_s=30.0)
         asyncio.run(ingest(target, "latency", seconds=LATENCY_INGEST_S, policy=policy))
         time.sleep(0.5)
         stop.set()

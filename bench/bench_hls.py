@@ -49,7 +49,7 @@ RETRY_S = 0.002
 READERS = 4
 THROUGHPUT_S = 3.0
 BUDGET_LISTED_MS = 50
-POLICY = JoinPolicy(offer_wait_s=0.3, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
+POLICY = JoinPolicy.local(offer_wait_s=0.3)
 
 
 def client(service: str, url: str) -> Any:

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_concurrency import make_clip, start_senders
-from bench.common import LocalKvsProcess, pct, report
+from bench.common import pct, report
 from kvsnb.client.session import JoinPolicy, MasterSession
 from kvsnb.client.timeline import STEPS
 from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, LocalKvsConfig
+from kvsnb.local.runner import LocalKvsProcess
 from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.sources import TestPatternTrack, ToneTrack
 
@@ -49,7 +50,7 @@ async def join_once(tg: Any, name: str, timeout: float) -> tuple[MasterSession, 
         name,
         video=TestPatternTrack(640, 480, 30),
         audio=ToneTrack(),
-        policy=JoinPolicy(offer_wait_s=2.0),
+        policy=JoinPolicy.local(offer_wait_s=2.0, connect_timeout_s=30.0),
     )
     await session.start(timeout=timeout)
     join = session.timeline.last("join_call")

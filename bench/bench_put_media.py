@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import LocalKvsProcess, report
+from bench.common import report
 from kvsnb.launch import connect
+from kvsnb.local.runner import LocalKvsProcess
 from kvsnb.putmedia import import_file_async
 from kvsnb.sources.tracks import make_test_file
 

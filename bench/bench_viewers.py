@@ -13,13 +13,14 @@ import json
 import time
 from typing import Any
 
-from bench.common import LocalKvsProcess, cpu_seconds, pct, report, rss_mib
+from bench.common import cpu_seconds, pct, report, rss_mib
 from kvsnb.client.session import JoinPolicy, MasterSession, ViewerSession
 from kvsnb.launch import connect
+from kvsnb.local.runner import LocalKvsProcess
 from kvsnb.sources import TestPatternTrack, ToneTrack
 
 WINDOW_S = 8.0
-POLICY = JoinPolicy(offer_wait_s=1.0)
+POLICY = JoinPolicy.local(offer_wait_s=1.0, connect_timeout_s=30.0)
 
 
 async def _cpu_over(pid: int, seconds: float) -> float:

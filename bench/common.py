@@ -1,14 +1,12 @@
-"""Helpers shared by the benchmarks: a Local KVS in its own process (so its CPU can be
-measured apart from the clients'), CPU and memory readings from /proc (a process with its
-storage workers), percentiles."""
+"""Helpers shared by the benchmarks: CPU and memory readings from /proc (a process with its
+storage workers), percentiles. Local KVS runs in its own process
+(``kvsnb.local.runner.LocalKvsProcess``), so its CPU can be measured apart from the
+clients'."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,53 +63,6 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 kib += int(line.split()[1])
     return kib / 1024
-
-
-class LocalKvsProcess:
-    """``kvsnb local`` in a child process on 127.0.0.1 and an ephemeral port."""
-
-    def __init__(self, *extra: str) -> None:
-        self.data = tempfile.mkdtemp(prefix="kvsnb-bench-")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kvsnb.cli",
-                "local",
-                "--port",
-                "0",
-                "--data",
-                self.data,
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "Local KVS at" not in line:
-            raise RuntimeError(f"Local KVS did not start: {line}")
-        self.url = line.split("Local KVS at ", 1)[1].split()[0]
-
-    @property
-    def pid(self) -> int:
-        """The child's process id."""
-        return self.proc.pid
-
-    def stop(self) -> None:
-        """Stop the child (SIGTERM, then wait)."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-    def __enter__(self) -> LocalKvsProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def report(**figures: float | None) -> None:

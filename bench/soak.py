@@ -28,9 +28,10 @@ from bench.bench_concurrency import (
     make_clip,
     stored_frame_times,
 )
-from bench.common import LocalKvsProcess, cpu_seconds, rss_mib
+from bench.common import cpu_seconds, rss_mib
 from kvsnb.client.session import JoinPolicy, MasterSession, ViewerSession
 from kvsnb.launch import connect
+from kvsnb.local.runner import LocalKvsProcess
 
 MASTERS = 4
 VIEWERS = 2
@@ -76,7 +77,7 @@ async def soak(minutes: float, interval_s: float, workers: int = 0) -> dict[str,
         streams = {n: target.create_storage_channel(n)[1] for n in names}
         tracks = []
         masters = []
-        policy = JoinPolicy(offer_wait_s=3.0)
+        policy = JoinPolicy.local(offer_wait_s=3.0, connect_timeout_s=30.0)
         for n in names:
             video = PacketTrack("video", video_packets, FPS, 90_000 // FPS, VIDEO_TB)
             audio = PacketTrack("audio", data["audio"], 50, 960, AUDIO_TB)

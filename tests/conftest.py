@@ -26,7 +26,7 @@ from kvsnb.playback import decode_video, get_media, list_fragments
 
 REGION = "us-west-2"
 FRAGMENT_S = 1.0
-FAST = JoinPolicy(offer_wait_s=0.3, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
+FAST = JoinPolicy.local(offer_wait_s=0.3)
 CREDS = {"aws_access_key_id": "AKIDLOCALTEST", "aws_secret_access_key": "local-secret"}
 
 

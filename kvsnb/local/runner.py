@@ -1,12 +1,22 @@
-"""Running Local KVS: in this event loop until a signal (``kvsnb local``), or embedded on
-its own event-loop thread (``kvsnb.connect()``), and how to trust it in TLS mode."""
+"""Running Local KVS: in this event loop until a signal (``kvsnb local``), embedded on its
+own event-loop thread (``kvsnb.connect()``), or in a child process (``LocalKvsProcess``, for
+benchmarks and crash tests), and how to trust it in TLS mode."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from kvsnb.local.front.server import LocalKvs, LocalKvsConfig
@@ -113,3 +123,126 @@ def tls_instructions(url: str, ca: Path | None, spki: str, kept: bool = True) ->
         "or import the CA into the browser's trust store"
     )
     return "\n".join(lines)
+
+
+STARTED_LINE = "Local KVS at "  # what serve() prints first, followed by the URL
+
+
+class LocalKvsProcess:
+    """``python -m kvsnb.cli local`` in a child process on loopback and an ephemeral port, so
+    that its CPU can be measured apart from the clients' or it can be killed with SIGKILL.
+
+    ``args`` are further ``kvsnb local`` options (``"--workers", "2"``); ``data_dir`` is its
+    data directory (default: a temporary one, removed by ``stop()``/``kill()``). The
+    constructor returns once the child has printed its URL and answers its health check,
+    or raises ``RuntimeError`` with the child's output after ``start_timeout_s``. The
+    child's output goes to a file (``output()``), so a chatty child never blocks on a pipe.
+    Usable as a context manager, which calls ``stop()``. ``url`` is the child's base URL
+    (``http://127.0.0.1:PORT``, https with ``--tls``), ``data_dir`` its data directory and
+    ``proc`` the ``subprocess.Popen``.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        data_dir: str | os.PathLike[str] | None = None,
+        start_timeout_s: float = 30.0,
+    ) -> None:
+        self._own_data = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="kvsnb-local-"))
+        log_fd, log_name = tempfile.mkstemp(prefix="kvsnb-local-", suffix=".log")
+        self._log = Path(log_name)
+        command = [sys.executable, "-m", "kvsnb.cli", "local", "--host", LOOPBACK, "--port", "0"]
+        self.proc = subprocess.Popen(
+            [*command, "--data", str(self.data_dir), *args],
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # a Ctrl-C in the terminal reaches the parent only
+        )
+        os.close(log_fd)
+        try:
+            self.url = self._wait_started(start_timeout_s)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_started(self, timeout_s: float) -> str:
+        """The URL the child printed, once its health check answers 200."""
+        deadline = time.monotonic() + timeout_s
+        url = ""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if not url:
+                for line in self.output().splitlines():
+                    if line.startswith(STARTED_LINE):
+                        url = line[len(STARTED_LINE) :].split()[0].rstrip(",")
+            if url and self._healthy(url):
+                return url
+            time.sleep(0.05)  # polls the child's output and health check
+        raise RuntimeError(
+            f"Local KVS did not start within {timeout_s} s "
+            f"(exit code {self.proc.poll()}): {self.output()!r}"
+        )
+
+    @staticmethod
+    def _healthy(url: str) -> bool:
+        """GET /_localkvs/health answers 200. Certificates are not checked: this only asks
+        whether our own child on loopback is up."""
+        context = None
+        if url.startswith("https"):
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        try:
+            with urllib.request.urlopen(
+                f"{url}/_localkvs/health", timeout=5, context=context
+            ) as resp:
+                return int(resp.status) == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    @property
+    def pid(self) -> int:
+        """The child's process id (its storage workers are its children)."""
+        return self.proc.pid
+
+    def output(self) -> str:
+        """Everything the child has printed so far (stdout and stderr)."""
+        try:
+            return self._log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """A clean stop: SIGTERM, then SIGKILL if the child has not ended within
+        ``timeout_s``."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL (no shutdown code runs), wait for the child, remove its output file and,
+        if it was made here, its data directory. Safe to call more than once."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.unlink(missing_ok=True)
+        if self._own_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalKvsProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -51,7 +51,7 @@ MASTER_SECONDS = 12.0  # the JS master sends at least this long once connected
 VIEWER_SECONDS = 6.0
 PAGE_TIMEOUT_S = 150.0
 CREDENTIALS = {"accessKeyId": LOCAL_ACCESS_KEY, "secretAccessKey": LOCAL_SECRET_KEY}
-POLICY = JoinPolicy(offer_wait_s=0.6, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=15)
+POLICY = JoinPolicy.local(connect_timeout_s=15)
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -31,7 +31,7 @@ from tests.conftest import (
 from tests.integration.test_storage_session import send_wrong_master_answer
 from tests.integration.test_viewers import check_fourth_viewer_refused
 
-POLICY = JoinPolicy(offer_wait_s=0.6, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
+POLICY = JoinPolicy.local()
 
 
 @pytest.fixture

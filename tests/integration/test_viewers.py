@@ -26,7 +26,7 @@ from kvsnb.playback import get_media, list_fragments
 from kvsnb.sources import TestPatternTrack, ToneTrack
 from tests.conftest import make_client, start_kvs, wait_until
 
-POLICY = JoinPolicy(offer_wait_s=0.6, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
+POLICY = JoinPolicy.local()
 MASTER_HZ = 440.0
 VIEWER_HZ = 1000.0
 RATE = 48_000

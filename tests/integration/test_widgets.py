@@ -40,7 +40,7 @@ from kvsnb.widgets import (
 from tests.conftest import wait_until
 from tests.widget_support import recording_comm, settled, states
 
-FAST = JoinPolicy(offer_wait_s=0.5, jitter_base=2.0, jitter_cap_ms=50, connect_timeout_s=10)
+FAST = JoinPolicy.local(offer_wait_s=0.5)
 JPEG = b"\xff\xd8"
 PNG = b"\x89PNG"
 

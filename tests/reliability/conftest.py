@@ -1,22 +1,16 @@
-"""Shared pieces of the reliability suite: Local KVS on its own thread or in a child process
-(``kvsnb local``), raw SigV4-signed HTTP, stored-media readers and the join policy the
-tests use. Everything talks to 127.0.0.1 only."""
+"""Shared pieces of the reliability suite: raw SigV4-signed HTTP and stored-media readers
+(Local KVS in a child process is ``kvsnb.local.runner.LocalKvsProcess``). Everything talks
+to 127.0.0.1 only."""
 
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import av
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from tests.conftest import FRAGMENT_S
 from tests.integration.conftest import HTTP_TIMEOUT_S, Http, RawResponse
 
 ACCESS_KEY = "AKIDLOCALTEST"
@@ -24,7 +18,6 @@ SECRET_KEY = "local-secret"
 
 # hypothesis keeps caches in ./.hypothesis by default: keep the working tree clean
 set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "kvsnb-hypothesis"))
-CHILD_START_TIMEOUT_S = 30.0
 
 
 # ---------------------------------------------------------------------------- raw HTTP
@@ -67,71 +60,6 @@ def healthy(url: str) -> bool:
         return http("GET", f"{url}/_localkvs/health", timeout=5).status == 200
     except OSError:
         return False
-
-
-# ---------------------------------------------------------------------------- child process
-
-
-class LocalKvsChild:
-    """``kvsnb local --port 0 --data DIR`` in a child process (1 s fragments, storage sessions
-    in ``workers`` processes of its own), so that it can be killed with SIGKILL."""
-
-    def __init__(self, data: Path, fragment_s: float = FRAGMENT_S, workers: int = 0) -> None:
-        self.data = data
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kvsnb.cli",
-                "local",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--data",
-                str(data),
-                "--fragment-seconds",
-                str(fragment_s),
-                "--workers",
-                str(workers),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + CHILD_START_TIMEOUT_S
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if "Local KVS at" in line or not line:
-                break
-        if "Local KVS at" not in line:
-            self.kill()
-            raise RuntimeError(f"Local KVS did not start: {line!r}")
-        self.url = line.split("Local KVS at ", 1)[1].split()[0]
-        assert self.url.startswith("http://127.0.0.1:"), self.url
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def stop(self) -> None:
-        """SIGTERM (a clean stop), then SIGKILL if it does not end."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill()
 
 
 # ---------------------------------------------------------------------------- stored media

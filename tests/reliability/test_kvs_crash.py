@@ -25,11 +25,12 @@ from kvsnb.client.ingest import ingest
 from kvsnb.client.session import MasterSession
 from kvsnb.client.target import Target
 from kvsnb.launch import connect
+from kvsnb.local.runner import LocalKvsProcess
 from kvsnb.local.store.fragments import TEMP_PREFIX
 from kvsnb.playback import decode_video, get_media
 from kvsnb.sources import TestPatternTrack, ToneTrack
-from tests.conftest import FAST, stored_delivery
-from tests.reliability.conftest import LocalKvsChild, decode_fully
+from tests.conftest import FAST, FRAGMENT_S, stored_delivery, wait_until
+from tests.reliability.conftest import decode_fully
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,11 +87,19 @@ def check_fragment(target: Target, stream_arn: str, fragment: dict[str, Any]) ->
     assert audio > 0
 
 
+def start_child(data: Path, workers: int) -> LocalKvsProcess:
+    """``kvsnb local`` on ``data`` in a child process (1 s fragments, storage sessions in
+    ``workers`` processes of its own), so that it can be killed with SIGKILL."""
+    return LocalKvsProcess(
+        "--fragment-seconds", str(FRAGMENT_S), "--workers", str(workers), data_dir=data
+    )
+
+
 @pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
 async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) -> None:
     data = tmp_path / "data"
-    child = LocalKvsChild(data, workers=workers)
-    worker_pids = [p for p in process_tree(child.proc.pid) if p != child.proc.pid]
+    child = start_child(data, workers)
+    worker_pids = [p for p in process_tree(child.pid) if p != child.pid]
     assert len(worker_pids) == workers
     seen: dict[str, dict[str, dict[str, Any]]] = {}
     sessions: list[MasterSession] = []
@@ -129,12 +138,13 @@ async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) ->
     finally:
         child.kill()
     # Storage workers outlive their server only to store what they hold, then exit.
-    deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{p}").exists() for p in worker_pids):
-        assert time.monotonic() < deadline, "storage workers outlived their server"
-        await asyncio.sleep(POLL_S)
+    await wait_until(
+        lambda: not any(Path(f"/proc/{p}").exists() for p in worker_pids),
+        "storage workers outlived their server",
+        deadline_s=30,
+    )
 
-    again = LocalKvsChild(data)
+    again = start_child(data, 0)
     try:
         assert not list((data / "fragments").glob(f"*/{TEMP_PREFIX}*")), "temp files left"
         with connect(endpoint_url=again.url) as tg:
