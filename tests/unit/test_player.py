@@ -3,6 +3,7 @@ the public-URL mapping against a real Local KVS is in tests/integration/test_pla
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
 
 from kvsnb.widgets import Player
+from kvsnb.widgets.player import ESM
 from kvsnb.widgets.vendor import LIBRARIES, VendorError, library, library_path
 
 PUBLIC = "/user/me/proxy/{port}"
@@ -36,7 +38,11 @@ def test_missing_library_says_how_to_fetch_it(tmp_path: Path) -> None:
 
 def test_player_traits_and_commands(comm: None) -> None:
     player = Player("http://127.0.0.1:1/media/hls/v1/x.m3u8", "HLS", live=True)
-    assert "_library" not in player.get_state()  # no third-party code in saved state
+    # no third-party code in the widget state (what a saved notebook keeps): only our front end
+    state = player.get_state()
+    assert state["_esm"] == ESM.read_text()
+    saved = json.dumps(state, default=str)
+    assert all(library(name) not in saved for name in LIBRARIES)
     # the view asks for the library; the answer goes out as a custom message
     request = {"method": "custom", "content": {"type": "need-library"}}
     player._handle_msg({"content": {"data": request}, "buffers": []})
