@@ -29,7 +29,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from kvsnb.local.storage.passthrough import EncodedFrame
-from kvsnb.wire import webrtc
+from kvsnb.wire import aiortc_compat, webrtc
 
 logger = logging.getLogger(__name__)
 
@@ -121,14 +121,12 @@ class VideoFanout:
     def forward_pli(self, sender: Any) -> None:
         """Forward a viewer's PLI/FIR on ``sender`` to the master (a relayed stream has no
         encoder of its own to refresh)."""
-        original = sender._handle_rtcp_packet
 
-        async def handle(packet: Any) -> None:
+        def on_rtcp(packet: Any) -> None:
             if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
                 self.keyframe_needed()
-            await original(packet)
 
-        sender._handle_rtcp_packet = handle
+        aiortc_compat.on_rtcp(sender, on_rtcp)
 
 
 class AudioMixer:

@@ -2,9 +2,11 @@
 (docs/design.md, principle 3).
 
 ``enable_passthrough`` (call it from the ``"track"`` event, before the receiver starts; it
-raises if a decoder was already chosen) makes that track's ``recv()`` return ``EncodedFrame``
-objects instead of ``av.VideoFrame``; audio and unregistered receivers keep aiortc's decoders.
-It works by wrapping ``decoder_worker`` and ``get_decoder`` in ``aiortc.rtcrtpreceiver``.
+raises when the receiver already started) makes that track's ``recv()`` return
+``EncodedFrame`` objects instead of ``av.VideoFrame``; other receivers keep aiortc's
+decoders. ``direct_video`` and ``direct_audio_packets`` hand frames to a callback instead.
+Each works on the one receiver it is given, through ``kvsnb.wire.aiortc_compat`` (nothing in
+aiortc is patched at import time).
 ``RtpClock`` maps RTP time to the producer's wall clock from RTCP sender reports (RFC 3550
 6.4.1), and to arrival time until the first one. See docs/design.md, "Local KVS".
 """
@@ -21,13 +23,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-import aiortc.rtcrtpreceiver as _rtcrtpreceiver
 import av
+from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 from aiortc.utils import uint16_add
 
-from kvsnb.wire import h264, webrtc
+from kvsnb.wire import aiortc_compat, h264, webrtc
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +40,8 @@ CLOCK_SOURCE_SR = "rtcp-sr"
 CLOCK_SOURCE_ARRIVAL = "first-arrival"
 H264_CODEC_NAME = "H264"
 
-_original_decoder_worker = _rtcrtpreceiver.decoder_worker
-_original_get_decoder = _rtcrtpreceiver.get_decoder
-_worker_local = threading.local()
-_registry_lock = threading.Lock()
 _registry: weakref.WeakKeyDictionary[Any, _Registration] = weakref.WeakKeyDictionary()
-_seen_queues: weakref.WeakSet[Any] = weakref.WeakSet()
 _pending_tasks: set[asyncio.Task[Any]] = set()
-_installed = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,23 +85,21 @@ class RtpClock:
         self._sr: tuple[int, float] | None = None  # (raw RTP timestamp, NTP epoch s)
         self._anchor: tuple[int, float] | None = None  # (unwrapped ts, arrival epoch s)
         self.sender_reports = 0
-        original = receiver._handle_rtcp_packet
 
-        async def handle_rtcp(packet: Any) -> None:
+        def on_rtcp(packet: Any) -> None:
             if isinstance(packet, RtcpSrPacket):
                 self.on_sender_report(
                     packet.ssrc,
                     packet.sender_info.ntp_timestamp,
                     packet.sender_info.rtp_timestamp,
                 )
-            await original(packet)
 
-        receiver._handle_rtcp_packet = handle_rtcp
+        aiortc_compat.on_rtcp(receiver, on_rtcp)
 
     def on_sender_report(self, ssrc: int, ntp_timestamp: int, rtp_timestamp: int) -> None:
         """Record a Sender Report (ignored when it comes from an RTX SSRC)."""
         receiver = self._receiver_ref()
-        if receiver is not None and ssrc in _rtx_map(receiver):
+        if receiver is not None and ssrc in aiortc_compat.rtx_ssrcs(receiver):
             return
         self._sr = (rtp_timestamp & 0xFFFFFFFF, ntp_to_epoch(ntp_timestamp))
         self.sender_reports += 1
@@ -113,10 +107,7 @@ class RtpClock:
     def raw_rtp(self, timestamp: int) -> int:
         """The 32-bit wire RTP timestamp of an unwrapped aiortc timestamp."""
         receiver = self._receiver_ref()
-        origin = None
-        if receiver is not None:
-            mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
-            origin = getattr(mapper, "_origin", None)
+        origin = aiortc_compat.timestamp_origin(receiver) if receiver is not None else None
         return (timestamp + (origin or 0)) & 0xFFFFFFFF
 
     def producer_time(self, timestamp: int, arrival_time: float) -> tuple[float, str]:
@@ -134,7 +125,6 @@ class RtpClock:
 @dataclass(slots=True)
 class _Registration:
     clock: RtpClock
-    decoder_chosen: bool = False
     frames: int = 0
     keyframes: int = 0
 
@@ -160,16 +150,6 @@ def _encoded_frame(registration: _Registration, encoded_frame: Any) -> EncodedFr
     )
 
 
-class _PassthroughDecoder:
-    """Stands in for aiortc's H264Decoder: returns the access unit as an EncodedFrame."""
-
-    def __init__(self, registration: _Registration) -> None:
-        self._registration = registration
-
-    def decode(self, encoded_frame: Any) -> list[EncodedFrame]:
-        return [_encoded_frame(self._registration, encoded_frame)]
-
-
 class _DirectQueue:
     """Takes the place of an ``RTCRtpReceiver``'s decoder queue, so that each reassembled
     frame goes to ``sink`` at once, on the event loop that received it: no hop to aiortc's
@@ -177,27 +157,29 @@ class _DirectQueue:
     frame, most of a storage session's CPU). aiortc's decoder thread still starts; it waits
     here until the receiver stops and then ends the track as usual."""
 
-    def __init__(self, sink: Callable[[Any], None]) -> None:
+    def __init__(self, sink: Callable[[Any], None], with_codec: bool = False) -> None:
         self._sink = sink
+        self._with_codec = with_codec
         self._stopped = threading.Event()
 
     def put(self, item: Any) -> None:
+        """A reassembled ``(codec, frame)`` for the sink (with the codec when asked), or
+        ``None``: the receiver stopped."""
         if item is None:
             self._stopped.set()
             return
-        _codec, encoded_frame = item
+        codec, encoded_frame = item
         try:
-            self._sink(encoded_frame)
+            if self._with_codec:
+                self._sink((codec, encoded_frame))
+            else:
+                self._sink(encoded_frame)
         except Exception:
             logger.exception("direct media sink failed; frame dropped")
 
     def get(self, *args: Any, **kwargs: Any) -> None:
+        """aiortc's decoder thread: wait until the receiver stops, then end the track."""
         self._stopped.wait()
-
-
-def _check_not_started(receiver: Any) -> None:
-    if getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is not None:
-        raise RuntimeError("the receiver already started: register its sink in the track event")
 
 
 def direct_video(receiver: Any, sink: Callable[[EncodedFrame], None]) -> RtpClock:
@@ -206,14 +188,15 @@ def direct_video(receiver: Any, sink: Callable[[EncodedFrame], None]) -> RtpCloc
     event. The track itself yields nothing until it ends."""
     if receiver.track is None or receiver.track.kind != "video":
         raise ValueError("direct video applies to video receivers only")
-    _check_not_started(receiver)
+    if aiortc_compat.receiver_started(receiver):
+        raise RuntimeError("the receiver already started: register its sink in the track event")
     registration = _Registration(clock=RtpClock(receiver, VIDEO_CLOCK_RATE))
-    receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(capacity=512, is_video=True)
+    aiortc_compat.set_jitter_buffer(receiver, MarkerJitterBuffer(capacity=512, is_video=True))
     # No receive-side bandwidth estimation (REMB): a recorder does not steer the sender's
     # bitrate (the 1 Mbps quota is the master's to keep), and it costs Python per packet.
-    receiver._RTCRtpReceiver__remote_bitrate_estimator = None
-    receiver._RTCRtpReceiver__decoder_queue = _DirectQueue(
-        lambda jf: sink(_encoded_frame(registration, jf))
+    aiortc_compat.disable_bandwidth_estimation(receiver)
+    aiortc_compat.take_frames(
+        receiver, _DirectQueue(lambda jf: sink(_encoded_frame(registration, jf)))
     )
     return registration.clock
 
@@ -263,7 +246,8 @@ def direct_audio_packets(receiver: Any, sink: Callable[[OpusPacket], None]) -> R
     Call from the ``"track"`` event."""
     if receiver.track is None or receiver.track.kind != "audio":
         raise ValueError("direct audio applies to audio receivers only")
-    _check_not_started(receiver)
+    if aiortc_compat.receiver_started(receiver):
+        raise RuntimeError("the receiver already started: register its sink in the track event")
     clock = RtpClock(receiver, webrtc.OPUS_SAMPLE_RATE)
 
     def deliver(encoded_frame: Any) -> None:
@@ -272,8 +256,8 @@ def direct_audio_packets(receiver: Any, sink: Callable[[OpusPacket], None]) -> R
         producer, _ = clock.producer_time(timestamp, arrival)
         sink(OpusPacket(bytes(encoded_frame.data), timestamp, producer, arrival))
 
-    receiver._RTCRtpReceiver__jitter_buffer = ImmediateAudioJitterBuffer()
-    receiver._RTCRtpReceiver__decoder_queue = _DirectQueue(deliver)
+    aiortc_compat.set_jitter_buffer(receiver, ImmediateAudioJitterBuffer())
+    aiortc_compat.take_frames(receiver, _DirectQueue(deliver))
     return clock
 
 
@@ -290,33 +274,6 @@ def direct_audio(receiver: Any, sink: Callable[[Any, float, float], None]) -> Rt
     return direct_audio_packets(receiver, decode)
 
 
-def _decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
-    """aiortc's decoder worker, run with the track queue it feeds noted thread-locally."""
-    with _registry_lock:
-        _seen_queues.add(output_q)
-    _worker_local.output_q = output_q
-    try:
-        _original_decoder_worker(loop, input_q, output_q, decode_error)
-    finally:
-        _worker_local.output_q = None
-
-
-def _get_decoder(codec: Any) -> Any:
-    """aiortc's get_decoder, except for H.264 on a passthrough receiver."""
-    output_q = getattr(_worker_local, "output_q", None)
-    registration = None
-    if output_q is not None:
-        with _registry_lock:
-            registration = _registry.get(output_q)
-            if registration is not None:
-                registration.decoder_chosen = True
-    if registration is not None and codec.name == H264_CODEC_NAME:
-        return _PassthroughDecoder(registration)
-    if registration is not None:
-        logger.warning("passthrough receiver got %s; decoding it as usual", codec.name)
-    return _original_get_decoder(codec)
-
-
 class MarkerJitterBuffer(JitterBuffer):
     """aiortc's video jitter buffer, which also completes a frame at its RTP marker bit.
 
@@ -329,23 +286,24 @@ class MarkerJitterBuffer(JitterBuffer):
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         pli_flag, frame = super().add(packet)
-        if frame is None and packet.marker and self._origin is not None:
-            frame = self._complete_at(packet)
+        if frame is None and packet.marker:
+            origin = aiortc_compat.jitter_origin(self)
+            if origin is not None:
+                frame = self._complete_at(packet, origin)
         return pli_flag, frame
 
-    def _complete_at(self, last: RtpPacket) -> JitterFrame | None:
-        assert self._origin is not None
-        count = uint16_add(last.sequence_number, -self._origin) + 1
+    def _complete_at(self, last: RtpPacket, origin: int) -> JitterFrame | None:
+        count = uint16_add(last.sequence_number, -origin) + 1
         if count > self.capacity:
             return None
         packets = []
         for i in range(count):
-            p = self._packets[(self._origin + i) % self.capacity]
+            p = aiortc_compat.jitter_packet(self, origin + i)
             if p is None or p.timestamp != last.timestamp:
                 return None
             packets.append(p)
         frame = JitterFrame(
-            data=b"".join(p._data for p in packets),  # type: ignore[attr-defined]
+            data=b"".join(aiortc_compat.packet_data(p) for p in packets),
             timestamp=last.timestamp,
         )
         self.remove(count)
@@ -368,63 +326,64 @@ class ImmediateAudioJitterBuffer(JitterBuffer):
         if self._last is not None and uint16_add(packet.sequence_number, -self._last) >= 0x8000:
             return False, None  # late or duplicate
         self._last = packet.sequence_number
-        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+        return False, JitterFrame(
+            data=aiortc_compat.packet_data(packet), timestamp=packet.timestamp
+        )
 
 
 def enable_immediate_audio(receiver: Any) -> None:
     """Give an audio receiver the ``ImmediateAudioJitterBuffer`` (before media flows)."""
     if receiver.track is None or receiver.track.kind != "audio":
         raise ValueError("immediate audio applies to audio receivers only")
-    receiver._RTCRtpReceiver__jitter_buffer = ImmediateAudioJitterBuffer()
-
-
-def install() -> None:
-    """Hook aiortc's receiver (idempotent; done on import). Changes nothing by itself."""
-    global _installed
-    if not _installed:
-        _rtcrtpreceiver.decoder_worker = _decoder_worker
-        _rtcrtpreceiver.get_decoder = _get_decoder
-        _installed = True
+    aiortc_compat.set_jitter_buffer(receiver, ImmediateAudioJitterBuffer())
 
 
 def enable_passthrough(receiver: Any) -> RtpClock:
     """Make a video ``RTCRtpReceiver``'s track yield ``EncodedFrame`` instead of frames.
 
-    Call before the receiver's first frame is decoded (the ``"track"`` event is the right
-    place). Returns the receiver's ``RtpClock``. Raises ValueError for a non-video
-    receiver and RuntimeError when it is too late.
+    Call before the receiver starts (the ``"track"`` event is the right place); calling it
+    again returns the same clock. Each H.264 access unit goes to the track's queue on the
+    event loop as it completes (marker bit); a frame of another codec is decoded as aiortc
+    would. Returns the receiver's ``RtpClock``. Raises ValueError for a non-video receiver
+    and RuntimeError when it is too late.
     """
-    install()
     track = receiver.track
     if track is None or track.kind != "video":
         raise ValueError("passthrough applies to video receivers only")
-    queue = track._queue
-    with _registry_lock:
-        existing = _registry.get(queue)
-        if existing is not None:
-            return existing.clock
-        started = getattr(receiver, "_RTCRtpReceiver__decoder_thread", None) is not None
-        if started and queue not in _seen_queues:
-            raise RuntimeError(
-                "receiver started before kvsnb.local.storage.passthrough was installed"
-            )
-        clock = RtpClock(receiver, VIDEO_CLOCK_RATE)
-        _registry[queue] = _Registration(clock=clock)
-        receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(capacity=512, is_video=True)
-    return clock
+    existing = _registry.get(receiver)
+    if existing is not None:
+        return existing.clock
+    if aiortc_compat.receiver_started(receiver):
+        raise RuntimeError("the receiver already started: enable passthrough in the track event")
+    registration = _Registration(clock=RtpClock(receiver, VIDEO_CLOCK_RATE))
+    queue = aiortc_compat.track_queue(track)
+    decoders: dict[str, Any] = {}
+
+    def deliver(item: tuple[Any, Any]) -> None:
+        codec, encoded_frame = item
+        if codec.name == H264_CODEC_NAME:
+            queue.put_nowait(_encoded_frame(registration, encoded_frame))
+            return
+        if codec.name not in decoders:
+            logger.warning("passthrough receiver got %s; decoding it as usual", codec.name)
+            decoders[codec.name] = get_decoder(codec)
+        for frame in decoders[codec.name].decode(encoded_frame):
+            queue.put_nowait(frame)
+
+    aiortc_compat.set_jitter_buffer(receiver, MarkerJitterBuffer(capacity=512, is_video=True))
+    aiortc_compat.take_frames(receiver, _DirectQueue(deliver, with_codec=True))
+    _registry[receiver] = registration
+    return registration.clock
 
 
 def is_passthrough(receiver: Any) -> bool:
     """True when ``enable_passthrough`` was applied to this receiver."""
-    track = receiver.track
-    with _registry_lock:
-        return track is not None and track._queue in _registry
+    return receiver in _registry
 
 
 def passthrough_stats(receiver: Any) -> dict[str, int]:
     """Counters of a passthrough receiver: frames and keyframes handed to its track."""
-    with _registry_lock:
-        registration = _registry.get(receiver.track._queue)
+    registration = _registry.get(receiver)
     if registration is None:
         return {"frames": 0, "keyframes": 0, "sender_reports": 0}
     return {
@@ -442,17 +401,13 @@ def receiver_for_track(pc: Any, track: Any) -> Any:
     raise LookupError("track does not belong to this peer connection")
 
 
-def _rtx_map(receiver: Any) -> dict[int, int]:
-    return dict(getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {}) or {})
-
-
 def media_ssrc(receiver: Any) -> int | None:
     """The SSRC of the media stream (never the RTX one) a receiver is getting.
 
     From the remote description's ``ssrc-group:FID`` (media, rtx) when signalled, else the
     most recently active source that is not a known RTX SSRC.
     """
-    rtx = _rtx_map(receiver)
+    rtx = aiortc_compat.rtx_ssrcs(receiver)
     if rtx:
         return next(iter(rtx.values()))
     sources = sorted(receiver.getSynchronizationSources(), key=lambda s: s.timestamp)
@@ -468,7 +423,7 @@ async def send_pli(receiver: Any) -> bool:
     if ssrc is None:
         logger.debug("no media SSRC yet: PLI not sent")
         return False
-    await receiver._send_rtcp_pli(ssrc)
+    await aiortc_compat.send_pli(receiver, ssrc)
     return True
 
 
@@ -487,6 +442,3 @@ def keyframe_requester(receiver: Any) -> Callable[[], None]:
         request_keyframe(receiver)
 
     return request
-
-
-install()

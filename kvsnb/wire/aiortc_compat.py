@@ -1,0 +1,170 @@
+"""Every access kvsnb makes to aiortc's private fields and functions, in one place.
+
+aiortc has no public hook for what kvsnb needs here: capping a sender's H.264 encoder
+(``RTCRtpSender`` raises its target on each REMB, up to 3 Mbps), seeing RTCP as it
+arrives, asking for a keyframe, and taking a receiver's reassembled frames before its
+decoder thread does (the storage peer stores H.264 as received, never decoded). So this
+module reaches into aiortc's name-mangled fields, and nothing else in kvsnb does.
+
+Nothing is patched at import time: each function changes the one receiver, sender or
+jitter buffer it is given. The fields used are checked by ``tests/unit/test_aiortc_compat.py``
+(which fails first, naming the field, when an aiortc release moves one), and
+``pyproject.toml`` pins aiortc to the minor versions tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import RtpPacket
+
+logger = logging.getLogger(__name__)
+
+# aiortc's private names (Python mangles ``__x`` in class C to ``_C__x``)
+SENDER_ENCODER = "_RTCRtpSender__encoder"
+RECEIVER_DECODER_THREAD = "_RTCRtpReceiver__decoder_thread"
+RECEIVER_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
+RECEIVER_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+RECEIVER_BITRATE_ESTIMATOR = "_RTCRtpReceiver__remote_bitrate_estimator"
+RECEIVER_RTX_SSRC = "_RTCRtpReceiver__rtx_ssrc"
+RECEIVER_TIMESTAMP_MAPPER = "_RTCRtpReceiver__timestamp_mapper"
+TIMESTAMP_MAPPER_ORIGIN = "_origin"
+HANDLE_RTCP = "_handle_rtcp_packet"  # RTCRtpSender and RTCRtpReceiver, called per RTCP packet
+SEND_RTCP_PLI = "_send_rtcp_pli"  # RTCRtpReceiver
+TRACK_QUEUE = "_queue"  # RemoteStreamTrack: what its recv() returns, None to end it
+JITTER_ORIGIN = "_origin"  # JitterBuffer: sequence number of its oldest slot
+JITTER_PACKETS = "_packets"  # JitterBuffer: the ring of packets
+PACKET_DATA = "_data"  # RtpPacket: the depayloaded bytes the receiver sets
+ENCODER_TARGET_BITRATE = "target_bitrate"  # aiortc's H264Encoder/Vp8Encoder property
+
+
+class FrameQueue(Protocol):
+    """What a receiver's decoder queue must do: ``put`` on the event loop, for each
+    reassembled ``(codec, JitterFrame)`` and ``None`` when the receiver stops; ``get`` from
+    aiortc's decoder thread, which ends the track when it returns ``None``."""
+
+    def put(self, item: Any) -> None: ...
+
+    def get(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+# ---------------------------------------------------------------------- sender
+
+
+def sender_encoder(sender: RTCRtpSender) -> Any | None:
+    """The sender's encoder, created by aiortc on the first frame (``None`` before)."""
+    return getattr(sender, SENDER_ENCODER, None)
+
+
+def cap_encoder_bitrate(sender: RTCRtpSender, cap_bps: int) -> bool:
+    """Lower the sender's encoder target to ``cap_bps`` when it is above; True if it was.
+    No encoder yet (before the first frame) or one without a target: nothing happens."""
+    encoder = sender_encoder(sender)
+    if encoder is None or getattr(encoder, ENCODER_TARGET_BITRATE, 0) <= cap_bps:
+        return False
+    setattr(encoder, ENCODER_TARGET_BITRATE, cap_bps)
+    return True
+
+
+# ---------------------------------------------------------------------- RTCP
+
+
+def on_rtcp(endpoint: RTCRtpSender | RTCRtpReceiver, listener: Callable[[Any], None]) -> None:
+    """Call ``listener(packet)`` for each RTCP packet the sender or receiver gets, before
+    aiortc handles it (for this one object; listeners stack)."""
+    original = getattr(endpoint, HANDLE_RTCP)
+
+    async def handle(packet: Any) -> None:
+        listener(packet)
+        await original(packet)
+
+    setattr(endpoint, HANDLE_RTCP, handle)
+
+
+def after_rtcp(endpoint: RTCRtpSender | RTCRtpReceiver, listener: Callable[[Any], None]) -> None:
+    """Call ``listener(packet)`` for each RTCP packet once aiortc has handled it (e.g. to
+    undo what a REMB changed)."""
+    original = getattr(endpoint, HANDLE_RTCP)
+
+    async def handle(packet: Any) -> None:
+        await original(packet)
+        listener(packet)
+
+    setattr(endpoint, HANDLE_RTCP, handle)
+
+
+async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    """Send an RTCP Picture Loss Indication for ``media_ssrc`` on the receiver."""
+    await getattr(receiver, SEND_RTCP_PLI)(media_ssrc)
+
+
+# ---------------------------------------------------------------------- receiver
+
+
+def receiver_started(receiver: RTCRtpReceiver) -> bool:
+    """Whether the receiver's decoder thread started (too late to take its frames)."""
+    return getattr(receiver, RECEIVER_DECODER_THREAD, None) is not None
+
+
+def rtx_ssrcs(receiver: RTCRtpReceiver) -> dict[int, int]:
+    """The receiver's RTX SSRC → media SSRC map (from the remote description)."""
+    return dict(getattr(receiver, RECEIVER_RTX_SSRC, {}) or {})
+
+
+def timestamp_origin(receiver: RTCRtpReceiver) -> int | None:
+    """The first RTP timestamp the receiver saw: aiortc's frame timestamps are relative to
+    it (unwrapped), so ``(timestamp + origin) & 0xFFFFFFFF`` is the wire value."""
+    mapper = getattr(receiver, RECEIVER_TIMESTAMP_MAPPER, None)
+    origin = getattr(mapper, TIMESTAMP_MAPPER_ORIGIN, None)
+    return None if origin is None else int(origin)
+
+
+def set_jitter_buffer(receiver: RTCRtpReceiver, buffer: JitterBuffer) -> None:
+    """Replace the receiver's jitter buffer (before media flows)."""
+    setattr(receiver, RECEIVER_JITTER_BUFFER, buffer)
+
+
+def disable_bandwidth_estimation(receiver: RTCRtpReceiver) -> None:
+    """Send no REMB from this receiver (its remote bitrate estimator removed)."""
+    setattr(receiver, RECEIVER_BITRATE_ESTIMATOR, None)
+
+
+def take_frames(receiver: RTCRtpReceiver, queue: FrameQueue) -> None:
+    """Hand the receiver's reassembled frames to ``queue`` instead of its decoder thread.
+    Call before the receiver starts (the ``"track"`` event); RuntimeError otherwise."""
+    if receiver_started(receiver):
+        raise RuntimeError("the receiver already started: register its sink in the track event")
+    setattr(receiver, RECEIVER_DECODER_QUEUE, queue)
+
+
+def track_queue(track: Any) -> asyncio.Queue[Any]:
+    """The queue a remote track's ``recv()`` reads (``None`` in it ends the track)."""
+    queue: asyncio.Queue[Any] = getattr(track, TRACK_QUEUE)
+    return queue
+
+
+# ---------------------------------------------------------------------- jitter buffer
+
+
+def jitter_origin(buffer: JitterBuffer) -> int | None:
+    """The sequence number of the jitter buffer's oldest slot (``None`` when empty)."""
+    origin = getattr(buffer, JITTER_ORIGIN)
+    return None if origin is None else int(origin)
+
+
+def jitter_packet(buffer: JitterBuffer, sequence_number: int) -> RtpPacket | None:
+    """The packet held for ``sequence_number`` (``None`` when its slot is empty)."""
+    packets: list[RtpPacket | None] = getattr(buffer, JITTER_PACKETS)
+    return packets[sequence_number % buffer.capacity]
+
+
+def packet_data(packet: RtpPacket) -> bytes:
+    """A received packet's depayloaded bytes (set by the receiver before its jitter buffer)."""
+    data: bytes = getattr(packet, PACKET_DATA)
+    return data
