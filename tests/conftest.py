@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,11 +183,14 @@ async def ingest_frames(
     try:
         await session.start(timeout=60)
         started = time.time()
-        limit = time.monotonic() + deadline_s
-        while len(pattern.sent) < frames:
-            assert time.monotonic() < limit, f"{len(pattern.sent)} of {frames} frames sent"
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)  # the last frames leave the sender
+        # The pattern ends when the sender asks for a frame past the last one, so only after
+        # the sender has encoded and sent every frame: then all of them have left it.
+        await wait_until(
+            lambda: pattern.readyState == "ended",
+            f"the sender sends all {frames} frames of the pattern",
+            deadline_s=deadline_s,
+        )
+        assert len(pattern.sent) == frames
         ended = time.time()
     finally:
         tone.stop()
@@ -204,7 +207,30 @@ async def wait_until(
 ) -> None:
     """Wait until ``condition()`` holds, failing with ``what`` after a generous deadline (a
     busy machine is slow: tests wait for conditions, never for fixed times)."""
+
+    async def check() -> bool:
+        return condition()
+
+    await wait_for(check, what, deadline_s, every_s)
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], what: str, deadline_s: float = 60.0, every_s: float = 0.05
+) -> None:
+    """``wait_until`` for a condition that must be awaited (a request, a join attempt): await
+    ``check()`` until it returns True, failing with ``what`` after ``deadline_s``."""
+    limit = time.monotonic() + deadline_s
+    while not await check():
+        assert time.monotonic() < limit, f"not within {deadline_s} s: {what}"
+        await asyncio.sleep(every_s)
+
+
+def wait_until_sync(
+    condition: Callable[[], bool], what: str, deadline_s: float = 60.0, every_s: float = 0.05
+) -> None:
+    """``wait_until`` for code without an event loop (a browser driven synchronously, a
+    thread): poll ``condition()`` until it holds, failing with ``what`` after ``deadline_s``."""
     limit = time.monotonic() + deadline_s
     while not condition():
         assert time.monotonic() < limit, f"not within {deadline_s} s: {what}"
-        await asyncio.sleep(every_s)
+        time.sleep(every_s)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,7 +35,7 @@ from kvsnb.local.signaling.relay import (
     CLOSE_MAX_DURATION,
     CLOSE_REPLACED,
 )
-from tests.conftest import SignalingChannel, make_channel, make_client
+from tests.conftest import SignalingChannel, make_channel, make_client, wait_for, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -208,13 +209,14 @@ async def registered(kvs: LocalKvs, count: int, channel_arn: str | None = None) 
     client sees the handshake's 101 a moment before the relay files the connection."""
     assert kvs.relay is not None
     relay = kvs.relay
-    deadline = time.monotonic() + 10.0
-    while True:
-        conns = [c for c in relay.connections() if channel_arn in (None, c.channel_arn)]
-        if len(conns) >= count:
-            return
-        assert time.monotonic() < deadline, f"{len(conns)} of {count} connections registered"
-        await asyncio.sleep(0.01)
+    await wait_until(
+        lambda: (
+            len([c for c in relay.connections() if channel_arn in (None, c.channel_arn)]) >= count
+        ),
+        f"{count} connections registered",
+        deadline_s=10.0,
+        every_s=0.01,
+    )
 
 
 async def next_kind(client: SignalingClient, kind: str, timeout: float = 3.0) -> SignalingEvent:
@@ -766,8 +768,16 @@ async def test_connects_per_second(tmp_path: Path) -> None:
         # Per channel: another channel is not affected; and the bucket refills.
         other = make_channel(kv)
         await net.raw(other, "MASTER")
-        await asyncio.sleep(0.4)
-        await net.raw(chan, "VIEWER", "c")
+
+        async def refilled() -> bool:
+            try:
+                await net.raw(chan, "VIEWER", "c")
+            except aiohttp.WSServerHandshakeError as exc:
+                assert exc.status == 400  # the limit again, until a token is back
+                return False
+            return True
+
+        await wait_for(refilled, "the bucket refills (3 connects/s)", deadline_s=10.0)
 
 
 async def test_idle_timeout_closes_and_client_reconnects(tmp_path: Path) -> None:
@@ -782,9 +792,11 @@ async def test_idle_timeout_closes_and_client_reconnects(tmp_path: Path) -> None
         assert client.connects >= 2
         # Activity keeps a socket open past the idle timeout.
         busy = await net.raw(chan, "VIEWER", "busy")
-        for _ in range(4):
+        started = time.monotonic()
+        while time.monotonic() - started < 3 * limits.idle_timeout_s:
             await busy.send("ICE_CANDIDATE", CANDIDATE)
-            await asyncio.sleep(0.25)
+            assert not busy.ws.closed
+            await asyncio.sleep(0.05)  # paces the sender: 10 frames per idle timeout
         assert not busy.ws.closed
 
 
@@ -797,7 +809,7 @@ async def test_maximum_connection_time(tmp_path: Path) -> None:
         started = time.monotonic()
         for _ in range(3):  # busy, yet closed at the maximum connection time
             await raw.send("ICE_CANDIDATE", CANDIDATE)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # paces the sender
         code, reason = await raw.closed()
         assert code == CLOSE_MAX_DURATION and "maximum" in reason
         assert time.monotonic() - started >= 0.3
@@ -1091,14 +1103,17 @@ async def test_replaced_client_stays_closed_instead_of_fighting(kv: Any, net: Ne
 
 
 async def test_client_close_interrupts_reconnect_backoff(
-    local_kvs: LocalKvs, kv: Any, net: Net
+    local_kvs: LocalKvs, kv: Any, net: Net, caplog: pytest.LogCaptureFixture
 ) -> None:
     chan = make_channel(kv)
     client = await net.client(chan, "MASTER")
     unsigned = f"{chan.master_wss}?X-Amz-ChannelARN=x"
     client.url = lambda: unsigned  # type: ignore[method-assign]  # every reconnect: 403
+    caplog.set_level(logging.INFO, logger="kvsnb.client.signaling")
     await client.drop()
-    await asyncio.sleep(0.5)  # refused, now backing off
+    await wait_until(
+        lambda: "signaling reconnect failed" in caplog.text, "a reconnect refused, backing off"
+    )
     assert not client.is_open
     started = time.monotonic()
     await client.close()
