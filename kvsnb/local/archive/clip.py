@@ -9,13 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from kvsnb.local.archive import remux
-from kvsnb.local.archive.plane import ArchivePlane
-from kvsnb.local.archive.streaming import (
-    MAX_RANGE_MS,
-    MP4_CONTENT_TYPE,
-    dedupe_producer,
-    require_codec_private,
-)
+from kvsnb.local.archive.segments import MP4_CONTENT_TYPE
+from kvsnb.local.archive.selection import MAX_RANGE_MS, dedupe_producer, require_codec_private
 from kvsnb.local.control.plane import ControlPlane
 from kvsnb.local.core.errors import (
     InvalidArgumentException,
@@ -36,13 +31,13 @@ class ClipPlane:
     """GetClip for the streams of one Local KVS."""
 
     def __init__(self, control: ControlPlane, store: FragmentStore) -> None:
+        self.control = control
         self.store = store
-        self._archive = ArchivePlane(control, store)
 
     async def get_clip(self, req: dict[str, Any]) -> RawResponse:
         """GetClip: an MP4 of the fragments whose start lies in the range (inclusive), at most
         the first 200 fragments or 100 MB of them (the model's Payload documentation)."""
-        stream = self._archive.stream(req)
+        stream = self.control.stream_of(req, exclusive=True)
         if stream.retention_hours == 0:
             raise NoDataRetentionException(
                 f"The stream {stream.name} has no data retention, so it has no media to clip."

@@ -3,8 +3,9 @@
 
 Wire source: docs/wire.md "Archived media" and the botocore model's documentation of
 GetDASHStreamingSessionURL, DASHFragmentSelector and their members (quoted where a rule is
-applied). Sessions, tokens, fragment selection per PlaybackMode and the fMP4 segments are
-``streaming``'s, shared with HLS; MaxManifestFragmentResults is its ``max_results``.
+applied). The plane is composed of what it shares with HLS: fragment selection per
+PlaybackMode (``selection``), sessions and tokens (``sessions``) and the fMP4 segments
+(``segments``); MaxManifestFragmentResults is a session's ``max_results``.
 
 Resources (the model: GetDASHManifest, GetMP4InitFragment, GetMP4MediaFragment)
     ``getDASHManifest.mpd?SessionToken=T`` (the URL GetDASHStreamingSessionURL returns),
@@ -38,30 +39,37 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from aiohttp import web
 
 from kvsnb.local.archive import remux
-from kvsnb.local.archive.streaming import (
+from kvsnb.local.archive.segments import MP4_CONTENT_TYPE, Segments
+from kvsnb.local.archive.selection import (
     ALWAYS,
-    DEFAULT_EXPIRES_S,
-    DEFAULT_LIVE_RESULTS,
-    DEFAULT_ON_DEMAND_RESULTS,
     LIVE_REPLAY,
-    MP4_CONTENT_TYPE,
     NEVER,
     ON_DEMAND,
     Entry,
-    SessionOptions,
-    StreamingPlane,
-    StreamingSession,
-    fragment_index,
     iso_ms,
     selector_start,
 )
+from kvsnb.local.archive.sessions import (
+    DEFAULT_EXPIRES_S,
+    DEFAULT_LIVE_RESULTS,
+    DEFAULT_ON_DEMAND_RESULTS,
+    SessionOptions,
+    SessionRegistry,
+    StreamingSession,
+    fragment_index,
+    track_number,
+)
+from kvsnb.local.control.plane import ControlPlane, Endpoints
 from kvsnb.local.core.errors import UnknownOperationException
+from kvsnb.local.store.fragments import FragmentStore
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +91,20 @@ def duration(ms: int) -> str:
     return f"PT{ms / 1000:.3f}S"
 
 
-class DashPlane(StreamingPlane):
-    """GetDASHStreamingSessionURL and the DASH resources under ``/dash/v1/``."""
+class DashPlane:
+    """GetDASHStreamingSessionURL and the DASH resources under ``/dash/v1/``.
 
-    NAME = "DASH"
+    ``clock`` (epoch seconds) decides session expiry, the LIVE 30 s window, LIVE_REPLAY
+    release times and the manifest's times; tests may replace it to move time.
+    """
+
     GET_PREFIX = DASH_PREFIX
+
+    def __init__(self, control: ControlPlane, store: FragmentStore, endpoints: Endpoints) -> None:
+        self.endpoints = endpoints
+        self.clock: Callable[[], float] = time.time
+        self.segments = Segments(store)
+        self.sessions = SessionRegistry("DASH", control, store, self.segments, lambda: self.clock())
 
     async def get_dash_streaming_session_url(self, req: dict[str, Any]) -> dict[str, Any]:
         """Create a DASH session and return its manifest URL (see module doc)."""
@@ -100,7 +117,7 @@ class DashPlane(StreamingPlane):
             max_results=int(req.get("MaxManifestFragmentResults", default_results)),
             expires_s=int(req.get("Expires", DEFAULT_EXPIRES_S)),
         )
-        session = await self.open_session(req, req.get("DASHFragmentSelector"), options)
+        session = await self.sessions.open(req, req.get("DASHFragmentSelector"), options)
         url = f"{self.endpoints.media}{DASH_PREFIX}{MANIFEST}?SessionToken={session.token}"
         return {"DASHStreamingSessionURL": url}
 
@@ -112,21 +129,24 @@ class DashPlane(StreamingPlane):
         if resource not in (MANIFEST, MP4_INIT, MP4_MEDIA):
             raise UnknownOperationException(f"No KVS resource at GET {request.path}")
         query = request.query
-        session = self.session(query)
+        session = self.sessions.get(query)
         if resource == MANIFEST:
-            await self.refresh(session)
-            return self.respond(self.manifest(session).encode(), MPD_CONTENT_TYPE)
-        track = self.track(session, query, required=True)
+            await self.sessions.refresh(session)
+            return _respond(self.manifest(session).encode(), MPD_CONTENT_TYPE)
+        track = track_number(session, query, required=True)
         if resource == MP4_INIT:
-            return self.respond(await self.mp4_init(session, track), MP4_CONTENT_TYPE)
+            return _respond(await self.segments.mp4_init(session.init, track), MP4_CONTENT_TYPE)
         entry = session.entry(fragment_index(query))
-        return self.respond(await self.mp4_media(session, entry, track), MP4_CONTENT_TYPE)
+        body = await self.segments.mp4_media(
+            entry.fragment, entry.index, track, session.origin_ms, session.init
+        )
+        return _respond(body, MP4_CONTENT_TYPE)
 
     # ------------------------------------------------------------------ the manifest
 
     def manifest(self, session: StreamingSession) -> str:
         """The MPD of a session as it stands now (see module doc)."""
-        entries, ended = self.visible(session)
+        entries, ended = self.sessions.visible(session)
         static = session.mode == ON_DEMAND or (session.mode == LIVE_REPLAY and ended)
         now_ms = int(self.clock() * 1000)
         first_t = session.media_start_ms(entries[0]) if entries else 0
@@ -228,6 +248,10 @@ class DashPlane(StreamingPlane):
         last = entries[-1]
         released_ms = int(max(last.release_at, session.created) * 1000)
         return released_ms - (session.media_start_ms(last) + last.fragment.duration_ms)
+
+
+def _respond(body: bytes, content_type: str) -> web.Response:
+    return web.Response(body=body, content_type=content_type)  # CORS: front/cors.py
 
 
 def _attrs(values: dict[str, str]) -> str:

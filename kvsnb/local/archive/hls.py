@@ -3,39 +3,37 @@ of the archived-media endpoint.
 
 The rule: sessions, playback modes, time ranges, defaults and the resources a player fetches
 behave as docs/wire.md, "Archived media" (HLS) describes; segments come from ``remux`` and are
-never re-encoded. Sessions, tokens, selection and fMP4 segments are ``streaming``'s (shared
-with DASH). How Local KVS keeps sessions (opaque tokens in memory, at most ``MAX_SESSIONS``)
-and what it leaves out: docs/design.md, "Local KVS".
+never re-encoded. The plane is composed of what it shares with DASH: fragment selection
+(``selection``), the session registry (``sessions``) and the segments (``segments``). How
+Local KVS keeps sessions (opaque tokens in memory, at most ``MAX_SESSIONS``) and what it
+leaves out: docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from kvsnb.local.archive import remux
-from kvsnb.local.archive.streaming import (
-    ALWAYS,
+from kvsnb.local.archive.segments import MP4_CONTENT_TYPE, TS_CONTENT_TYPE, Segments
+from kvsnb.local.archive.selection import ALWAYS, NEVER, ON_DEMAND, iso_ms, selector_start
+from kvsnb.local.archive.sessions import (
     DEFAULT_EXPIRES_S,
     DEFAULT_LIVE_RESULTS,
     DEFAULT_ON_DEMAND_RESULTS,
-    MP4_CONTENT_TYPE,
-    NEVER,
-    ON_DEMAND,
     SessionOptions,
-    StreamingPlane,
+    SessionRegistry,
     StreamingSession,
     fragment_index,
-    iso_ms,
-    selector_start,
+    track_number,
 )
+from kvsnb.local.control.plane import ControlPlane, Endpoints
 from kvsnb.local.core.errors import InvalidArgumentException, UnknownOperationException
-from kvsnb.local.store.fragments import SELECTOR_SERVER
+from kvsnb.local.store.fragments import SELECTOR_SERVER, FragmentStore
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +44,26 @@ MP4_INIT = "getMP4InitFragment.mp4"
 MP4_MEDIA = "getMP4MediaFragment.mp4"
 TS_FRAGMENT = "getTSFragment.ts"
 PLAYLIST_CONTENT_TYPE = "application/vnd.apple.mpegurl"
-TS_CONTENT_TYPE = "video/mp2t"
 FRAGMENTED_MP4, MPEG_TS = "FRAGMENTED_MP4", "MPEG_TS"
 FMP4_VERSION = 7
 TS_VERSION = 3
 program_date_time = iso_ms  # ``#EXT-X-PROGRAM-DATE-TIME`` value
 
 
-class HlsPlane(StreamingPlane):
-    """GetHLSStreamingSessionURL and the HLS resources under ``/hls/v1/``."""
+class HlsPlane:
+    """GetHLSStreamingSessionURL and the HLS resources under ``/hls/v1/``.
 
-    NAME = "HLS"
+    ``clock`` (epoch seconds) decides session expiry, the LIVE 30 s window and LIVE_REPLAY
+    release times; tests may replace it to move time.
+    """
+
     GET_PREFIX = HLS_PREFIX
+
+    def __init__(self, control: ControlPlane, store: FragmentStore, endpoints: Endpoints) -> None:
+        self.endpoints = endpoints
+        self.clock: Callable[[], float] = time.time
+        self.segments = Segments(store)
+        self.sessions = SessionRegistry("HLS", control, store, self.segments, lambda: self.clock())
 
     async def get_hls_streaming_session_url(self, req: dict[str, Any]) -> dict[str, Any]:
         """Create an HLS session and return its master playlist URL (see module doc)."""
@@ -74,7 +80,7 @@ class HlsPlane(StreamingPlane):
             max_results=int(req.get("MaxMediaPlaylistFragmentResults", default_results)),
             expires_s=int(req.get("Expires", DEFAULT_EXPIRES_S)),
         )
-        session = await self.open_session(req, selector_req, options)
+        session = await self.sessions.open(req, selector_req, options)
         url = f"{self.endpoints.media}{HLS_PREFIX}{MASTER_PLAYLIST}?SessionToken={session.token}"
         return {"HLSStreamingSessionURL": url}
 
@@ -96,9 +102,9 @@ class HlsPlane(StreamingPlane):
         handler = handlers.get(resource)
         if handler is None:
             raise UnknownOperationException(f"No KVS resource at GET {request.path}")
-        session = self.session(query)
+        session = self.sessions.get(query)
         body, content_type = await handler(session, query)
-        return self.respond(body, content_type)
+        return web.Response(body=body, content_type=content_type)  # CORS: front/cors.py
 
     @staticmethod
     def _need_container(session: StreamingSession, container: str) -> None:
@@ -108,7 +114,7 @@ class HlsPlane(StreamingPlane):
             )
 
     async def _master_playlist(self, session: StreamingSession, query: Any) -> tuple[bytes, str]:
-        await self.refresh(session)
+        await self.sessions.refresh(session)
         token = session.token
         fragments = [e.fragment for e in session.entries]
         init = session.init
@@ -139,9 +145,9 @@ class HlsPlane(StreamingPlane):
 
     async def _media_playlist(self, session: StreamingSession, query: Any) -> tuple[bytes, str]:
         fmp4 = session.container == FRAGMENTED_MP4
-        track = self.track(session, query, required=fmp4)
-        await self.refresh(session)
-        entries, ended = self.visible(session)
+        track = track_number(session, query, required=fmp4)
+        await self.sessions.refresh(session)
+        entries, ended = self.sessions.visible(session)
         token = session.token
         first = entries[0].index if entries else 0
         target = max(1, math.ceil(session.longest_ms / 1000))
@@ -187,23 +193,19 @@ class HlsPlane(StreamingPlane):
 
     async def _mp4_init(self, session: StreamingSession, query: Any) -> tuple[bytes, str]:
         self._need_container(session, FRAGMENTED_MP4)
-        track = self.track(session, query, required=True)
-        return await self.mp4_init(session, track), MP4_CONTENT_TYPE
+        track = track_number(session, query, required=True)
+        return await self.segments.mp4_init(session.init, track), MP4_CONTENT_TYPE
 
     async def _mp4_media(self, session: StreamingSession, query: Any) -> tuple[bytes, str]:
         self._need_container(session, FRAGMENTED_MP4)
-        track = self.track(session, query, required=True)
+        track = track_number(session, query, required=True)
         entry = session.entry(fragment_index(query))
-        return await self.mp4_media(session, entry, track), MP4_CONTENT_TYPE
+        body = await self.segments.mp4_media(
+            entry.fragment, entry.index, track, session.origin_ms, session.init
+        )
+        return body, MP4_CONTENT_TYPE
 
     async def _ts_fragment(self, session: StreamingSession, query: Any) -> tuple[bytes, str]:
         self._need_container(session, MPEG_TS)
         fragment = session.entry(fragment_index(query)).fragment
-        key = ("ts", fragment.stream_arn, fragment.fragment_number, session.origin_ms)
-        path = self.store.resolve(fragment)
-
-        async def load() -> bytes:
-            return await asyncio.to_thread(remux.ts_segment, path, session.origin_ms)
-
-        body: bytes = await self.segments.get(key, load)
-        return body, TS_CONTENT_TYPE
+        return await self.segments.ts(fragment, session.origin_ms), TS_CONTENT_TYPE

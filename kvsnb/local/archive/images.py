@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvsnb.local.archive.plane import ArchivePlane, decode_offset
+from kvsnb.local.archive.plane import decode_offset
 from kvsnb.local.archive.render import (
     ERROR_MEDIA,
     ERROR_NO_MEDIA,
@@ -264,13 +264,12 @@ class ImagesPlane:
     def __init__(self, control: ControlPlane, store: FragmentStore) -> None:
         self.control = control
         self.store = store
-        self._streams = ArchivePlane(control, store)
         self.renderer = ImageRenderer(store)
         self._plans: OrderedDict[str, _Plan] = OrderedDict()  # by the request's token state
 
     async def get_images(self, req: dict[str, Any]) -> dict[str, Any]:
         """GetImages: one entry per sampled time, at most 25 per page, NextToken for more."""
-        stream = self._streams.stream(req)
+        stream = self.control.stream_of(req, exclusive=True)
         request = parse_request(req, stream.arn)
         if stream.retention_hours <= 0:
             raise NoDataRetentionException(

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
-from kvsnb.local.control.plane import ControlPlane, Stream
+from kvsnb.local.control.plane import ControlPlane
 from kvsnb.local.core.errors import InvalidArgumentException, ResourceNotFoundException
 from kvsnb.local.core.responses import RawResponse
 from kvsnb.local.core.tokens import INVALID_TOKEN, decode_token, encode_token
@@ -60,13 +60,9 @@ class ArchivePlane:
         self.control = control
         self.store = store
 
-    def stream(self, req: dict[str, Any]) -> Stream:
-        """The stream named by StreamName or StreamARN (exactly one is needed)."""
-        return self.control.stream_of(req, exclusive=True)
-
     async def list_fragments(self, req: dict[str, Any]) -> dict[str, Any]:
         """ListFragments: by producer or server start time (inclusive range), paginated."""
-        stream = self.stream(req)
+        stream = self.control.stream_of(req, exclusive=True)
         selector = req.get("FragmentSelector")
         kind, start, end = "SERVER_TIMESTAMP", None, None
         if selector is not None:
@@ -90,7 +86,7 @@ class ArchivePlane:
 
     async def get_media_for_fragment_list(self, req: dict[str, Any]) -> RawResponse:
         """GetMediaForFragmentList: the fragments' Matroska, in the order asked."""
-        stream = self.stream(req)
+        stream = self.control.stream_of(req, exclusive=True)
         numbers = list(req["Fragments"])
         found = await asyncio.to_thread(self.store.get_fragments, stream.arn, numbers)
         by_number = {f.fragment_number: f for f in found}
