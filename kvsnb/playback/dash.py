@@ -25,14 +25,8 @@ from urllib.parse import urljoin
 import pandas as pd
 
 from kvsnb.client.target import Target
-from kvsnb.playback.hls import (
-    HlsFrame,
-    PlaylistError,
-    decode_segment,
-    frames_table,
-    http_get,
-    session_request,
-)
+from kvsnb.playback.hls import HlsFrame, decode_segment, frames_table, http_get
+from kvsnb.playback.sessions import PlaylistError, session_url
 
 MPD_NS = "{urn:mpeg:dash:schema:mpd:2011}"
 KVS_TS = "ts"  # local names of KVS's attributes on S (any namespace)
@@ -235,23 +229,20 @@ def dash_session_url(
 ) -> str:
     """GetDASHStreamingSessionURL at the stream's data endpoint (ranges and the URL returned
     as ``hls_session_url``)."""
-    client = target.client(
-        "kinesis-video-archived-media",
-        target.data_endpoint(stream, "GET_DASH_STREAMING_SESSION_URL"),
-    )
-    args = session_request(
+    options: dict[str, object] = {
+        "DisplayFragmentTimestamp": "ALWAYS" if display_timestamps else "NEVER",
+        "DisplayFragmentNumber": "ALWAYS" if display_numbers else "NEVER",
+    }
+    if max_results is not None:
+        options["MaxManifestFragmentResults"] = max_results
+    return session_url(
         target,
         stream,
+        "DASH",
         mode=mode,
         start=start,
         end=end,
         selector=selector,
-        selector_key="DASHFragmentSelector",
         expires=expires,
+        options=options,
     )
-    args["DisplayFragmentTimestamp"] = "ALWAYS" if display_timestamps else "NEVER"
-    args["DisplayFragmentNumber"] = "ALWAYS" if display_numbers else "NEVER"
-    if max_results is not None:
-        args["MaxManifestFragmentResults"] = max_results
-    url = client.get_dash_streaming_session_url(**args)["DASHStreamingSessionURL"]
-    return target.direct_url(str(url))

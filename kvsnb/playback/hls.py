@@ -30,16 +30,13 @@ import pandas as pd
 
 from kvsnb.client.target import Target
 from kvsnb.client.trust import ssl_context
-from kvsnb.errors import KvsnbError
+from kvsnb.playback.sessions import PlaylistError, session_url
+from kvsnb.playback.sessions import stored_range as stored_range  # re-exported
 
 logger = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_S = 20.0
 MAX_SEGMENT_BYTES = 200 * 1024 * 1024
-
-
-class PlaylistError(KvsnbError, ValueError):
-    """A playlist that is not a usable KVS HLS playlist."""
 
 
 @dataclass(frozen=True)
@@ -315,57 +312,6 @@ async def frames_table(frames: AsyncIterator[HlsFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["timestamp", "pts_s", "sequence", "keyframe", "frame"])
 
 
-def stored_range(
-    target: Target, stream: str, selector: str = "SERVER_TIMESTAMP"
-) -> tuple[dt.datetime, dt.datetime]:
-    """The first fragment's start and the last fragment's end (``selector`` clock)."""
-    from kvsnb.playback.fragments import list_fragments
-
-    frags = list_fragments(target, stream, selector=selector)  # type: ignore[arg-type]
-    if frags.empty:
-        raise PlaylistError(f"stream {stream} has no fragments")
-    col = "producer_time" if selector == "PRODUCER_TIMESTAMP" else "server_time"
-    starts = frags[col]
-    ends = starts + pd.to_timedelta(frags["duration_ms"], unit="ms")
-    return starts.min().to_pydatetime(), ends.max().to_pydatetime()
-
-
-def session_request(
-    target: Target,
-    stream: str,
-    *,
-    mode: str,
-    start: dt.datetime | None,
-    end: dt.datetime | None,
-    selector: str,
-    selector_key: str,
-    expires: int,
-) -> dict[str, object]:
-    """The arguments GetHLSStreamingSessionURL and GetDASHStreamingSessionURL share: the
-    stream, the mode, ``Expires`` and the fragment selector (``selector_key``). ON_DEMAND and
-    LIVE_REPLAY need a range; without ``start``/``end`` the whole stored range of the stream
-    is used (from ListFragments, by ``selector``)."""
-    args: dict[str, object] = {
-        ("StreamARN" if stream.startswith("arn:") else "StreamName"): stream,
-        "PlaybackMode": mode,
-        "Expires": expires,
-    }
-    if mode != "LIVE" and (start is None or end is None):
-        first, last = stored_range(target, stream, selector)
-        start = start or first
-        end = end or last
-    if start is not None or end is not None:
-        rng: dict[str, dt.datetime] = {}
-        if start is not None:
-            rng["StartTimestamp"] = start
-        if end is not None:
-            rng["EndTimestamp"] = end
-        args[selector_key] = {"FragmentSelectorType": selector, "TimestampRange": rng}
-    elif mode != "LIVE" or selector != "SERVER_TIMESTAMP":
-        args[selector_key] = {"FragmentSelectorType": selector}
-    return args
-
-
 def hls_session_url(
     target: Target,
     stream: str,
@@ -384,23 +330,20 @@ def hls_session_url(
     ON_DEMAND and LIVE_REPLAY need a range; without ``start``/``end`` the whole stored range
     of the stream is used (from ListFragments, by ``selector``). The URL is the one this
     process reaches (``Target.direct_url``); ``Target.public`` gives a browser's."""
-    client = target.client(
-        "kinesis-video-archived-media",
-        target.data_endpoint(stream, "GET_HLS_STREAMING_SESSION_URL"),
-    )
-    args = session_request(
+    options: dict[str, object] = {
+        "ContainerFormat": container,
+        "DisplayFragmentTimestamp": "ALWAYS" if display_timestamps else "NEVER",
+    }
+    if max_results is not None:
+        options["MaxMediaPlaylistFragmentResults"] = max_results
+    return session_url(
         target,
         stream,
+        "HLS",
         mode=mode,
         start=start,
         end=end,
         selector=selector,
-        selector_key="HLSFragmentSelector",
         expires=expires,
+        options=options,
     )
-    args["ContainerFormat"] = container
-    args["DisplayFragmentTimestamp"] = "ALWAYS" if display_timestamps else "NEVER"
-    if max_results is not None:
-        args["MaxMediaPlaylistFragmentResults"] = max_results
-    url = client.get_hls_streaming_session_url(**args)["HLSStreamingSessionURL"]
-    return target.direct_url(str(url))
