@@ -23,6 +23,8 @@ from typing import Any
 from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCRtpTransceiver,
     RTCSessionDescription,
@@ -47,6 +49,7 @@ from kvsnb.local.storage.passthrough import (
 )
 from kvsnb.local.storage.recorder import FragmentRecorder
 from kvsnb.local.store.fragments import FragmentStore
+from kvsnb.local.turn.server import TurnEndpoint
 from kvsnb.wire import ice, sdp, webrtc
 from kvsnb.wire.defaults import LOOPBACK
 
@@ -74,9 +77,29 @@ class StorageOptions:
     max_viewers: int = 3
     viewer_wait_for_master_s: float = 180.0
     viewer_slot_hold_s: float = 60.0
+    # The TURN server the storage peer is reachable through (relay candidates only, as on
+    # AWS); None: host candidates on loopback (Local KVS's ice="host").
+    turn: TurnEndpoint | None = None
     # AWS sometimes answers JoinStorageSession 200 and never sends the offer (docs/wire.md):
     # the first ``unanswered_joins`` accepted joins of each channel do just that.
     unanswered_joins: int = 0
+
+
+def peer_configuration(turn: TurnEndpoint | None, channel_arn: str) -> RTCConfiguration:
+    """The storage peer's ICE configuration: with a TURN server, relay candidates only, with
+    credentials fresh for this session (a peer reachable only through TURN, as on AWS);
+    without, no ICE server (host candidates on loopback)."""
+    if turn is None:
+        return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    entry = turn.peer_ice_server(channel_arn)
+    server = RTCIceServer(
+        urls=entry["Uris"], username=entry["Username"], credential=entry["Password"]
+    )
+    return RTCConfiguration(
+        iceServers=[server],
+        bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+        iceTransportPolicy=RTCIceTransportPolicy.RELAY,
+    )
 
 
 @dataclass
@@ -203,9 +226,7 @@ class _StoragePeer(abc.ABC):
         self.relay = relay
         self.options = options
         self.stats = SessionStats()
-        self.pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-        )
+        self.pc = RTCPeerConnection(peer_configuration(options.turn, self.channel.arn))
         self._pending_candidates: list[dict[str, Any]] = []
         self._answered = False
         self._tasks: set[asyncio.Task[Any]] = set()
