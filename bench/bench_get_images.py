@@ -184,7 +184,7 @@ def bench_spacing(kvs: LocalKvs, work: Path, gop_s: int, reps: int) -> None:
     whole.write_bytes(build_fragment_list_body(kvs.store.resolve(f) for f in fragments))
     endpoint = kv.get_data_endpoint(StreamARN=stream_arn, APIName="GET_IMAGES")["DataEndpoint"]
     archived = client("kinesis-video-archived-media", endpoint)
-    plane = kvs.planes["media"].part(ImagesPlane)
+    plane = kvs.planes["archived-media"].part(ImagesPlane)
     renderer = plane.renderer
     first_ms = min(f.producer_start_ms for f in fragments)
     ffmpeg_times = [time_ffmpeg(whole, work / "ffmpeg-out") for _ in range(reps)]

@@ -43,7 +43,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
 
 def plane(rec: Recorded) -> DashPlane:
     """The DASH plane of the Local KVS (for its clock)."""
-    return next(p for p in rec.kvs.planes["media"].parts if isinstance(p, DashPlane))
+    return next(p for p in rec.kvs.planes["archived-media"].parts if isinstance(p, DashPlane))
 
 
 def whole_range(rec: Recorded, **extra: Any) -> dict[str, Any]:

@@ -78,7 +78,7 @@ class Media:
 
     @property
     def images_plane(self) -> ImagesPlane:
-        plane = self.kvs.planes["media"].part(ImagesPlane)
+        plane = self.kvs.planes["archived-media"].part(ImagesPlane)
         return plane
 
 

@@ -53,7 +53,7 @@ class Recorded:
     @property
     def plane(self) -> HlsPlane:
         """The HLS plane of the Local KVS (for its clock)."""
-        return next(p for p in self.kvs.planes["media"].parts if isinstance(p, HlsPlane))
+        return next(p for p in self.kvs.planes["archived-media"].parts if isinstance(p, HlsPlane))
 
 
 def record(tmp: Path, name: str) -> Recorded:

@@ -42,8 +42,8 @@ def test_public_url_is_returned_and_mapped_back(target: Target, comm: None) -> N
     data = target.kinesisvideo.get_data_endpoint(
         StreamARN=arn, APIName="GET_DASH_STREAMING_SESSION_URL"
     )["DataEndpoint"]
-    assert data == public + "/media"  # what a browser uses
-    assert target.data_endpoint(arn, "GET_HLS_STREAMING_SESSION_URL") == kvs.url + "/media"
+    assert data == public + "/archived-media"  # what a browser uses
+    assert target.data_endpoint(arn, "GET_HLS_STREAMING_SESSION_URL") == kvs.url + "/archived-media"
     channel = target.channel_arn("pub")
     raw = target.kinesisvideo.get_signaling_channel_endpoint(
         ChannelARN=channel,
@@ -60,10 +60,10 @@ def test_public_url_is_returned_and_mapped_back(target: Target, comm: None) -> N
     asyncio.run(ingest(target, "pub", seconds=2.5, policy=FAST))
     for protocol in ("HLS", "DASH"):
         player = Player.from_stream(target, arn, protocol=protocol, mode="ON_DEMAND")
-        assert player.url.startswith(public + "/media/"), player.url
+        assert player.url.startswith(public + "/archived-media/"), player.url
         assert not player.live
         direct = target.direct_url(player.url)
-        assert direct.startswith(kvs.url + "/media/")
+        assert direct.startswith(kvs.url + "/archived-media/")
         reader = HlsReader(direct) if protocol == "HLS" else DashReader(direct)
         frames = asyncio.run(reader.to_frame())
         assert len(frames) > 0 and frames["timestamp"].notna().all()

@@ -143,7 +143,7 @@ def _gop_clusters(
 def test_data_endpoints_for_put_and_get_media(target: Target, media_kvs: LocalKvs) -> None:
     for api in ("PUT_MEDIA", "GET_MEDIA"):
         assert target.data_endpoint("cam", api) == f"{media_kvs.url}/stream-media"
-    assert target.data_endpoint("cam", "LIST_FRAGMENTS") == f"{media_kvs.url}/media"
+    assert target.data_endpoint("cam", "LIST_FRAGMENTS") == f"{media_kvs.url}/archived-media"
 
 
 def test_put_media_acknowledges_each_fragment_and_stores_it(

@@ -105,7 +105,7 @@ def test_tls_endpoints_and_a_local_ca_reused_across_restarts(tmp_path: Path) -> 
             "WEBRTC": f"{kvs.url}/webrtc",
         }
         data_endpoint = kv.get_data_endpoint(StreamARN=stream, APIName="LIST_FRAGMENTS")
-        assert data_endpoint["DataEndpoint"] == f"{kvs.url}/media"
+        assert data_endpoint["DataEndpoint"] == f"{kvs.url}/archived-media"
         signaling = make_client("kinesis-video-signaling", endpoints["HTTPS"], verify=str(ca))
         assert signaling.get_ice_server_config(ChannelARN=arn)["IceServerList"] == []
         # one certificate for every loopback name, chained to the local CA
@@ -282,8 +282,8 @@ async def test_cors_on_every_plane(tmp_path: Path) -> None:
                 "/describeSignalingChannel",
                 "/signaling/v1/get-ice-server-config",
                 "/webrtc/joinStorageSession",
-                "/media/listFragments",
-                "/media/getHLSStreamingSessionURL",
+                "/archived-media/listFragments",
+                "/archived-media/getHLSStreamingSessionURL",
                 "/signaling/master",
                 "/no/such/path",
             ):
@@ -359,7 +359,7 @@ async def test_cors_on_every_plane(tmp_path: Path) -> None:
         )
         media = make_client(
             "kinesis-video-archived-media",
-            f"{kvs.url}/media",
+            f"{kvs.url}/archived-media",
             verify=ca,
             aws_access_key_id=STRICT.access_key,
             aws_secret_access_key=STRICT.secret_key,

@@ -45,7 +45,7 @@ PLANE_PATH = {
     "control": "",
     "signaling": "/signaling",
     "webrtc": "/webrtc",
-    "media": "/media",
+    "archived-media": "/archived-media",
     "stream-media": "/stream-media",
 }
 MAX_DEPTH = 4
@@ -461,7 +461,7 @@ def check_next_token(world: World, token: str) -> None:
         },
     ):
         path = "/listFragments" if "Format" not in body else "/getImages"
-        response = signed_post(world.kvs.url + "/media" + path, json.dumps(body).encode())
+        response = signed_post(world.kvs.url + "/archived-media" + path, json.dumps(body).encode())
         assert (response.status, response.error_code) == (400, "InvalidArgumentException"), (
             path,
             response.body[:300],
@@ -490,7 +490,7 @@ def test_server_is_healthy_after_the_fuzz(world: World) -> None:
     served."""
     assert healthy(world.kvs.url)
     body = json.dumps({"StreamARN": world.stream_arn}).encode()
-    response = signed_post(world.kvs.url + "/media/listFragments", body)
+    response = signed_post(world.kvs.url + "/archived-media/listFragments", body)
     if response.status == 200:  # the fuzz may have deleted the stream: that is allowed
         assert isinstance(json.loads(response.body)["Fragments"], list)
     else:

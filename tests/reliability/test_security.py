@@ -137,7 +137,7 @@ async def test_strict_mode_rejects_expired_and_forged_presigned_urls(
 @dataclass
 class Hls:
     kvs: LocalKvs
-    base: str  # .../media/hls/v1
+    base: str  # .../archived-media/hls/v1
     token: str
     plane: HlsPlane
     data_dir: Path
@@ -171,7 +171,7 @@ def hls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hls]:
             },
             Expires=300,
         )["HLSStreamingSessionURL"]
-        plane = next(p for p in kvs.planes["media"].parts if isinstance(p, HlsPlane))
+        plane = next(p for p in kvs.planes["archived-media"].parts if isinstance(p, HlsPlane))
         yield Hls(
             kvs,
             url.rsplit("/", 1)[0],
@@ -255,7 +255,7 @@ TRAVERSALS = [
 
 def traversal_targets(hls: Hls) -> list[str]:
     """Request targets that try to leave the data directory, in every place of an HLS URL."""
-    base = urlsplit(hls.base).path  # /media/hls/v1
+    base = urlsplit(hls.base).path  # /archived-media/hls/v1
     token = hls.token
     out = []
     for bad in TRAVERSALS:
@@ -272,11 +272,11 @@ def traversal_targets(hls: Hls) -> list[str]:
     out += [
         f"{base}/../../../secret.txt?SessionToken={token}",
         f"{base}/%2e%2e/%2e%2e/%2e%2e/fragments.sqlite?SessionToken={token}",
-        f"/media/hls/v1/..%2f..%2f..%2f{hls.canary}?SessionToken={token}",
-        f"/media/{hls.canary}",
+        f"/archived-media/hls/v1/..%2f..%2f..%2f{hls.canary}?SessionToken={token}",
+        f"/archived-media/{hls.canary}",
         f"/{hls.canary}",
         f"//{hls.canary}",
-        f"/media/hls/v1//etc/passwd?SessionToken={token}",
+        f"/archived-media/hls/v1//etc/passwd?SessionToken={token}",
         f"/fragments/../fragments.sqlite?SessionToken={token}",
     ]
     return out

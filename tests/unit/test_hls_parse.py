@@ -8,7 +8,7 @@ import pytest
 
 from kvsnb.playback.hls import PlaylistError, parse_master, parse_media
 
-BASE = "http://127.0.0.1:1/media/hls/v1/getHLSMasterPlaylist.m3u8?SessionToken=abc"
+BASE = "http://127.0.0.1:1/archived-media/hls/v1/getHLSMasterPlaylist.m3u8?SessionToken=abc"
 
 MASTER = """#EXTM3U
 #EXT-X-INDEPENDENT-SEGMENTS
@@ -40,7 +40,7 @@ def test_master_playlist() -> None:
     assert variant.attributes["CODECS"] == "avc1.42c01f,mp4a.40.2"
     assert variant.attributes["RESOLUTION"] == "640x480"
     assert variant.uri.endswith("getHLSMediaPlaylist.m3u8?SessionToken=abc&TrackNumber=1")
-    assert variant.uri.startswith("http://127.0.0.1:1/media/hls/v1/")
+    assert variant.uri.startswith("http://127.0.0.1:1/archived-media/hls/v1/")
     assert variant.audio_uri is not None and variant.audio_uri.endswith("TrackNumber=2")
 
 

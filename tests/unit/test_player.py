@@ -37,7 +37,7 @@ def test_missing_library_says_how_to_fetch_it(tmp_path: Path) -> None:
 
 
 def test_player_traits_and_commands(comm: None) -> None:
-    player = Player("http://127.0.0.1:1/media/hls/v1/x.m3u8", "HLS", live=True)
+    player = Player("http://127.0.0.1:1/archived-media/hls/v1/x.m3u8", "HLS", live=True)
     # no third-party code in the widget state (what a saved notebook keeps): only our front end
     state = player.get_state()
     assert state["_esm"] == ESM.read_text()

@@ -30,7 +30,7 @@ def test_every_operation_of_the_four_services_is_routed() -> None:
     assert route("control", "/createSignalingChannel").name == "CreateSignalingChannel"
     assert route("signaling", "/v1/get-ice-server-config").name == "GetIceServerConfig"
     assert route("webrtc", "/joinStorageSession").name == "JoinStorageSession"
-    assert route("media", "/listFragments").name == "ListFragments"
+    assert route("archived-media", "/listFragments").name == "ListFragments"
     for name, plane in protocol.SERVICES.items():
         ops = protocol.service_model(name).operation_names
         assert sum(1 for r in table.values() if r.plane == plane) == len(ops)
@@ -38,7 +38,7 @@ def test_every_operation_of_the_four_services_is_routed() -> None:
 
 def test_valid_input_is_converted() -> None:
     parsed = parse(
-        "media",
+        "archived-media",
         "/listFragments",
         {
             "StreamName": "s",

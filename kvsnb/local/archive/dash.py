@@ -118,7 +118,7 @@ class DashPlane:
             expires_s=int(req.get("Expires", DEFAULT_EXPIRES_S)),
         )
         session = await self.sessions.open(req, req.get("DASHFragmentSelector"), options)
-        url = f"{self.endpoints.media}{DASH_PREFIX}{MANIFEST}?SessionToken={session.token}"
+        url = f"{self.endpoints.archived_media}{DASH_PREFIX}{MANIFEST}?SessionToken={session.token}"
         return {"DASHStreamingSessionURL": url}
 
     async def handle_get(self, request: web.Request, path: str) -> web.Response:

@@ -81,7 +81,8 @@ class HlsPlane:
             expires_s=int(req.get("Expires", DEFAULT_EXPIRES_S)),
         )
         session = await self.sessions.open(req, selector_req, options)
-        url = f"{self.endpoints.media}{HLS_PREFIX}{MASTER_PLAYLIST}?SessionToken={session.token}"
+        base = self.endpoints.archived_media
+        url = f"{base}{HLS_PREFIX}{MASTER_PLAYLIST}?SessionToken={session.token}"
         return {"HLSStreamingSessionURL": url}
 
     # ------------------------------------------------------------------ GET resources

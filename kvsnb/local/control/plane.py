@@ -119,9 +119,9 @@ class Endpoints:
         return f"{self.http}/webrtc"
 
     @property
-    def media(self) -> str:
+    def archived_media(self) -> str:
         """The archived-media plane (GetDataEndpoint's answer for its APIs)."""
-        return f"{self.http}/media"
+        return f"{self.http}/archived-media"
 
     @property
     def stream_media(self) -> str:
@@ -622,7 +622,7 @@ class ControlPlane:
         self.stream_of(req)
         if req["APIName"] in MEDIA_PLANE_APIS:
             return {"DataEndpoint": self.endpoints.stream_media}
-        return {"DataEndpoint": self.endpoints.media}
+        return {"DataEndpoint": self.endpoints.archived_media}
 
     # ------------------------------------------------------------------ tags
 

@@ -42,7 +42,7 @@ SERVICES: dict[str, str] = {
     "kinesisvideo": "control",
     "kinesis-video-signaling": "signaling",
     "kinesis-video-webrtc-storage": "webrtc",
-    "kinesis-video-archived-media": "media",
+    "kinesis-video-archived-media": "archived-media",
     "kinesis-video-media": "stream-media",
 }
 CORAL_NAMESPACE = "http://internal.amazon.com/coral/com.amazonaws.kinesisvideo.v20170930/"

@@ -1,6 +1,6 @@
 """Local KVS: one aiohttp application on 127.0.0.1 that serves every KVS plane on one port.
 
-Requests are routed by plane prefix (``/signaling``, ``/webrtc``, ``/media``,
+Requests are routed by plane prefix (``/signaling``, ``/webrtc``, ``/archived-media``,
 ``/stream-media``; anything else is the control plane), and the control plane returns those
 endpoints, so boto3 clients and the AWS CLI work with ``endpoint_url`` as they do against AWS (the
 table is in docs/design.md, "Local KVS"). With ``tls=True`` every plane is served over TLS
@@ -60,7 +60,7 @@ DEFAULT_HOST = LOOPBACK
 PLANE_PREFIXES = (
     ("/signaling", "signaling"),
     ("/webrtc", "webrtc"),
-    ("/media", "media"),
+    ("/archived-media", "archived-media"),
     ("/stream-media", "stream-media"),
 )
 PLANE_SERVICE = {plane: name for name, plane in protocol.SERVICES.items()}
@@ -464,7 +464,7 @@ async def build_planes(kvs: LocalKvs) -> None:
     kvs.sessions = sessions
     kvs.planes["signaling"] = SignalingRestPlane(control)
     kvs.planes["webrtc"] = StoragePlane(control, sessions)
-    kvs.planes["media"] = CompositePlane(
+    kvs.planes["archived-media"] = CompositePlane(
         ArchivePlane(control, store),
         HlsPlane(control, store, control.endpoints),
         DashPlane(control, store, control.endpoints),
