@@ -101,8 +101,9 @@ class MediaOptions:
     get_media_idle_s: float = 10.0  # (inferred)
 
 
-class PutMediaError(Exception):
-    """A PutMedia input problem, answered with an ERROR acknowledgement."""
+class PutMediaFailure(Exception):
+    """A PutMedia input problem, answered with an ERROR acknowledgement (the service side;
+    the client's ``kvsnb.putmedia.PutMediaError`` is what a producer sees)."""
 
     def __init__(self, error: tuple[int, str], message: str) -> None:
         super().__init__(message)
@@ -130,12 +131,6 @@ class _Fragment:
         if self.number is not None:
             out["FragmentNumber"] = self.number
         return out
-
-
-def _stream_of(control: ControlPlane, name: str | None, arn: str | None) -> Stream:
-    if (name is None) == (arn is None):
-        raise InvalidArgumentException("Specify either StreamName or StreamARN.")
-    return control.stream(arn=arn, name=name)
 
 
 class MediaPlane:
@@ -182,8 +177,12 @@ class MediaPlane:
         """PutMedia: read the MKV body as it arrives and answer acknowledgements."""
         await authorize(request, b"")
         headers = request.headers
-        stream = _stream_of(
-            self.control, headers.get("x-amzn-stream-name"), headers.get("x-amzn-stream-arn")
+        stream = self.control.stream_of(
+            {
+                "StreamName": headers.get("x-amzn-stream-name"),
+                "StreamARN": headers.get("x-amzn-stream-arn"),
+            },
+            exclusive=True,
         )
         kind = headers.get("x-amzn-fragment-timecode-type")
         if kind not in ("ABSOLUTE", "RELATIVE"):
@@ -211,7 +210,8 @@ class MediaPlane:
         return response
 
     def store_fragment(self, stream: Stream, header: StreamHeader, frag: _Fragment) -> Fragment:
-        """Remux a received fragment into the stored layout and store it durably (blocking)."""
+        """Write a received fragment in the stored layout, one Cluster at its producer start
+        with its frames as received, and store it durably (blocking)."""
         video = header.tracks[0]
         audio = next((t for t in header.tracks[1:] if t.kind == "audio"), None)
         width, height, codec = video.width, video.height, "avc1"
@@ -237,7 +237,12 @@ class MediaPlane:
             else None
         )
         writer = FragmentWriter(
-            avcc=video.codec_private, width=width, height=height, tags=tags, audio=audio_config
+            avcc=video.codec_private,
+            width=width,
+            height=height,
+            tags=tags,
+            audio=audio_config,
+            timecode_ms=frag.producer_start_ms,
         )
         video_ms = [ms for track, ms, _, _ in frag.frames if track == video.number]
         audio_ms = [ms for track, ms, _, _ in frag.frames if audio and track == audio.number]
@@ -280,7 +285,7 @@ class MediaPlane:
         await authorize(request, body)
         route = protocol.routes()[(PLANE, GET_MEDIA_PATH)]
         req = protocol.parse_input(route, body)
-        stream = _stream_of(self.control, req.get("StreamName"), req.get("StreamARN"))
+        stream = self.control.stream_of(req, exclusive=True)
         cursor = await asyncio.to_thread(self._start_cursor, stream, req["StartSelector"])
         response = web.StreamResponse(status=200, headers={"Content-Type": MKV_CONTENT_TYPE})
         response.enable_chunked_encoding()
@@ -398,11 +403,11 @@ class _PutMediaSession:
         storer = asyncio.create_task(self._store_fragments())
         try:
             await self._read(content)
-        except PutMediaError as err:
+        except PutMediaFailure as err:
             self._error(err)
         except Exception:
             logger.exception("PutMedia into %s failed", self.stream.name)
-            self._error(PutMediaError(INTERNAL_ERROR, "internal error"))
+            self._error(PutMediaFailure(INTERNAL_ERROR, "internal error"))
         finally:
             await self.to_store.put(None)
             with contextlib.suppress(Exception):
@@ -414,7 +419,7 @@ class _PutMediaSession:
             with contextlib.suppress(ConnectionResetError):
                 await self.response.write_eof()
 
-    def _error(self, err: PutMediaError) -> None:
+    def _error(self, err: PutMediaFailure) -> None:
         self.failed = True
         logger.info("PutMedia into %s: %s (%s)", self.stream.name, err, err.error_code)
         ack: dict[str, Any] = (
@@ -442,12 +447,12 @@ class _PutMediaSession:
                 await asyncio.to_thread(self.plane.store_fragment, self.stream, header, frag)
             except ResourceNotFoundException:
                 self.store_broken = True
-                self._error(PutMediaError(STREAM_NOT_ACTIVE, "the stream was deleted"))
+                self._error(PutMediaFailure(STREAM_NOT_ACTIVE, "the stream was deleted"))
                 continue
             except Exception:
                 logger.exception("PutMedia: storing a fragment of %s failed", self.stream.name)
                 self.store_broken = True
-                self._error(PutMediaError(ARCHIVAL_ERROR, "the fragment could not be stored"))
+                self._error(PutMediaFailure(ARCHIVAL_ERROR, "the fragment could not be stored"))
                 continue
             self.acks.put_nowait(frag.ack("PERSISTED"))
 
@@ -457,7 +462,7 @@ class _PutMediaSession:
         while not self.failed:
             limit = self.options.max_connection_s
             if limit is not None and time.monotonic() - began > limit:
-                raise PutMediaError(MAX_CONNECTION_DURATION_REACHED, "connection too long")
+                raise PutMediaFailure(MAX_CONNECTION_DURATION_REACHED, "connection too long")
             try:
                 chunk = await asyncio.wait_for(
                     content.readany(), timeout=self.options.idle_ack_interval_s
@@ -468,24 +473,24 @@ class _PutMediaSession:
                 self.acks.put_nowait({"EventType": "IDLE"})
                 continue
             except Exception as exc:  # the client broke the upload off
-                raise PutMediaError(STREAM_READ_ERROR, f"reading the body failed: {exc}") from exc
+                raise PutMediaFailure(STREAM_READ_ERROR, f"reading the body failed: {exc}") from exc
             if not chunk:
                 try:
                     events = self.parser.end()
                 except MkvError as exc:
-                    raise PutMediaError(INVALID_MKV_DATA, str(exc)) from exc
+                    raise PutMediaFailure(INVALID_MKV_DATA, str(exc)) from exc
                 await self._events(events)
                 return
             idle_since = time.monotonic()
             try:
                 events = self.parser.feed(chunk)
             except MkvError as exc:
-                raise PutMediaError(INVALID_MKV_DATA, str(exc)) from exc
+                raise PutMediaFailure(INVALID_MKV_DATA, str(exc)) from exc
             await self._events(events)
             if self.current is not None:
                 size = self.parser.bytes_in - self.current.first_byte
                 if size > self.options.max_fragment_bytes:
-                    raise PutMediaError(MAX_FRAGMENT_SIZE_REACHED, f"fragment over {size} bytes")
+                    raise PutMediaFailure(MAX_FRAGMENT_SIZE_REACHED, f"fragment over {size} bytes")
 
     async def _events(self, events: list[ParseEvent]) -> None:
         for event in events:
@@ -493,7 +498,7 @@ class _PutMediaSession:
                 self.header = self._check_header(event.header)
             elif isinstance(event, ClusterStart):
                 if self.header is None:
-                    raise PutMediaError(INVALID_MKV_DATA, "a Cluster before the Tracks")
+                    raise PutMediaFailure(INVALID_MKV_DATA, "a Cluster before the Tracks")
                 self.current = _Fragment(round(time.time() * 1000), self.parser.bytes_in)
             elif isinstance(event, ClusterTimecode):
                 await self._timecode(event.timecode)
@@ -505,15 +510,15 @@ class _PutMediaSession:
     def _check_header(self, header: StreamHeader) -> StreamHeader:
         tracks = header.tracks
         if len(tracks) > self.options.max_tracks:
-            raise PutMediaError(MORE_THAN_ALLOWED_TRACKS_FOUND, f"{len(tracks)} tracks")
+            raise PutMediaFailure(MORE_THAN_ALLOWED_TRACKS_FOUND, f"{len(tracks)} tracks")
         if not tracks or tracks[0].codec_id != VIDEO_CODEC_ID or not tracks[0].codec_private:
-            raise PutMediaError(
+            raise PutMediaFailure(
                 INVALID_MKV_DATA,
                 f"Local KVS stores H.264 ({VIDEO_CODEC_ID} with codec private data) as track 1",
             )
         for track in tracks[1:]:
             if track.codec_id != AUDIO_CODEC_ID:
-                raise PutMediaError(
+                raise PutMediaFailure(
                     INVALID_MKV_DATA,
                     f"Local KVS stores {AUDIO_CODEC_ID} audio only, not {track.codec_id}",
                 )
@@ -527,7 +532,7 @@ class _PutMediaSession:
     async def _timecode(self, timecode: int) -> None:
         frag = self.current
         if frag is None or self.header is None:
-            raise PutMediaError(INVALID_MKV_DATA, "a Timecode outside a Cluster")
+            raise PutMediaFailure(INVALID_MKV_DATA, "a Timecode outside a Cluster")
         frag.timecode_ms = round(timecode * self.header.timecode_scale_ns / 1_000_000)
         frag.producer_start_ms = self._ms(timecode)
         frag.number = await asyncio.to_thread(self.plane.store.reserve_fragment_number)
@@ -536,22 +541,22 @@ class _PutMediaSession:
     def _block(self, block: Block) -> None:
         frag, header = self.current, self.header
         if frag is None or header is None or frag.timecode_ms is None:
-            raise PutMediaError(INVALID_MKV_DATA, "a block before its Cluster's Timecode")
+            raise PutMediaFailure(INVALID_MKV_DATA, "a block before its Cluster's Timecode")
         if all(t.number != block.track for t in header.tracks):
-            raise PutMediaError(TRACK_NUMBER_MISMATCH, f"block of track {block.track}")
+            raise PutMediaFailure(TRACK_NUMBER_MISMATCH, f"block of track {block.track}")
         assert header is not None
         cluster_tc = frag.producer_start_ms
         ms = cluster_tc + round(block.relative_timecode * header.timecode_scale_ns / 1_000_000)
         if not frag.frames and self.previous_last_ms is not None and ms < self.previous_last_ms:
-            raise PutMediaError(
+            raise PutMediaFailure(
                 FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS,
                 f"fragment starts at {ms} ms, before the previous one's last frame",
             )
         if ms - frag.producer_start_ms > self.options.max_fragment_duration_ms:
-            raise PutMediaError(MAX_FRAGMENT_DURATION_REACHED, "fragment too long")
+            raise PutMediaFailure(MAX_FRAGMENT_DURATION_REACHED, "fragment too long")
         frag.size += len(block.data)
         if frag.size > self.options.max_fragment_bytes:
-            raise PutMediaError(MAX_FRAGMENT_SIZE_REACHED, f"fragment over {frag.size} bytes")
+            raise PutMediaFailure(MAX_FRAGMENT_SIZE_REACHED, f"fragment over {frag.size} bytes")
         frag.frames.append((block.track, ms, block.keyframe, block.data))
         frag.last_ms = ms if frag.last_ms is None else max(frag.last_ms, ms)
 
@@ -560,12 +565,12 @@ class _PutMediaSession:
         if frag is None or header is None:
             return
         if frag.timecode_ms is None:
-            raise PutMediaError(INVALID_MKV_DATA, "a Cluster without a Timecode")
+            raise PutMediaFailure(INVALID_MKV_DATA, "a Cluster without a Timecode")
         present = {track for track, _, _, _ in frag.frames}
         missing = [t.number for t in header.tracks if t.number not in present]
         if missing:
             self.current = frag
-            raise PutMediaError(FRAMES_MISSING_FOR_TRACK, f"no frames for track {missing[0]}")
+            raise PutMediaFailure(FRAMES_MISSING_FOR_TRACK, f"no frames for track {missing[0]}")
         self.previous_last_ms = frag.last_ms
         self.acks.put_nowait(frag.ack("RECEIVED"))
         if self.stream.retention_hours > 0:

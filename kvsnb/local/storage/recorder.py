@@ -317,6 +317,7 @@ class FragmentRecorder:
             height=self._sps_info.height,
             tags=tags,
             audio=self._audio_config if self.audio else None,
+            timecode_ms=start_ms,
         )
         self._opened += 1
         self._last_request_ms = None

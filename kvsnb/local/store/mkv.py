@@ -1,67 +1,65 @@
-"""H.264 bitstream helpers and the Matroska layout of stored fragments.
+"""The Matroska layout of stored fragments, written with kvsnb's own EBML writer.
 
-A stored fragment is exactly the chunk GetMediaForFragmentList returns for it: an EBML header
-and one unknown-size Segment with Info, Tracks (1 ``V_MPEG4/ISO/AVC`` with an avcC, 2
-``A_AAC``), the three ``AWS_KINESISVIDEO_*`` tags and the Clusters, block times in producer
-epoch ms (docs/wire.md, "Archived media" and "Storage sessions"). Unknown-size segments let
-ffmpeg read a concatenation of fragments straight through (docs/design.md, "Local KVS").
+A stored fragment is exactly the chunk GetMediaForFragmentList returns for it, in the shape
+AWS streams GetMedia (docs/wire.md, "GetMedia", "Shape of a chunk"): an EBML header and one
+unknown-size Segment with Info (TimecodeScale 1 ms), Tracks (1 ``V_MPEG4/ISO/AVC`` with an
+avcC, 2 ``A_AAC``), the three ``AWS_KINESISVIDEO_*`` tags and then one known-size Cluster
+holding every frame of the fragment as SimpleBlocks, video and audio interleaved by time. The
+Cluster's timecode is the fragment's producer start in epoch ms, so block times stay producer
+epoch ms (docs/wire.md, "Archived media" and "Storage sessions"). Only a fragment whose frames
+span more than a block timecode reaches (about 32 s from the Cluster's) gets a second Cluster.
+Unknown-size segments let ffmpeg read a concatenation of fragments straight through
+(docs/design.md, "Local KVS"). Files written before this layout (several Clusters per
+fragment, muxed by FFmpeg) are read and served as they are.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Any
-
-import av
 
 from kvsnb.wire.ebml import (
     CLUSTER,
     EBML,
+    INFO,
+    MUXING_APP,
     SEGMENT,
     TAGS,
+    TIMECODE,
+    TIMECODE_SCALE,
+    TRACKS,
+    UNKNOWN_SIZE,
+    WRITING_APP,
+    TrackSpec,
+    ebml_header,
+    element,
+    encode_id,
+    encode_size,
     read_vint,
+    simple_block,
+    string_element,
     tags_element,
+    uint_element,
 )
 
 logger = logging.getLogger(__name__)
 
-MKV_TIME_BASE = Fraction(1, 1000)
 TAG_FRAGMENT_NUMBER = "AWS_KINESISVIDEO_FRAGMENT_NUMBER"
 TAG_SERVER_TIMESTAMP = "AWS_KINESISVIDEO_SERVER_SIDE_TIMESTAMP"
 TAG_PRODUCER_TIMESTAMP = "AWS_KINESISVIDEO_PRODUCER_SIDE_TIMESTAMP"
 VIDEO_CODEC_ID = "V_MPEG4/ISO/AVC"
 AUDIO_CODEC_ID = "A_AAC"
 READ_CHUNK_BYTES = 1 << 20
-
-_template_lock = threading.Lock()
-_templates: dict[str, Any] = {}
+VIDEO_TRACK = 1
+AUDIO_TRACK = 2
+TIMECODE_SCALE_NS = 1_000_000  # block times in ms
+APP = "kvsnb Local KVS"
+_BLOCK_MIN, _BLOCK_MAX = -(1 << 15), (1 << 15) - 1  # a block's timecode, relative to its Cluster
 
 
 # ---------------------------------------------------------------------------- writing
-
-
-def _template_stream(codec: str) -> Any:
-    """A never-opened PyAV stream of ``codec`` used only as a template for output streams.
-
-    ``add_stream_from_template`` creates a stream whose codec context is marked as
-    initialised, so PyAV never opens an encoder for it: the packets are muxed as given.
-    """
-    with _template_lock:
-        stream = _templates.get(codec)
-        if stream is None:
-            holder = _templates.get("_container")
-            if holder is None:
-                holder = av.open(io.BytesIO(), "w", format="matroska")
-                _templates["_container"] = holder
-            stream = holder.add_stream(codec)
-            _templates[codec] = stream
-        return stream
 
 
 def timestamp_tag(epoch_ms: int) -> str:
@@ -77,13 +75,20 @@ class AudioTrackConfig:
     sample_rate: int
     layout: str
 
+    @property
+    def channels(self) -> int:
+        """1 for a mono layout, else 2."""
+        return 1 if self.layout == "mono" else 2
+
 
 class FragmentWriter:
-    """Writes one fragment as a live Matroska segment into memory, packet by packet.
+    """Collects one fragment's frames and writes it in the stored layout (module docstring).
 
-    Video packets are length-prefixed H.264 access units with ``pts`` in producer epoch
-    ms; audio packets are raw AAC frames. ``finish()`` returns the file bytes. Not
-    thread-safe: the recorder drives one writer from its worker thread.
+    Video frames are length-prefixed H.264 access units and audio frames raw AAC frames, each
+    at a time in producer epoch ms; ``timecode_ms`` (the fragment's producer start) is the
+    Cluster's timecode. The frames are kept in memory until ``finish()`` returns the file's
+    bytes: the Cluster's size goes before its blocks. Not thread-safe: the recorder drives one
+    writer from its worker thread.
     """
 
     def __init__(
@@ -94,59 +99,88 @@ class FragmentWriter:
         height: int,
         tags: dict[str, str],
         audio: AudioTrackConfig | None,
+        timecode_ms: int,
     ) -> None:
-        self._buffer = io.BytesIO()
-        self._container: Any = av.open(self._buffer, "w", format="matroska", options={"live": "1"})
-        self._container.metadata.update(tags)
-        video = self._container.add_stream_from_template(_template_stream("h264"), opaque=True)
-        ctx = video.codec_context
-        ctx.extradata = avcc
-        ctx.width = width
-        ctx.height = height
-        ctx.pix_fmt = "yuv420p"
-        video.time_base = MKV_TIME_BASE
-        self._video = video
-        self._audio: Any = None
+        tracks = [TrackSpec(VIDEO_TRACK, VIDEO_CODEC_ID, avcc, "video", width, height)]
         if audio is not None:
-            stream = self._container.add_stream_from_template(_template_stream("aac"), opaque=True)
-            actx = stream.codec_context
-            actx.extradata = audio.extradata
-            actx.sample_rate = audio.sample_rate
-            actx.layout = audio.layout
-            actx.format = "fltp"
-            stream.time_base = MKV_TIME_BASE
-            self._audio = stream
+            tracks.append(
+                TrackSpec(
+                    AUDIO_TRACK,
+                    AUDIO_CODEC_ID,
+                    audio.extradata,
+                    "audio",
+                    sample_rate=float(audio.sample_rate),
+                    channels=audio.channels,
+                )
+            )
+        info = (
+            uint_element(TIMECODE_SCALE, TIMECODE_SCALE_NS)
+            + string_element(MUXING_APP, APP)
+            + string_element(WRITING_APP, APP)
+        )
+        self._head = (
+            ebml_header()
+            + encode_id(SEGMENT)
+            + UNKNOWN_SIZE
+            + element(INFO, info)
+            + element(TRACKS, b"".join(t.to_bytes() for t in tracks))
+            + tags_element(tags)
+        )
+        self._has_audio = audio is not None
+        self.timecode_ms = timecode_ms
+        self._frames: list[tuple[int, int, bool, bytes]] = []  # ms, track, keyframe, data
+        self._sorted = True
 
     @property
     def has_audio_track(self) -> bool:
         """True when the file carries an A_AAC track."""
-        return self._audio is not None
+        return self._has_audio
+
+    def _add(self, pts_ms: int, track: int, keyframe: bool, data: bytes) -> None:
+        frames = self._frames
+        if frames and pts_ms < frames[-1][0]:
+            self._sorted = False
+        frames.append((pts_ms, track, keyframe, data))
 
     def write_video(self, data: bytes, pts_ms: int, keyframe: bool) -> None:
-        """Mux one length-prefixed access unit at ``pts_ms`` (strictly increasing)."""
-        packet = av.Packet(data)
-        packet.pts = packet.dts = pts_ms
-        packet.time_base = MKV_TIME_BASE
-        packet.is_keyframe = keyframe
-        packet.stream = self._video
-        self._container.mux_one(packet)
+        """Add one length-prefixed access unit at ``pts_ms`` (strictly increasing)."""
+        self._add(pts_ms, VIDEO_TRACK, keyframe, data)
 
     def write_audio(self, data: bytes, pts_ms: int, duration_ms: int) -> None:
-        """Mux one raw AAC frame at ``pts_ms`` (non-decreasing)."""
-        if self._audio is None:
+        """Add one raw AAC frame at ``pts_ms`` (non-decreasing). Every AAC frame lasts its
+        1024 samples, so ``duration_ms`` is implied by the track and not written."""
+        if not self._has_audio:
             raise RuntimeError("fragment has no audio track")
-        packet = av.Packet(data)
-        packet.pts = packet.dts = pts_ms
-        packet.duration = duration_ms
-        packet.time_base = MKV_TIME_BASE
-        packet.is_keyframe = True
-        packet.stream = self._audio
-        self._container.mux_one(packet)
+        self._add(pts_ms, AUDIO_TRACK, True, data)
 
     def finish(self) -> bytes:
-        """Close the container and return the fragment file's bytes."""
-        self._container.close()
-        return self._buffer.getvalue()
+        """The fragment file's bytes: the head, then the Cluster of every frame by time."""
+        frames = self._frames
+        if not self._sorted:
+            frames.sort(key=lambda f: f[0])  # stable: equal times keep the order added
+        parts = [self._head]
+        timecode = self.timecode_ms
+        blocks: list[bytes] = []
+        for ms, track, keyframe, data in frames:
+            relative = ms - timecode
+            if not _BLOCK_MIN <= relative <= _BLOCK_MAX:
+                # Only a fragment spanning over ~32 s gets here: continue in a new Cluster.
+                if blocks:
+                    parts.append(_cluster(timecode, blocks))
+                    blocks = []
+                timecode, relative = ms, 0
+            blocks.append(simple_block(track, relative, keyframe, data))
+        parts.append(_cluster(timecode, blocks))
+        self._frames = []
+        return b"".join(parts)
+
+
+def _cluster(timecode: int, blocks: list[bytes]) -> bytes:
+    """A known-size Cluster of ``blocks`` (already-encoded SimpleBlocks) at ``timecode``."""
+    body_size = sum(len(b) for b in blocks)
+    timecode_element = uint_element(TIMECODE, timecode)
+    size = len(timecode_element) + body_size
+    return b"".join([encode_id(CLUSTER), encode_size(size), timecode_element, *blocks])
 
 
 # ---------------------------------------------------------------------------- reading
