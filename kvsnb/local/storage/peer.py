@@ -240,6 +240,17 @@ class _StoragePeer(abc.ABC):
         """True once the session has ended."""
         return self._closed.is_set()
 
+    @property
+    def finished(self) -> bool:
+        """True once ``close()`` has completed: the peer connection closed, the session's
+        tasks ended and what it held released (a master's partial fragment stored)."""
+        return self._close_task is not None and self._close_task.done()
+
+    @property
+    def running_tasks(self) -> int:
+        """How many of the session's background tasks (watchdog, ...) are still running."""
+        return len(self._tasks)
+
     def record(self) -> EndedSession:
         """A small record of this session (role, channel, ClientId, stats)."""
         return EndedSession(

@@ -201,6 +201,12 @@ class FragmentRecorder:
         self._flush_opus()
         await asyncio.wrap_future(self._executor.submit(lambda: None))
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` has finished: everything stored (the partial fragment
+        included) and the recorder's worker thread let go."""
+        return self._closing is not None and self._closing.done()
+
     async def close(self) -> list[Fragment]:
         """Store what is left (the partial fragment included) and stop; idempotent.
 
