@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,9 +64,9 @@ async def test_masters_spread_over_workers_and_every_frame_is_stored(
     streams = {name: target.create_storage_channel(name) for name in ("w1", "w2", "w3", "w4")}
     # each master sends 75 frames (2.5 s at 30 fps on an idle machine; longer on a busy one)
     results = await asyncio.gather(*(ingest_frames(target, name, 75) for name in streams))
-    await asyncio.sleep(0.3)
+    channels = {arn for arn, _ in streams.values()}
+    await wait_until(lambda: set(pool(kvs).placement()) == channels, "all four channels placed")
     placement = pool(kvs).placement()
-    assert set(placement) == {arn for arn, _ in streams.values()}
     assert sorted(placement.values()).count(pool(kvs).pids()[0]) == 2  # two channels each
     assert set(placement.values()) == set(pool(kvs).pids())
     assert os.getpid() not in pool(kvs).pids()
@@ -150,16 +149,14 @@ async def test_a_killed_worker_leaves_the_other_sessions_and_the_store_intact(
 
     os.kill(victim_pid, signal.SIGKILL)
     await sessions["k1"].stop()
-    deadline = time.monotonic() + 20
-    while victim_pid in pool(kvs).pids():
-        assert time.monotonic() < deadline, "the dead worker was not replaced"
-        await asyncio.sleep(0.1)
+    await wait_until(
+        lambda: victim_pid not in pool(kvs).pids(), "the dead worker is replaced", deadline_s=20
+    )
 
     # The survivor streams on (45 more frames): every frame it sent is stored.
-    sent_at_kill = len(tracks["k2"].sent)
-    await wait_until(lambda: len(tracks["k2"].sent) >= sent_at_kill + 45, "k2 streams on")
-    tracks["k2"].stop()
-    await asyncio.sleep(0.3)
+    # The pattern ends once the sender asks for a frame past the last: all have left it.
+    tracks["k2"].max_frames = len(tracks["k2"].sent) + 45
+    await wait_until(lambda: tracks["k2"].readyState == "ended", "k2 streams 45 more frames")
     await sessions["k2"].stop()
     sent = tracks["k2"].frames_df()
     delivery = await stored_delivery(target, streams["k2"][1], sent)
@@ -190,13 +187,14 @@ async def test_storage_disabled_ends_the_session_in_its_worker(
         target.kinesisvideo.update_media_storage_configuration(
             ChannelARN=channel_arn, MediaStorageConfiguration={"Status": "DISABLED"}
         )
-        deadline = time.monotonic() + 15
-        while not any(
-            e.step == "pc_state" and e.detail.get("state") in ("failed", "closed")
-            for e in session.timeline.events
-        ):
-            assert time.monotonic() < deadline, "the session outlived its storage"
-            await asyncio.sleep(0.1)
+        await wait_until(
+            lambda: any(
+                e.step == "pc_state" and e.detail.get("state") in ("failed", "closed")
+                for e in session.timeline.events
+            ),
+            "the session ends with its storage",
+            deadline_s=15,
+        )
         # what was received before is stored (the partial fragment too) and decodes
         _, (stamps, unreadable) = stored_stamps(target, stream_arn)
         assert stamps is not None and len(stamps) > 0 and unreadable == 0
