@@ -26,7 +26,7 @@ from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
 from kvsnb.local.archive.hls import HlsPlane, program_date_time
 from kvsnb.local.store.fragments import Fragment
-from tests.conftest import FAST, make_client, start_kvs
+from tests.conftest import FAST, make_client, start_kvs, wait_until, wait_until_sync
 from tests.integration.conftest import Http
 
 NAME = "hls"
@@ -62,9 +62,14 @@ def record(tmp: Path, name: str) -> Recorded:
     with connect(endpoint_url=kvs.url) as tg:
         _, arn = tg.create_storage_channel(name)
         first = asyncio.run(ingest(tg, name, seconds=2.5, policy=FAST))
-        time.sleep(0.3)
+        time.sleep(0.3)  # the pause between the two sessions, part of the recording
         second = asyncio.run(ingest(tg, name, seconds=1.5, policy=FAST))
-    time.sleep(0.5)
+    sent = len(first.frames_sent) + len(second.frames_sent)
+    wait_until_sync(  # the fragment a leaving master held is stored a moment later
+        lambda: sum(f.frame_count for f in kvs.store.list_fragments(arn, SELECTOR)) >= sent,
+        "every frame sent is stored",
+        deadline_s=30,
+    )
     fragments = kvs.store.list_fragments(arn, SELECTOR)
     first_session = [f for f in fragments if f.producer_start_ms < first.ended * 1000]
     kv = make_client("kinesisvideo", kvs.url)
@@ -427,13 +432,17 @@ async def test_live_playlist_follows_ingest(recorded: Recorded) -> None:
                         seen.setdefault(index, time.time())
                     if done:
                         break
-                    await asyncio.sleep(0.05)
-            await task
+                    await asyncio.sleep(0.05)  # paces the playlist requests
+            sent = len((await task).frames_sent)
         finally:
             remove()
             if not task.done():
                 task.cancel()
-    await asyncio.sleep(0.5)
+    await wait_until(  # the fragment the leaving master held is stored a moment later
+        lambda: sum(f.frame_count for f in kvs.store.list_fragments(arn)) >= sent,
+        "every frame sent is stored",
+        deadline_s=30,
+    )
     fragments = kvs.store.list_fragments(arn)
     assert sequences == sorted(sequences) and sequences[-1] > sequences[0]
     # Every fragment stored while the session ran was listed, in order, none skipped.
