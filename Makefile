@@ -22,9 +22,10 @@ vendor: $(VENDOR)
 system: $(SYSTEM_STAMP)
 
 # System packages, installed only when missing: ffmpeg (ffprobe checks what Local KVS
-# serves) for everything, and for the tests Debian's chromium (the browser tests drive it
-# with Playwright; no browser download) and nodejs/npm (the browser tests' JS comes from the
-# npm registry).
+# serves) and coturn (Local KVS's TURN server: sessions go through TURN, as on AWS) for
+# everything, and for the tests Debian's chromium (the browser tests drive it with
+# Playwright; no browser download) and nodejs/npm (the browser tests' JS comes from the npm
+# registry).
 define apt_install_missing
 	@missing=""; for pc in $(1); do \
 		pkg=$${pc%%:*}; cmd=$${pc##*:}; \
@@ -40,7 +41,7 @@ define apt_install_missing
 endef
 
 $(SYSTEM_STAMP):
-	$(call apt_install_missing,ffmpeg:ffprobe)
+	$(call apt_install_missing,ffmpeg:ffprobe coturn:turnserver)
 
 $(BROWSER_STAMP):
 	$(call apt_install_missing,chromium:chromium)

@@ -41,6 +41,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
             tls_cert=args.cert,
             tls_key=args.key,
             public_url=args.public_url,
+            ice=args.ice,
         )
     )
     return 0
@@ -219,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the base URL browsers reach Local KVS at behind a proxy, e.g. "
         "https://hub.example/user/me/proxy/4566 or /proxy/{port} with jupyter-server-proxy; "
         "every endpoint and HLS/DASH URL returned starts with it",
+    )
+    lp.add_argument(
+        "--ice",
+        choices=("turn", "host"),
+        default="turn",
+        help="turn (default, as AWS): peers reach storage sessions only through Local KVS's "
+        "TURN server (coturn), whose credentials GetIceServerConfig hands out; host: directly "
+        "on loopback host candidates, with an empty IceServerList",
     )
     lp.set_defaults(func=_cmd_local)
 

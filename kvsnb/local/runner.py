@@ -17,11 +17,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from kvsnb.local.front.server import LocalKvs, LocalKvsConfig
 from kvsnb.local.front.sigv4 import StrictKeys
 from kvsnb.local.storage.peer import StorageOptions
+from kvsnb.local.turn.server import NO_COTURN
 from kvsnb.wire.defaults import DEFAULT_REGION, LOOPBACK
 
 
@@ -57,6 +58,7 @@ async def serve(
     tls_cert: str | os.PathLike[str] | None = None,
     tls_key: str | os.PathLike[str] | None = None,
     public_url: str | None = None,
+    ice: Literal["turn", "host"] = "turn",
 ) -> None:
     """Run a Local KVS in this event loop until SIGINT or SIGTERM (``kvsnb local``).
 
@@ -65,7 +67,8 @@ async def serve(
     serves https/wss with a local CA kept in the data directory, or with ``tls_cert`` and
     ``tls_key`` when given. Prints the URL and, in TLS mode, how to trust the CA.
     ``storage_workers`` > 0 runs storage sessions in that many worker processes;
-    ``public_url`` is the base URL browsers reach it at (``{port}`` = the bound port).
+    ``public_url`` is the base URL browsers reach it at (``{port}`` = the bound port);
+    ``ice`` is how peers reach storage sessions (``LocalKvsConfig.ice``).
     """
     options = StorageOptions(require_audio=require_audio)
     if fragment_duration_s is not None:
@@ -81,12 +84,14 @@ async def serve(
         tls_cert=Path(tls_cert) if tls_cert else None,
         tls_key=Path(tls_key) if tls_key else None,
         public_url=public_url,
+        ice=ice,
         extra={"storage": options},
     )
     kvs = LocalKvs(config)
     await kvs.start()
     reached = f", reached at {kvs.public_url}" if public_url else ""
     print(f"Local KVS at {kvs.url}{reached} (data: {kvs.data_dir})", flush=True)
+    print(ice_summary(kvs), flush=True)
     if kvs.tls is not None:
         kept = data_dir is not None
         print(tls_instructions(kvs.url, kvs.tls.ca, kvs.tls.spki_sha256(), kept), flush=True)
@@ -97,6 +102,19 @@ async def serve(
     await stop.wait()
     print("stopping Local KVS", flush=True)
     await kvs.stop()
+
+
+def ice_summary(kvs: LocalKvs) -> str:
+    """One line on how peers reach the storage sessions of ``kvs``."""
+    turn = kvs.turn_endpoint
+    if turn is not None:
+        return (
+            f"TURN: coturn at {turn.host}:{turn.port} (TLS {turn.tls_port}); storage sessions "
+            "are reachable only through it, as on AWS (GetIceServerConfig gives its credentials)"
+        )
+    if kvs.config.ice == "turn":
+        return f"TURN: off. {NO_COTURN}"
+    return "TURN: off (--ice host): peers reach storage sessions on loopback host candidates"
 
 
 def tls_instructions(url: str, ca: Path | None, spki: str, kept: bool = True) -> str:

@@ -13,6 +13,7 @@ tests use), or as ``kvsnb local``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import re
@@ -23,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 
@@ -52,6 +53,8 @@ from kvsnb.local.storage.peer import StorageOptions, StorageSessionManager
 from kvsnb.local.storage.plane import StoragePlane
 from kvsnb.local.storage.workers import StorageWorkerPool
 from kvsnb.local.store.fragments import FragmentStore
+from kvsnb.local.turn.credentials import TTL_S
+from kvsnb.local.turn.server import NO_COTURN, TurnEndpoint, TurnServer, coturn_binary
 from kvsnb.wire.defaults import DEFAULT_REGION, LOOPBACK
 
 logger = logging.getLogger(__name__)
@@ -96,6 +99,12 @@ class LocalKvsConfig:
     # proxy's ``/proxy/{port}``, absolute or root-relative; ``{port}`` is the bound port):
     # every endpoint and session URL Local KVS returns starts with it. None: ``url``.
     public_url: str | None = None
+    # How peers reach storage sessions: "turn" (as AWS: only through the TURN server, coturn,
+    # a child process; GetIceServerConfig hands out its credentials) or "host" (directly on
+    # loopback host candidates, with an empty IceServerList). Without coturn installed,
+    # "turn" falls back to "host" and says so once.
+    ice: Literal["turn", "host"] = "turn"
+    turn_ttl_s: int = TTL_S  # the Ttl of TURN credentials (AWS: 300 s)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,6 +142,7 @@ class LocalKvs:
         self._thread: threading.Thread | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.tls: TlsFiles | None = None  # the TLS files served with, once started in TLS mode
+        self.turn: TurnServer | None = None  # coturn, once started (ice="turn")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -202,6 +212,7 @@ class LocalKvs:
         )
         self.relay = SignalingRelay(self.control, self._authorize_ws, self.config.signaling)
         self.planes = {"control": self.control}
+        await self._start_turn()
         await build_planes(self)  # the data planes build on the control plane
         logger.info(
             "Local KVS serving at %s, reached at %s (data: %s)",
@@ -210,6 +221,28 @@ class LocalKvs:
             self.data_dir,
         )
         return self
+
+    @property
+    def turn_endpoint(self) -> TurnEndpoint | None:
+        """Where the TURN server is, when sessions go through TURN (``ice="turn"``)."""
+        return self.turn.endpoint if self.turn is not None else None
+
+    async def _start_turn(self) -> None:
+        if self.config.ice != "turn":
+            return
+        if coturn_binary() is None:
+            logger.warning(NO_COTURN)
+            return
+        files = self.tls
+        if files is None:  # not in TLS mode: turns: still needs a certificate
+            files = await asyncio.to_thread(local_ca_files, self.data_dir, self.config.host)
+        self.turn = TurnServer(
+            self.data_dir,
+            cert=files.cert,
+            key=files.key,
+            ttl=self.config.turn_ttl_s,
+        )
+        await self.turn.start()
 
     def _tls_files(self) -> TlsFiles:
         cfg = self.config
@@ -236,6 +269,9 @@ class LocalKvs:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.turn is not None:
+            await self.turn.stop()
+            self.turn = None
         if self.control is not None:
             self.control.close()
             self.control = None
@@ -450,7 +486,9 @@ async def build_planes(kvs: LocalKvs) -> None:
     control, relay = kvs.control, kvs.relay
     assert control is not None and relay is not None
     store = await asyncio.to_thread(FragmentStore, kvs.data_dir)
-    options = kvs.config.extra.get("storage") or StorageOptions()
+    options = dataclasses.replace(
+        kvs.config.extra.get("storage") or StorageOptions(), turn=kvs.turn_endpoint
+    )
     sessions: StorageSessionManager | StorageWorkerPool
     if kvs.config.storage_workers > 0:
         sessions = StorageWorkerPool(relay, store, options, kvs.config.storage_workers)
@@ -462,7 +500,7 @@ async def build_planes(kvs: LocalKvs) -> None:
     control.events.stream_deleted.append(lambda st: store.delete_stream(st.arn))
     kvs.store = store
     kvs.sessions = sessions
-    kvs.planes["signaling"] = SignalingRestPlane(control)
+    kvs.planes["signaling"] = SignalingRestPlane(control, kvs.turn_endpoint)
     kvs.planes["webrtc"] = StoragePlane(control, sessions)
     kvs.planes["archived-media"] = CompositePlane(
         ArchivePlane(control, store),

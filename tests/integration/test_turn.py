@@ -1,0 +1,177 @@
+"""TURN in Local KVS (coturn), as AWS has it for WebRTC ingestion: GetIceServerConfig's shape
+and rules, time-limited credentials that coturn refuses once expired, a storage peer
+reachable only through TURN, and Local KVS without coturn or with ``ice="host"``."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection
+
+from kvsnb.local import LocalKvs, LocalKvsConfig
+from kvsnb.local.runner import ice_summary
+from kvsnb.local.turn.credentials import password_for
+from kvsnb.local.turn.server import NO_COTURN, RELAY_IP, coturn_binary
+from tests.conftest import make_channel, make_client, wait_until_sync
+from tests.integration.conftest import ExpectError
+
+pytestmark = pytest.mark.skipif(coturn_binary() is None, reason="coturn is not installed")
+
+URI_FORMS = [
+    r"turn:127\.0\.0\.1:\d+\?transport=udp",
+    r"turns:127\.0\.0\.1:\d+\?transport=udp",
+    r"turns:127\.0\.0\.1:\d+\?transport=tcp",
+]
+
+
+def signaling_client(kvs: LocalKvs, channel_arn: str, role: str = "MASTER") -> Any:
+    kv = make_client("kinesisvideo", kvs.url)
+    endpoint = kv.get_signaling_channel_endpoint(
+        ChannelARN=channel_arn,
+        SingleMasterChannelEndpointConfiguration={"Protocols": ["HTTPS"], "Role": role},
+    )["ResourceEndpointList"][0]["ResourceEndpoint"]
+    return make_client("kinesis-video-signaling", endpoint)
+
+
+@pytest.fixture
+def short_ttl(tmp_path: Path) -> Iterator[LocalKvs]:
+    """A Local KVS whose TURN credentials live 2 s."""
+    with LocalKvs(LocalKvsConfig(data_dir=tmp_path / "data", turn_ttl_s=2)) as kvs:
+        yield kvs
+
+
+def test_get_ice_server_config_has_aws_shape(local_kvs: LocalKvs, kv: Any) -> None:
+    channel = make_channel(kv)
+    before = int(time.time())
+    servers = signaling_client(local_kvs, channel.arn).get_ice_server_config(
+        ChannelARN=channel.arn, ClientId="viewer-1", Service="TURN"
+    )["IceServerList"]
+    assert len(servers) == 2  # AWS answers with two TURN servers
+    turn = local_kvs.turn_endpoint
+    assert turn is not None
+    for server in servers:
+        assert set(server) == {"Uris", "Username", "Password", "Ttl"}
+        assert all(re.fullmatch(f, u) for f, u in zip(URI_FORMS, server["Uris"], strict=True))
+        assert server["Ttl"] == 300
+        expiry, tag = server["Username"].split(":", 1)
+        assert before + 300 <= int(expiry) <= int(time.time()) + 300
+        assert base64.b64decode(tag).decode() == f"v1:{channel.arn}"
+        assert server["Password"] == password_for(turn.secret, server["Username"])
+
+
+def test_get_ice_server_config_rules(
+    local_kvs: LocalKvs, kv: Any, expect_error: ExpectError
+) -> None:
+    channel = make_channel(kv)
+    raw = signaling_client(local_kvs, channel.arn)
+    unchecked = make_client("kinesis-video-signaling", raw.meta.endpoint_url, validate=False)
+    expect_error(
+        lambda: unchecked.get_ice_server_config(ChannelARN=channel.arn, Service="STUN"),
+        "InvalidArgumentException",
+        400,
+        "Value 'STUN' at 'service' failed to satisfy constraint",
+    )
+    expect_error(
+        lambda: unchecked.get_ice_server_config(ChannelARN=channel.arn, ClientId="bad id!"),
+        "InvalidArgumentException",
+        400,
+        "at 'clientId' failed to satisfy constraint",
+    )
+    gone = channel.arn.rsplit("/", 2)[0] + "/nope/1700000000000"
+    expect_error(
+        lambda: raw.get_ice_server_config(ChannelARN=gone),
+        "ResourceNotFoundException",
+        404,
+        "",
+    )
+
+
+async def relay_candidates(server: dict[str, Any]) -> list[str]:
+    """The relay candidates a relay-only aiortc peer gathers with ``server``."""
+    config = RTCConfiguration(
+        iceServers=[
+            RTCIceServer(
+                urls=server["Uris"], username=server["Username"], credential=server["Password"]
+            )
+        ],
+        iceTransportPolicy=RTCIceTransportPolicy.RELAY,
+    )
+    pc = RTCPeerConnection(config)
+    try:
+        pc.createDataChannel("probe")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+    finally:
+        await pc.close()
+    return [line for line in sdp.splitlines() if line.startswith("a=candidate") and "relay" in line]
+
+
+async def test_expired_credentials_are_refused(short_ttl: LocalKvs) -> None:
+    kv = make_client("kinesisvideo", short_ttl.url)
+    channel = make_channel(kv)
+    client = signaling_client(short_ttl, channel.arn)
+    (server, _) = client.get_ice_server_config(ChannelARN=channel.arn)["IceServerList"]
+    assert server["Ttl"] == 2
+    fresh = await relay_candidates(server)
+    assert fresh and all(f" {RELAY_IP} " in c for c in fresh)
+    expiry = int(server["Username"].split(":", 1)[0])
+    wait_until_sync(lambda: time.time() > expiry + 1, "the credentials expire", deadline_s=10)
+    assert await relay_candidates(server) == []  # coturn answers 401 to the expired name
+    (renewed, _) = client.get_ice_server_config(ChannelARN=channel.arn)["IceServerList"]
+    assert await relay_candidates(renewed)
+
+
+async def test_coturn_relays_only_between_relay_addresses(local_kvs: LocalKvs, kv: Any) -> None:
+    """The storage peer's side: relay candidates only, on the relay address; coturn's
+    configuration denies every other peer address."""
+    turn = local_kvs.turn_endpoint
+    assert turn is not None
+    channel = make_channel(kv)
+    candidates = await relay_candidates(turn.peer_ice_server(channel.arn))
+    assert candidates and all(f" {RELAY_IP} " in c for c in candidates)
+    conf = (local_kvs.data_dir / "turn" / "turnserver.conf").read_text().splitlines()
+    assert "denied-peer-ip=0.0.0.0-255.255.255.255" in conf
+    assert f"allowed-peer-ip={RELAY_IP}" in conf
+    assert "use-auth-secret" in conf and "listening-ip=127.0.0.1" in conf
+
+
+def test_without_coturn_local_kvs_runs_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no turnserver on PATH
+    caplog.set_level(logging.WARNING, logger="kvsnb.local.front.server")
+    with LocalKvs(LocalKvsConfig(data_dir=tmp_path / "data")) as kvs:
+        assert kvs.turn_endpoint is None
+        assert [r.getMessage() for r in caplog.records] == [NO_COTURN]
+        assert "apt-get install coturn" in ice_summary(kvs)
+        kv = make_client("kinesisvideo", kvs.url)
+        channel = make_channel(kv)
+        servers = signaling_client(kvs, channel.arn).get_ice_server_config(ChannelARN=channel.arn)
+        assert servers["IceServerList"] == []
+
+
+def test_ice_host_serves_no_turn(tmp_path: Path) -> None:
+    with LocalKvs(LocalKvsConfig(data_dir=tmp_path / "data", ice="host")) as kvs:
+        assert kvs.turn_endpoint is None and not (kvs.data_dir / "turn").exists()
+        assert "--ice host" in ice_summary(kvs)
+        kv = make_client("kinesisvideo", kvs.url)
+        channel = make_channel(kv)
+        servers = signaling_client(kvs, channel.arn).get_ice_server_config(ChannelARN=channel.arn)
+        assert servers["IceServerList"] == []
+
+
+def test_coturn_is_a_child_that_stops_with_local_kvs(tmp_path: Path) -> None:
+    kvs = LocalKvs(LocalKvsConfig(data_dir=tmp_path / "data")).start_in_thread()
+    turn = kvs.turn
+    assert turn is not None and turn.proc is not None
+    proc = turn.proc
+    assert proc.poll() is None
+    kvs.stop_in_thread()
+    assert proc.poll() is not None and kvs.turn is None
