@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -42,10 +43,13 @@ async def test_trim_later_runs_once_for_a_burst(monkeypatch: pytest.MonkeyPatch)
         return real()
 
     monkeypatch.setattr(memory, "trim", counted)
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))  # its work runs in order
     for _ in range(5):
         memory.trim_later(0.05)
-    deadline = asyncio.get_running_loop().time() + 10
-    while not calls and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.2)
+    # a timer due after every one the burst could have set: they have all fired once it has
+    after_burst = loop.create_future()
+    loop.call_later(0.1, after_burst.set_result, None)
+    await after_burst
+    await loop.run_in_executor(None, lambda: None)  # and every trim they submitted has run
     assert calls == [1]

@@ -217,8 +217,9 @@ async def test_wait_for_fragment_wakes_on_store_from_another_thread(
     store: FragmentStore, fragment_bytes: bytes
 ) -> None:
     waiter = asyncio.ensure_future(store.wait_for_fragment(STREAM_A, timeout=5))
-    await asyncio.sleep(0.05)
-    assert not waiter.done()
+    # one turn of the loop: the waiter registers its listener and finds nothing stored
+    done, _ = await asyncio.wait({waiter}, timeout=0)
+    assert not done
     stored: list[Fragment] = []
     thread = threading.Thread(
         target=lambda: stored.append(_put(store, STREAM_A, fragment_bytes, BASE_MS))

@@ -121,6 +121,6 @@ async def test_work_started_on_another_loop_runs_on_the_widgets_loop() -> None:
 
     thread = threading.Thread(target=subshell)
     thread.start()
-    while thread.is_alive():
-        await asyncio.sleep(0.01)
+    await asyncio.to_thread(thread.join, 30)  # this loop stays free to run the work
+    assert not thread.is_alive()
     assert ran_on == [home] and results == ["done"]
