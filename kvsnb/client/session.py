@@ -14,6 +14,12 @@ produces (with its RTX) and Opus, whatever the offer's order, or a ``SessionErro
 what was offered; the newest offer is answered (a superseded peer and its candidates are
 dropped) and each local candidate trickled once; a STATUS_RESPONSE ends the session only
 when it names the answer being connected.
+
+Each job has its module: the remote candidates per offer in ``kvsnb.client.candidates``,
+the offers and what was sent back in ``kvsnb.client.offers``, the media received in
+``kvsnb.client.received``; the join call and the tracks per role in ``MasterSession`` and
+``ViewerSession``. The session waits on events (aiortc's ``connectionstatechange``, the
+signaling messages), never polls.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
 import time
@@ -30,21 +35,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
-import av
-import numpy as np
-import pandas as pd
-from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kvsnb.client.candidates import CandidateBuffer, candidate_ufrag
+from kvsnb.client.offers import OfferBook
+from kvsnb.client.received import ReceivedFrame, ReceivedMedia, try_read_stamp_frame
 from kvsnb.client.signaling import SignalingClient, SignalingError, SignalingEvent, SignalingMessage
 from kvsnb.client.target import ChannelEndpoints, Target, new_client_id, run_sync
 from kvsnb.client.timeline import SessionTimeline
 from kvsnb.errors import KvsnbError, reap
-from kvsnb.sources.stamp import Stamp, StampError, read_stamp_frame
 from kvsnb.sources.tracks import MASTER_VIDEO_BITRATE_BPS
-from kvsnb.wire import ice, sdp, webrtc
+from kvsnb.wire import aiortc_compat, ice, sdp, webrtc
 from kvsnb.wire.webrtc import Role
+
+__all__ = [
+    "JoinPolicy",
+    "MasterSession",
+    "ReceivedFrame",
+    "ReceivedMedia",
+    "SessionError",
+    "State",
+    "StorageSessionBase",
+    "ViewerSession",
+    "candidate_ufrag",
+    "is_retryable",
+    "prepare_remote_offer",
+    "try_read_stamp_frame",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -139,89 +158,6 @@ class _InstrumentedTrack(MediaStreamTrack):
         self._source.stop()
 
 
-@dataclass
-class ReceivedFrame:
-    """A video frame received from the storage session, with its receive time and, for
-    stamped media, the stamp read back (``None`` otherwise)."""
-
-    received_at: float  # epoch s
-    frame: av.VideoFrame
-    stamp: Stamp | None
-
-
-class ReceivedMedia:
-    """What a session receives from the storage session: video frames (the last
-    ``keep_frames`` kept, with a row per frame in ``rows``) and audio (the last
-    ``keep_audio_s`` seconds, mono 48 kHz)."""
-
-    def __init__(self, keep_frames: int = 150, keep_audio_s: float = 30.0) -> None:
-        self.frames: deque[ReceivedFrame] = deque(maxlen=keep_frames)
-        self.rows: list[tuple[float, int | None, int | None]] = []
-        self._audio: deque[np.ndarray] = deque()
-        self._audio_len = 0
-        self.audio_started_at: float | None = None
-        self.keep_audio = int(keep_audio_s * webrtc.OPUS_SAMPLE_RATE)
-        self.audio_frames = 0
-
-    async def pump(self, track: MediaStreamTrack) -> None:
-        """Read a remote track until it ends."""
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                now = time.time()
-                if isinstance(frame, av.VideoFrame):
-                    stamp = try_read_stamp_frame(frame)
-                    self.frames.append(ReceivedFrame(now, frame, stamp))
-                    self.rows.append(
-                        (now, stamp.index if stamp else None, stamp.capture_ms if stamp else None)
-                    )
-                elif isinstance(frame, av.AudioFrame):
-                    self._add_audio(frame, now)
-
-    def _add_audio(self, frame: av.AudioFrame, now: float) -> None:
-        mono = webrtc.to_mono(frame)
-        if self.audio_started_at is None:
-            self.audio_started_at = now - frame.samples / webrtc.OPUS_SAMPLE_RATE
-        self._audio.append(mono)
-        self._audio_len += len(mono)
-        self.audio_frames += 1
-        while self._audio_len - len(self._audio[0]) > self.keep_audio:
-            self._audio_len -= len(self._audio.popleft())
-
-    def audio(self) -> np.ndarray:
-        """The audio kept so far, mono int16 at 48 kHz."""
-        return np.concatenate(list(self._audio)) if self._audio else np.zeros(0, np.int16)
-
-    def rate(self, window_s: float = 1.0) -> float:
-        """Video frames received per second over the last ``window_s`` seconds."""
-        now = time.time()
-        n = 0
-        for received_at, _, _ in reversed(self.rows):
-            if now - received_at > window_s:
-                break
-            n += 1
-        return n / window_s
-
-    def latest_frame(self, fmt: str = "rgb24") -> np.ndarray | None:
-        """The latest video frame as a numpy array, if any."""
-        return self.frames[-1].frame.to_ndarray(format=fmt) if self.frames else None
-
-    def frames_df(self) -> pd.DataFrame:
-        """One row per video frame received: receive time, and for stamped media the frame
-        index, capture time and capture → receive latency (ms)."""
-        df = pd.DataFrame(self.rows, columns=["received_at", "frame_index", "capture_ms"])
-        df["latency_ms"] = df["received_at"] * 1000 - df["capture_ms"]
-        return df
-
-
-def try_read_stamp_frame(frame: av.VideoFrame) -> Stamp | None:
-    """The stamp of a decoded frame, or ``None`` when it has none."""
-    try:
-        return read_stamp_frame(frame)
-    except StampError:
-        return None
-
-
 def prepare_remote_offer(offer: str) -> str:
     """Make a storage session's offer acceptable to aiortc (explicit bundle-only sections).
     Raises ``SessionError`` (code ``InvalidArgumentException``) when the offer has no H.264
@@ -234,24 +170,36 @@ def prepare_remote_offer(offer: str) -> str:
     return sdp.expand_bundle_only(offer)
 
 
-def candidate_ufrag(payload: dict[str, Any]) -> str | None:
-    """The ICE username fragment a candidate payload names (``usernameFragment``, or the
-    candidate's ``ufrag`` extension), if any: it ties the candidate to one offer."""
-    ufrag = payload.get("usernameFragment")
-    if isinstance(ufrag, str) and ufrag:
-        return ufrag
-    parts = str(payload.get("candidate", "")).split()
-    for key, value in itertools.pairwise(parts):
-        if key == "ufrag":
-            return value
-    return None
+class _Connecting:
+    """How one peer connection's attempt to connect ends: ``outcome`` resolves when aiortc
+    fires ``connectionstatechange`` with "connected", and fails on "failed"/"closed" or when
+    a STATUS_RESPONSE refuses the peer's answer (whichever comes first)."""
+
+    def __init__(self) -> None:
+        self.outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # retrieved here, so an outcome nobody waits for any more logs no warning
+        self.outcome.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def connected(self) -> None:
+        """The peer connected (first outcome wins)."""
+        if not self.outcome.done():
+            self.outcome.set_result(None)
+
+    def failed(self, exc: BaseException) -> None:
+        """The peer will not connect (first outcome wins)."""
+        if not self.outcome.done():
+            self.outcome.set_exception(exc)
 
 
 class StorageSessionBase(abc.ABC):
     """What a master and a viewer in a channel's storage session share: set-up, the join and
-    retry loop, the aiortc peer, early-candidate buffering, the timeline and the media
-    received (see the module docstring). Use ``MasterSession`` or ``ViewerSession``, with
-    ``async with`` or ``await start()`` / ``await stop()``.
+    retry loop, the aiortc peer, the timeline and the media received (see the module
+    docstring). Use ``MasterSession`` or ``ViewerSession``, with ``async with`` or
+    ``await start()`` / ``await stop()``.
+
+    ``candidates`` (``CandidateBuffer``) holds the remote candidates and the ufrag of the
+    offer being connected; ``offers`` (``OfferBook``) the offers received and what was sent
+    back; ``closed`` is True once ``stop()`` has finished.
     """
 
     role: Role
@@ -261,7 +209,6 @@ class StorageSessionBase(abc.ABC):
         target: Target,
         channel: str,
         *,
-        video: MediaStreamTrack | None,
         audio: MediaStreamTrack | None = None,
         client_id: str | None = None,
         policy: JoinPolicy | None = None,
@@ -278,28 +225,27 @@ class StorageSessionBase(abc.ABC):
         self.signaling: SignalingClient | None = None
         self.joins = 0
         self.failures: deque[float] = deque()
-        self._video = _InstrumentedTrack(video, self.timeline.frame_sent) if video else None
+        self.status_responses: list[SignalingMessage] = []
+        self.received = ReceivedMedia()
+        self.candidates = CandidateBuffer()
+        self.offers = OfferBook(self.timeline, self.candidates)
         self._audio = audio
         self._ice_servers: list[dict[str, Any]] = []
-        self._offers: asyncio.Queue[SignalingMessage] = asyncio.Queue()
-        self._early_candidates: list[dict[str, Any]] = []
-        self._remote_set = False
-        self._remote_ufrag: str | None = None  # of the offer the current peer answers
-        self._discarded_ufrags: set[str] = set()  # of superseded or stale offers
-        self._sent: dict[str, str] = {}  # correlationId → what it was ("answer", "candidate")
         self._runner: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._rejoin = asyncio.Event()
-        self._error: BaseException | None = None
+        self._closed = asyncio.Event()
+        self._connecting: _Connecting | None = None  # of the current peer
         self._state_listeners: list[Callable[[State], None]] = []
-        self.status_responses: list[SignalingMessage] = []
-        self._answer_id: str | None = None
-        self.received = ReceivedMedia()
         self._pumps: set[asyncio.Task[None]] = set()
         self._signaling_lost = False
-        self._answer_error: SessionError | None = None
 
     # ------------------------------------------------------------------ public
+
+    @property
+    def closed(self) -> bool:
+        """True once ``stop()`` has finished: peer, media pumps and signaling socket closed."""
+        return self._closed.is_set()
 
     def on_state(self, listener: Callable[[State], None]) -> None:
         """Call ``listener(state)`` on every state change."""
@@ -354,12 +300,36 @@ class StorageSessionBase(abc.ABC):
         if self.signaling is not None:
             await self.signaling.close()
         self.timeline.mark("stopped")
+        self._closed.set()
 
     async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """What the peer connection sent and received so far, per kind: ``bytes_sent``,
+        ``packets_sent``, ``bytes_received``, ``packets_received`` (from RTCStats)."""
+        out: dict[str, dict[str, int]] = {}
+        if self.pc is None:
+            return out
+        report = await self.pc.getStats()
+        for stat in report.values():
+            kind = getattr(stat, "kind", None)
+            if kind is None:
+                continue
+            entry = out.setdefault(
+                kind,
+                {"bytes_sent": 0, "packets_sent": 0, "bytes_received": 0, "packets_received": 0},
+            )
+            if stat.type == "outbound-rtp":
+                entry["bytes_sent"] += int(stat.bytesSent)
+                entry["packets_sent"] += int(stat.packetsSent)
+            elif stat.type == "inbound-rtp":
+                entry["bytes_received"] += int(getattr(stat, "bytesReceived", 0))
+                entry["packets_received"] += int(stat.packetsReceived)
+        return out
 
     # ------------------------------------------------------------------ setup
 
@@ -447,13 +417,10 @@ class StorageSessionBase(abc.ABC):
                 # connected: stay until a re-join is needed
                 self._set_state("connected")
                 self._connected.set()
-                guard = asyncio.get_running_loop().create_task(self._cap_bitrate())
                 try:
                     await asyncio.wait_for(self._rejoin.wait(), self.policy.session_max_s)
                 except TimeoutError:
                     self.timeline.mark("session_limit")
-                finally:
-                    guard.cancel()
                 self._set_state("reconnecting")
         finally:
             reader.cancel()
@@ -478,28 +445,15 @@ class StorageSessionBase(abc.ABC):
         connect; a newer offer before the peer connects replaces the peer."""
         self._set_state("joining")
         await self._close_pc(keep_tracks=True)
-        offer: SignalingMessage | None = self._newest_offer(await self._join_until_offer())
+        offer: SignalingMessage | None = self.offers.newest(await self._join_until_offer())
         while offer is not None:
             await self._answer(offer)
             assert self.pc is not None
             offer = await self._connected_or_newer_offer(self.pc)
             if offer is not None:
-                offer = self._newest_offer(offer)
+                offer = self.offers.newest(offer)
                 self.timeline.mark("offer_superseded", reason="a newer offer before connecting")
                 await self._close_pc(keep_tracks=True)
-
-    def _newest_offer(self, offer: SignalingMessage) -> SignalingMessage:
-        """``offer`` or, when more are queued, the newest one (the others are discarded)."""
-        while not self._offers.empty():
-            self._discard_offer(offer)
-            offer = self._offers.get_nowait()
-            self.timeline.mark("offer_superseded", reason="a newer offer was queued")
-        return offer
-
-    def _discard_offer(self, offer: SignalingMessage) -> None:
-        ufrag = sdp.ice_ufrag(str((offer.payload or {}).get("sdp", "")))
-        if ufrag:
-            self._discarded_ufrags.add(ufrag)
 
     async def _connected_or_newer_offer(self, pc: RTCPeerConnection) -> SignalingMessage | None:
         """Wait until ``pc`` is connected (``None``) or a newer offer comes first (returned).
@@ -507,7 +461,7 @@ class StorageSessionBase(abc.ABC):
         connect = asyncio.ensure_future(
             asyncio.wait_for(self._wait_connected(pc), self.policy.connect_timeout_s)
         )
-        newer = asyncio.ensure_future(self._offers.get())
+        newer = asyncio.ensure_future(self.offers.get())
         try:
             done, _ = await asyncio.wait({connect, newer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -518,7 +472,7 @@ class StorageSessionBase(abc.ABC):
         if newer in done and connect not in done:
             return newer.result()
         if newer in done:
-            self._offers.put_nowait(newer.result())  # came with the connection: kept
+            self.offers.put_back(newer.result())  # came with the connection: kept
         try:
             connect.result()
         except TimeoutError as exc:
@@ -527,31 +481,20 @@ class StorageSessionBase(abc.ABC):
             ) from exc
         return None
 
+    @abc.abstractmethod
+    async def _join(self, client: Any) -> None:
+        """Call this role's join API (JoinStorageSession[AsViewer]) with ``client``."""
+
     async def _join_call(self) -> None:
         assert self.endpoints is not None and self.channel_arn is not None
         client = self.target.client("kinesis-video-webrtc-storage", self.endpoints.webrtc)
         self.joins += 1
         self.timeline.mark("join_call", n=self.joins)
-        if self.role == "MASTER":
-            await asyncio.wait_for(
-                run_sync(client.join_storage_session, channelArn=self.channel_arn),
-                self.policy.join_timeout_s,
-            )
-        else:
-            await asyncio.wait_for(
-                run_sync(
-                    client.join_storage_session_as_viewer,
-                    channelArn=self.channel_arn,
-                    clientId=self.client_id,
-                ),
-                self.policy.join_timeout_s,
-            )
+        await asyncio.wait_for(self._join(client), self.policy.join_timeout_s)
         self.timeline.mark("join_response", n=self.joins)
 
     async def _join_until_offer(self) -> SignalingMessage:
-        while not self._offers.empty():  # stale offers from an earlier attempt
-            self._discard_offer(self._offers.get_nowait())
-            self.timeline.mark("offer_discarded", reason="from an earlier attempt")
+        self.offers.drop_stale()  # offers of an earlier attempt
         for n in range(1, self.policy.max_calls_per_attempt + 1):
             try:
                 await self._join_call()
@@ -565,7 +508,7 @@ class StorageSessionBase(abc.ABC):
                     raise
             wait = self.policy.retry_delay(n)
             try:
-                offer = await asyncio.wait_for(self._offers.get(), wait)
+                offer = await asyncio.wait_for(self.offers.get(), wait)
             except TimeoutError:
                 self.timeline.mark("offer_timeout", n=n, waited_s=round(wait, 3))
                 continue
@@ -589,7 +532,7 @@ class StorageSessionBase(abc.ABC):
 
     async def _answer(self, offer: SignalingMessage) -> None:
         assert self.signaling is not None and offer.payload is not None
-        offered = str(offer.payload.get("sdp", ""))
+        offered = self.offers.answering(offer)
         try:
             text = prepare_remote_offer(offered)
         except SessionError as exc:
@@ -598,8 +541,8 @@ class StorageSessionBase(abc.ABC):
             raise
         pc = RTCPeerConnection(self.target.rtc_configuration(self._ice_servers))
         self.pc = pc
-        self._remote_set = False
-        self._remote_ufrag = sdp.ice_ufrag(offered)
+        self._connecting = _Connecting()
+        self.candidates.answering(sdp.ice_ufrag(offered))
         pc.on("connectionstatechange", lambda: self._on_pc_state(pc))
         pc.on("track", self._on_remote_track)
         # As the JS SDK: codec preferences on each transceiver, H.264 and Opus only. aiortc
@@ -609,26 +552,18 @@ class StorageSessionBase(abc.ABC):
             transceiver = pc.addTransceiver(kind, direction="inactive")
             transceiver.setCodecPreferences(webrtc.storage_codec_preferences(kind))
         await pc.setRemoteDescription(RTCSessionDescription(text, "offer"))
-        self._remote_set = True
-        early, self._early_candidates = self._early_candidates, []
-        applied = 0
+        early, dropped = self.candidates.remote_set()
+        for _ in range(dropped):
+            self.timeline.mark("candidate_discarded", reason="of a discarded offer")
         for cand in early:
-            ufrag = candidate_ufrag(cand)
-            if ufrag is None or ufrag == self._remote_ufrag:
-                await self._add_candidate(cand)
-                applied += 1
-            elif ufrag in self._discarded_ufrags:
-                self.timeline.mark("candidate_discarded", reason="of a discarded offer")
-            else:
-                self._early_candidates.append(cand)  # for an offer still to come
-        self.timeline.mark("candidates_buffered", count=applied)
+            await self._add_candidate(cand)
+        self.timeline.mark("candidates_buffered", count=len(early))
         self._attach_tracks(pc)
         with ice.host_addresses(self.target.ice_host_addresses):
             await pc.setLocalDescription(await pc.createAnswer())
         answer, candidates = sdp.split_candidates(pc.localDescription.sdp)
-        self._answer_id = await self.signaling.send("SDP_ANSWER", {"type": "answer", "sdp": answer})
-        self._sent[self._answer_id] = "answer"
-        self._answer_error = None
+        answer_id = await self.signaling.send("SDP_ANSWER", {"type": "answer", "sdp": answer})
+        self.offers.answer_sent(answer_id)
         self.timeline.mark(
             "answer_sent",
             video=", ".join(c.describe() for c in sdp.codecs(answer, "video")),
@@ -636,45 +571,7 @@ class StorageSessionBase(abc.ABC):
         )
         for c in sdp.bundled_candidates(candidates, answer):
             sent = await self.signaling.send("ICE_CANDIDATE", webrtc.candidate_to_payload(c))
-            self._sent[sent] = "candidate"
-
-    async def _cap_bitrate(self) -> None:
-        """Keep the video encoder's target at or below ``policy.max_video_bitrate_bps``.
-
-        aiortc raises the target on the receiver's REMB and offers no public cap, so this
-        sets the sender's encoder (created on the first frame) every half second."""
-        cap = self.policy.max_video_bitrate_bps
-        while True:
-            pc = self.pc
-            for sender in pc.getSenders() if pc is not None else []:
-                encoder: Any = getattr(sender, "_RTCRtpSender__encoder", None)
-                if sender.kind == "video" and encoder is not None:
-                    if getattr(encoder, "target_bitrate", 0) > cap:
-                        encoder.target_bitrate = cap
-            await asyncio.sleep(0.5)
-
-    async def stats(self) -> dict[str, dict[str, int]]:
-        """What the peer connection sent and received so far, per kind: ``bytes_sent``,
-        ``packets_sent``, ``bytes_received``, ``packets_received`` (from RTCStats)."""
-        out: dict[str, dict[str, int]] = {}
-        if self.pc is None:
-            return out
-        report = await self.pc.getStats()
-        for stat in report.values():
-            kind = getattr(stat, "kind", None)
-            if kind is None:
-                continue
-            entry = out.setdefault(
-                kind,
-                {"bytes_sent": 0, "packets_sent": 0, "bytes_received": 0, "packets_received": 0},
-            )
-            if stat.type == "outbound-rtp":
-                entry["bytes_sent"] += int(stat.bytesSent)
-                entry["packets_sent"] += int(stat.packetsSent)
-            elif stat.type == "inbound-rtp":
-                entry["bytes_received"] += int(getattr(stat, "bytesReceived", 0))
-                entry["packets_received"] += int(stat.packetsReceived)
-        return out
+            self.offers.sent(sent, "candidate")
 
     def _on_remote_track(self, track: MediaStreamTrack) -> None:
         """Remote media from the storage session: kept by ``self.received``."""
@@ -704,16 +601,23 @@ class StorageSessionBase(abc.ABC):
         self.timeline.mark("pc_state", state=state)
         if state == "connected":
             self.timeline.mark("dtls_connected")
-        elif state in ("failed", "closed") and self.state == "connected":
-            self._rejoin.set()
+            if self._connecting is not None:
+                self._connecting.connected()
+        elif state in ("failed", "closed"):
+            if self._connecting is not None:
+                self._connecting.failed(ConnectionError(f"peer connection {state}"))
+            if self.state == "connected":
+                self._rejoin.set()
 
     async def _wait_connected(self, pc: RTCPeerConnection) -> None:
-        while pc.connectionState != "connected":
-            if self._answer_error is not None:
-                raise self._answer_error
-            if pc.connectionState in ("failed", "closed"):
-                raise ConnectionError(f"peer connection {pc.connectionState}")
-            await asyncio.sleep(0.01)
+        """Until ``pc`` is connected (aiortc's ``connectionstatechange``); raises when it
+        fails or closes first, or when the storage session refuses its answer."""
+        if pc.connectionState == "connected":
+            return
+        if pc.connectionState in ("failed", "closed"):
+            raise ConnectionError(f"peer connection {pc.connectionState}")
+        assert pc is self.pc and self._connecting is not None
+        await asyncio.shield(self._connecting.outcome)
 
     async def _close_pc(self, *, keep_tracks: bool = False) -> None:
         """Close the peer connection. With ``keep_tracks`` the sources stay live for the
@@ -723,13 +627,11 @@ class StorageSessionBase(abc.ABC):
             if keep_tracks:
                 for transceiver in pc.getTransceivers():
                     transceiver.sender.replaceTrack(None)
-            if self._remote_ufrag:
-                self._discarded_ufrags.add(self._remote_ufrag)
-            self._remote_ufrag = None
-            self._remote_set = False
-            if self._answer_id is not None:
-                self._sent[self._answer_id] = "superseded answer"
-            self._answer_id = None
+            self.candidates.peer_closed()
+            self.offers.supersede_answer()
+            if self._connecting is not None:
+                self._connecting.failed(ConnectionError("peer connection closed"))
+                self._connecting = None
             await pc.close()
 
     # ------------------------------------------------------------------ signaling
@@ -757,18 +659,12 @@ class StorageSessionBase(abc.ABC):
         if msg is None:
             return
         if msg.type == "SDP_OFFER" and msg.payload is not None:
-            await self._offers.put(msg)
+            self.offers.put(msg)
         elif msg.type == "ICE_CANDIDATE" and msg.payload is not None:
-            ufrag = candidate_ufrag(msg.payload)
-            if ufrag is not None and ufrag in self._discarded_ufrags:
+            route = self.candidates.route(msg.payload)
+            if route == "discard":
                 self.timeline.mark("candidate_discarded", reason="of a discarded offer")
-            elif (
-                self.pc is None
-                or not self._remote_set
-                or (ufrag is not None and ufrag != self._remote_ufrag)
-            ):
-                self._early_candidates.append(msg.payload)
-            else:
+            elif route == "add" and self.pc is not None:
                 try:
                     await self._add_candidate(msg.payload)
                 except Exception as exc:
@@ -781,14 +677,17 @@ class StorageSessionBase(abc.ABC):
         elif msg.type == "STATUS_RESPONSE":
             self.status_responses.append(msg)
             cid = msg.status.correlation_id if msg.status is not None else None
-            about = self._sent.get(cid or "", "unknown")
-            if msg.status is not None and cid is not None and cid == self._answer_id:
+            about = self.offers.about(cid)
+            fatal = msg.status is not None and self.offers.is_current_answer(cid)
+            if fatal and msg.status is not None and self._connecting is not None:
                 # the storage session refused the answer of the offer being connected:
                 # retrying would send the same one, so the session ends (the JS sample stops
                 # on any error; a superseded answer's or a candidate's is only recorded)
-                self._answer_error = SessionError(
-                    f"answer refused: {msg.status.error_type}: {msg.status.description}",
-                    msg.status.error_type,
+                self._connecting.failed(
+                    SessionError(
+                        f"answer refused: {msg.status.error_type}: {msg.status.description}",
+                        msg.status.error_type,
+                    )
                 )
             self.timeline.mark(
                 "status_response",
@@ -796,29 +695,68 @@ class StorageSessionBase(abc.ABC):
                 status=msg.status.status_code if msg.status else None,
                 description=msg.status.description if msg.status else None,
                 about=about,
-                fatal=self._answer_error is not None and about == "answer",
+                fatal=fatal,
             )
 
 
 class MasterSession(StorageSessionBase):
     """A master in a channel's storage session: joins with JoinStorageSession and sends
-    ``video`` (required: H.264 is what the storage session takes) and ``audio`` (``None``
-    only where the service accepts video alone)."""
+    ``video`` (required: H.264 is what the storage session takes; a ``SessionError`` at once
+    without it) and ``audio`` (``None`` only where the service accepts video alone).
+
+    The H.264 encoder's target stays at or below ``policy.max_video_bitrate_bps``: aiortc
+    raises it on the receiver's bandwidth estimate (REMB) and has no public cap, so each
+    frame handed to the sender, and each RTCP packet it gets, lowers it again
+    (``kvsnb.wire.aiortc_compat``).
+    """
 
     role: Role = "MASTER"
+
+    def __init__(
+        self,
+        target: Target,
+        channel: str,
+        *,
+        video: MediaStreamTrack | None,
+        audio: MediaStreamTrack | None = None,
+        client_id: str | None = None,
+        policy: JoinPolicy | None = None,
+    ) -> None:
+        if video is None or getattr(video, "kind", None) != "video":
+            got = "None" if video is None else f"a {getattr(video, 'kind', '?')} track"
+            raise SessionError(
+                f"a master must send video, got {got}: pass video= a video MediaStreamTrack "
+                "(e.g. kvsnb.sources.TestPatternTrack(), a camera track, or the .video of "
+                "a kvsnb.sources.FileSource of a file with video); the storage session "
+                "records the master's H.264 video",
+                "InvalidArgumentException",
+            )
+        super().__init__(target, channel, audio=audio, client_id=client_id, policy=policy)
+        self._video = _InstrumentedTrack(video, self._on_video_frame)
+        self._video_sender: RTCRtpSender | None = None
+
+    async def _join(self, client: Any) -> None:
+        await run_sync(client.join_storage_session, channelArn=self.channel_arn)
 
     def _attach_tracks(self, pc: RTCPeerConnection) -> None:
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "video":
-                if self._video is None:
-                    raise SessionError("a master must send video")
                 transceiver.sender.replaceTrack(self._video)
                 transceiver.direction = "sendonly"
+                self._video_sender = transceiver.sender
+                aiortc_compat.after_rtcp(transceiver.sender, lambda _: self._cap_bitrate())
             elif transceiver.kind == "audio":
                 self._attach_audio(transceiver)
 
+    def _on_video_frame(self, n: int) -> None:
+        """A video frame goes to the sender: timed, and the encoder kept within the cap."""
+        self.timeline.frame_sent(n)
+        self._cap_bitrate()
 
-"""The master's earlier name, kept for code written against kvsnb 0.1."""
+    def _cap_bitrate(self) -> None:
+        sender = self._video_sender
+        if sender is not None:
+            aiortc_compat.cap_encoder_bitrate(sender, self.policy.max_video_bitrate_bps)
 
 
 class ViewerSession(StorageSessionBase):
@@ -844,10 +782,16 @@ class ViewerSession(StorageSessionBase):
         super().__init__(
             target,
             channel,
-            video=None,
             audio=audio,
             client_id=client_id or new_client_id("viewer"),
             policy=policy,
+        )
+
+    async def _join(self, client: Any) -> None:
+        await run_sync(
+            client.join_storage_session_as_viewer,
+            channelArn=self.channel_arn,
+            clientId=self.client_id,
         )
 
     def _attach_tracks(self, pc: RTCPeerConnection) -> None:

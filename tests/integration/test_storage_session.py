@@ -4,7 +4,6 @@ GetMediaForFragmentList) and decoded with PyAV."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import itertools
 import random
@@ -33,7 +32,6 @@ from kvsnb.local import LocalKvs
 from kvsnb.playback import decode_video, get_media, list_fragments
 from kvsnb.wire import sdp
 from tests.conftest import (
-    FAST,
     FRAGMENT_S,
     ingest_frames,
     make_client,
@@ -42,6 +40,19 @@ from tests.conftest import (
     stored_stamps,
     wait_until,
 )
+
+POLICY = JoinPolicy.local()
+
+
+async def master_finished(kvs: LocalKvs, channel_arn: str) -> None:
+    """Wait until the channel's storage session with its master has ended and released
+    what it held (its partial fragment stored)."""
+
+    def finished() -> bool:
+        master = kvs.sessions.sessions.get(channel_arn)
+        return master is not None and master.finished
+
+    await wait_until(finished, "the master's storage session ended and stored its media")
 
 
 async def test_master_ingests_and_every_frame_is_stored(target: Target, kvs: LocalKvs) -> None:
@@ -88,7 +99,7 @@ async def test_master_ingests_and_every_frame_is_stored(target: Target, kvs: Loc
 
 async def test_timeline_records_every_step_and_early_candidates(target: Target) -> None:
     target.create_storage_channel("timeline")
-    result = await ingest(target, "timeline", seconds=0.5, policy=FAST)
+    result = await ingest(target, "timeline", seconds=0.5, policy=POLICY)
     steps = list(result.timeline.to_frame()["step"])
     for step in STEPS:  # every setup step, as kvsnb.client.timeline lists them
         assert step in steps, step
@@ -104,7 +115,7 @@ async def test_candidates_after_the_offer(tmp_path: Path) -> None:
     try:
         with connect(endpoint_url=server.url) as tg:
             tg.create_storage_channel("late-candidates")
-            result = await ingest(tg, "late-candidates", seconds=0.5, policy=FAST)
+            result = await ingest(tg, "late-candidates", seconds=0.5, policy=POLICY)
             assert result.timeline.first("dtls_connected") is not None
     finally:
         server.stop_in_thread()
@@ -115,21 +126,17 @@ async def test_bundle_only_video_offer(tmp_path: Path) -> None:
     try:
         with connect(endpoint_url=server.url) as tg:
             _, stream_arn = tg.create_storage_channel("bundle")
-            seen: list[str] = []
-            session = MasterSession(tg, "bundle", video=_pattern(), audio=_tone(), policy=FAST)
-            original = session._answer
-
-            async def spy(offer: Any) -> None:
-                seen.append(offer.payload["sdp"])
-                await original(offer)
-
-            session._answer = spy  # type: ignore[method-assign]
+            source = _pattern()
+            session = MasterSession(tg, "bundle", video=source, audio=_tone(), policy=POLICY)
             await session.start(timeout=15)
-            await asyncio.sleep(1.2)
+            await wait_until(lambda: len(source.sent) >= 36, "36 frames sent")
             await session.stop()
-            assert "m=video 0 " in seen[0] and "a=bundle-only" in seen[0]
-            await asyncio.sleep(0.2)
-            assert len(list_fragments(tg, stream_arn)) >= 1
+            offered = session.offers.last_offer
+            assert offered is not None
+            assert "m=video 0 " in offered and "a=bundle-only" in offered
+            await wait_until(
+                lambda: len(list_fragments(tg, stream_arn)) >= 1, "a fragment is stored"
+            )
     finally:
         server.stop_in_thread()
 
@@ -220,7 +227,7 @@ async def test_wrong_answer_gets_status_response_and_no_session(
 
 async def test_video_only_master_is_refused_when_audio_is_required(target: Target) -> None:
     target.create_storage_channel("novideo")
-    session = MasterSession(target, "novideo", video=_pattern(), audio=None, policy=FAST)
+    session = MasterSession(target, "novideo", video=_pattern(), audio=None, policy=POLICY)
     with pytest.raises(SessionError, match="audio must be sendonly or sendrecv"):
         await session.start(timeout=15)
 
@@ -229,12 +236,16 @@ async def test_video_only_master_accepted_when_switched(tmp_path: Path) -> None:
     server = start_kvs(tmp_path / "d", require_audio=False)
     try:
         with connect(endpoint_url=server.url) as tg:
-            _, stream_arn = tg.create_storage_channel("videoonly")
+            channel_arn, stream_arn = tg.create_storage_channel("videoonly")
             source = _pattern()
-            async with MasterSession(tg, "videoonly", video=source, policy=FAST):
+            async with MasterSession(tg, "videoonly", video=source, policy=POLICY):
                 await wait_until(lambda: len(source.sent) >= 45, "45 frames sent")
                 source.stop()
-                await asyncio.sleep(0.3)  # the last frames leave the sender
+                master = server.sessions.sessions[channel_arn]
+                await wait_until(
+                    lambda: master.stats.video_frames >= len(source.sent),
+                    "every frame sent reached the storage peer",
+                )
             delivery = await stored_delivery(tg, stream_arn, source.frames_df())
             assert delivery.complete, str(delivery)
     finally:
@@ -248,7 +259,7 @@ async def test_no_offer_is_retried_with_backoff(tmp_path: Path) -> None:
         with connect(endpoint_url=server.url) as tg:
             tg.create_storage_channel("retry")
             # offers waited for 0.6 s: calls stay within the 2 joins/s quota
-            policy = JoinPolicy(offer_wait_s=0.6, jitter_base=2.0, jitter_cap_ms=50)
+            policy = JoinPolicy.local()
             session = MasterSession(tg, "retry", video=_pattern(), audio=_tone(), policy=policy)
             await session.start(timeout=30)
             await session.stop()
@@ -306,15 +317,15 @@ def test_retry_policy_is_the_js_sdks() -> None:
 
 async def test_session_refuses_channel_without_storage(target: Target) -> None:
     target.kinesisvideo.create_signaling_channel(ChannelName="nostorage")
-    session = MasterSession(target, "nostorage", video=_pattern(), audio=_tone(), policy=FAST)
+    session = MasterSession(target, "nostorage", video=_pattern(), audio=_tone(), policy=POLICY)
     with pytest.raises(SessionError, match="media storage DISABLED"):
         await session.start(timeout=10)
 
 
 async def test_disconnect_mid_fragment_loses_nothing(target: Target, kvs: LocalKvs) -> None:
-    _, stream_arn = target.create_storage_channel("partial")
-    result = await ingest(target, "partial", seconds=2.4, policy=FAST)
-    await asyncio.sleep(0.3)
+    channel_arn, stream_arn = target.create_storage_channel("partial")
+    result = await ingest(target, "partial", seconds=2.4, policy=POLICY)
+    await master_finished(kvs, channel_arn)
     fragments, (stamps, unreadable) = stored_stamps(target, stream_arn)
     delivery = compare_delivery(result.frames_sent, stamps, unreadable)
     assert delivery.complete, str(delivery)
@@ -327,9 +338,9 @@ async def test_restart_serves_stored_fragments(tmp_path: Path) -> None:
     server = start_kvs(data)
     try:
         with connect(endpoint_url=server.url) as tg:
-            _, stream_arn = tg.create_storage_channel("durable")
-            result = await ingest(tg, "durable", seconds=1.5, policy=FAST)
-            await asyncio.sleep(0.3)
+            channel_arn, stream_arn = tg.create_storage_channel("durable")
+            result = await ingest(tg, "durable", seconds=1.5, policy=POLICY)
+            await master_finished(server, channel_arn)
             before, _ = stored_stamps(tg, stream_arn)
     finally:
         server.stop_in_thread()
@@ -346,12 +357,12 @@ async def test_restart_serves_stored_fragments(tmp_path: Path) -> None:
 async def test_newest_master_wins(target: Target, kvs: LocalKvs) -> None:
     channel_arn, stream_arn = target.create_storage_channel("two-masters")
     first_source = _pattern(start_index=0)
-    first = MasterSession(target, "two-masters", video=first_source, audio=_tone(), policy=FAST)
+    first = MasterSession(target, "two-masters", video=first_source, audio=_tone(), policy=POLICY)
     await first.start(timeout=15)
     await wait_until(lambda: len(first_source.sent) >= 30, "the first master sends")
     old = kvs.sessions.sessions[channel_arn]
     second_source = _pattern(start_index=100_000)
-    second = MasterSession(target, "two-masters", video=second_source, audio=_tone(), policy=FAST)
+    second = MasterSession(target, "two-masters", video=second_source, audio=_tone(), policy=POLICY)
     await second.start(timeout=15)
     t_switch = time.time()
     await wait_until(lambda: len(second_source.sent) >= 45, "the second master sends")
@@ -359,7 +370,7 @@ async def test_newest_master_wins(target: Target, kvs: LocalKvs) -> None:
     assert kvs.sessions.sessions[channel_arn] is not old
     await second.stop()
     await first.stop()
-    await asyncio.sleep(0.3)
+    await master_finished(kvs, channel_arn)
     _, (stamps, _) = stored_stamps(target, stream_arn)
     late = stamps[stamps["capture_ms"] > (t_switch + 0.5) * 1000]
     assert len(late) > 20 and (late["frame_index"] >= 100_000).all()
@@ -393,8 +404,8 @@ async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
         with connect(endpoint_url=server.url) as tg:
             _, stream_arn = tg.create_storage_channel("rejoin")
             video = TestPatternTrack(320, 240, 30)
-            master = MasterSession(tg, "rejoin", video=video, audio=ToneTrack(), policy=FAST)
-            viewer = ViewerSession(tg, "rejoin", client_id="watcher", policy=FAST)
+            master = MasterSession(tg, "rejoin", video=video, audio=ToneTrack(), policy=POLICY)
+            viewer = ViewerSession(tg, "rejoin", client_id="watcher", policy=POLICY)
             await master.start(timeout=15)
             await viewer.start(timeout=15)
 
@@ -422,11 +433,22 @@ async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
             first_rejoin = min(e.wall for e in rejoins)
             assert video.readyState == "live"
             video.stop()
-            await asyncio.sleep(0.3)
-            received = viewer.received.frames_df().dropna()
+            sent = video.frames_df()
+            later = sent[sent["capture_ms"] > first_rejoin * 1000 + 500]
+
+            def seen_by_viewer() -> set[int]:
+                received = viewer.received.frames_df().dropna()
+                return set(later["frame_index"]) & set(received["frame_index"].astype(int))
+
+            # the last frames reach the viewer through the storage session
+            await wait_until(
+                lambda: len(seen_by_viewer()) >= 0.8 * len(later),
+                "the viewer saw 80 % of the frames sent after the first re-join",
+                deadline_s=15,
+            )
+            seen = seen_by_viewer()
             await viewer.stop()
             await master.stop()
-            sent = video.frames_df()
             # the source never stopped: one run of frames from the first to the last
             assert list(sent["frame_index"]) == list(range(len(sent)))
             assert sent["capture_ms"].max() > max(e.wall for e in rejoins) * 1000
@@ -434,8 +456,6 @@ async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
             # frames in flight at a re-join may be lost: at most one per re-join
             assert len(delivery.missing) <= len(reconnects(master)), str(delivery)
             # the viewer sees the master on after re-joins (short gaps at its own re-joins)
-            later = sent[sent["capture_ms"] > first_rejoin * 1000 + 500]
-            seen = set(later["frame_index"]) & set(received["frame_index"].astype(int))
             assert len(later) >= 60 and len(seen) >= 0.8 * len(later), (len(seen), len(later))
     finally:
         server.stop_in_thread()
@@ -469,7 +489,7 @@ async def test_answer_is_h264_and_opus_whatever_the_offer_order(
     try:
         with connect(endpoint_url=server.url) as tg:
             _, stream_arn = tg.create_storage_channel("order")
-            result = await ingest(tg, "order", seconds=1.5, policy=FAST)
+            result = await ingest(tg, "order", seconds=1.5, policy=POLICY)
             answer = sent.of("SDP_ANSWER")[0]["sdp"]
             video = sdp.codecs(answer, "video")
             assert [c.name for c in video] == ["H264"]
@@ -521,17 +541,9 @@ async def test_a_newer_offer_before_connecting_replaces_the_peer(
     try:
         with connect(endpoint_url=server.url) as tg:
             tg.create_storage_channel("late")
-            received: list[dict[str, Any]] = []
-            session = MasterSession(tg, "late", video=_pattern(), audio=_tone(), policy=FAST)
-            session.timeline.on_event(lambda e: None)
-            original = session._on_signaling
-
-            async def spy(event: Any) -> None:
-                if event.message is not None and event.message.type == "ICE_CANDIDATE":
-                    received.append(event.message.payload)
-                await original(event)
-
-            session._on_signaling = spy  # type: ignore[method-assign]
+            # offers waited for 0.3 s: the first offer (0.6 s late) comes after the re-join
+            policy = JoinPolicy.local(offer_wait_s=0.3)
+            session = MasterSession(tg, "late", video=_pattern(), audio=_tone(), policy=policy)
             await session.start(timeout=30)
             try:
                 steps = [e.step for e in session.timeline.events]
@@ -541,12 +553,13 @@ async def test_a_newer_offer_before_connecting_replaces_the_peer(
                 first_call = session.timeline.first("join_call")
                 connected = session.timeline.first("dtls_connected")
                 assert first_call is not None and connected is not None
-                assert connected.mono - first_call.mono < FAST.connect_timeout_s
+                assert connected.mono - first_call.mono < policy.connect_timeout_s
                 # the connected peer holds the newest offer's candidates and no others
                 assert session.pc is not None
-                ufrag = session._remote_ufrag
+                ufrag = session.candidates.remote_ufrag
+                received = list(session.candidates.received)
                 ice_transport = session.pc.getTransceivers()[0].receiver.transport.transport
-                remote = {(c.host, c.port) for c in ice_transport._connection.remote_candidates}
+                remote = {(c.ip, c.port) for c in ice_transport.getRemoteCandidates()}
                 ours = [p for p in received if p.get("usernameFragment") == ufrag]
                 others = [p for p in received if p.get("usernameFragment") != ufrag]
                 assert ours and others
@@ -571,7 +584,7 @@ async def test_each_local_candidate_is_trickled_once(
     (issue 15, point 3)."""
     sent = _Sent(monkeypatch)
     target.create_storage_channel("once")
-    await ingest(target, "once", seconds=0.3, policy=FAST)
+    await ingest(target, "once", seconds=0.3, policy=POLICY)
     candidates = sent.of("ICE_CANDIDATE")
     assert candidates
     strings = [c["candidate"] for c in candidates]
@@ -585,21 +598,22 @@ async def test_status_responses_are_in_the_timeline_and_only_the_answers_is_fata
     """A STATUS_RESPONSE about something else than the current answer (here a bad candidate)
     is recorded with what it is about and the session carries on (issue 15, point 4)."""
     target.create_storage_channel("status")
-    session = MasterSession(target, "status", video=_pattern(), audio=_tone(), policy=FAST)
+    source = _pattern()
+    session = MasterSession(target, "status", video=source, audio=_tone(), policy=POLICY)
     await session.start(timeout=30)
     try:
         assert session.signaling is not None
         await session.signaling.send("ICE_CANDIDATE", {"candidate": "candidate:garbage"})
-        deadline = time.monotonic() + 20
-        while session.timeline.first("status_response") is None:
-            assert time.monotonic() < deadline, "no STATUS_RESPONSE"
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: session.timeline.first("status_response") is not None, "a STATUS_RESPONSE"
+        )
         event = session.timeline.first("status_response")
         assert event is not None
         assert event.detail["error"] == "InvalidArgumentException"
         assert event.detail["status"] == "400"
         assert event.detail["about"] == "unknown" and event.detail["fatal"] is False
-        await asyncio.sleep(0.5)
+        sent = len(source.sent)  # the session carries on: 15 more frames go out connected
+        await wait_until(lambda: len(source.sent) >= sent + 15, "15 more frames sent")
         assert session.state == "connected"
     finally:
         await session.stop()
