@@ -22,7 +22,6 @@ import base64
 import contextlib
 import io
 import threading
-import time
 import wave
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -40,6 +39,7 @@ from kvsnb.launch import connect
 from kvsnb.local import StrictKeys
 from kvsnb.playback import decode_image, list_fragments
 from kvsnb.sources import TestPatternTrack, ToneTrack
+from tests.conftest import wait_until_sync
 from tests.integration.test_viewers import tone_level
 
 from .conftest import ARTIFACTS, chromium_context
@@ -263,10 +263,12 @@ def test_js_sdk_viewer_sees_a_kvsnb_master(kvs_page: KvsPage, tls_target: Target
             "viewer",
         )
         # the viewer's microphone (1 kHz) reaches the session: the master hears it
-        deadline = time.monotonic() + 20
-        while tone_level(master.received_audio(), TONE_HZ) <= 20:
-            assert time.monotonic() < deadline, "the master never heard the viewer's microphone"
-            time.sleep(0.25)
+        wait_until_sync(
+            lambda: tone_level(master.received_audio(), TONE_HZ) > 20,
+            "the master hears the viewer's microphone",
+            deadline_s=20,
+            every_s=0.25,
+        )
     print(
         f"\nJS SDK viewer: connected {result['connectedAfter'] * 1000:.0f} ms after the join "
         f"call; framesDecoded {result['framesDecoded']}"
@@ -297,3 +299,25 @@ def test_aws_errors_reach_the_page(kvs_page: KvsPage, tls_target: Target) -> Non
     )
     join = by_what["JoinStorageSession missing channel"]
     assert (join["name"], join["status"]) == ("ResourceNotFoundException", 404)
+
+
+# ---------------------------------------------------------------------- TURN
+
+
+def test_js_sdk_master_needs_turn(kvs_page: KvsPage, tls_target: Target) -> None:
+    """As on AWS: JoinStorageSession answers 200 either way, but only a master with the TURN
+    servers from GetIceServerConfig connects, over a relay candidate pair."""
+    with_turn = run_page(
+        kvs_page,
+        "kvsMasterIce",
+        page_options(tls_target, name="js-turn", turn=True, forceTurn=True),
+        "turn",
+    )
+    assert with_turn["iceServers"] == 2 and with_turn["joinStatus"] == 200, with_turn
+    assert with_turn["state"] == "connected", with_turn
+    assert (with_turn["local"], with_turn["remote"]) == ("relay", "relay"), with_turn
+    without = run_page(
+        kvs_page, "kvsMasterIce", page_options(tls_target, name="js-noturn", turn=False), "noturn"
+    )
+    assert without["iceServers"] == 0 and without["joinStatus"] == 200, without
+    assert without["state"] == "failed", without

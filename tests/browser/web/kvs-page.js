@@ -13,8 +13,9 @@ const log = (...args) => {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // ICE on this machine stays on loopback: the page trickles only its 127.0.0.1 candidates
-// (Chromium gathers loopback ones with --allow-loopback-in-peer-connection).
-const isLoopback = (candidate) => / 127\.0\.0\.1 /.test(candidate.candidate || "");
+// (Chromium gathers loopback ones with --allow-loopback-in-peer-connection) and its relay
+// candidates, which Local KVS's TURN server gives addresses on 127.0.0.2.
+const isLoopback = (candidate) => / 127\.0\.0\.[12] /.test(candidate.candidate || "");
 
 function clients(opts) {
   const base = { region: opts.region, credentials: opts.credentials };
@@ -62,7 +63,7 @@ function openSignaling(opts, endpoints, channelArn, role, clientId) {
 
 // Answer the storage session's offer (it has no senderClientId) with `stream`'s tracks and
 // trickle candidates both ways; resolves with the peer connection once it is `connected`.
-function answerStorageOffer(signaling, iceServerList, stream, t, onTrack) {
+function answerStorageOffer(signaling, iceServerList, stream, t, onTrack, policy = "all") {
   return new Promise((resolve, reject) => {
     let pc = null;
     signaling.on("sdpOffer", async (offer, senderClientId) => {
@@ -70,7 +71,8 @@ function answerStorageOffer(signaling, iceServerList, stream, t, onTrack) {
         t.offer = performance.now();
         t.offerSender = senderClientId === undefined ? null : senderClientId;
         log("offer from", senderClientId === undefined ? "(no senderClientId)" : senderClientId);
-        pc = new RTCPeerConnection({ iceServers: iceServerList, iceTransportPolicy: "all" });
+        pc = new RTCPeerConnection({ iceServers: iceServerList, iceTransportPolicy: policy });
+        t.pc = pc;
         pc.addEventListener("icecandidate", ({ candidate }) => {
           if (candidate && isLoopback(candidate)) signaling.sendIceCandidate(candidate, senderClientId);
         });
@@ -290,4 +292,53 @@ window.kvsErrors = async (opts) => {
         channelArn: ChannelARN.replace(`:channel/${opts.name}/`, `:channel/${opts.name}-missing/`),
       }))),
   ];
+};
+
+// What a master's ICE does against the storage session: with the TURN servers from
+// GetIceServerConfig (opts.turn), relay-only (opts.forceTurn, the samples' "force TURN"),
+// or with none (a page that forgot TURN). JoinStorageSession answers 200 either way; the
+// result says whether the peer connection came up and over which candidate pair.
+window.kvsMasterIce = async (opts) => {
+  const { kv, base } = clients(opts);
+  const t = {};
+  const name = opts.name;
+  const { StreamARN } = await kv.send(
+    new AwsKvs.KinesisVideo.CreateStreamCommand({ StreamName: name, DataRetentionInHours: 24, MediaType: "video/h264,audio/aac" }),
+  );
+  const { ChannelARN } = await kv.send(new AwsKvs.KinesisVideo.CreateSignalingChannelCommand({ ChannelName: name }));
+  await kv.send(
+    new AwsKvs.KinesisVideo.UpdateMediaStorageConfigurationCommand({
+      ChannelARN,
+      MediaStorageConfiguration: { StreamARN, Status: "ENABLED" },
+    }),
+  );
+  const endpoints = await endpointsFor(kv, ChannelARN, "MASTER");
+  const ice = opts.turn ? await iceServers(base, endpoints, ChannelARN) : [];
+  const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
+  const { client: signaling, opened } = openSignaling(opts, endpoints, ChannelARN, KVSWebRTC.Role.MASTER);
+  await opened;
+  const connected = answerStorageOffer(signaling, ice, stream, t, null, opts.forceTurn ? "relay" : "all");
+  const storage = new AwsKvs.WebRtcStorage.KinesisVideoWebRTCStorageClient({ ...base, endpoint: endpoints.WEBRTC });
+  const joined = await storage.send(new AwsKvs.WebRtcStorage.JoinStorageSessionCommand({ channelArn: ChannelARN }));
+  const result = { iceServers: ice.length, joinStatus: joined.$metadata.httpStatusCode };
+  try {
+    const pc = await connected;
+    result.state = pc.connectionState;
+    const stats = await pc.getStats();
+    let pair = null;
+    stats.forEach((s) => {
+      if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+    });
+    if (pair) {
+      result.local = stats.get(pair.localCandidateId).candidateType;
+      result.remote = stats.get(pair.remoteCandidateId).candidateType;
+    }
+  } catch (e) {
+    result.state = t.pc ? t.pc.connectionState : "no offer";
+    result.error = String(e.message || e);
+  }
+  if (t.pc) t.pc.close();
+  signaling.close();
+  for (const track of stream.getTracks()) track.stop();
+  return result;
 };
