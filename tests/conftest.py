@@ -131,6 +131,13 @@ def target(kvs: LocalKvs) -> Iterator[Target]:
         yield tg
 
 
+def stored_frame_count(kvs: LocalKvs, stream_arn: str) -> int:
+    """Video frames in the fragments of ``stream_arn`` that ``kvs`` has stored: tests wait
+    until it reaches the frames sent, as the fragment a leaving master held is stored a
+    moment after its client stopped."""
+    return sum(f.frame_count for f in kvs.store.list_fragments(stream_arn))
+
+
 def stored_stamps(target: Target, stream_arn: str, after: int | None = None) -> Any:
     """(fragments, (stamps, unreadable)) read via ListFragments + GetMediaForFragmentList;
     with ``after``, only the fragments numbered above it."""

@@ -205,6 +205,12 @@ class SessionPanel(widgets.VBox):
         """Whether a session is joining or joined (not yet stopped or failed)."""
         return self.session is not None and self.session.state not in ("closed", "failed")
 
+    @property
+    def refreshing(self) -> bool:
+        """Whether the panel is refreshing its timeline and figures every ``refresh_s``
+        (from a join until the session is stopped)."""
+        return self._refresher is not None and not self._refresher.done()
+
     async def join(self) -> None:
         """Join the selected channel in the selected role and wait until connected.
 

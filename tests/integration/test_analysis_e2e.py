@@ -3,8 +3,6 @@ probe times fragments as they are listed (Local KVS on 127.0.0.1, real aiortc in
 
 from __future__ import annotations
 
-import asyncio
-
 from kvsnb.analysis import (
     RetrievalProbe,
     fragment_latency,
@@ -57,7 +55,6 @@ async def test_timeline_finds_an_injected_drop(target: Target) -> None:
     assert lat["fragment_number"].notna().mean() > 0.95
     table = latency_summary(lat, frag_lat).set_index("measure")
     assert table["count"].loc["capture → listed (ListFragments)"] > 50
-    await asyncio.sleep(0)
 
 
 ONE_CLOCK_FRAGMENT = (

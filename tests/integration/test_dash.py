@@ -204,7 +204,7 @@ async def test_live_manifest_follows_ingest(recorded: Recorded) -> None:
                 root = await asyncio.to_thread(manifest, url)
                 template, ss = timeline(root, "video")
                 starts.append(int(template.get("startNumber") or 0) + len(ss))
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # paces the manifest requests while the ingest runs
             await task
         finally:
             if not task.done():

@@ -31,6 +31,7 @@ from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, LocalKvsConfig
 from kvsnb.putmedia import import_file_async
 from kvsnb.sources.tracks import make_test_file
+from tests.conftest import wait_until_sync
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 SECONDS = 30.0
@@ -70,7 +71,7 @@ def client() -> Iterator[Any]:
 
 def slow_brightness(ctx: FrameContext) -> dict[str, Any]:
     """Brightness, slowly (so a worker can be killed while it works)."""
-    time.sleep(SLOW_FRAME_S)
+    time.sleep(SLOW_FRAME_S)  # the work itself: slow, not a wait
     return {"slow_brightness": float(ctx.luma().mean())}
 
 
@@ -117,14 +118,10 @@ def test_a_worker_killed_mid_run_is_retried_and_the_result_is_complete(
     assert len(plan.partitions) == 15
     with local_client(2) as c:
         future = c.compute(to_dask(plan))
-        deadline = time.monotonic() + 60
-        victim: str | None = None
-        while victim is None and time.monotonic() < deadline:  # wait for work in progress
-            busy = [w for w, tasks in c.processing().items() if tasks]
-            victim = busy[0] if busy else None
-            if victim is None:
-                time.sleep(0.05)
-        assert victim is not None, "no worker started a task"
+        wait_until_sync(  # work in progress
+            lambda: any(tasks for tasks in c.processing().values()), "a worker starts a task"
+        )
+        victim = next(w for w, tasks in c.processing().items() if tasks)
         pids = c.run(os.getpid)
         os.kill(pids[victim], signal.SIGKILL)
         result = future.result(timeout=120).reset_index(drop=True)

@@ -25,7 +25,7 @@ from kvsnb.local import LocalKvs
 from kvsnb.local.archive.images import ImagesPlane
 from kvsnb.local.storage.recorder import FragmentRecorder
 from kvsnb.sources.stamp import Stamp, read_stamp, read_stamp_frame
-from tests.conftest import FAST, make_client, start_kvs
+from tests.conftest import FAST, make_client, start_kvs, stored_frame_count, wait_until
 from tests.unit.test_recorder import BASE_S, Camera
 
 CHANNEL = "images"
@@ -119,9 +119,14 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Media]:
 
         async def bursts() -> list[IngestResult]:
             first = await ingest(target, CHANNEL, seconds=3.0, policy=FAST)
-            await asyncio.sleep(PAUSE_S)
+            await asyncio.sleep(PAUSE_S)  # the gap between the bursts, part of the recording
             second = await ingest(target, CHANNEL, seconds=1.5, policy=FAST)
-            await asyncio.sleep(0.3)
+            sent = len(first.frames_sent) + len(second.frames_sent)
+            await wait_until(  # the fragment the leaving master held is stored a moment later
+                lambda: stored_frame_count(kvs, stream_arn) >= sent,
+                "every frame sent is stored",
+                deadline_s=30,
+            )
             return [first, second]
 
         runs = asyncio.run(bursts())

@@ -210,12 +210,21 @@ def test_acknowledgements_arrive_while_the_upload_goes_on(
 def test_idle_acknowledgements_while_no_data_comes(
     target: Target, producer_body: list[bytes]
 ) -> None:
-    async def body() -> AsyncIterator[bytes]:
-        yield producer_body[0] + producer_body[1]
-        await asyncio.sleep(1.0)  # > 3 idle intervals of 0.3 s
-        yield producer_body[2]
+    async def run() -> list[Ack]:
+        idle = asyncio.Event()
 
-    acks = asyncio.run(put_media(target, "cam", body(), producer_start=START))
+        def on_ack(ack: Ack) -> None:
+            if ack.event == "IDLE":
+                idle.set()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield producer_body[0] + producer_body[1]
+            await asyncio.wait_for(idle.wait(), 30)  # no data until the server says IDLE
+            yield producer_body[2]
+
+        return await put_media(target, "cam", body(), producer_start=START, on_ack=on_ack)
+
+    acks = asyncio.run(run())
     assert any(a.event == "IDLE" for a in acks)
     assert _events(acks).count("PERSISTED") == 2
 
@@ -518,7 +527,7 @@ def test_stopping_local_kvs_mid_upload_keeps_what_was_stored(
 
         async def body() -> AsyncIterator[bytes]:
             yield producer_body[0] + producer_body[1]
-            await asyncio.sleep(60)  # the producer has nothing more for now
+            await asyncio.Event().wait()  # the producer has nothing more, until cancelled
 
         with contextlib.suppress(Exception):
             await asyncio.wait_for(

@@ -37,7 +37,7 @@ from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.playback import get_images, get_media, hls_session_url, list_fragments
 from kvsnb.playback.hls import HlsReader
 from kvsnb.sources import TestPatternTrack, ToneTrack
-from tests.conftest import FAST, FRAGMENT_S, make_client
+from tests.conftest import FAST, FRAGMENT_S, make_client, wait_for, wait_until
 
 ORIGIN = "http://localhost:8888"
 STRICT = StrictKeys(LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY)
@@ -206,10 +206,11 @@ async def test_embedded_tls_master_viewer_and_playback(tmp_path: Path) -> None:
         assert m.endpoints is not None and m.endpoints.wss.startswith("wss://")
         v = ViewerSession(target, "tls-room", client_id="tls-viewer", policy=FAST)
         await v.start(timeout=30)
-        deadline = time.monotonic() + 30
-        while len(v.received.frames_df()) < 10:
-            assert time.monotonic() < deadline, "the viewer got no video over TLS signaling"
-            await asyncio.sleep(0.2)
+        await wait_until(
+            lambda: len(v.received.frames_df()) >= 10,
+            "the viewer gets video over TLS signaling",
+            deadline_s=30,
+        )
         await v.stop()
         await m.stop()
         await assert_stored_and_playable(target, stream_arn)
@@ -220,10 +221,12 @@ async def test_embedded_tls_master_viewer_and_playback(tmp_path: Path) -> None:
 
 async def assert_stored_and_playable(target: Target, stream_arn: str) -> None:
     """ListFragments, GetMediaForFragmentList, GetImages and HLS through kvsnb.playback."""
-    deadline = time.monotonic() + 30
-    while not len(fragments := await asyncio.to_thread(list_fragments, target, stream_arn)):
-        assert time.monotonic() < deadline, "no fragment stored"
-        await asyncio.sleep(0.2)
+
+    async def stored() -> bool:
+        return len(await asyncio.to_thread(list_fragments, target, stream_arn)) > 0
+
+    await wait_for(stored, "a fragment is stored", deadline_s=30, every_s=0.2)
+    fragments = await asyncio.to_thread(list_fragments, target, stream_arn)
     media = await asyncio.to_thread(
         get_media, target, stream_arn, list(fragments["fragment_number"])
     )

@@ -136,6 +136,7 @@ async def test_session_panel_creates_joins_streams_and_stops(target: Target) -> 
     previews = [s["value"] for s in states(panel.preview) if s.get("value")]
     assert len(previews) >= 3  # refreshed several times a second
     assert len(set(previews)) == len(previews)  # each one a newer frame
+    assert panel.refreshing
 
     viewer = SessionPanel(
         target, channel="widgets-panel", role="VIEWER", policy=FAST, refresh_s=0.1
@@ -160,7 +161,7 @@ async def test_session_panel_creates_joins_streams_and_stops(target: Target) -> 
     assert panel.state == "closed"
     assert "stopped" in panel.timeline_html.value
     assert not panel.join_button.disabled and panel.stop_button.disabled
-    assert panel._refresher is None
+    assert not panel.refreshing
     assert repr(panel) == "<SessionPanel master on 'widgets-panel': closed>"
     panel.close()
     viewer.close()
@@ -313,10 +314,7 @@ async def test_latency_and_timeline_views(target: Target, recorded: Recorded) ->
     # attached to a probe and the pattern's log, it redraws by itself
     live = LatencyView()
     live.attach(recorded.probe, recorded.pattern, interval_s=0.05)
-    for _ in range(100):
-        if live.redraws >= 2:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: live.redraws >= 2, "the live latency view redraws")
     await live.wait_detached()
     assert live.redraws >= 2
     assert live.summary is not None
@@ -335,10 +333,7 @@ async def test_latency_and_timeline_views(target: Target, recorded: Recorded) ->
 
     tlive = TimelineView()
     tlive.attach(target, recorded.stream_arn, recorded.pattern, interval_s=0.05)
-    for _ in range(100):
-        if tlive.redraws >= 1:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: tlive.redraws >= 1, "the live timeline view redraws")
     await tlive.wait_detached()
     assert tlive.timeline is not None
     assert tlive.summary is not None

@@ -6,9 +6,10 @@ the "replaced" close code)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from kvsnb.client.signaling import presign_url
 from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
 from kvsnb.local.signaling.relay import CLOSE_REPLACED
-from tests.conftest import make_client, start_kvs
+from tests.conftest import make_client, start_kvs, wait_for, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,21 +83,36 @@ def limit_error(call: Any) -> str:
     return str(response["Error"]["Message"])
 
 
-async def wait_next_second(started: float) -> None:
-    """Sleep until more than a second has passed since ``started`` (the join window)."""
-    await asyncio.sleep(max(0.0, 1.05 - (time.monotonic() - started)))
+async def admitted(call: Callable[[], Any]) -> None:
+    """Make a join ``call`` until the channel's window of 2 joins a second admits it: until
+    then it fails with ClientLimitExceededException about calls per second."""
+
+    async def attempt() -> bool:
+        try:
+            await asyncio.to_thread(call)
+        except ClientError as exc:
+            error: Any = exc.response["Error"]
+            if error["Code"] != "ClientLimitExceededException" or "per second" not in str(
+                error["Message"]
+            ):
+                raise
+            return False
+        return True
+
+    await wait_for(attempt, "the joins window admits the call", deadline_s=10)
 
 
 async def test_fourth_viewer_is_refused(storage: Storage) -> None:
     viewers = [await storage.socket("VIEWER", f"v{i}") for i in range(4)]
-    await asyncio.sleep(0.1)  # registered by the relay
+    relay = storage.kvs.relay
+    assert relay is not None
+    await wait_until(
+        lambda: all(relay.viewer(storage.arn, f"v{i}") for i in range(4)),
+        "the four viewers registered by the relay",
+    )
     join = storage.webrtc.join_storage_session_as_viewer
-    started = time.monotonic()
     for i in range(3):
-        if i == 2:
-            await wait_next_second(started)
-            started = time.monotonic()
-        await asyncio.to_thread(join, channelArn=storage.arn, clientId=f"v{i}")
+        await admitted(functools.partial(join, channelArn=storage.arn, clientId=f"v{i}"))
     # each admitted viewer gets its offer
     for ws in viewers[:3]:
         kinds = set()
@@ -104,8 +120,14 @@ async def test_fourth_viewer_is_refused(storage: Storage) -> None:
             msg = await ws.receive(5)
             assert msg.type == aiohttp.WSMsgType.TEXT, msg
             kinds.add(json.loads(msg.data)["messageType"])
-    message = limit_error(lambda: join(channelArn=storage.arn, clientId="v3"))
-    assert "maximum number of viewers" in message
+    messages: list[str] = []
+
+    async def refused_past_the_window() -> bool:
+        messages.append(limit_error(lambda: join(channelArn=storage.arn, clientId="v3")))
+        return "per second" not in messages[-1]
+
+    await wait_for(refused_past_the_window, "a refusal past the joins window", deadline_s=10)
+    assert "maximum number of viewers" in messages[-1]
     st = storage.kvs.sessions.channels[storage.arn]
     assert sorted(st.viewers) == ["v0", "v1", "v2"]
     # the refused viewer got no offer
@@ -127,13 +149,14 @@ async def test_third_join_within_a_second_is_refused(storage: Storage) -> None:
             channelArn=storage.arn, clientId="late"
         )
     )
-    await wait_next_second(started)
-    join(channelArn=storage.arn)  # a new second: admitted again
+    await admitted(lambda: join(channelArn=storage.arn))  # a second later: admitted again
 
 
 async def test_second_master_socket_replaces_the_first(storage: Storage) -> None:
     first = await storage.socket("MASTER")
-    await asyncio.sleep(0.05)
+    relay = storage.kvs.relay
+    assert relay is not None
+    await wait_until(lambda: relay.master(storage.arn) is not None, "the master registered")
     await asyncio.to_thread(storage.webrtc.join_storage_session, channelArn=storage.arn)
     msg = await first.receive(5)
     assert msg.type == aiohttp.WSMsgType.TEXT  # the storage session speaks to it
@@ -145,8 +168,6 @@ async def test_second_master_socket_replaces_the_first(storage: Storage) -> None
             break
     assert msg.type == aiohttp.WSMsgType.CLOSE, msg
     assert msg.data == CLOSE_REPLACED and "replaced" in msg.extra
-    relay = storage.kvs.relay
-    assert relay is not None
     master = relay.master(storage.arn)
     assert master is not None and not master.ws.closed
     assert not second.closed

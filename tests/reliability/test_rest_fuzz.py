@@ -36,7 +36,7 @@ from kvsnb.local import LocalKvs
 from kvsnb.local.core import protocol
 from kvsnb.local.front.server import operation_method
 from kvsnb.local.media.plane import MediaOptions
-from tests.conftest import FAST, start_kvs
+from tests.conftest import FAST, start_kvs, stored_frame_count, wait_until_sync
 from tests.reliability.conftest import healthy, signed_post
 
 pytestmark = pytest.mark.timeout(120)
@@ -91,7 +91,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 ingest(tg, "fuzz", seconds=1.5, policy=FAST, width=320, height=240)
             )
             stream = stream_arn.split("/")[1]
-        time.sleep(0.3)
+        sent = len(result.frames_sent)
+        wait_until_sync(
+            lambda: stored_frame_count(kvs, stream_arn) >= sent, "every frame is stored"
+        )
         yield World(
             kvs, "fuzz", channel_arn, stream, stream_arn, result.started, result.ended, errors
         )

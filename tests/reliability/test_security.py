@@ -34,7 +34,14 @@ from kvsnb.client.signaling import presign_url
 from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, StrictKeys
 from kvsnb.local.archive.hls import HlsPlane
-from tests.conftest import FAST, make_client, start_kvs
+from tests.conftest import (
+    FAST,
+    make_client,
+    start_kvs,
+    stored_frame_count,
+    wait_until,
+    wait_until_sync,
+)
 from tests.reliability.conftest import RawResponse, healthy, signed_post
 
 pytestmark = pytest.mark.timeout(90)
@@ -124,11 +131,10 @@ async def test_strict_mode_rejects_expired_and_forged_presigned_urls(
         assert not ws.closed
         await ws.close()
     assert strict.relay is not None
-    for _ in range(100):  # the accepted socket unregisters soon after its close
-        if not strict.relay.connections():
-            break
-        await asyncio.sleep(0.02)
-    assert not strict.relay.connections()
+    relay = strict.relay
+    await wait_until(  # the accepted socket unregisters soon after its close
+        lambda: not relay.connections(), "the closed socket is unregistered"
+    )
 
 
 # ---------------------------------------------------------------------------- HLS
@@ -153,8 +159,9 @@ def hls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hls]:
     try:
         with connect(endpoint_url=kvs.url) as tg:
             _, arn = tg.create_storage_channel("sec")
-            asyncio.run(ingest(tg, "sec", seconds=1.2, policy=FAST, width=320, height=240))
-        time.sleep(0.3)
+            result = asyncio.run(ingest(tg, "sec", seconds=1.2, policy=FAST, width=320, height=240))
+        sent = len(result.frames_sent)
+        wait_until_sync(lambda: stored_frame_count(kvs, arn) >= sent, "every frame is stored")
         kv = make_client("kinesisvideo", kvs.url)
         ep = kv.get_data_endpoint(StreamARN=arn, APIName="GET_HLS_STREAMING_SESSION_URL")
         am = make_client("kinesis-video-archived-media", ep["DataEndpoint"])

@@ -36,7 +36,7 @@ from yarl import URL
 from kvsnb.client.signaling import presign_url
 from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
 from kvsnb.local.signaling.relay import CLOSE_REPLACED
-from tests.conftest import SignalingChannel, make_channel, make_client
+from tests.conftest import SignalingChannel, make_channel, make_client, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,12 +89,17 @@ class Witness:
         self._stop.set()
         sender, readers = self._tasks[0], self._tasks[1:]
         await asyncio.gather(sender, return_exceptions=True)
-        deadline = time.monotonic() + WITNESS_MAX_DELAY_S
-        while self.sent and time.monotonic() < deadline:  # let the last ones arrive
-            await asyncio.sleep(0.02)
-        for task in readers:
-            task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
+        try:
+            await wait_until(
+                lambda: not self.sent,
+                "the witness's last messages arrive",
+                WITNESS_MAX_DELAY_S,
+                every_s=0.02,
+            )
+        finally:
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
 
     async def _send(self) -> None:
         n = 0
@@ -109,7 +114,7 @@ class Witness:
                 frame = {"action": "ICE_CANDIDATE", "messagePayload": payload, **extra}
                 await ws.send_str(json.dumps(frame))
             n += 1
-            await asyncio.sleep(WITNESS_PERIOD_S)
+            await asyncio.sleep(WITNESS_PERIOD_S)  # paces the witness
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, who: str) -> None:
         while True:
@@ -166,10 +171,25 @@ async def environment(tmp_path: Path, **limits_: Any) -> AsyncIterator[Env]:
         await asyncio.to_thread(kvs.stop_in_thread)
 
 
+async def registered(env: Env, chan: SignalingChannel, viewer: str) -> None:
+    """Wait until the relay has filed the channel's master and ``viewer``: a client sees the
+    handshake's 101 a moment before the relay files the connection."""
+    relay = env.kvs.relay
+    assert relay is not None
+    await wait_until(
+        lambda: relay.master(chan.arn) is not None and relay.viewer(chan.arn, viewer) is not None,
+        f"the master and {viewer} registered",
+        every_s=0.01,
+    )
+
+
 async def witness_pair(env: Env, chan: SignalingChannel) -> Witness:
+    """A master and a viewer on a channel where no master is yet, both registered."""
+    relay = env.kvs.relay
+    assert relay is not None and relay.master(chan.arn) is None
     master = await env.ws(chan, "MASTER")
     viewer = await env.ws(chan, "VIEWER", "witness-viewer")
-    await asyncio.sleep(0.1)  # both registered
+    await registered(env, chan, "witness-viewer")
     return Witness(master, viewer)
 
 
@@ -458,7 +478,7 @@ async def test_half_open_sockets_harm_no_one(tmp_path: Path) -> None:
             for _ in range(30):
                 for _ in range(20):
                     await witness.master.send_str(json.dumps(frame))
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # paces the sender: 20 frames at a time
         witness.check()
         # The socket that stopped reading was cut off; the half-frame one waits for its
         # idle timeout, harmlessly.
@@ -470,7 +490,7 @@ async def test_half_open_sockets_harm_no_one(tmp_path: Path) -> None:
         other = make_channel(env.kv, "other")
         m = await env.ws(other, "MASTER")
         v = await env.ws(other, "VIEWER", "v")
-        await asyncio.sleep(0.05)
+        await registered(env, other, "v")
         await v.send_str(json.dumps({"action": "SDP_OFFER", "messagePayload": b64({"x": 1})}))
         msg = await m.receive(2.0)
         assert msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["senderClientId"] == "v"

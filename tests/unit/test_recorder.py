@@ -51,6 +51,7 @@ class Camera:
         self.encoder = enc
         self.index = 0
         self.force_keyframe = False
+        self.audio_sent = 0  # 20 ms tone frames fed with its video so far (``feed``)
 
     def next(self) -> EncodedFrame:
         img = np.full((HEIGHT, WIDTH, 3), 30, np.uint8)
@@ -95,7 +96,7 @@ def feed(
 ) -> int:
     """Feed ``seconds`` of interleaved video and audio; returns video frames fed."""
     n_video = round(seconds * FPS)
-    audio_sent = getattr(rec, "_test_audio_sent", 0)
+    audio_sent = camera.audio_sent
     for _ in range(n_video):
         vf = camera.next()
         rec.add_video(vf)
@@ -105,7 +106,7 @@ def feed(
                 if audio_sent not in audio_skip:
                     rec.add_audio(frame, producer)
             audio_sent += 1
-    rec._test_audio_sent = audio_sent  # type: ignore[attr-defined]
+    camera.audio_sent = audio_sent
     return n_video
 
 

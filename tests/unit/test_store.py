@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -109,8 +111,9 @@ def test_put_is_durable_and_listed(store: FragmentStore, fragment_bytes: bytes) 
     assert store.get_fragments(STREAM_A, [f.fragment_number]) == [f]
     assert _frames_in(store, f) == 30
     assert (store.data_dir / "fragments.sqlite").is_file()
-    mode = store._conn.execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "wal"
+    with contextlib.closing(sqlite3.connect(store.data_dir / "fragments.sqlite")) as db:
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"  # kept in the database file: every connection sees it
 
 
 def test_reopen_lists_the_same_fragments_and_they_decode(
