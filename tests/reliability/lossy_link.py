@@ -70,7 +70,7 @@ class _Side(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        self.link._received(self, data, addr)
+        self.link.forward(self, data, addr)
 
 
 class LossyLink:
@@ -142,7 +142,9 @@ class LossyLink:
 
     # ------------------------------------------------------------------ forwarding
 
-    def _received(self, side: _Side, data: bytes, addr: Address) -> None:
+    def forward(self, side: _Side, data: bytes, addr: Address) -> None:
+        """A datagram that reached one of the relay's sockets: counted, and passed on to the
+        other peer unless the loss pattern drops it (media only), after its jitter delay."""
         if side.name == "master":
             self._master_addr = addr
             destination = self._storage_of[side]

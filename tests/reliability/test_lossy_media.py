@@ -9,7 +9,6 @@ relay."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,17 +16,20 @@ from typing import Any
 import pytest
 
 from kvsnb.analysis import frame_timeline, timeline_summary
+from kvsnb.client.session import JoinPolicy
 from kvsnb.client.target import Target
 from kvsnb.launch import connect
-from kvsnb.local import LocalKvs
+from kvsnb.local import LocalKvs, LocalKvsConfig, SignalingLimits
+from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.sources import TestPatternTrack, ToneTrack
-from tests.conftest import FAST, start_kvs, stored_stamps
+from tests.conftest import FRAGMENT_S, stored_stamps, wait_until
 from tests.reliability.lossy_link import LinkedStorageSession, LinkStats, LossyLink
 
 pytestmark = pytest.mark.timeout(90)
 
 MEDIA_S = 4.0
 SEED = 7
+POLICY = JoinPolicy.local()
 
 
 @dataclass
@@ -50,7 +52,15 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    kvs = start_kvs(tmp_path_factory.mktemp("lossy") / "data")
+    # host candidates only (no TURN): the relay stands where a NAT would, between the two
+    # peers' own addresses, and every packet crosses it
+    config = LocalKvsConfig(
+        data_dir=tmp_path_factory.mktemp("lossy") / "data",
+        signaling=SignalingLimits(connects_per_s=100.0),
+        ice="host",
+        extra={"storage": StorageOptions(fragment_duration_s=FRAGMENT_S)},
+    )
+    kvs = LocalKvs(config).start_in_thread()
     try:
         with connect(endpoint_url=kvs.url) as tg:
             yield Env(kvs, tg, {})
@@ -66,25 +76,25 @@ async def run(env: Env, name: str, loss: float = 0.0, jitter_ms: float = 0.0) ->
     link = await LossyLink(loss, jitter_ms, SEED).start()
     pattern, tone = TestPatternTrack(320, 240, 30), ToneTrack()
     session = LinkedStorageSession(
-        env.target, name, video=pattern, audio=tone, policy=FAST, link=link
+        env.target, name, video=pattern, audio=tone, policy=POLICY, link=link
     )
     try:
         await session.start(timeout=20)
-        await asyncio.sleep(MEDIA_S)
+        # MEDIA_S of media sent, counted in frames (a busy machine produces them slowly)
+        await wait_until(lambda: len(pattern.sent) >= MEDIA_S * 30, f"{MEDIA_S} s of frames")
         master = env.kvs.sessions.channels[channel_arn].master
         connected = session.state == "connected" and not master.closed and session.joins == 1
         pattern.stop()
         tone.stop()
-        await asyncio.sleep(0.5)  # let retransmissions and delayed packets land
+        # this paces the end, not an assertion: retransmissions and packets the link delays
+        # (up to jitter_ms) land before the master hangs up
+        await asyncio.sleep(0.5)
     finally:
         pattern.stop()
         tone.stop()
         await session.stop()
         link.close()
-    deadline = time.monotonic() + 5
-    while not (master.closed and master._close_task is not None and master._close_task.done()):
-        assert time.monotonic() < deadline, "storage session not ended"
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: master.finished, "storage session ended", deadline_s=5)
     fragments, (stamps, unreadable) = stored_stamps(env.target, stream_arn)
     assert stamps is not None, "nothing stored"
     timeline = frame_timeline(pattern.frames_df(), stamps, fragments)
