@@ -30,11 +30,11 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
-from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from yarl import URL
 
+from kvsnb.client.clock import ClockedSigV4QueryAuth, SigningClock
 from kvsnb.client.trust import ssl_context
 from kvsnb.errors import KvsnbError, reap
 
@@ -105,8 +105,10 @@ def presign_url(
     region: str,
     client_id: str | None = None,
     expires: int = PRESIGN_EXPIRES_S,
+    clock: SigningClock | None = None,
 ) -> str:
-    """The SigV4-presigned signaling URL (``X-Amz-ChannelARN`` [+ ``X-Amz-ClientId``]).
+    """The SigV4-presigned signaling URL (``X-Amz-ChannelARN`` [+ ``X-Amz-ClientId``]),
+    signed at ``clock``'s time (this machine's when None).
 
     Send it byte for byte as signed: with aiohttp, ``ws_connect(URL(url, encoded=True))``,
     since yarl would otherwise decode the ``%3A`` and ``%2F`` of the ARN, and a server that
@@ -118,7 +120,7 @@ def presign_url(
     base = endpoint if "/" in endpoint.split("://", 1)[1] else endpoint + "/"
     request = AWSRequest(method="GET", url=f"{base}?{query}")
     creds = Credentials(str(credentials.access_key), str(credentials.secret_key), credentials.token)
-    SigV4QueryAuth(creds, SIGNING_NAME, region, expires).add_auth(request)
+    ClockedSigV4QueryAuth(creds, SIGNING_NAME, region, expires, clock).add_auth(request)
     return str(request.url)
 
 
@@ -165,6 +167,7 @@ class SignalingClient:
         role: Literal["MASTER", "VIEWER"] = "MASTER",
         client_id: str | None = None,
         reconnect: bool = True,
+        clock: SigningClock | None = None,
     ) -> None:
         if role == "VIEWER" and not client_id:
             raise ValueError("a viewer needs a client_id")
@@ -175,6 +178,9 @@ class SignalingClient:
         self.role = role
         self.client_id = client_id
         self.reconnect = reconnect
+        # the time URLs are presigned at: share a Target's ``clock`` to use the offset its
+        # boto3 clients learnt (the JS SDK passes ``systemClockOffset`` this way)
+        self.clock = clock or SigningClock()
         self.connects = 0
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -191,7 +197,12 @@ class SignalingClient:
     def url(self) -> str:
         """A freshly presigned URL."""
         return presign_url(
-            self.endpoint, self.channel_arn, self.credentials, self.region, self.client_id
+            self.endpoint,
+            self.channel_arn,
+            self.credentials,
+            self.region,
+            self.client_id,
+            clock=self.clock,
         )
 
     async def open(self) -> None:
@@ -209,19 +220,30 @@ class SignalingClient:
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def _connect(self) -> None:
+        """Open the socket with a freshly presigned URL. Refused with a 403 whose ``Date``
+        shows this machine's clock off (the URL expired on the server's clock), it corrects
+        ``clock`` and tries once more."""
         assert self._session is not None
-        try:
-            url = self.url()
-            self._ws = await self._session.ws_connect(
-                URL(url, encoded=True), autoping=True, heartbeat=None, ssl=ssl_context(url) or True
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            raise SignalingError(
-                f"signaling refused: {exc.status} {exc.message}", exc.status
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise SignalingError(f"signaling unreachable: {exc}") from exc
-        self.connects += 1
+        for attempt in (1, 2):
+            try:
+                url = self.url()
+                self._ws = await self._session.ws_connect(
+                    URL(url, encoded=True),
+                    autoping=True,
+                    heartbeat=None,
+                    ssl=ssl_context(url) or True,
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                date = exc.headers.get("Date") if exc.headers is not None else None
+                if attempt == 1 and exc.status == 403 and self.clock.correct(date):
+                    continue
+                raise SignalingError(
+                    f"signaling refused: {exc.status} {exc.message}", exc.status
+                ) from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise SignalingError(f"signaling unreachable: {exc}") from exc
+            self.connects += 1
+            return
 
     async def _read_loop(self) -> None:
         first = True

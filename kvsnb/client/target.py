@@ -53,6 +53,7 @@ from botocore.credentials import ReadOnlyCredentials
 if TYPE_CHECKING:
     from aiortc import RTCConfiguration
 from kvsnb.client import trust
+from kvsnb.client.clock import SigningClock
 from kvsnb.errors import KvsnbError
 from kvsnb.wire.defaults import DEFAULT_REGION, LOOPBACK
 from kvsnb.wire.webrtc import Role
@@ -116,6 +117,8 @@ class Target:
     ca_bundle: str | None = None  # the CA file connections are verified with (None: system's)
     _own_ca_file: str | None = field(default=None, repr=False)  # a fetched CA, removed on close
     public_url: str | None = None  # the base browsers reach Local KVS at, if not endpoint_url
+    # the time requests are signed at, corrected after a clock-skew refusal (kvsnb.client.clock)
+    clock: SigningClock = field(default_factory=SigningClock)
     _clients: dict[tuple[str, str | None], Any] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
@@ -126,17 +129,22 @@ class Target:
 
     def client(self, service: str, endpoint_url: str | None = None) -> Any:
         """A boto3 client for a KVS plane. Data planes need the ``endpoint_url`` that the
-        control plane returned (GetSignalingChannelEndpoint / GetDataEndpoint)."""
+        control plane returned (GetSignalingChannelEndpoint / GetDataEndpoint).
+
+        It signs at ``clock``'s time and, refused for a skewed clock, corrects ``clock`` from
+        the response's ``Date`` and retries once (the JS SDK's ``correctClockSkew``)."""
         url = endpoint_url if endpoint_url is not None else self.endpoint_url
         key = (service, url)
         if key not in self._clients:
-            self._clients[key] = self.session.client(  # type: ignore[call-overload]
+            client = self.session.client(  # type: ignore[call-overload]
                 service,
                 region_name=self.region,
                 endpoint_url=url,
                 verify=self.ca_bundle,
                 config=Config(retries={"max_attempts": 3, "mode": "standard"}),
             )
+            self.clock.attach(client)
+            self._clients[key] = client
         return self._clients[key]
 
     @property

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kvsnb.local.core.errors import (
+    ClientLimitExceededException,
     InvalidArgumentException,
     NoDataRetentionException,
     ResourceInUseException,
@@ -42,6 +43,10 @@ VERSION_LENGTH = 20
 CHANNEL_NOT_FOUND = "The requested channel is not found or not active."
 STREAM_NOT_FOUND = "The requested stream is not found or not active."
 WEBRTC_NEEDS_STORAGE = "MediaStorageConfiguration is required for WEBRTC protocol"
+# AWS's quota: at most 100 signaling channels with media storage enabled per account and
+# region [DG ingest-media]; the error is ClientLimitExceededException, the one limit error
+# UpdateMediaStorageConfiguration's model names (docs/wire.md, "Channels with storage")
+MAX_STORAGE_CHANNELS = 100
 _ALNUM = string.ascii_letters + string.digits
 
 _SCHEMA = """
@@ -236,9 +241,11 @@ class ControlPlane:
         *,
         region: str = DEFAULT_REGION,
         account: str = DEFAULT_ACCOUNT,
+        max_storage_channels: int = MAX_STORAGE_CHANNELS,
     ) -> None:
         self.region = region
         self.account = account
+        self.max_storage_channels = max_storage_channels
         self.endpoints = endpoints
         self.events = ControlEvents()
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -533,9 +540,27 @@ class ControlPlane:
             ).fetchone()
         return None if row is None else Channel(**dict(row))
 
+    def _check_storage_quota(self, db: sqlite3.Connection, ch: Channel) -> None:
+        """``ClientLimitExceededException`` when enabling storage on ``ch`` would make more
+        than ``max_storage_channels`` channels with storage enabled (a channel already enabled
+        keeps its slot when it is remapped)."""
+        if ch.storage_status == "ENABLED":
+            return
+        (enabled,) = db.execute(
+            "SELECT COUNT(*) FROM channels WHERE storage_status='ENABLED'"
+        ).fetchone()
+        if enabled >= self.max_storage_channels:
+            raise ClientLimitExceededException(
+                f"The account has reached the limit of {self.max_storage_channels} signaling "
+                "channels with media storage enabled in this region. Disable media storage "
+                "on a channel first."
+            )
+
     def update_media_storage_configuration(self, req: dict[str, Any]) -> dict[str, Any]:
         """UpdateMediaStorageConfiguration: map a channel to a stream (1:1, retention > 0) or
-        disable storage."""
+        disable storage. At most ``max_storage_channels`` channels have storage ENABLED at
+        once (AWS: 100 per account); one more is ``ClientLimitExceededException`` and changes
+        nothing, and disabling a channel frees its slot."""
         conf = req["MediaStorageConfiguration"]
         with self._tx() as db:
             ch = self.channel(arn=req["ChannelARN"])
@@ -557,6 +582,7 @@ class ControlPlane:
                         f"The stream {st.arn} is already mapped to the signaling channel "
                         f"{other.arn}."
                     )
+                self._check_storage_quota(db, ch)
             elif stream_arn is not None:
                 self.stream(arn=stream_arn)
             db.execute(

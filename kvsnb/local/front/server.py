@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import inspect
 import logging
 import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -33,7 +36,7 @@ from kvsnb.local.archive.dash import DashPlane
 from kvsnb.local.archive.hls import HlsPlane
 from kvsnb.local.archive.images import ImagesPlane
 from kvsnb.local.archive.plane import ArchivePlane
-from kvsnb.local.control.plane import ControlPlane, Endpoints
+from kvsnb.local.control.plane import MAX_STORAGE_CHANNELS, ControlPlane, Endpoints
 from kvsnb.local.core import protocol
 from kvsnb.local.core.errors import (
     AwsError,
@@ -105,6 +108,12 @@ class LocalKvsConfig:
     # "turn" falls back to "host" and says so once.
     ice: Literal["turn", "host"] = "turn"
     turn_ttl_s: int = TTL_S  # the Ttl of TURN credentials (AWS: 300 s)
+    # At most this many signaling channels with media storage enabled (AWS: 100 per account)
+    max_storage_channels: int = MAX_STORAGE_CHANNELS
+    # For tests only: Local KVS's clock runs this many seconds ahead of the machine's (behind
+    # when negative). Strict SigV4 checks request times against it and every response's
+    # ``Date`` header tells it, so a client's clock-skew correction can be tested.
+    clock_offset_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -130,7 +139,7 @@ class LocalKvs:
             self._own_dir = Path(tempfile.mkdtemp(prefix="kvsnb-local-"))
             self.config.data_dir = self._own_dir
         self.data_dir = Path(self.config.data_dir)
-        self.checker = SigV4Checker(self.config.strict_keys)
+        self.checker = SigV4Checker(self.config.strict_keys, clock=self.now)
         self.planes: dict[str, Any] = {}
         self.control: ControlPlane | None = None
         self.relay: SignalingRelay | None = None
@@ -145,6 +154,16 @@ class LocalKvs:
         self.turn: TurnServer | None = None  # coturn, once started (ice="turn")
 
     # ------------------------------------------------------------------ lifecycle
+
+    def now(self) -> dt.datetime:
+        """Local KVS's clock: the machine's, ``config.clock_offset_s`` ahead (tests only)."""
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.config.clock_offset_s)
+
+    async def _date_header(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every response's ``Date`` is Local KVS's clock (clients correct skew from it)."""
+        if self.config.clock_offset_s:
+            when = time.time() + self.config.clock_offset_s
+            response.headers["Date"] = formatdate(when, usegmt=True)
 
     @property
     def port(self) -> int:
@@ -196,6 +215,7 @@ class LocalKvs:
             ssl_context = self.tls.server_context()
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         cors.install(app)
+        app.on_response_prepare.append(self._date_header)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -208,7 +228,11 @@ class LocalKvs:
         self._site_port = int(sockets[0].getsockname()[1])
         endpoints = Endpoints(self.public_url)
         self.control = ControlPlane(
-            self.data_dir, endpoints, region=self.config.region, account=self.config.account
+            self.data_dir,
+            endpoints,
+            region=self.config.region,
+            account=self.config.account,
+            max_storage_channels=self.config.max_storage_channels,
         )
         self.relay = SignalingRelay(self.control, self._authorize_ws, self.config.signaling)
         self.planes = {"control": self.control}

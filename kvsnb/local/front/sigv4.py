@@ -9,6 +9,13 @@ Every KVS plane signs with SigV4 under the signing name ``kinesisvideo`` (docs/w
   own signer and must match; unknown keys, stale request dates and expired presigned URLs are
   rejected with the AWS errors.
 
+Request times: a header-signed request whose ``X-Amz-Date`` is more than 5 minutes from the
+server's clock is refused as AWS refuses it, ``InvalidSignatureException`` "Signature expired:
+<date> is now earlier than <now - 5 min> (<now> - 5 min.)" (or "Signature not yet current:
+... is still later than ... (<now> + 5 min.)" for a date ahead); a presigned URL is refused
+after ``X-Amz-Date`` + ``X-Amz-Expires`` or more than 5 minutes before its date (docs/wire.md,
+"SigV4 time"). The clock is the checker's ``clock`` (Local KVS's, which tests may set off).
+
 The presigned-URL check reproduces the JS SDK's test vector (see ``tests``).
 """
 
@@ -17,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -36,7 +43,7 @@ from kvsnb.local.core.errors import (
 SIGNING_NAME = "kinesisvideo"
 ALGORITHM = "AWS4-HMAC-SHA256"
 SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"
-MAX_CLOCK_SKEW = dt.timedelta(minutes=15)
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)  # AWS's SigV4 tolerance for a request's time
 MAX_PRESIGN_EXPIRES_S = 7 * 24 * 3600
 _AUTH_RE = re.compile(
     r"^AWS4-HMAC-SHA256\s+Credential=(?P<cred>[^,\s]+),\s*SignedHeaders=(?P<sh>[^,\s]+),"
@@ -138,8 +145,11 @@ def _expected_signature(
 class SigV4Checker:
     """Checks SigV4 on requests; strict when ``keys`` are given (see the module docstring)."""
 
-    def __init__(self, keys: StrictKeys | None = None) -> None:
+    def __init__(
+        self, keys: StrictKeys | None = None, clock: Callable[[], dt.datetime] | None = None
+    ) -> None:
         self.keys = keys
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
 
     @property
     def strict(self) -> bool:
@@ -200,13 +210,7 @@ class SigV4Checker:
             raise InvalidSignatureException("'Host' must be a signed header.")
         self._check_key(access_key)
         if self.keys is not None:
-            now = now or dt.datetime.now(dt.UTC)
-            if abs(now - when) > MAX_CLOCK_SKEW:
-                raise InvalidSignatureException(
-                    f"Signature expired: {stamp} is now earlier than "
-                    f"{(now - MAX_CLOCK_SKEW).strftime(SIGV4_TIMESTAMP)} "
-                    f"({now.strftime(SIGV4_TIMESTAMP)} - 15 min.)"
-                )
+            _check_request_time(stamp, when, now or self.clock())
             expected = _expected_signature(
                 secret=self.keys.secret_key,
                 access_key=access_key,
@@ -262,11 +266,16 @@ class SigV4Checker:
             raise IncompleteSignatureException("Malformed X-Amz-Signature")
         self._check_key(access_key)
         if self.keys is not None:
-            now = now or dt.datetime.now(dt.UTC)
-            if now > when + dt.timedelta(seconds=expires):
-                raise InvalidSignatureException("Signature expired")
+            now = now or self.clock()
+            valid_until = when + dt.timedelta(seconds=expires)
+            if now > valid_until:
+                raise InvalidSignatureException(
+                    f"Signature expired: {stamp} is now earlier than "
+                    f"{(now - dt.timedelta(seconds=expires)).strftime(SIGV4_TIMESTAMP)} "
+                    f"({now.strftime(SIGV4_TIMESTAMP)} - {expires} sec.)"
+                )
             if when - now > MAX_CLOCK_SKEW:
-                raise InvalidSignatureException("Signature not yet current")
+                raise InvalidSignatureException(_not_yet_current(stamp, now))
             unsigned_url = _without_param(url, "X-Amz-Signature")
             expected = _expected_signature(
                 secret=self.keys.secret_key,
@@ -281,6 +290,30 @@ class SigV4Checker:
             )
             self._compare(expected, signature)
         return SignedBy(access_key, region)
+
+
+def _minutes(delta: dt.timedelta) -> str:
+    return f"{delta.total_seconds() / 60:g} min."
+
+
+def _not_yet_current(stamp: str, now: dt.datetime) -> str:
+    return (
+        f"Signature not yet current: {stamp} is still later than "
+        f"{(now + MAX_CLOCK_SKEW).strftime(SIGV4_TIMESTAMP)} "
+        f"({now.strftime(SIGV4_TIMESTAMP)} + {_minutes(MAX_CLOCK_SKEW)})"
+    )
+
+
+def _check_request_time(stamp: str, when: dt.datetime, now: dt.datetime) -> None:
+    """AWS's refusal of a header-signed request more than ``MAX_CLOCK_SKEW`` off."""
+    if now - when > MAX_CLOCK_SKEW:
+        raise InvalidSignatureException(
+            f"Signature expired: {stamp} is now earlier than "
+            f"{(now - MAX_CLOCK_SKEW).strftime(SIGV4_TIMESTAMP)} "
+            f"({now.strftime(SIGV4_TIMESTAMP)} - {_minutes(MAX_CLOCK_SKEW)})"
+        )
+    if when - now > MAX_CLOCK_SKEW:
+        raise InvalidSignatureException(_not_yet_current(stamp, now))
 
 
 def _query(url: str) -> str:
