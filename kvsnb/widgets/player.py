@@ -3,8 +3,9 @@ on Binder or in any Jupyter front end with anywidget.
 
 The browser plays the session itself with hls.js or dash.js (the ES-module builds fetched from
 npm at set-up, ``vendor``; the one the protocol needs is sent to the browser in a message
-when the view asks for it, so nothing is built or enabled in JupyterLab, and a saved
-notebook's widget state holds no third-party code). It needs to reach the session URL: on the same
+when the front end asks for it, once per widget however many views it has, so nothing is
+built or enabled in JupyterLab, and a saved notebook's widget state holds no third-party
+code). It needs to reach the session URL: on the same
 machine Local KVS's 127.0.0.1 URL works (its HLS and DASH resources allow any origin); on
 Binder or a remote JupyterLab, Local KVS answers under the Jupyter server's
 ``/proxy/PORT/`` path (jupyter-server-proxy) and ``from_stream`` hands the browser that URL
