@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from kvsnb import __version__
 from kvsnb.wire.defaults import DEFAULT_REGION
 
 DEFAULT_PORT = 4566
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``kvsnb`` command."""
     p = argparse.ArgumentParser(prog="kvsnb", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     lp = sub.add_parser("local", help="run Local KVS until interrupted")

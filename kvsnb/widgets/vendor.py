@@ -1,11 +1,13 @@
-"""The browser players the ``Player`` widget runs, fetched from the npm registry at set-up and
-kept as package data (``kvsnb/widgets/static/vendor/``, ignored by git: third-party code is never
+"""The browser players the ``Player`` widget runs, fetched from the npm registry and kept as
+package data (``kvsnb/widgets/static/vendor/``, ignored by git: third-party code is never
 committed, docs/design.md principle 10).
 
-``python -m kvsnb.widgets.vendor`` (what ``make setup`` and Binder's ``postBuild`` run) asks
-``npm pack`` for the pinned packages and copies their ES-module builds and licences out of
-the tarballs; ``library(name)`` reads one back for the widget, or raises ``VendorError``
-saying how to fetch it.
+``fetch`` is the one fetcher: kvsnb's build runs it (``build_hooks/kvsnb_build.py``), so a
+wheel or sdist carries the libraries and their licences and an installed kvsnb needs no
+Node.js; in a clone ``python -m kvsnb.widgets.vendor`` (what ``make setup`` and Binder's
+``postBuild`` run) fills the same folder. It asks ``npm pack`` for the pinned packages and
+copies their ES-module builds and licences out of the tarballs; ``library(name)`` reads one
+back for the widget, or raises ``VendorError`` saying how to fetch it.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ def library(name: str, vendor_dir: Path = VENDOR_DIR) -> str:
     if not path.is_file():
         raise VendorError(
             f"{name} is not installed ({path} is missing): it is fetched from the npm registry "
-            "when kvsnb is set up. Run `make setup` in the repository, or "
-            "`python -m kvsnb.widgets.vendor` (needs npm)."
+            "when kvsnb's wheel is built, or when a clone is set up. Run `make setup` in the "
+            "repository, or `python -m kvsnb.widgets.vendor` (needs npm)."
         )
     return path.read_text(encoding="utf-8")
 
