@@ -21,6 +21,7 @@ from kvsnb.launch import connect
 from kvsnb.local import LocalKvs, LocalKvsConfig
 from kvsnb.local.media.plane import MediaOptions
 from kvsnb.local.storage.recorder import FragmentRecorder
+from kvsnb.local.store.mkv import AudioTrackConfig, FragmentWriter
 from kvsnb.playback import get_media, iter_chunks, list_fragments, open_media, start_selector
 from kvsnb.putmedia import file_fragments, plan_file, put_media
 from kvsnb.sources.tracks import make_test_file
@@ -313,3 +314,35 @@ async def test_webrtc_master_stream_comes_back_one_cluster_per_fragment(kvs: Loc
         assert a.timecode == b.timecode == producer_ms
         assert in_time_order(a) and a.blocks == b.blocks  # both APIs serve the same bytes
         assert by_track(a)[1][0][1], "a fragment starts at a keyframe"
+
+
+# ---------------------------------------------------------------------------- the writer
+
+
+def test_writer_interleaves_tracks_by_time_keeping_each_tracks_order() -> None:
+    """Audio added late goes between the video frames of its time; video keeps decode order
+    (a B-frame's time is below its predecessor's); over ~32 s a second Cluster starts."""
+    writer = FragmentWriter(
+        avcc=b"\x01avcc",
+        width=64,
+        height=48,
+        tags={FRAGMENT_NUMBER: "1"},
+        audio=AudioTrackConfig(b"\x11\x90", 48_000, "stereo"),
+        timecode_ms=START_MS,
+    )
+    for ms, name in ((0, b"I"), (66, b"P"), (33, b"B"), (40_000, b"late I")):
+        writer.write_video(name, START_MS + ms, name.endswith(b"I"))
+    for ms, name in ((-5, b"a0"), (20, b"a1"), (50, b"a2")):
+        writer.write_audio(name, START_MS + ms, 21)
+    (chunk,) = read_body(writer.finish())
+    first, second = chunk.clusters
+    assert first.timecode == START_MS and second.timecode == START_MS + 40_000
+    assert [(track, rel, data) for track, rel, _, data in first.blocks] == [
+        (2, -5, b"a0"),
+        (1, 0, b"I"),
+        (2, 20, b"a1"),
+        (2, 50, b"a2"),
+        (1, 66, b"P"),
+        (1, 33, b"B"),
+    ]
+    assert second.blocks == [(1, 0, True, b"late I")]

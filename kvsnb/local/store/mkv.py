@@ -15,6 +15,7 @@ fragment, muxed by FFmpeg) are read and served as they are.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -154,10 +155,13 @@ class FragmentWriter:
         self._add(pts_ms, AUDIO_TRACK, True, data)
 
     def finish(self) -> bytes:
-        """The fragment file's bytes: the head, then the Cluster of every frame by time."""
-        frames = self._frames
+        """The fragment file's bytes: the head, then the Cluster of every frame, video and
+        audio interleaved by time (each track in the order its frames were added)."""
+        frames: Iterable[tuple[int, int, bool, bytes]] = self._frames
         if not self._sorted:
-            frames.sort(key=lambda f: f[0])  # stable: equal times keep the order added
+            # Interleave the tracks by time; each keeps its own order (decode order for video).
+            tracks = [[f for f in self._frames if f[1] == t] for t in (VIDEO_TRACK, AUDIO_TRACK)]
+            frames = heapq.merge(*tracks, key=lambda f: f[0])
         parts = [self._head]
         timecode = self.timecode_ms
         blocks: list[bytes] = []
