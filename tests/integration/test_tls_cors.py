@@ -107,7 +107,16 @@ def test_tls_endpoints_and_a_local_ca_reused_across_restarts(tmp_path: Path) -> 
         data_endpoint = kv.get_data_endpoint(StreamARN=stream, APIName="LIST_FRAGMENTS")
         assert data_endpoint["DataEndpoint"] == f"{kvs.url}/archived-media"
         signaling = make_client("kinesis-video-signaling", endpoints["HTTPS"], verify=str(ca))
-        assert signaling.get_ice_server_config(ChannelARN=arn)["IceServerList"] == []
+        servers = signaling.get_ice_server_config(ChannelARN=arn)["IceServerList"]
+        assert len(servers) == 2  # Local KVS's TURN server (coturn), as AWS hands out two
+        # its turns: port serves TLS with Local KVS's certificate, chained to the same CA
+        tls_port = int(servers[0]["Uris"][2].split(":")[2].split("?")[0])
+        context = ssl.create_default_context(cafile=str(ca))
+        with (
+            socket.create_connection(("127.0.0.1", tls_port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            assert tls.version() is not None
         # one certificate for every loopback name, chained to the local CA
         cert = peer_certificate(kvs.url, ca, "localhost")
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
