@@ -616,7 +616,8 @@ class StorageSessionBase(abc.ABC):
             return
         if pc.connectionState in ("failed", "closed"):
             raise ConnectionError(f"peer connection {pc.connectionState}")
-        assert pc is self.pc and self._connecting is not None
+        if pc is not self.pc or self._connecting is None:
+            raise ConnectionError("peer connection replaced before it connected")
         await asyncio.shield(self._connecting.outcome)
 
     async def _close_pc(self, *, keep_tracks: bool = False) -> None:
