@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,25 @@ def test_paths_in_docs_exist(doc: Path) -> None:
         | {n for n in DOTTED.findall(text) if not dotted_exists(n, REPO)}
     )
     assert not stale, f"{doc.name} names what is not in the tree: {stale}"
+
+
+def test_design_names_every_import_contract() -> None:
+    """The contract table of docs/design.md has one row per import-linter contract of
+    pyproject.toml, by name, and no other."""
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"][
+        "contracts"
+    ]
+    text = section((REPO / "docs" / "design.md").read_text(), "Layout")
+    rows = re.findall(r'^\| "([^"]+)" \|', text, re.M)
+    assert sorted(rows) == sorted(c["name"] for c in contracts)
+    for contract in contracts:  # each module a layers contract names is in its row
+        if contract["type"] != "layers":
+            continue
+        row = next(line for line in text.splitlines() if f'"{contract["name"]}"' in line)
+        for layer in contract["layers"]:
+            for module in layer.split("|"):
+                short = module.strip().rsplit(".", 1)[-1]
+                assert f"`{short}`" in row or f"`{module.strip()}`" in row, (
+                    contract["name"],
+                    module,
+                )
