@@ -17,6 +17,7 @@ Usage (from the repository root, with the project's virtual environment active, 
     python notebooks/build.py                 # write and run every notebook
     python notebooks/build.py 01 04           # only those whose name starts with 01 or 04
     python notebooks/build.py --no-execute    # write them without outputs
+    python notebooks/build.py --sources-only  # new cell sources, the outputs kept
 
 ``07_running_on_aws`` needs a real AWS account: it is written without outputs unless
 ``KVSNB_TARGET=aws`` is set. A notebook whose run fails is not written (the old one stays)
@@ -113,6 +114,17 @@ def execute(nb: nbformat.NotebookNode) -> float:
     return time.perf_counter() - t0
 
 
+def update_sources(nb: nbformat.NotebookNode, cells: list[tuple[str, str]]) -> bool:
+    """Give the cells of a built notebook the sources of ``cells``, keeping their outputs,
+    when both line up (the same kinds in the same order); ``False`` (and ``nb`` unchanged)
+    when they do not. For edits that change no output: comments, formatting, type hints."""
+    if [c.cell_type for c in nb.cells] != [kind for kind, _ in cells]:
+        return False
+    for cell, (_, source) in zip(nb.cells, cells, strict=True):
+        cell.source = source
+    return True
+
+
 def should_run(name: str, execute_all: bool) -> bool:
     if not execute_all:
         return False
@@ -125,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("only", nargs="*", help="build only notebooks whose name starts so")
     parser.add_argument("--no-execute", action="store_true", help="write without running")
+    parser.add_argument(
+        "--sources-only",
+        action="store_true",
+        help="update the cell sources of the written notebooks, keeping their outputs "
+        "(fails for a notebook whose cells no longer line up with its source)",
+    )
     args = parser.parse_args(argv)
 
     sources = sorted(SOURCES.glob("[0-9][0-9]_*.py"))
@@ -139,6 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         name = src.stem
         cells = parse_cells(src.read_text(encoding="utf-8"))
         check_syntax(name, cells)
+        if args.sources_only:
+            written = nbformat.read(HERE / f"{name}.ipynb", as_version=4)
+            if not update_sources(written, cells):
+                print(f"{name}: its cells no longer line up: build it", file=sys.stderr)
+                failed.append(name)
+                continue
+            nbformat.validate(written)
+            nbformat.write(written, HERE / f"{name}.ipynb")
+            print(f"{name + '.ipynb':<30} sources updated, outputs kept")
+            continue
         nb = make_notebook(name, cells)
         status = "written, not run"
         if should_run(name, not args.no_execute):

@@ -1,3 +1,6 @@
+# mypy: disable-error-code="top-level-await, syntax"
+# (cells run by IPython, where top-level await, async with and async for are allowed; real
+# syntax errors are still caught by ruff and by build.py, which compiles every cell)
 # %% [markdown]
 # # 03 · Getting stored media back: HLS, GetImages, GetClip
 #
@@ -6,7 +9,7 @@
 #
 # | API | kvsnb | what you get |
 # |---|---|---|
-# | `GetHLSStreamingSessionURL` + HLS | `hls_session_url`, `HlsReader` | every frame, from fMP4 or MPEG-TS segments |
+# | `GetHLSStreamingSessionURL` + HLS | `hls_session_url`, `HlsReader` | every frame (fMP4 or TS) |
 # | `GetImages` | `get_images` | one JPEG/PNG per sampling interval, scaled if asked |
 # | `GetClip` | `get_clip` | one MP4 file of a time range |
 #
@@ -35,7 +38,7 @@ from kvsnb.playback import (
 
 target = kvsnb.connect("local")
 channel_arn, stream_arn = target.create_storage_channel("playback")
-result = await kvsnb.client.ingest(target, "playback", seconds=5)
+result = await kvsnb.ingest(target, "playback", seconds=5)
 sent = result.frames_sent
 fragments = list_fragments(target, stream_arn)
 print(f"sent {len(sent)} frames; {len(fragments)} fragments stored")
@@ -94,7 +97,7 @@ pd.DataFrame(
 # %%
 firsts = [f for i, f in enumerate(frames) if i == 0 or f.sequence != frames[i - 1].sequence]
 fig, axes = plt.subplots(1, len(firsts), figsize=(2.8 * len(firsts), 2.4))
-for ax, f in zip(list(axes) if len(firsts) > 1 else [axes], firsts):
+for ax, f in zip(list(axes) if len(firsts) > 1 else [axes], firsts, strict=False):
     ax.imshow(f.to_ndarray())
     ax.set_title(f"segment {f.sequence}: #{kvsnb.read_stamp(f.to_ndarray()).index}", fontsize=9)
     ax.axis("off")
@@ -142,7 +145,7 @@ shown = images.dropna(subset=["stamp_index"]).head(10)
 fig, axes = plt.subplots(2, 5, figsize=(10, 4.4))
 for ax in axes.flat:
     ax.axis("off")
-for ax, (_, row) in zip(axes.flat, shown.iterrows()):
+for ax, (_, row) in zip(axes.flat, shown.iterrows(), strict=False):
     ax.imshow(row["image"])
     offset = (row["timestamp"] - images["timestamp"].iloc[0]).total_seconds()
     ax.set_title(f"+{offset:.1f} s · #{row['stamp_index']}", fontsize=8)
@@ -202,11 +205,11 @@ workdir = Path(tempfile.mkdtemp(prefix="kvsnb-03-"))
 ends = fragments["producer_time"] + pd.to_timedelta(fragments["duration_ms"], unit="ms")
 start, end = fragments["producer_time"].min().to_pydatetime(), ends.max().to_pydatetime()
 clip = get_clip(target, stream_arn, start, end, workdir / "clip.mp4")
-with av.open(str(clip)) as container:
-    video = container.streams.video[0]
+with av.open(str(clip), mode="r") as mp4:
+    video = mp4.streams.video[0]
     clip_stamps, _ = stamps_from_frames(
-        kvsnb.playback.DecodedFrame(float(f.pts * f.time_base), f.key_frame, f)
-        for f in container.decode(video)
+        kvsnb.playback.DecodedFrame(f.time or 0.0, f.key_frame, f)  # time: pts × time base
+        for f in mp4.decode(video)
     )
     codec = video.codec_context.name
 print(f"{clip.name}: {clip.stat().st_size / 1e6:.2f} MB, {codec}, {len(clip_stamps)} frames")

@@ -1,3 +1,6 @@
+# mypy: disable-error-code="top-level-await, syntax"
+# (cells run by IPython, where top-level await, async with and async for are allowed; real
+# syntax errors are still caught by ruff and by build.py, which compiles every cell)
 # %% [markdown]
 # # 05 · Frame timelines: drops, gaps, jitter, keyframes, fragment boundaries
 #
@@ -19,6 +22,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import kvsnb
+from kvsnb import Source
 from kvsnb.analysis import (
     frame_timeline,
     plot_intervals,
@@ -26,7 +30,6 @@ from kvsnb.analysis import (
     stamps_from_frames,
     timeline_summary,
 )
-from kvsnb import Source
 from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.playback import decode_video, get_media, list_fragments
 
@@ -46,7 +49,7 @@ source = Source(
     pattern=pattern,
     description="stamped pattern, 4 frames dropped",
 )
-result = await kvsnb.client.ingest(target, "timelines", seconds=6, source=source)
+result = await kvsnb.ingest(target, "timelines", seconds=6, source=source)
 print(
     f"the pattern captured {len(result.frames_sent)} frames;",
     f"the DroppingTrack discarded {dropping.dropped}",
@@ -88,8 +91,8 @@ pd.Series(summary, dtype=object).to_frame("value")
 
 # %% [markdown]
 # The fault is found exactly: two gaps, frames 45–47 and frame 70, and nothing else lost,
-# duplicated or unreadable (every stored frame's stamp was read). Every fragment starts with a keyframe, so there are at least
-# as many keyframes as fragments.
+# duplicated or unreadable (every stored frame's stamp was read). Every fragment starts
+# with a keyframe, so there are at least as many keyframes as fragments.
 
 # %%
 # NBVAL_CHECK_OUTPUT

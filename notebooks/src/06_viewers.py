@@ -1,3 +1,6 @@
+# mypy: disable-error-code="top-level-await, syntax"
+# (cells run by IPython, where top-level await, async with and async for are allowed; real
+# syntax errors are still caught by ruff and by build.py, which compiles every cell)
 # %% [markdown]
 # # 06 · Viewers: a master, two viewers, and talk-back audio
 #
@@ -70,7 +73,7 @@ pd.DataFrame(
     {
         name: {
             "join call → connected (ms)": round(
-                1000 * s.timeline.between("join_call", "dtls_connected"), 1
+                1000 * (s.timeline.between("join_call", "dtls_connected") or float("nan")), 1
             ),
             "join calls": s.joins,
             "state now": s.state,
@@ -133,7 +136,9 @@ for name, df in frames.items():
 
 # %%
 plt.figure(figsize=(4, 3))
-plt.imshow(viewer2.received.latest_frame())
+last_frame = viewer2.received.latest_frame()
+assert last_frame is not None
+plt.imshow(last_frame)
 plt.title(f"viewer-2's last frame: #{int(frames['viewer-2']['frame_index'].iloc[-1])}")
 plt.axis("off")
 plt.show()
@@ -148,13 +153,13 @@ plt.show()
 
 
 # %%
-def spectrum(samples, seconds=2.0):
+def spectrum(samples: np.ndarray, seconds: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     x = samples[-int(seconds * RATE) :].astype(float)
     mag = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     return np.fft.rfftfreq(len(x), 1 / RATE), 20 * np.log10(mag / mag.max() + 1e-9)
 
 
-def tone_level(samples, hz):
+def tone_level(samples: np.ndarray, hz: float) -> float:
     """Spectral peak near hz over the mean spectrum (≫ 1 when the tone is there)."""
     x = samples[-RATE:].astype(float)
     mag = np.abs(np.fft.rfft(x * np.hanning(len(x))))
@@ -168,7 +173,7 @@ heard = {
     "viewer-2": viewer2.received.audio(),
 }
 fig, axes = plt.subplots(3, 1, figsize=(8, 6.5), sharex=True)
-for ax, (name, audio) in zip(axes, heard.items()):
+for ax, (name, audio) in zip(axes, heard.items(), strict=False):
     f, db = spectrum(audio)
     ax.plot(f, db, lw=0.8)
     for hz, label in [(MASTER_HZ, "master 440 Hz"), (VIEWER_HZ, "viewer-1 1000 Hz")]:
@@ -210,7 +215,7 @@ from kvsnb.playback import get_media, list_fragments
 
 fragments = list_fragments(target, stream_arn)
 media = get_media(target, stream_arn, list(fragments["fragment_number"]))
-with av.open(io.BytesIO(media)) as container:
+with av.open(io.BytesIO(media), mode="r") as container:
     stream = container.streams.audio[0]
     codec = stream.codec_context.name
     pcm = np.concatenate([f.to_ndarray().mean(axis=0) for f in container.decode(stream)])

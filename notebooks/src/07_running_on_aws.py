@@ -1,3 +1,6 @@
+# mypy: disable-error-code="top-level-await, syntax"
+# (cells run by IPython, where top-level await, async with and async for are allowed; real
+# syntax errors are still caught by ruff and by build.py, which compiles every cell)
 # %% [markdown]
 # # 07 · Running on AWS
 #
@@ -66,9 +69,10 @@ print("stream: ", stream_arn)
 # %%
 source = kvsnb.make_source()
 probe = RetrievalProbe(target, stream_arn, interval_s=0.25)
+assert source.pattern is not None  # make_source() without a file: the stamped pattern
 source.pattern.on_frame = probe.frame_sent
 await probe.start()
-result = await kvsnb.client.ingest(target, name, seconds=10, source=source)
+result = await kvsnb.ingest(target, name, seconds=10, source=source)
 record = await probe.stop(8)
 sent = result.frames_sent
 print(f"sent {len(sent)} frames in {result.seconds:.1f} s; probe errors: {len(record.errors)}")
@@ -122,7 +126,7 @@ shown = images.dropna(subset=["stamp_index"]).head(5)
 fig, axes = plt.subplots(1, 5, figsize=(14, 2.6))
 for ax in axes:
     ax.axis("off")
-for ax, (_, row) in zip(axes, shown.iterrows()):
+for ax, (_, row) in zip(axes, shown.iterrows(), strict=False):
     ax.imshow(row["image"])
     ax.set_title(f"frame #{row['stamp_index']}", fontsize=9)
 fig.tight_layout()

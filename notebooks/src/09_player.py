@@ -1,3 +1,6 @@
+# mypy: disable-error-code="top-level-await, syntax"
+# (cells run by IPython, where top-level await, async with and async for are allowed; real
+# syntax errors are still caught by ruff and by build.py, which compiles every cell)
 # %% [markdown]
 # # 09 · Watch it play: the Player widget, HLS and DASH, LIVE and ON_DEMAND
 #
@@ -27,7 +30,7 @@ target = kvsnb.connect("local", extra={"storage": StorageOptions(fragment_durati
 channel_arn, stream_arn = target.create_storage_channel("watch")
 print("Local KVS reached by the browser at:", target.public_url or target.endpoint_url)
 
-live = asyncio.ensure_future(kvsnb.client.ingest(target, "watch", seconds=15))
+live = asyncio.ensure_future(kvsnb.ingest(target, "watch", seconds=15))
 while list_fragments(target, stream_arn).empty:  # the first fragment is stored
     await asyncio.sleep(0.25)
 
@@ -91,8 +94,11 @@ vod_dash.play()
 # %%
 reader = DashReader(dash_session_url(target, stream_arn, mode="ON_DEMAND"))
 frames = [f async for f in reader.frames(follow=False)]
-print(f"{len(frames)} frames decoded, {len(sent.frames_sent)} sent;",
-      f"first frame {frames[0].to_ndarray().shape}, stamp index {kvsnb.read_stamp(frames[0].to_ndarray()).index}")
+stamp = kvsnb.read_stamp(frames[0].to_ndarray())
+print(
+    f"{len(frames)} frames decoded, {len(sent.frames_sent)} sent;",
+    f"first frame {frames[0].to_ndarray().shape}, stamp index {stamp.index}",
+)
 reader.segments_table().head()
 
 # %%
