@@ -1,14 +1,14 @@
 """Capture → on screen in the ``Player`` widget, LIVE, 1 s fragments.
 
-A JupyterLab (the browser tests' harness: headless Debian Chromium driven by Playwright)
-opens a notebook whose embedded Local KVS (reached through jupyter-server-proxy, as on
-Binder) records a master ingesting the stamped test pattern with 1 s fragments, and shows a
-LIVE ``Player`` (HLS by default, ``--protocol DASH`` for dash.js). Once it plays, the video
-element is screenshotted every ``--interval`` seconds for ``--seconds``; each screenshot's
-stamp gives the capture time of the frame on screen, and capture → on screen is the wall
-clock at the screenshot (midpoint of the call) minus that capture time. Prints p50/p95/max
-and the figures line, for HLS and then DASH by default. Needs Chromium (``make test`` and
-``make bench`` install it) and the vendored players.
+A JupyterLab (``bench/lab.py``, the browser tests' harness too: headless Debian Chromium
+driven by Playwright) opens a notebook whose embedded Local KVS (reached through
+jupyter-server-proxy, as on Binder) records a master ingesting the stamped test pattern with
+1 s fragments, and shows a LIVE ``Player`` (HLS by default, ``--protocol DASH`` for
+dash.js). Once it plays, the video element is screenshotted every ``--interval`` seconds for
+``--seconds``; each screenshot's stamp gives the capture time of the frame on screen, and
+capture → on screen is the wall clock at the screenshot (midpoint of the call) minus that
+capture time. Prints p50/p95/max and the figures line, for HLS and then DASH by default.
+Needs Chromium (``make test`` and ``make bench`` install it) and the vendored players.
 
     python -m bench.bench_player [--seconds 60] [--protocol HLS|DASH|both]
 """
@@ -27,9 +27,15 @@ import numpy as np
 from PIL import Image
 
 from bench.common import report
+from bench.lab import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    VIEWPORT,
+    NotebookPage,
+    player_notebook,
+    start_lab,
+)
 from kvsnb.sources.stamp import try_read_stamp
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, NotebookPage, start_lab
-from tests.browser.player_fixtures import player_notebook
 
 NOTEBOOK = "bench_player.ipynb"
 PLAY_TIMEOUT_S = 90.0

@@ -10,24 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
-import json
 import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.lab import free_port
+from bench.lab import player_notebook as player_notebook  # the tests import it from here
 from kvsnb.client.ingest import ingest
 from kvsnb.client.target import Target
 from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
 from kvsnb.widgets.vendor import LIBRARIES, library_path
 from tests.conftest import FAST, start_kvs
-
-from .conftest import free_port
 
 LIVE_SECONDS = 600  # the ingest outlives the tests; it is stopped at teardown
 FIRST_FRAGMENTS_S = 30.0
@@ -138,20 +136,3 @@ def page_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def player_notebook(path: Path, cells: list[str]) -> None:
-    """Write a notebook of code cells (python3 kernel) at ``path``."""
-    notebook = {
-        "cells": [
-            {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
-             "source": source}
-            for source in cells
-        ],
-        "metadata": {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }  # fmt: skip
-    path.write_text(json.dumps(notebook, indent=1))
