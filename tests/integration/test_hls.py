@@ -26,7 +26,14 @@ from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
 from kvsnb.local.archive.hls import HlsPlane, program_date_time
 from kvsnb.local.store.fragments import Fragment
-from tests.conftest import FAST, make_client, start_kvs, wait_until, wait_until_sync
+from tests.conftest import (
+    FAST,
+    make_client,
+    start_kvs,
+    stored_frame_count,
+    wait_until,
+    wait_until_sync,
+)
 from tests.integration.conftest import Http
 
 NAME = "hls"
@@ -66,7 +73,7 @@ def record(tmp: Path, name: str) -> Recorded:
         second = asyncio.run(ingest(tg, name, seconds=1.5, policy=FAST))
     sent = len(first.frames_sent) + len(second.frames_sent)
     wait_until_sync(  # the fragment a leaving master held is stored a moment later
-        lambda: sum(f.frame_count for f in kvs.store.list_fragments(arn, SELECTOR)) >= sent,
+        lambda: stored_frame_count(kvs, arn) >= sent,
         "every frame sent is stored",
         deadline_s=30,
     )
@@ -439,7 +446,7 @@ async def test_live_playlist_follows_ingest(recorded: Recorded) -> None:
             if not task.done():
                 task.cancel()
     await wait_until(  # the fragment the leaving master held is stored a moment later
-        lambda: sum(f.frame_count for f in kvs.store.list_fragments(arn)) >= sent,
+        lambda: stored_frame_count(kvs, arn) >= sent,
         "every frame sent is stored",
         deadline_s=30,
     )

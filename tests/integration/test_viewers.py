@@ -9,9 +9,9 @@ import asyncio
 import io
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -24,7 +24,7 @@ from kvsnb.client.target import Target
 from kvsnb.local import LocalKvs
 from kvsnb.playback import get_media, list_fragments
 from kvsnb.sources import TestPatternTrack, ToneTrack
-from tests.conftest import make_client, start_kvs, wait_until
+from tests.conftest import make_client, start_kvs, wait_for, wait_until
 
 POLICY = JoinPolicy.local()
 MASTER_HZ = 440.0
@@ -69,13 +69,17 @@ def master(target: Target, channel: str) -> MasterSession:
 async def test_two_viewers_get_the_masters_media_and_talk_back(
     target: Target, kvs: LocalKvs
 ) -> None:
-    _, stream_arn = target.create_storage_channel("room")
+    channel_arn, stream_arn = target.create_storage_channel("room")
     v1 = ViewerSession(target, "room", client_id="v1", audio=ToneTrack(VIEWER_HZ), policy=POLICY)
     v2 = ViewerSession(target, "room", client_id="v2", policy=POLICY)
     # viewers join before the master: connected, but nothing to see or hear yet
     await v1.start(timeout=15)
     await v2.start(timeout=15)
-    await asyncio.sleep(1.2)
+    viewers = kvs.sessions.channels[channel_arn].viewers
+    await wait_until(  # a second of v1's tone has reached the storage session
+        lambda: "v1" in viewers and viewers["v1"].stats.audio_frames >= 50,
+        "Local KVS receives v1's audio",
+    )
     assert len(v1.received.frames_df()) == 0
     # without a master, viewers don't hear each other
     assert tone_level(v2.received.audio(), VIEWER_HZ) < 5
@@ -104,7 +108,10 @@ async def test_two_viewers_get_the_masters_media_and_talk_back(
     assert tone_level(m.received.audio(), VIEWER_HZ) > 20  # v1 heard by the master
     assert v1.received.latest_frame() is not None
     await m.stop()
-    await asyncio.sleep(0.4)
+    await wait_until(  # the master's session has ended with the viewers still in
+        lambda: kvs.sessions.channels[channel_arn].master_left_at is not None,
+        "Local KVS ends the master's storage session",
+    )
     await v1.stop()
     await v2.stop()
     # the viewer's tone is in the stored audio, mixed with the master's
@@ -124,15 +131,19 @@ async def check_fourth_viewer_refused(target: Target, channel: str, channel_arn:
     from boto3, and a kvsnb ViewerSession fails with that message."""
     ep = target.endpoints(channel_arn, "VIEWER")
     client = make_client("kinesis-video-webrtc-storage", ep.webrtc)
-    deadline = time.monotonic() + 30
-    while True:  # the 2 joins/s quota may answer first when the three joined just now
+    refusals: list[Any] = []
+
+    async def refused_past_the_quota() -> bool:
         with pytest.raises(client.exceptions.ClientLimitExceededException) as err:
             client.join_storage_session_as_viewer(channelArn=channel_arn, clientId="v4")
-        if "calls per second" not in str(err.value) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.6)
-    assert "maximum number of viewers connected to the session" in str(err.value)
-    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+        refusals.append(err.value)
+        return "calls per second" not in str(err.value)
+
+    # the 2 joins/s quota may answer first when the three joined just now: calls paced
+    # 0.6 s apart until the answer is about the viewers
+    await wait_for(refused_past_the_quota, "a refusal past the joins quota", 30, every_s=0.6)
+    assert "maximum number of viewers connected to the session" in str(refusals[-1])
+    assert refusals[-1].response["ResponseMetadata"]["HTTPStatusCode"] == 400
     fourth = ViewerSession(target, channel, client_id="v4", policy=POLICY)
     with pytest.raises(SessionError, match="maximum number of viewers"):
         await fourth.start(timeout=15)
@@ -147,19 +158,32 @@ async def test_fourth_viewer_is_refused(target: Target, kvs: LocalKvs) -> None:
     # the same ClientId again is no fourth viewer: the new session replaces the older one
     again = ViewerSession(target, "full", client_id="v0", policy=POLICY)
     await again.start(timeout=15)
-    await asyncio.sleep(0.5)
-    assert viewers[0].state in ("failed", "closed", "reconnecting")
+    await wait_until(
+        lambda: viewers[0].state in ("failed", "closed", "reconnecting"),
+        "the replaced viewer's session ends",
+    )
     assert kvs.sessions.channels[channel_arn].viewers["v0"].conn is not None
     ended = [p for p in kvs.sessions.ended if p.client_id == "v0"]
     assert ended and ended[0].stats.end_reason == "replaced by a newer JoinStorageSessionAsViewer"
     for v in [again, *viewers[1:]]:
         await v.stop()
     await viewers[0].stop()
-    # a departed viewer's slot is held for a while (1 s here) and then freed
-    await asyncio.sleep(1.3)
-    late = ViewerSession(target, "full", client_id="v9", policy=POLICY)
-    await late.start(timeout=15)
-    await late.stop()
+    # a departed viewer's slot is held for a while (1 s here) and then freed: a new viewer
+    # is refused while the three slots are held, and joins once they are freed
+    joined: list[ViewerSession] = []
+
+    async def late_viewer_joins() -> bool:
+        late = ViewerSession(target, "full", client_id="v9", policy=POLICY)
+        try:
+            await late.start(timeout=15)
+        except SessionError as exc:
+            assert "maximum number of viewers" in str(exc)
+            return False
+        joined.append(late)
+        return True
+
+    await wait_for(late_viewer_joins, "a departed viewer's slot is freed", deadline_s=30)
+    await joined[0].stop()
 
 
 async def test_wrong_viewer_answer_gets_status_response(target: Target) -> None:
