@@ -1,7 +1,10 @@
 """Signaling WebSocket client for KVS channels (docs/wire.md, "Signaling WebSocket").
 
 ``SignalingClient`` presigns the URL with botocore (SigV4 query auth, service
-``kinesisvideo``, 299 s), opens the socket, sends typed messages and yields typed events.
+``kinesisvideo``, 299 s) at the time of its ``SigningClock`` (a session shares its target's,
+so the offset the boto3 clients learnt from a clock-skew refusal applies; refused itself for
+a skewed clock, it corrects the clock from the 403's ``Date`` and tries once more, see
+``kvsnb.client.clock``), opens the socket, sends typed messages and yields typed events.
 It copes with what AWS sends: messages without ``senderClientId`` (everything from the
 storage session), STATUS_RESPONSE only for errors, GO_AWAY (reconnect at once, before the
 server closes), RECONNECT_ICE_SERVER, and unknown or unparseable frames (ignored).
