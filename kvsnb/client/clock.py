@@ -13,7 +13,8 @@ time [JS SDK ``src/SignalingClient.ts`` ``systemClockOffset``].
 (one retry per call); ``ClockedSigV4QueryAuth`` presigns with it. botocore's signers read the
 machine's clock inside ``add_auth``; ``_SignsAt`` replaces that one method, and is the only
 code that touches botocore's private signing steps (``_modify_request_before_signing``,
-``_inject_signature_to_request``), so a botocore release that moves them fails here first.
+``_inject_signature_to_request``); ``tests/unit/test_clock.py`` signs the JS SDK's test
+vector through it, so a botocore release that moves them fails there first.
 """
 
 from __future__ import annotations
