@@ -13,7 +13,7 @@ NODE_STAMP := $(VENV)/.kvsnb-node
 VENDOR_DIR := kvsnb/widgets/static/vendor
 VENDOR := $(VENDOR_DIR)/hls.min.mjs $(VENDOR_DIR)/dash.all.min.mjs
 
-.PHONY: demo test lint typecheck unit setup system clean bench soak notebooks browser-js vendor
+.PHONY: demo test lint typecheck unit setup system clean bench soak notebooks browser-js vendor dist docs
 
 setup: $(STAMP) $(VENDOR)
 
@@ -100,6 +100,19 @@ test: setup $(BROWSER_STAMP) browser-js lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(TESTS) $(NBVAL); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest ran no test"; exit 1; fi; exit $$rc
 
+# The wheel and the sdist, into dist/ (python -m build). The build fetches hls.js and dash.js
+# from the npm registry itself (build_hooks/kvsnb_build.py) and packs them, with their
+# licences: `pip install dist/kvsnb-*.whl` needs no Node.js.
+dist: setup $(NODE_STAMP)
+	rm -f dist/kvsnb-*
+	$(PY) -m build --outdir dist .
+
+# The documentation site, docs/_build/html/index.html: Sphinx, warnings as errors, every
+# internal reference checked (-n); the notebooks are shown with their stored outputs.
+docs: setup
+	$(VENV)/bin/sphinx-build -E -W --keep-going -n -q -b html docs docs/_build/html
+	@echo "docs/_build/html/index.html"
+
 # Rebuild the notebooks from notebooks/src and store their outputs.
 notebooks: setup
 	$(PY) notebooks/build.py
@@ -115,4 +128,5 @@ soak: setup
 	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) --workers $(SOAK_WORKERS)
 
 clean:
-	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache $(VENDOR_DIR)
+	rm -rf $(VENV) demo-output .mypy_cache .ruff_cache .pytest_cache $(VENDOR_DIR) dist build \
+		docs/_build docs/jupyter_execute docs/tutorials/*.ipynb
