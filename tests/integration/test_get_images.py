@@ -9,6 +9,8 @@ import base64
 import bisect
 import datetime as dt
 import io
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,14 @@ from kvsnb.local import LocalKvs
 from kvsnb.local.archive.images import ImagesPlane
 from kvsnb.local.storage.recorder import FragmentRecorder
 from kvsnb.sources.stamp import Stamp, read_stamp, read_stamp_frame
-from tests.conftest import FAST, make_client, start_kvs, stored_frame_count, wait_until
+from tests.conftest import (
+    FAST,
+    make_client,
+    start_kvs,
+    stored_frame_count,
+    wait_until,
+    wait_until_sync,
+)
 from tests.unit.test_recorder import BASE_S, Camera
 
 CHANNEL = "images"
@@ -390,14 +399,14 @@ def test_a_decode_process_that_died_is_replaced(media: Media) -> None:
         pytest.skip("GetImages decodes on threads here (KVSNB_DECODE_PROCESSES=0)")
     start = media.start_ms(0) + 100
     assert all("ImageContent" in im for im in get_images(media, start, start + 400)["Images"])
-    workers = list(pool._workers)
-    assert workers  # the request above ran in decode processes
-    for worker in workers:
-        worker.proc.kill()
-        worker.proc.wait(10)
+    killed = pool.pids
+    assert killed  # the request above ran in decode processes
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    wait_until_sync(lambda: not set(pool.pids) & set(killed), "the decode processes died")
     images = get_images(media, start + 1000, start + 1400)["Images"]
     assert all("ImageContent" in im for im in images), [im.get("Error") for im in images]
-    assert all(w.proc.poll() is None for w in pool._workers if w not in workers)
+    assert pool.pids and not set(pool.pids) & set(killed)  # replaced by new ones
 
 
 def test_max_results_sets_the_page_size_up_to_25(media: Media) -> None:

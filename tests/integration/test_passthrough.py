@@ -126,7 +126,8 @@ async def test_passthrough_frames_decode_and_pli_forces_keyframe(peers: dict[str
 
     # PLI goes to the media SSRC (the sender's, not its RTX SSRC).
     video_sender = next(s for s in peers["sender"].getSenders() if s.kind == "video")
-    assert media_ssrc(rtp_receiver) == video_sender._ssrc
+    sent = (await video_sender.getStats()).values()
+    assert media_ssrc(rtp_receiver) == next(s.ssrc for s in sent if s.type == "outbound-rtp")
     keyframes_before = passthrough_stats(rtp_receiver)["keyframes"]
     # The sender's GOP is long (x264 default 250 frames): no keyframe arrives by itself soon.
     quiet = [await _recv(track) for _ in range(10)]

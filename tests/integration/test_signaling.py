@@ -1028,7 +1028,7 @@ async def test_unsigned_or_malformed_url_is_refused_with_403(kv: Any, net: Net) 
 
 async def test_presigned_url_in_strict_mode(tmp_path: Path) -> None:
     keys = StrictKeys("AKIDSTRICTEXAMPLE", "strict-secret")
-    async with local(tmp_path, strict_keys=keys) as (kvs, _kv, net):
+    async with local(tmp_path, strict_keys=keys) as (kvs, _kv, _net):
         creds = {"aws_access_key_id": keys.access_key, "aws_secret_access_key": keys.secret_key}
         kv = make_client("kinesisvideo", kvs.url, **creds)
         chan = make_channel(kv)
@@ -1074,17 +1074,27 @@ async def test_strict_mode_accepts_a_normalized_query(tmp_path: Path) -> None:
     keys = StrictKeys("AKIDSTRICTEXAMPLE", "strict-secret")
     """AWS decodes and re-encodes the query before checking the signature, so a URL whose
     HTTP stack normalized the percent-encoding (yarl turns the ARN's %3A into :) passes."""
-    async with local(tmp_path, strict_keys=keys) as (kvs, _kv, net):
+    async with local(tmp_path, strict_keys=keys) as (kvs, _kv, _net):
         creds = {"aws_access_key_id": keys.access_key, "aws_secret_access_key": keys.secret_key}
         chan = make_channel(make_client("kinesisvideo", kvs.url, **creds))
         url = presign_url(
             chan.master_wss, chan.arn, Credentials(keys.access_key, keys.secret_key), REGION
         )
         assert "%3A" in url  # the ARN's colons were percent-encoded when signed
-        ws = await net.session.ws_connect(url)  # a str: yarl requotes the query
-        assert ":" in urlsplit(str(ws._response.url)).query  # and it went out normalized
-        await registered(kvs, 1, chan.arn)  # accepted as the channel's master
-        await ws.close()
+        requested: list[URL] = []
+
+        async def on_request_start(
+            _: Any, __: Any, params: aiohttp.TraceRequestStartParams
+        ) -> None:
+            requested.append(params.url)
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(on_request_start)
+        async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+            ws = await session.ws_connect(url)  # a str: yarl requotes the query
+            assert ":" in urlsplit(str(requested[-1])).query  # and it went out normalized
+            await registered(kvs, 1, chan.arn)  # accepted as the channel's master
+            await ws.close()
 
 
 # ---------------------------------------------------------------------------- client

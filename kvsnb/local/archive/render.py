@@ -365,6 +365,13 @@ class DecodePool:
         self._lock = threading.Lock()
         self._in_process = FragmentRenderer()
 
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the running decode processes (none before first use or with
+        ``processes`` 0); a process that died is replaced on the next task it would run."""
+        with self._lock:
+            return [w.proc.pid for w in self._workers if w.proc.poll() is None]
+
     def submit(self, task: FragmentTask) -> concurrent.futures.Future[TaskResult]:
         """Queue a task; its future gives the result (never raises for bad media)."""
         return self._executor.submit(self._run, task)
