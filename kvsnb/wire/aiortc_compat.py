@@ -42,6 +42,8 @@ JITTER_ORIGIN = "_origin"  # JitterBuffer: sequence number of its oldest slot
 JITTER_PACKETS = "_packets"  # JitterBuffer: the ring of packets
 PACKET_DATA = "_data"  # RtpPacket: the depayloaded bytes the receiver sets
 ENCODER_TARGET_BITRATE = "target_bitrate"  # aiortc's H264Encoder/Vp8Encoder property
+ICE_CONNECTION = "_connection"  # RTCIceTransport: its aioice Connection
+ICE_PROTOCOLS = "_protocols"  # aioice Connection: one StunProtocol per local candidate
 
 
 class FrameQueue(Protocol):
@@ -168,3 +170,25 @@ def packet_data(packet: RtpPacket) -> bytes:
     """A received packet's depayloaded bytes (set by the receiver before its jitter buffer)."""
     data: bytes = getattr(packet, PACKET_DATA)
     return data
+
+
+def relay_transports(pc: Any) -> list[Any]:
+    """The TURN transports (aioice ``TurnTransport``: ``sendto(data, addr)`` sends through
+    the relay, binding a channel, so installing a permission, for ``addr``) of every ICE
+    transport of ``pc`` that has gathered; empty without TURN."""
+    from aioice.turn import TurnTransport
+
+    found: list[Any] = []
+    seen: set[int] = set()
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.sender.transport
+        ice = dtls.transport if dtls is not None else None
+        if ice is None or id(ice) in seen:
+            continue
+        seen.add(id(ice))
+        connection = getattr(ice, ICE_CONNECTION)
+        for protocol in getattr(connection, ICE_PROTOCOLS):
+            transport = getattr(protocol, "transport", None)
+            if isinstance(transport, TurnTransport):
+                found.append(transport)
+    return found

@@ -179,3 +179,23 @@ def test_jitter_buffer_fields() -> None:
     held = compat.jitter_packet(buffer, 100)
     assert held is packet, f"aiortc {VERSION}: JitterBuffer.{compat.JITTER_PACKETS} changed"
     assert compat.packet_data(packet) == b"\x00\x00\x01\x65"
+
+
+async def test_ice_connection_fields(pc: RTCPeerConnection) -> None:
+    """``relay_transports``: an ICE transport's aioice connection and its protocols, whose
+    TURN transports send through the relay."""
+    from aioice import Connection
+    from aioice.turn import TurnTransport
+
+    await pc.setLocalDescription(await pc.createOffer())  # gathers (host candidates here)
+    ice = pc.getTransceivers()[0].sender.transport.transport
+    has(ice, compat.ICE_CONNECTION)
+    connection = getattr(ice, compat.ICE_CONNECTION)
+    assert isinstance(connection, Connection), f"aiortc {VERSION}: {compat.ICE_CONNECTION}"
+    assert hasattr(connection, compat.ICE_PROTOCOLS), (
+        f"aioice: Connection.{compat.ICE_PROTOCOLS} is gone"
+    )
+    protocols = getattr(connection, compat.ICE_PROTOCOLS)
+    assert protocols and all(hasattr(p, "transport") for p in protocols)
+    assert callable(getattr(TurnTransport, "sendto", None)), "aioice: TurnTransport.sendto is gone"
+    assert compat.relay_transports(pc) == []  # no TURN server: no relay transport

@@ -49,11 +49,13 @@ from kvsnb.local.storage.passthrough import (
 )
 from kvsnb.local.storage.recorder import FragmentRecorder
 from kvsnb.local.store.fragments import FragmentStore
-from kvsnb.local.turn.server import TurnEndpoint
-from kvsnb.wire import ice, sdp, webrtc
+from kvsnb.local.turn.server import RELAY_IP, TurnEndpoint
+from kvsnb.wire import aiortc_compat, ice, sdp, webrtc
 from kvsnb.wire.defaults import LOOPBACK
 
 logger = logging.getLogger(__name__)
+
+DISCARD_PORT = 9  # the empty datagram that opens the relay's permission goes nowhere
 
 H264_RTX_PT = 127
 WATCHDOG_PERIOD_S = 0.25
@@ -285,6 +287,7 @@ class _StoragePeer(abc.ABC):
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        self._open_relay()
         local = self.pc.localDescription.sdp
         mapping: dict[int, int] = {}
         opus = sdp.payload_types(local, "audio", "opus")
@@ -319,6 +322,18 @@ class _StoragePeer(abc.ABC):
             )
         else:
             await self._send_offer(offer, cand_payloads)
+
+    def _open_relay(self) -> None:
+        """Let every relayed peer reach this peer from the first packet: a TURN allocation
+        drops what comes from an address it has no permission for, and the storage peer would
+        install one only with its own first check toward the master, so a master's earlier
+        check would be lost and retried 500 ms later. Every peer a storage session can have
+        relays from ``RELAY_IP`` (coturn relays only between relay addresses), so one
+        permission for that address, installed now, covers them all."""
+        if self.options.turn is None:
+            return
+        for transport in aiortc_compat.relay_transports(self.pc):
+            transport.sendto(b"", (RELAY_IP, DISCARD_PORT))
 
     async def _send_offer(
         self, offer: str, cand_payloads: list[dict[str, Any]], delay_s: float = 0.0
