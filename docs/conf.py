@@ -61,6 +61,7 @@ autodoc_typehints = "signature"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 
 nitpicky = True
+smartquotes = False  # options stay "--cert", not "–cert"
 
 html_theme = "furo"
 html_title = f"kvsnb {release}"
