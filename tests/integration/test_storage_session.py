@@ -395,20 +395,11 @@ async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
     stay live, every frame but those in flight at a re-join is stored, the viewer keeps
     receiving."""
     from kvsnb.client.session import ViewerSession
-    from kvsnb.local import LocalKvsConfig, SignalingLimits
-    from kvsnb.local.storage.peer import StorageOptions
+    from kvsnb.local import SignalingLimits
     from kvsnb.sources import TestPatternTrack, ToneTrack
 
-    # host candidates (no TURN): a re-join's peer connects in tens of ms, so the viewer's
-    # gaps stay short next to the 1.5 s between re-joins (through TURN a connect may take
-    # half a second, and the viewer would spend a third of the test re-joining)
-    config = LocalKvsConfig(
-        data_dir=tmp_path / "data",
-        signaling=SignalingLimits(connects_per_s=100.0, idle_timeout_s=1.5),
-        ice="host",
-        extra={"storage": StorageOptions(fragment_duration_s=FRAGMENT_S)},
-    )
-    server = LocalKvs(config).start_in_thread()
+    limits = SignalingLimits(connects_per_s=100.0, idle_timeout_s=1.5)
+    server = start_kvs(tmp_path / "data", signaling=limits)
     try:
         with connect(endpoint_url=server.url) as tg:
             _, stream_arn = tg.create_storage_channel("rejoin")
