@@ -1,7 +1,8 @@
 """kvsnb's wheel works on its own: installed into a fresh virtual environment outside the
 tree, with no Node.js on PATH, its command runs (``--version``, a short ``demo``, ``local``)
 and every widget imports, the ``Player`` loading hls.js and dash.js from the installed
-package, where the build put them with their licences.
+package, where the build put them with their licences. A copy of the tree without the
+libraries (a fresh clone) builds a wheel with them: the build fetches them (npm).
 
 It builds the wheel (``conftest.wheel``, once per run) and installs it with all its
 dependencies: about a minute with pip's cache (the network the first time).
@@ -98,6 +99,40 @@ def test_wheel_carries_the_front_ends_and_libraries(wheel: Path) -> None:
         base = f"kvsnb/widgets/static/vendor/{lib.filename}"
         assert {base, f"{base}.LICENSE", f"{base}.version"} <= names, lib.spec
     assert not any(n.endswith(("package.json", "node_modules/")) for n in names)
+
+
+def test_build_fetches_the_libraries(tmp_path: Path) -> None:
+    """A tree without the libraries (a fresh clone) builds a wheel with them: the build
+    fetches them from the npm registry itself."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not on PATH (make setup installs it)")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        timeout=RUN_TIMEOUT_S,
+    ).stdout.decode()
+    tree = tmp_path / "clone"
+    for name in filter(None, files.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, tree / name)
+    assert not (tree / "kvsnb" / "widgets" / "static" / "vendor").exists()
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
+    )
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    (built,) = (tmp_path / "dist").glob("kvsnb-*.whl")
+    with zipfile.ZipFile(built) as whl:
+        for lib in LIBRARIES.values():
+            stamp = f"kvsnb/widgets/static/vendor/{lib.filename}.version"
+            assert whl.read(stamp).decode().strip() == lib.spec
+            assert len(whl.read(f"kvsnb/widgets/static/vendor/{lib.filename}")) > 100_000
 
 
 def test_version(installed: dict[str, str]) -> None:
