@@ -9,8 +9,9 @@
     parentheses (which hold notes), each name in backticks that looks like a module
     (lowercase: ``x``, ``x.py``, ``x.js`` or ``x/``) is in that folder: ``x`` is ``x.py`` or
     the package ``x/``.
-- Every ``kvsnb/...`` path and every dotted ``kvsnb.x.y`` name in README.md and docs/*.md
-  exists (a dotted name may end in a name its module defines or imports).
+- Every ``kvsnb/...`` path and every dotted ``kvsnb.x.y`` name in README.md and the pages
+  under docs/ exists (a dotted name may go on past a module or a package's name into a name
+  it defines or imports).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [
+    REPO / "README.md",
+    *sorted(p for p in (REPO / "docs").rglob("*.md") if "_build" not in p.parts),
+]
 
 ENTRY = re.compile(r"^( *)([\w.-]+/|[\w.-]+\.\w+)(?: {2,}|$)")
 ITEM = re.compile(r"^- `([\w./-]+/)`(.*)$")
@@ -174,8 +178,8 @@ def dotted_exists(name: str, root: Path) -> bool:
             rest = parts[i + 1 :]  # an attribute of the module, if anything
             text = (path / f"{part}.py").read_text()
             return not rest or bool(re.search(rf"\b{rest[0]}\b", text))
-        text = (path / "__init__.py").read_text()  # path is a package here
-        return i == len(parts) - 1 and bool(re.search(rf"\b{part}\b", text))
+        text = (path / "__init__.py").read_text()  # path is a package here: a name it exports
+        return bool(re.search(rf"\b{part}\b", text))
     return True
 
 
