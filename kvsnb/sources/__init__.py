@@ -1,7 +1,19 @@
-"""Media for KVS ingestion: stamped test pattern, tone, file and camera sources, the stamp
-codec that reads capture times back from retrieved frames, and track checks."""
+"""Media for KVS ingestion: stamped test pattern, tone, file and camera sources, media encoded
+elsewhere (a browser's WebCodecs) sent undecoded, the stamp codec that reads capture times back
+from retrieved frames, and track checks."""
 
 from kvsnb.sources.check import RuleResult, TrackReport, check_tracks
+from kvsnb.sources.encoded import (
+    ChunkError,
+    EncodedAudioTrack,
+    EncodedChunk,
+    EncodedVideoTrack,
+    JpegVideoTrack,
+    PcmAudioTrack,
+    h264_access_units,
+    pack_chunk,
+    parse_chunk,
+)
 from kvsnb.sources.faults import DroppingTrack
 from kvsnb.sources.files import FileSource
 from kvsnb.sources.stamp import (
@@ -29,9 +41,15 @@ __all__ = [
     "AudioRecord",
     "CameraNotFoundError",
     "CameraSource",
+    "ChunkError",
     "DroppingTrack",
+    "EncodedAudioTrack",
+    "EncodedChunk",
+    "EncodedVideoTrack",
     "FileSource",
     "FrameRecord",
+    "JpegVideoTrack",
+    "PcmAudioTrack",
     "RuleResult",
     "Stamp",
     "StampError",
@@ -43,7 +61,10 @@ __all__ = [
     "draw_stamp",
     "draw_stamp_yuv420p",
     "find_tone_marks",
+    "h264_access_units",
     "make_test_file",
+    "pack_chunk",
+    "parse_chunk",
     "read_stamp",
     "read_stamp_frame",
     "try_read_stamp",
