@@ -36,6 +36,7 @@ from kvsnb.sources.tracks import (
     find_tone_marks,
     make_test_file,
 )
+from kvsnb.sources.y4m import write_y4m
 
 __all__ = [
     "AudioRecord",
@@ -68,4 +69,5 @@ __all__ = [
     "read_stamp",
     "read_stamp_frame",
     "try_read_stamp",
+    "write_y4m",
 ]
