@@ -4,8 +4,10 @@ media, the stamp read back, so master → viewer latency can be measured) and th
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
@@ -15,6 +17,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from kvsnb.sources.stamp import Stamp, StampError, read_stamp_frame
 from kvsnb.wire import webrtc
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +44,12 @@ class ReceivedMedia:
         self.audio_started_at: float | None = None
         self.keep_audio = int(keep_audio_s * webrtc.OPUS_SAMPLE_RATE)
         self.audio_frames = 0
+        self._frame_listeners: list[Callable[[ReceivedFrame], None]] = []
+
+    def on_frame(self, listener: Callable[[ReceivedFrame], None]) -> None:
+        """Call ``listener(received)`` on the event loop for each video frame as it arrives
+        (a listener that raises is logged and kept)."""
+        self._frame_listeners.append(listener)
 
     async def pump(self, track: MediaStreamTrack) -> None:
         """Read a remote track until it ends."""
@@ -49,7 +59,13 @@ class ReceivedMedia:
                 now = time.time()
                 if isinstance(frame, av.VideoFrame):
                     stamp = try_read_stamp_frame(frame)
-                    self.frames.append(ReceivedFrame(now, frame, stamp))
+                    received = ReceivedFrame(now, frame, stamp)
+                    self.frames.append(received)
+                    for listener in list(self._frame_listeners):
+                        try:
+                            listener(received)
+                        except Exception:
+                            logger.exception("a received-frame listener failed")
                     self.rows.append(
                         (now, stamp.index if stamp else None, stamp.capture_ms if stamp else None)
                     )
