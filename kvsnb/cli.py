@@ -79,7 +79,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         try:
             result = asyncio.run(
                 ingest(
-                    target, args.channel, seconds=args.seconds, source=args.source, on_event=show
+                    target,
+                    args.channel,
+                    seconds=args.seconds,
+                    source=args.source,
+                    on_event=show,
+                    force_turn=args.force_turn,
                 )
             )
         except SessionError as exc:
@@ -105,7 +110,9 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         audio = ToneTrack(args.tone) if args.tone else None
-        viewer = ViewerSession(target, args.channel, client_id=args.client_id, audio=audio)
+        viewer = ViewerSession(
+            target, args.channel, client_id=args.client_id, audio=audio, force_turn=args.force_turn
+        )
         viewer.timeline.on_event(show)
         try:
             await viewer.start(timeout=args.connect_timeout)
@@ -140,6 +147,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from kvsnb.sources.check import check_tracks
 
     report = check_tracks(args.source, require_audio=not args.video_only)
+    if args.channel:
+        from kvsnb.client.connectivity import check_connectivity
+
+        target = _target(args)
+        try:
+            report.rules.extend(asyncio.run(check_connectivity(target, args.channel)))
+        finally:
+            target.close()
     print(report)
     return 0 if report.ok else 1
 
@@ -247,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument(
         "--create", action="store_true", help="create the channel and a stream and map them first"
     )
+    ip.add_argument(
+        "--force-turn",
+        action="store_true",
+        help="relay candidates only (the SDK samples' force TURN): media through the TURN servers",
+    )
     ip.set_defaults(func=_cmd_ingest)
 
     vp = sub.add_parser("view", help="join a channel's storage session as a viewer")
@@ -257,11 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--endpoint-url", help="a Local KVS URL (default: KVSNB_TARGET/embedded)")
     vp.add_argument("--region")
     vp.add_argument("--connect-timeout", type=float, default=60.0)
+    vp.add_argument(
+        "--force-turn",
+        action="store_true",
+        help="relay candidates only (the SDK samples' force TURN): media through the TURN servers",
+    )
     vp.set_defaults(func=_cmd_view)
 
     cp = sub.add_parser("check", help="preflight a source against the ingestion rules")
     cp.add_argument("source", help="testpattern or a media file")
     cp.add_argument("--video-only", action="store_true", help="audio not required")
+    cp.add_argument(
+        "--channel",
+        help="also check that this channel's TURN servers (GetIceServerConfig) give this "
+        "machine a relay candidate: WebRTC ingestion requires TURN",
+    )
+    cp.add_argument("--endpoint-url", help="a Local KVS URL (default: KVSNB_TARGET/embedded)")
+    cp.add_argument("--region")
     cp.set_defaults(func=_cmd_check)
 
     mp = sub.add_parser("import", help="load a media file into a stream through PutMedia")

@@ -102,17 +102,21 @@ async def ingest(
     on_event: Callable[[TimelineEvent], None] | None = None,
     connect_timeout: float = 60.0,
     drain_s: float = 0.3,
+    force_turn: bool = False,
 ) -> IngestResult:
     """Join ``channel``'s storage session as master, send ``seconds`` of media, stop.
 
-    ``on_event`` sees each timeline step as it happens (the CLI prints them).
+    ``on_event`` sees each timeline step as it happens (the CLI prints them); ``force_turn``
+    gathers relay candidates only (the SDK samples' "force TURN").
     """
     src = (
         source
         if isinstance(source, Source)
         else make_source(source, width=width, height=height, fps=fps, audio=audio)
     )
-    session = MasterSession(target, channel, video=src.video, audio=src.audio, policy=policy)
+    session = MasterSession(
+        target, channel, video=src.video, audio=src.audio, policy=policy, force_turn=force_turn
+    )
     if on_event is not None:
         session.timeline.on_event(on_event)
     try:

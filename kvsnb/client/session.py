@@ -31,7 +31,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
@@ -40,6 +40,12 @@ from aiortc.mediastreams import MediaStreamTrack
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kvsnb.client.candidates import CandidateBuffer, candidate_ufrag
+from kvsnb.client.connectivity import (
+    TURN_REQUIRED,
+    candidate_kinds,
+    explain_failure,
+    turn_uris,
+)
 from kvsnb.client.offers import OfferBook
 from kvsnb.client.received import ReceivedFrame, ReceivedMedia, try_read_stamp_frame
 from kvsnb.client.signaling import SignalingClient, SignalingError, SignalingEvent, SignalingMessage
@@ -212,8 +218,15 @@ class StorageSessionBase(abc.ABC):
         audio: MediaStreamTrack | None = None,
         client_id: str | None = None,
         policy: JoinPolicy | None = None,
+        force_turn: bool = False,
+        ice_servers: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self.target = target
+        self.force_turn = force_turn
+        self._given_ice_servers = list(ice_servers) if ice_servers is not None else None
+        self._ice_fetched_at = 0.0
+        self._local_kinds: list[str] = []
+        self._remote_kinds: list[str] = []
         self.channel = channel
         self.client_id = client_id
         self.policy = policy or JoinPolicy()
@@ -368,9 +381,7 @@ class StorageSessionBase(abc.ABC):
         self.endpoints = await self._aws(
             "get_endpoints", self.target.endpoints, self.channel_arn, self.role
         )
-        self._ice_servers = await self._aws(
-            "get_ice_config", self.target.ice_servers, self.endpoints, self.client_id
-        )
+        await self._load_ice_servers()
         creds = self.target.credentials()
         self.signaling = SignalingClient(
             self.endpoints.wss,
@@ -382,6 +393,37 @@ class StorageSessionBase(abc.ABC):
         )
         await self.signaling.open()
         self.timeline.mark("socket_open")
+
+    async def _load_ice_servers(self, *, refresh: bool = False) -> None:
+        """The ICE servers of the next peer connection: those given, else GetIceServerConfig's
+        (fetched again once their credentials near their Ttl, as the SDKs refresh them)."""
+        if self._given_ice_servers is not None:
+            self._ice_servers = self._given_ice_servers
+            self.timeline.mark("ice_servers_given", turn=len(turn_uris(self._ice_servers)))
+        else:
+            self._ice_servers = await self._aws(
+                "get_ice_config", self.target.ice_servers, self.endpoints, self.client_id
+            )
+            self._ice_fetched_at = time.monotonic()
+            if refresh:
+                self.timeline.mark("ice_config_refreshed")
+        if self.force_turn and not turn_uris(self._ice_servers):
+            self._set_state("failed")
+            raise SessionError(
+                f"force_turn needs a TURN server and this target's IceServerList has none. "
+                f"{TURN_REQUIRED} (against Local KVS: install coturn, and run it with TURN, "
+                "the default)"
+            )
+
+    def _ice_servers_stale(self) -> bool:
+        """Whether the TURN credentials fetched are near their Ttl (refreshed before use)."""
+        if self._given_ice_servers is not None:
+            return False
+        ttls = [float(s["Ttl"]) for s in self._ice_servers if s.get("Ttl")]
+        if not ttls:
+            return False
+        ttl = min(ttls)
+        return time.monotonic() - self._ice_fetched_at >= ttl - min(30.0, ttl / 2)
 
     # ------------------------------------------------------------------ join loop
 
@@ -475,11 +517,29 @@ class StorageSessionBase(abc.ABC):
             self.offers.put_back(newer.result())  # came with the connection: kept
         try:
             connect.result()
-        except TimeoutError as exc:
-            raise TimeoutError(
-                f"peer not connected within {self.policy.connect_timeout_s} s"
-            ) from exc
+        except (TimeoutError, ConnectionError) as exc:
+            self._explain_ice_failure(exc)
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(
+                    f"peer not connected within {self.policy.connect_timeout_s} s"
+                ) from exc
+            raise
         return None
+
+    def _explain_ice_failure(self, exc: BaseException) -> None:
+        """A peer that never connected: when the cause is the missing relay path (the storage
+        session takes media only through TURN), end the session saying so."""
+        why = explain_failure(self._local_kinds, self._remote_kinds, self._ice_servers)
+        if why is None:
+            return
+        self.timeline.mark(
+            "ice_failed",
+            reason="no relay candidate",
+            local=", ".join(self._local_kinds),
+            remote=", ".join(self._remote_kinds),
+        )
+        self._set_state("failed")
+        raise SessionError(why, "TurnRequired") from exc
 
     @abc.abstractmethod
     async def _join(self, client: Any) -> None:
@@ -539,8 +599,13 @@ class StorageSessionBase(abc.ABC):
             self.timeline.mark("offer_refused", error=exc.code, description=str(exc))
             self._set_state("failed")
             raise
-        pc = RTCPeerConnection(self.target.rtc_configuration(self._ice_servers))
+        if self._ice_servers_stale():
+            await self._load_ice_servers(refresh=True)
+        pc = RTCPeerConnection(
+            self.target.rtc_configuration(self._ice_servers, force_turn=self.force_turn)
+        )
         self.pc = pc
+        self._remote_kinds = []
         self._connecting = _Connecting()
         self.candidates.answering(sdp.ice_ufrag(offered))
         pc.on("connectionstatechange", lambda: self._on_pc_state(pc))
@@ -562,6 +627,12 @@ class StorageSessionBase(abc.ABC):
         with ice.host_addresses(self.target.ice_host_addresses):
             await pc.setLocalDescription(await pc.createAnswer())
         answer, candidates = sdp.split_candidates(pc.localDescription.sdp)
+        self._local_kinds = candidate_kinds(c.candidate for c in candidates)
+        self.timeline.mark(
+            "ice_candidates",
+            local=", ".join(self._local_kinds) or "none",
+            remote=", ".join(self._remote_kinds) or "none yet",
+        )
         answer_id = await self.signaling.send("SDP_ANSWER", {"type": "answer", "sdp": answer})
         self.offers.answer_sent(answer_id)
         self.timeline.mark(
@@ -589,6 +660,9 @@ class StorageSessionBase(abc.ABC):
             self.timeline.mark("bad_candidate", detail=str(exc))
             return
         if cand is not None:
+            kind = f"{cand.type}/{cand.protocol.lower()}"
+            if kind not in self._remote_kinds:
+                self._remote_kinds.append(kind)
             await self.pc.addIceCandidate(cand)
 
     def _on_pc_state(self, pc: RTCPeerConnection) -> None:
@@ -601,6 +675,15 @@ class StorageSessionBase(abc.ABC):
         self.timeline.mark("pc_state", state=state)
         if state == "connected":
             self.timeline.mark("dtls_connected")
+            pair = aiortc_compat.selected_pair(pc)
+            if pair is not None:
+                local, remote = pair
+                self.timeline.mark(
+                    "ice_selected_pair",
+                    local=f"{local.type}/{local.transport}",
+                    remote=f"{remote.type}/{remote.transport}",
+                    turn=self._turn_used() if local.type == "relay" else None,
+                )
             if self._connecting is not None:
                 self._connecting.connected()
         elif state in ("failed", "closed"):
@@ -608,6 +691,15 @@ class StorageSessionBase(abc.ABC):
                 self._connecting.failed(ConnectionError(f"peer connection {state}"))
             if self.state == "connected":
                 self._rejoin.set()
+
+    def _turn_used(self) -> str | None:
+        """The TURN URI aiortc allocates with: its first ``turn:`` (udp/tcp) or
+        ``turns:…?transport=tcp`` (TLS) URI."""
+        for uri in turn_uris(self._ice_servers):
+            transport = uri.partition("?transport=")[2] or "udp"
+            if uri.startswith("turn:") or transport == "tcp":
+                return uri
+        return None
 
     async def _wait_connected(self, pc: RTCPeerConnection) -> None:
         """Until ``pc`` is connected (aiortc's ``connectionstatechange``); raises when it
@@ -722,6 +814,8 @@ class MasterSession(StorageSessionBase):
         audio: MediaStreamTrack | None = None,
         client_id: str | None = None,
         policy: JoinPolicy | None = None,
+        force_turn: bool = False,
+        ice_servers: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         if video is None or getattr(video, "kind", None) != "video":
             got = "None" if video is None else f"a {getattr(video, 'kind', '?')} track"
@@ -732,7 +826,15 @@ class MasterSession(StorageSessionBase):
                 "records the master's H.264 video",
                 "InvalidArgumentException",
             )
-        super().__init__(target, channel, audio=audio, client_id=client_id, policy=policy)
+        super().__init__(
+            target,
+            channel,
+            audio=audio,
+            client_id=client_id,
+            policy=policy,
+            force_turn=force_turn,
+            ice_servers=ice_servers,
+        )
         self._video = _InstrumentedTrack(video, self._on_video_frame)
         self._video_sender: RTCRtpSender | None = None
 
@@ -779,6 +881,8 @@ class ViewerSession(StorageSessionBase):
         client_id: str | None = None,
         audio: MediaStreamTrack | None = None,
         policy: JoinPolicy | None = None,
+        force_turn: bool = False,
+        ice_servers: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(
             target,
@@ -786,6 +890,8 @@ class ViewerSession(StorageSessionBase):
             audio=audio,
             client_id=client_id or new_client_id("viewer"),
             policy=policy,
+            force_turn=force_turn,
+            ice_servers=ice_servers,
         )
 
     async def _join(self, client: Any) -> None:

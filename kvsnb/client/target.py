@@ -232,9 +232,12 @@ class Target:
             servers.insert(0, {"Uris": [f"stun:stun.kinesisvideo.{self.region}.amazonaws.com:443"]})
         return servers
 
-    def rtc_configuration(self, ice_servers: Sequence[dict[str, Any]]) -> RTCConfiguration:
-        """An aiortc configuration from an IceServerList (never aiortc's default servers)."""
-        from aiortc import RTCConfiguration, RTCIceServer
+    def rtc_configuration(
+        self, ice_servers: Sequence[dict[str, Any]], *, force_turn: bool = False
+    ) -> RTCConfiguration:
+        """An aiortc configuration from an IceServerList (never aiortc's default servers);
+        ``force_turn``: relay candidates only (the SDK samples' "force TURN")."""
+        from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy
 
         return RTCConfiguration(
             iceServers=[
@@ -242,7 +245,10 @@ class Target:
                     urls=list(s["Uris"]), username=s.get("Username"), credential=s.get("Password")
                 )
                 for s in ice_servers
-            ]
+            ],
+            iceTransportPolicy=(
+                RTCIceTransportPolicy.RELAY if force_turn else RTCIceTransportPolicy.ALL
+            ),
         )
 
     # ------------------------------------------------------------------ set-up helpers

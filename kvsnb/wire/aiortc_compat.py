@@ -44,6 +44,7 @@ PACKET_DATA = "_data"  # RtpPacket: the depayloaded bytes the receiver sets
 ENCODER_TARGET_BITRATE = "target_bitrate"  # aiortc's H264Encoder/Vp8Encoder property
 ICE_CONNECTION = "_connection"  # RTCIceTransport: its aioice Connection
 ICE_PROTOCOLS = "_protocols"  # aioice Connection: one StunProtocol per local candidate
+ICE_NOMINATED = "_nominated"  # aioice Connection: component -> the nominated CandidatePair
 
 
 class FrameQueue(Protocol):
@@ -192,3 +193,19 @@ def relay_transports(pc: Any) -> list[Any]:
             if isinstance(transport, TurnTransport):
                 found.append(transport)
     return found
+
+
+def selected_pair(pc: Any) -> tuple[Any, Any] | None:
+    """The (local, remote) aioice ``Candidate`` pair ICE nominated for ``pc``'s first
+    transport (its ``type``: host, srflx, prflx, relay; its ``transport``: udp, tcp), or
+    None before ICE has nominated one."""
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.sender.transport
+        ice = dtls.transport if dtls is not None else None
+        if ice is None:
+            continue
+        nominated: dict[int, Any] = getattr(getattr(ice, ICE_CONNECTION), ICE_NOMINATED)
+        pair = nominated.get(1)
+        if pair is not None:
+            return pair.local_candidate, pair.remote_candidate
+    return None
