@@ -199,3 +199,12 @@ async def test_ice_connection_fields(pc: RTCPeerConnection) -> None:
     assert protocols and all(hasattr(p, "transport") for p in protocols)
     assert callable(getattr(TurnTransport, "sendto", None)), "aioice: TurnTransport.sendto is gone"
     assert compat.relay_transports(pc) == []  # no TURN server: no relay transport
+    assert isinstance(getattr(connection, compat.ICE_NOMINATED, None), dict), (
+        f"aioice: Connection.{compat.ICE_NOMINATED} is gone"
+    )
+    assert compat.selected_pair(pc) is None  # nothing nominated before ICE runs
+    from aioice.ice import CandidatePair
+
+    assert isinstance(getattr(CandidatePair, "local_candidate", None), property), (
+        "aioice: CandidatePair.local_candidate is gone"
+    )
