@@ -29,6 +29,7 @@ from traitlets import Bool
 from kvsnb.analysis.latency import fragment_latency, frame_latency
 from kvsnb.analysis.probe import RetrievalProbe
 from kvsnb.analysis.stamps import stamps_from_images
+from kvsnb.client.connectivity import check_connectivity
 from kvsnb.client.ingest import TEST_PATTERN, IngestResult, ingest, make_source
 from kvsnb.client.session import JoinPolicy
 from kvsnb.client.target import Target
@@ -191,13 +192,20 @@ class TrackTester(widgets.VBox):
             src.stop()
 
     async def check(self) -> TrackReport:
-        """Apply the ingestion rules to the source and show the checklist."""
+        """Apply the ingestion rules to the source and show the checklist. With a target
+        given, the checklist also holds the connectivity preflight: the channel's TURN
+        servers (GetIceServerConfig) give this machine a relay candidate, without which
+        WebRTC ingestion cannot connect (the channel and its stream are made if needed)."""
         spec = self._spec()
         self.status.value = f"checking {html.escape(spec)} …"
         self.checklist.value = ""
         self.ok = None
         try:
             report = await asyncio.to_thread(self._check, spec)
+            if self._target is not None:
+                channel = self.channel_input.value.strip()
+                await asyncio.to_thread(self._target.create_storage_channel, channel)
+                report.rules.extend(await check_connectivity(self._target, channel))
         except Exception as exc:
             self.status.value = error_html(describe_error(exc))
             raise

@@ -197,6 +197,17 @@ async def test_session_panel_shows_a_failed_join_and_stays_usable(target: Target
 # ---------------------------------------------------------------------- TrackTester
 
 
+async def test_track_tester_checks_the_relay_path(target: Target) -> None:
+    tester = TrackTester(target=target, channel="widgets-preflight", policy=FAST)
+    tester.check_button.click()
+    await settled(tester.task)
+    assert tester.report is not None and tester.ok is True, tester.checklist.value
+    for rule in ("turn_servers", "turn_relay"):
+        assert tester.report.rule(rule).passed
+        assert f"<td>{rule}</td>" in tester.checklist.value
+    tester.close()
+
+
 async def test_track_tester_end_to_end(target: Target) -> None:
     tester = TrackTester(target=target, channel="widgets-e2e", seconds=2, policy=FAST)
     tester.run_button.click()
