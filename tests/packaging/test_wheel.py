@@ -1,8 +1,9 @@
 """kvsnb's wheel works on its own: installed into a fresh virtual environment outside the
-tree, with no Node.js on PATH, its command runs (``--version``, a short ``demo``, ``local``)
-and every widget imports, the ``Player`` loading hls.js and dash.js from the installed
-package, where the build put them with their licences. A copy of the tree without the
-libraries (a fresh clone) builds a wheel with them: the build fetches them (npm).
+tree, with no Node.js on PATH, its command runs (``--version``, a short ``demo``, ``local``),
+every widget imports, the ``Player`` loading hls.js and dash.js from the installed package,
+where the build put them with their licences, and the quickstart notebook runs. A copy of
+the tree without the libraries (a fresh clone) builds a wheel with them: the build fetches
+them (npm).
 
 It builds the wheel (``conftest.wheel``, once per run) and installs it with all its
 dependencies: about a minute with pip's cache (the network the first time).
@@ -224,3 +225,30 @@ def test_local(installed: dict[str, str]) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     assert proc.returncode == 0, log.read_text()
+
+
+NOTEBOOK = "01_quickstart.ipynb"
+RUN_NOTEBOOK = textwrap.dedent(
+    """
+    import sys
+    import nbclient, nbformat
+    nb = nbformat.read(sys.argv[1], as_version=4)
+    nbclient.NotebookClient(nb, timeout=240, kernel_name="python3").execute()
+    print(sum(1 for cell in nb.cells if cell.cell_type == "code"), "code cells ran")
+    """
+)
+
+
+def test_quickstart_notebook(installed: dict[str, str]) -> None:
+    """The quickstart notebook runs top to bottom on the installed package (with a kernel
+    and a notebook runner added to the venv, as a user's Jupyter would be), from a copy
+    outside the tree."""
+    root = Path(installed["KVSNB_TEST_ROOT"])
+    python = str(root / "venv" / "bin" / "python")
+    done = run(installed, python, "-m", "pip", "install", "-q", "nbclient", "ipykernel")
+    assert done.returncode == 0, done.stderr[-3000:]
+    copy = root / NOTEBOOK
+    shutil.copy2(REPO / "notebooks" / NOTEBOOK, copy)
+    done = run(installed, python, "-c", RUN_NOTEBOOK, str(copy))
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert "code cells ran" in done.stdout
