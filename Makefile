@@ -71,7 +71,7 @@ $(STAMP): pyproject.toml $(SYSTEM_STAMP)
 demo: setup
 	$(VENV)/bin/kvsnb demo --out demo-output
 
-LINTED := kvsnb tests bench notebooks/build.py notebooks/conftest.py notebooks/src
+LINTED := kvsnb tests bench notebooks/build.py notebooks/conftest.py notebooks/src build_hooks docs/conf.py docs/_ext
 lint: setup
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)

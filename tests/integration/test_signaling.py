@@ -1028,7 +1028,7 @@ async def test_unsigned_or_malformed_url_is_refused_with_403(kv: Any, net: Net) 
 
 async def test_presigned_url_in_strict_mode(tmp_path: Path) -> None:
     keys = StrictKeys("AKIDSTRICTEXAMPLE", "strict-secret")
-    async with local(tmp_path, strict_keys=keys) as (kvs, _kv, _net):
+    async with local(tmp_path, strict_keys=keys) as (kvs, _kv, net):
         creds = {"aws_access_key_id": keys.access_key, "aws_secret_access_key": keys.secret_key}
         kv = make_client("kinesisvideo", kvs.url, **creds)
         chan = make_channel(kv)
