@@ -21,30 +21,35 @@ keyframe on (video) or for ``AUDIO_BACKLOG`` packets (audio), so a session that 
 starts live. Each track counts what it was fed, sent and dropped in ``stats()``.
 
 The framing (``pack_chunk`` / ``parse_chunk``) is one message per item: a 10-byte header
-(kind, flags, capture time in epoch µs, big-endian) then the payload. ``browser_media.js``
-writes it in the page.
+(kind, flags, capture time in epoch µs, big-endian) then the payload; two control kinds
+(``KIND_INFO``: JSON saying what a producer sends; ``KIND_KEYFRAME_REQUEST``) travel the same
+way. ``kvsnb/widgets/browser_media.js`` reads and writes it in the page. ``JpegEncoder`` is
+the way back: decoded frames as JPEG pictures for a page to draw.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fractions
+import json
 import logging
 import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 import av
 import numpy as np
 import pandas as pd
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from kvsnb.errors import KvsnbError
 from kvsnb.sources.tracks import AUDIO_PTIME_S, AUDIO_SAMPLE_RATE, VIDEO_CLOCK_RATE, VIDEO_TIME_BASE
-from kvsnb.wire import h264
+from kvsnb.wire import aiortc_compat, h264
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +57,15 @@ KIND_H264 = 1  # an H.264 access unit, Annex B (start codes), SPS/PPS in front o
 KIND_OPUS = 2  # one Opus packet, 48 kHz
 KIND_JPEG = 3  # one JPEG picture
 KIND_PCM = 4  # PCM, s16le mono 48 kHz
-ChunkKind = Literal[1, 2, 3, 4]
+KIND_INFO = 16  # control: UTF-8 JSON, what the producer sends ({"video": "h264", ...})
+KIND_KEYFRAME_REQUEST = 17  # control: the consumer wants a keyframe (empty payload)
 KIND_NAMES: dict[int, str] = {
     KIND_H264: "h264",
     KIND_OPUS: "opus",
     KIND_JPEG: "jpeg",
     KIND_PCM: "pcm",
+    KIND_INFO: "info",
+    KIND_KEYFRAME_REQUEST: "keyframe_request",
 }
 FLAG_KEY = 0x01  # the chunk is a keyframe (an IDR access unit)
 HEADER = struct.Struct(">BBQ")  # kind, flags, capture time (epoch µs)
@@ -86,8 +94,16 @@ class EncodedChunk:
 
     @property
     def kind_name(self) -> str:
-        """``"h264"``, ``"opus"``, ``"jpeg"`` or ``"pcm"``."""
+        """``"h264"``, ``"opus"``, ``"jpeg"``, ``"pcm"``, ``"info"`` or
+        ``"keyframe_request"``."""
         return KIND_NAMES[self.kind]
+
+    def json(self) -> Any:
+        """The payload of a ``KIND_INFO`` chunk, parsed; ``ChunkError`` when it is not JSON."""
+        try:
+            return json.loads(self.data.decode("utf-8"))
+        except ValueError as exc:
+            raise ChunkError(f"an info chunk holds JSON: {exc}") from exc
 
 
 def pack_chunk(kind: int, data: bytes, timestamp_us: int, key: bool = False) -> bytes:
@@ -404,6 +420,46 @@ class PcmAudioTrack(_FedTrack[np.ndarray]):
         frame.time_base = AUDIO_TIME_BASE
         self._record(index, timestamp_us, int(frame.pts), size, key)
         return frame
+
+
+class JpegEncoder:
+    """Decoded video frames as JPEG pictures (FFmpeg's ``mjpeg`` encoder; ``quality`` is its
+    ``qscale``, 2 best .. 31 worst), for a page to draw. The encoder is made again when the
+    frame size changes. Not thread-safe: one caller at a time (a thread of its own is fine)."""
+
+    def __init__(self, quality: int = 5) -> None:
+        self.quality = quality
+        self._encoder: av.VideoCodecContext | None = None
+
+    def encode(self, frame: av.VideoFrame) -> bytes:
+        """One JPEG picture of ``frame``."""
+        encoder = self._encoder
+        if encoder is None or (encoder.width, encoder.height) != (frame.width, frame.height):
+            created = av.CodecContext.create("mjpeg", "w")
+            assert isinstance(created, av.VideoCodecContext)
+            created.width, created.height = frame.width, frame.height
+            created.pix_fmt = "yuvj420p"
+            created.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+            created.options = {"qscale": str(self.quality)}
+            created.flags |= av.codec.context.Flags.qscale
+            created.global_quality = self.quality * 118  # FF_QP2LAMBDA
+            encoder = self._encoder = created
+        out = frame.reformat(format="yuvj420p")
+        out.pts = None
+        return b"".join(bytes(p) for p in encoder.encode(out))
+
+
+def forward_keyframe_requests(sender: RTCRtpSender, track: EncodedVideoTrack) -> None:
+    """Pass the keyframe requests the sender receives (RTCP PLI and FIR: the storage session
+    asks on its fragment schedule) on to ``track.request_keyframe()``: aiortc honours them
+    only for frames it encodes itself. Call once per sender (each peer connection of a
+    session has its own)."""
+
+    def on_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            track.request_keyframe()
+
+    aiortc_compat.on_rtcp(sender, on_rtcp)
 
 
 def track_for(kind: str) -> Any:

@@ -18,13 +18,16 @@ from kvsnb.sources import TestPatternTrack, read_stamp_frame
 from kvsnb.sources.encoded import (
     HEADER,
     KIND_H264,
+    KIND_INFO,
     KIND_JPEG,
+    KIND_KEYFRAME_REQUEST,
     KIND_OPUS,
     KIND_PCM,
     PCM_FRAME_SAMPLES,
     ChunkError,
     EncodedAudioTrack,
     EncodedVideoTrack,
+    JpegEncoder,
     JpegVideoTrack,
     PcmAudioTrack,
     h264_access_units,
@@ -276,3 +279,32 @@ async def test_pcm_track_cuts_20ms_frames() -> None:
     third = await track.recv()
     assert third.pts == 1920
     assert np.array_equal(third.to_ndarray()[0], np.concatenate([pcm[1920:], pcm[:480]]))
+
+
+def test_control_chunks() -> None:
+    info = parse_chunk(pack_chunk(KIND_INFO, b'{"video": "h264", "audio": "opus"}', T0_US))
+    assert info.kind_name == "info" and info.json() == {"video": "h264", "audio": "opus"}
+    with pytest.raises(ChunkError, match="an info chunk holds JSON"):
+        parse_chunk(pack_chunk(KIND_INFO, b"{", T0_US)).json()
+    request = parse_chunk(pack_chunk(KIND_KEYFRAME_REQUEST, b"", T0_US))
+    assert (request.kind_name, request.data) == ("keyframe_request", b"")
+    with pytest.raises(ChunkError, match="no track takes 'info' chunks"):
+        track_for(info.kind_name)
+
+
+async def test_jpeg_encoder_round_trips_through_the_jpeg_track() -> None:
+    """What a viewer's page gets (JpegEncoder) is what a master's page may send (JPEG)."""
+    pattern = TestPatternTrack(320, 240)
+    encoder = JpegEncoder()
+    track = JpegVideoTrack()
+    for n in range(3):
+        jpeg = encoder.encode(pattern.render(n, 1_700_000_000_000 + n))
+        assert jpeg.startswith(b"\xff\xd8") and jpeg.endswith(b"\xff\xd9")
+        track.feed(jpeg, T0_US + n * FRAME_US)
+        frame = await track.recv()
+        assert read_stamp_frame(frame).index == n
+    # a new size makes a new encoder
+    big = encoder.encode(TestPatternTrack(640, 480).render(9, 1_700_000_000_009))
+    track.feed(big, T0_US + 4 * FRAME_US)
+    frame = await track.recv()
+    assert (frame.width, frame.height, read_stamp_frame(frame).index) == (640, 480, 9)
