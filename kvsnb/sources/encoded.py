@@ -480,8 +480,8 @@ def h264_access_units(
 ) -> Iterator[tuple[bytes, bool]]:
     """Encode ``frames`` (any size, even) with libx264 as a browser's WebCodecs encoder does
     for WebRTC (Constrained Baseline, no B-frames, zero latency, Annex B with SPS/PPS in front
-    of each keyframe, a keyframe every ``gop`` frames): yields ``(access unit, keyframe)``,
-    one per frame. For feeding ``EncodedVideoTrack`` from Python, tests and benchmarks."""
+    of each keyframe, a keyframe every ``gop`` frames and at each frame whose ``pict_type`` is
+    ``I``): yields ``(access unit, keyframe)``, one per frame. For feeding ``EncodedVideoTrack`` from Python, tests and benchmarks."""
     encoder: av.VideoCodecContext | None = None
     for n, frame in enumerate(frames):
         if encoder is None:
@@ -497,9 +497,8 @@ def h264_access_units(
         out = frame.reformat(format="yuv420p")
         out.pts = round(n * VIDEO_CLOCK_RATE / fps)
         out.time_base = encoder.time_base
-        out.pict_type = (
-            av.video.frame.PictureType.I if n % gop == 0 else av.video.frame.PictureType.NONE
-        )
+        wanted = n % gop == 0 or frame.pict_type == av.video.frame.PictureType.I
+        out.pict_type = av.video.frame.PictureType.I if wanted else av.video.frame.PictureType.NONE
         for packet in encoder.encode(out):
             data = bytes(packet)
             yield data, h264.is_keyframe(data)
