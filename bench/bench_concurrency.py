@@ -8,10 +8,14 @@ keyframe every second, and Opus), so the masters spend nothing on encoding. Per 
 frames lost (frames sent by the masters vs video frames in the stored fragments, read back
 with GetMediaForFragmentList), fragment end → durable (from Local KVS's own index:
 ``stored_at`` − producer end of each fragment), Local KVS CPU (cores) and memory (with its
-workers), and the whole machine's CPU. Budget (docs/design.md): ≥ 40 sessions with < 0.1 %
-frames lost. Prints figures; never asserts on time.
+workers), coturn's apart (the storage peers are reached through it, ``--ice turn``, the
+default; the masters take its TURN servers from GetIceServerConfig like any kvsnb master, and
+how many went through a relay pair is printed), and the whole machine's CPU. Budget
+(docs/design.md): ≥ 40 sessions with < 0.1 % frames lost. Prints figures; never asserts on
+time.
 
-``python -m bench.bench_concurrency [LEVELS...] [--seconds S] [--video-only] [--workers 0,2]``
+``python -m bench.bench_concurrency [LEVELS...] [--seconds S] [--video-only] [--workers 0,2]
+[--ice turn|host] [--quick]``
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +40,21 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from bench.common import cpu_seconds, pct, report, rss_mib
+from bench.common import (
+    cpu_seconds,
+    descendant_named,
+    pct,
+    process_cpu_seconds,
+    process_rss_mib,
+    report,
+    rss_mib,
+)
 from kvsnb.local.runner import LocalKvsProcess
 
 LEVELS = (1, 8, 16, 32, 40, 48)
+QUICK_LEVELS = (4,)
+QUICK_SECONDS = 5.0
+COTURN = "turnserver"  # coturn's command name, a child of Local KVS with ice="turn"
 WORKERS = 4
 MEASURE_S = 10.0
 FPS = 30
@@ -159,11 +175,10 @@ async def worker(
                 policy=JoinPolicy.local(offer_wait_s=3.0, connect_timeout_s=30.0),
             )
         )
-    started = []
     for s in sessions:
         await s.start(timeout=60)
-        started.append(time.time())
-    print("READY", flush=True)
+    pairs = Counter(selected_local(s.timeline) for s in sessions)
+    print(f"READY {json.dumps({'pairs': dict(pairs)})}", flush=True)
     await asyncio.sleep(seconds)
     for t in tracks:
         t.stop()
@@ -172,6 +187,13 @@ async def worker(
         await s.stop()
     target.close()
     return {"sent": {c: t.sent for c, t in zip(channels, tracks, strict=True)}}
+
+
+def selected_local(timeline: Any) -> str:
+    """The local side of the candidate pair a session's ICE selected (``relay/udp`` through
+    TURN, ``host/udp`` directly), from its timeline; ``none`` if it recorded none."""
+    event = timeline.last("ice_selected_pair")
+    return str(event.detail.get("local")) if event is not None else "none"
 
 
 def stored_frames(target: Any, stream: str) -> int:
@@ -220,10 +242,18 @@ def machine_cpu() -> float:
 
 
 def start_senders(
-    url: str, names: list[str], clip: Path, seconds: float, video_only: bool
+    url: str,
+    names: list[str],
+    clip: Path,
+    seconds: float,
+    video_only: bool,
+    pairs: Counter[str] | None = None,
 ) -> list[subprocess.Popen[str]]:
     """Masters on ``names`` in up to ``WORKERS`` sender processes, sending ``clip`` for
-    ``seconds``; returns once every master has joined (each process printed READY)."""
+    ``seconds``; returns once every master has joined (each process printed READY). The
+    masters are kvsnb sessions, so they take the TURN servers of GetIceServerConfig like
+    any master; ``pairs`` (when given) counts the local side of each master's selected
+    candidate pair (``relay/udp`` through TURN)."""
     workers = min(WORKERS, len(names))
     groups = [names[i::workers] for i in range(workers)]
     procs = [
@@ -249,8 +279,10 @@ def start_senders(
     for p in procs:
         assert p.stdout is not None
         line = p.stdout.readline()
-        if "READY" not in line:
+        if not line.startswith("READY"):
             raise RuntimeError(f"sender failed to start: {line!r}")
+        if pairs is not None:
+            pairs.update(json.loads(line[len("READY") :])["pairs"])
     return procs
 
 
@@ -264,25 +296,37 @@ def collect_senders(procs: list[subprocess.Popen[str]]) -> dict[str, int]:
 
 
 def run_level(
-    n: int, clip: Path, seconds: float, video_only: bool, storage_workers: int
+    n: int,
+    clip: Path,
+    seconds: float,
+    video_only: bool,
+    storage_workers: int,
+    ice: str = "turn",
 ) -> dict[str, Any]:
-    """One level of the sweep."""
+    """One level of the sweep, the storage peers reached as ``ice`` says (``turn``: through
+    Local KVS's coturn, whose CPU and memory are given apart from Local KVS's own)."""
     from kvsnb.launch import connect
 
     extra = ["--allow-video-only"] if video_only else []
-    extra += ["--workers", str(storage_workers)]
+    extra += ["--workers", str(storage_workers), "--ice", ice]
     with LocalKvsProcess(*extra) as kvs:
         target = connect(endpoint_url=kvs.url)
         names = [f"sweep-{n}-{i}" for i in range(n)]
         streams = {name: target.create_storage_channel(name)[1] for name in names}
-        procs = start_senders(kvs.url, names, clip, seconds + 3.0, video_only)
+        pairs: Counter[str] = Counter()
+        procs = start_senders(kvs.url, names, clip, seconds + 3.0, video_only, pairs=pairs)
         time.sleep(2.0)  # warm up
-        c0, m0, t0 = cpu_seconds(kvs.pid), machine_cpu(), time.monotonic()
+        coturn = descendant_named(kvs.pid, COTURN)
+        apart = [coturn] if coturn is not None else []
+        c0, m0, t0 = cpu_seconds(kvs.pid, apart), machine_cpu(), time.monotonic()
+        turn0 = process_cpu_seconds(coturn) if coturn is not None else 0.0
         time.sleep(seconds)
         elapsed = time.monotonic() - t0
-        kvs_cpu = (cpu_seconds(kvs.pid) - c0) / elapsed
+        kvs_cpu = (cpu_seconds(kvs.pid, apart) - c0) / elapsed
+        turn_cpu = (process_cpu_seconds(coturn) - turn0) / elapsed if coturn is not None else None
         all_cpu = (machine_cpu() - m0) / elapsed
-        rss = rss_mib(kvs.pid)
+        rss = rss_mib(kvs.pid, apart)
+        turn_rss = process_rss_mib(coturn) if coturn is not None else None
         sent = collect_senders(procs)
         time.sleep(1.0)
         stored = {name: stored_frames(target, streams[name]) for name in names}
@@ -293,6 +337,8 @@ def run_level(
     return {
         "masters": n,
         "storage_workers": storage_workers,
+        "ice": ice,
+        "relay_pairs": f"{pairs.get('relay/udp', 0)}/{sum(pairs.values())}",
         "frames_sent": total_sent,
         "frames_stored": total_stored,
         "loss_pct": round(100 * (total_sent - total_stored) / total_sent, 3)
@@ -304,6 +350,8 @@ def run_level(
         "local_kvs_cpu_per_master": round(kvs_cpu / n, 3),
         "local_kvs_rss_mib": round(rss, 1),
         "local_kvs_rss_per_master_mib": round(rss / n, 1),
+        "coturn_cpu_cores": None if turn_cpu is None else round(turn_cpu, 3),
+        "coturn_rss_mib": None if turn_rss is None else round(turn_rss, 1),
         "machine_cpu_cores": round(all_cpu, 2),
     }
 
@@ -314,27 +362,35 @@ def main() -> list[dict[str, Any]]:
     ap.add_argument("items", nargs="*", help="levels (or, with --worker, channel names)")
     ap.add_argument("--worker")
     ap.add_argument("--clip")
-    ap.add_argument("--seconds", type=float, default=MEASURE_S)
+    ap.add_argument("--seconds", type=float, default=None, help=f"default {MEASURE_S:g}")
     ap.add_argument("--video-only", action="store_true")
     ap.add_argument(
         "--workers",
-        default="0,2",
-        help="storage worker processes of Local KVS, one sweep each (comma-separated)",
+        default=None,
+        help="storage worker processes of Local KVS, one sweep each (comma-separated; default 0,2)",
+    )
+    ap.add_argument("--ice", choices=("turn", "host"), default="turn")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: {QUICK_LEVELS} masters, {QUICK_SECONDS:g} s, 2 storage workers",
     )
     args = ap.parse_args()
+    seconds = args.seconds or (QUICK_SECONDS if args.quick else MEASURE_S)
     if args.worker:
         result = asyncio.run(
-            worker(args.worker, list(args.items), Path(args.clip), args.seconds, args.video_only)
+            worker(args.worker, list(args.items), Path(args.clip), seconds, args.video_only)
         )
         print(json.dumps(result), flush=True)
         return []
-    levels = [int(x) for x in args.items] or list(LEVELS)
+    levels = [int(x) for x in args.items] or list(QUICK_LEVELS if args.quick else LEVELS)
+    storage = args.workers or ("2" if args.quick else "0,2")
     clip = Path(tempfile.mkdtemp(prefix="kvsnb-sweep-")) / "clip.pkl"
     make_clip(clip)
     results = []
-    for storage_workers in [int(x) for x in args.workers.split(",")]:
+    for storage_workers in [int(x) for x in storage.split(",")]:
         for n in levels:
-            r = run_level(n, clip, args.seconds, args.video_only, storage_workers)
+            r = run_level(n, clip, seconds, args.video_only, storage_workers, args.ice)
             r["audio"] = not args.video_only
             print(json.dumps(r), flush=True)
             results.append(r)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,30 +39,56 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its living descendants (/proc stat)."""
-    total = 0
-    for p in process_tree(pid):
-        try:
-            fields = _stat(p)
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+def process_name(pid: int) -> str:
+    """A process's command name (``/proc/PID/comm``: ``turnserver`` for coturn); empty once
+    it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process and its living descendants, in MiB."""
-    kib = 0
-    for p in process_tree(pid):
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                kib += int(line.split()[1])
-    return kib / 1024
+def descendant_named(pid: int, name: str) -> int | None:
+    """The first living descendant of ``pid`` whose command name is ``name`` (coturn, a child
+    of Local KVS, is ``turnserver``), or None."""
+    for p in process_tree(pid)[1:]:
+        if process_name(p) == name:
+            return p
+    return None
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads; /proc stat utime + stime);
+    0 once it is gone."""
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_rss_mib(pid: int) -> float:
+    """Resident memory of one process, in MiB; 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int, without: Collection[int] = ()) -> float:
+    """User + system CPU seconds of a process and its living descendants (/proc stat),
+    leaving out the processes ``without`` (coturn, measured apart)."""
+    return sum(process_cpu_seconds(p) for p in process_tree(pid) if p not in without)
+
+
+def rss_mib(pid: int, without: Collection[int] = ()) -> float:
+    """Resident memory of a process and its living descendants, in MiB, leaving out the
+    processes ``without``."""
+    return sum(process_rss_mib(p) for p in process_tree(pid) if p not in without)
 
 
 def report(**figures: float | None) -> None:
