@@ -319,7 +319,7 @@ async def test_viewer_page_draws_the_pictures_the_kernel_sends(
 
     async def shown_index() -> int | None:
         png = await browser_page.locator("#view").screenshot()
-        with av.open(io.BytesIO(png)) as container:
+        with av.open(io.BytesIO(png), mode="r") as container:
             frame = next(container.decode(video=0))
         try:
             return read_stamp(np.asarray(frame.to_ndarray(format="rgb24"))).index
