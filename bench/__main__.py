@@ -7,7 +7,11 @@ the run is appended with its commit and machine, and a table shows each figure b
 previous run's and its budget.
 
 Benchmarks print figures (ratios against a baseline run in the same process where one
-exists); none passes or fails on time. ``python -m bench NAME...`` runs only those."""
+exists); none passes or fails on time. ``python -m bench NAME...`` runs only those.
+
+``python -m bench --quick [NAME...]``: each benchmark with its quick setting (``QUICK_ARGS``:
+fewer joins, levels, repetitions and seconds), the whole in a few minutes, for smoke figures.
+Their outputs go to ``bench/results/quick/`` and they do not join the history."""
 
 from __future__ import annotations
 
@@ -30,21 +34,33 @@ BENCHES = (
     "bench_get_images",
     "bench_viewers",
     "bench_concurrency",
+    "bench_turn",
     "bench_put_media",
     "bench_dask",
     "bench_player",
 )
 RESULTS = Path(__file__).parent / "results"
+QUICK = "--quick"
+# a benchmark's quick setting: its arguments for a smoke figure in well under a minute
+QUICK_ARGS: dict[str, tuple[str, ...]] = {
+    "bench_put_media": ("--minutes", "0.5"),
+    "bench_dask": ("--minutes", "1", "--partition-seconds", "10"),
+    "bench_player": ("--seconds", "10", "--protocol", "HLS"),
+}
 
 
 def main(argv: list[str]) -> int:
-    """Run the benchmarks named in ``argv`` (all by default); exit non-zero if one crashed."""
+    """Run the benchmarks named in ``argv`` (all by default; ``--quick``: each with its
+    quick setting, kept apart from the history); exit non-zero if one crashed."""
+    quick = QUICK in argv
+    argv = [a for a in argv if a != QUICK]
     names = argv or list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHES)}")
         return 2
-    RESULTS.mkdir(exist_ok=True)
+    results = RESULTS / "quick" if quick else RESULTS
+    results.mkdir(parents=True, exist_ok=True)
     failed = []
     collected: dict[str, Any] = {
         "machine": {
@@ -53,17 +69,19 @@ def main(argv: list[str]) -> int:
             "python": platform.python_version(),
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "quick": quick,
         "results": {},
     }
     for name in names:
         print(f"=== {name}", flush=True)
         t = time.monotonic()
+        args = QUICK_ARGS.get(name, (QUICK,)) if quick else ()
         done = subprocess.run(
-            [sys.executable, "-m", f"bench.{name}"], capture_output=True, text=True
+            [sys.executable, "-m", f"bench.{name}", *args], capture_output=True, text=True
         )
         out = done.stdout + (f"\n[stderr]\n{done.stderr}" if done.returncode else "")
         print(out, flush=True)
-        (RESULTS / f"{name}.txt").write_text(out, encoding="utf-8")
+        (results / f"{name}.txt").write_text(out, encoding="utf-8")
         collected["results"][name] = json_objects(done.stdout)
         print(
             f"=== {name}: {'ok' if done.returncode == 0 else 'FAILED'} "
@@ -72,13 +90,16 @@ def main(argv: list[str]) -> int:
         )
         if done.returncode:
             failed.append(name)
-    (RESULTS / "latest.json").write_text(json.dumps(collected, indent=2), encoding="utf-8")
+    (results / "latest.json").write_text(json.dumps(collected, indent=2), encoding="utf-8")
     earlier = history.load()
     run = history.record(
-        history.collect(collected["results"]), collected["started"], partial=bool(argv)
+        history.collect(collected["results"]),
+        collected["started"],
+        partial=bool(argv),
+        keep=not quick,
     )
     summary = history.table(run, earlier)
-    history.SUMMARY.write_text(summary, encoding="utf-8")
+    (results / "summary.md" if quick else history.SUMMARY).write_text(summary, encoding="utf-8")
     print(summary, flush=True)
     return 1 if failed else 0
 

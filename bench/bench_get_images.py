@@ -20,7 +20,8 @@ capture → frame retrievable by GetImages, beyond the fragment duration: ≤ 10
    the index on every request, so a fragment is retrievable from the moment it is stored).
 
 Prints figures; never asserts on time.
-``python -m bench.bench_get_images [--reps N] [--skip-latency | --latency-only]``.
+``python -m bench.bench_get_images [--reps N] [--skip-latency | --latency-only] [--quick]``
+(``--quick``: one repetition, keyframes 1 s apart only, 5 s of live ingest).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ BASE_S = 1_700_000_000.0
 REGION = "us-west-2"
 CREDS = {"aws_access_key_id": "AKIDLOCALBENCH", "aws_secret_access_key": "bench"}
 LATENCY_INGEST_S = 12.0
+QUICK_LATENCY_INGEST_S = 5.0
 POLL_PERIOD_S = 0.01
 POLL_WINDOW_MS = 400  # each poll asks for the last 0.4 s: 2 small images, a short cycle
 POLL_INTERVAL_MS = 200
@@ -216,7 +218,8 @@ def _fmt(values: list[float]) -> str:
 # ---------------------------------------------------------------------------- latency
 
 
-def bench_latency(work: Path) -> None:
+def bench_latency(work: Path, ingest_s: float = LATENCY_INGEST_S) -> None:
+    """Capture → retrievable by GetImages over ``ingest_s`` of live ingest."""
     print("\n== capture → retrievable by GetImages (live WebRTC ingest, 1 s fragments)")
     options = StorageOptions(fragment_duration_s=1.0)
     config = LocalKvsConfig(
@@ -264,7 +267,7 @@ def bench_latency(work: Path) -> None:
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
         policy = JoinPolicy.local(offer_wait_s=0.3, connect_timeout_s=30.0)
-        asyncio.run(ingest(target, "latency", seconds=LATENCY_INGEST_S, policy=policy))
+        asyncio.run(ingest(target, "latency", seconds=ingest_s, policy=policy))
         time.sleep(0.5)
         stop.set()
         poller.join()
@@ -313,16 +316,19 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="keeps encoded media")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--latency-only", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
     args = parser.parse_args()
+    reps = 1 if args.quick else args.reps
+    spacings = KEYFRAME_SPACINGS_S[:1] if args.quick else KEYFRAME_SPACINGS_S
     work = args.work or Path(tempfile.mkdtemp(prefix="kvsnb-bench-images-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work directory: {work}")
     if not args.latency_only:
         with LocalKvs(data_dir=work / "data") as kvs:
-            for gop_s in KEYFRAME_SPACINGS_S:
-                bench_spacing(kvs, work, gop_s, args.reps)
+            for gop_s in spacings:
+                bench_spacing(kvs, work, gop_s, reps)
     if not args.skip_latency:
-        bench_latency(work)
+        bench_latency(work, QUICK_LATENCY_INGEST_S if args.quick else LATENCY_INGEST_S)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -10,11 +10,13 @@ media playlist ≤ 50 ms).
 3. Throughput with ``READERS`` concurrent aiohttp readers on an ON_DEMAND session: media
    playlist GETs/s, cold fragment GETs (first remux of each), cached fragment GETs/s.
 
-Prints figures; never asserts on time. Run: ``python bench/bench_hls.py``.
+Prints figures; never asserts on time. Run: ``python -m bench.bench_hls [--quick]``
+(``--quick``: 8 s of ingest, 1 s throughput windows).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import logging
@@ -48,6 +50,8 @@ LIVE_RESULTS = 3
 RETRY_S = 0.002
 READERS = 4
 THROUGHPUT_S = 3.0
+QUICK_INGEST_S = 8.0
+QUICK_THROUGHPUT_S = 1.0
 BUDGET_LISTED_MS = 50
 POLICY = JoinPolicy.local(offer_wait_s=0.3)
 
@@ -69,7 +73,11 @@ def last_index(playlist: str) -> int:
     return int(found[-1]) if found else -1
 
 
-async def live_latency(kvs: LocalKvs, am: Any) -> tuple[list[float], str]:
+async def live_latency(
+    kvs: LocalKvs, am: Any, ingest_s: float = INGEST_S
+) -> tuple[list[float], str]:
+    """Ingest for ``ingest_s`` with a LIVE session open; stored → listed (ms) per fragment,
+    and the stream's ARN."""
     loop = asyncio.get_running_loop()
     stored: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
 
@@ -79,7 +87,7 @@ async def live_latency(kvs: LocalKvs, am: Any) -> tuple[list[float], str]:
 
     with connect(endpoint_url=kvs.url) as tg:
         _, arn = tg.create_storage_channel("bench-live")
-        task = asyncio.create_task(ingest(tg, "bench-live", seconds=INGEST_S, policy=POLICY))
+        task = asyncio.create_task(ingest(tg, "bench-live", seconds=ingest_s, policy=POLICY))
         await kvs.store.wait_for_fragment(arn, timeout=30)
         url = await asyncio.to_thread(
             lambda: am.get_hls_streaming_session_url(
@@ -140,7 +148,10 @@ def remux_times(kvs: LocalKvs, arn: str) -> dict[str, list[float]]:
     return out
 
 
-async def throughput(am: Any, arn: str, kvs: LocalKvs) -> dict[str, float]:
+async def throughput(
+    am: Any, arn: str, kvs: LocalKvs, seconds: float = THROUGHPUT_S
+) -> dict[str, float]:
+    """GETs/s and MB/s of ``READERS`` readers over ``seconds`` per kind of request."""
     fragments = kvs.store.list_fragments(arn)
     start = dt.datetime.fromtimestamp(fragments[0].producer_start_ms / 1000 - 1, dt.UTC)
     end = dt.datetime.fromtimestamp(fragments[-1].producer_start_ms / 1000 + 1, dt.UTC)
@@ -180,16 +191,17 @@ async def throughput(am: Any, arn: str, kvs: LocalKvs) -> dict[str, float]:
                 await asyncio.gather(*(cold(u) for u in uris))
                 figures["fragment cold GETs/s"] = len(uris) / (time.perf_counter() - t0)
             counts = [0, 0]
-            stop = time.perf_counter() + THROUGHPUT_S
+            stop = time.perf_counter() + seconds
             await asyncio.gather(
                 *(reader(urls[k:] + urls[:k], stop, counts) for k in range(READERS))
             )
-            figures[f"{name} GETs/s"] = counts[1] / THROUGHPUT_S
-            figures[f"{name} MB/s"] = counts[0] / THROUGHPUT_S / 1e6
+            figures[f"{name} GETs/s"] = counts[1] / seconds
+            figures[f"{name} MB/s"] = counts[0] / seconds / 1e6
     return figures
 
 
-async def main() -> None:
+async def main(quick: bool = False) -> None:
+    """LIVE latency, remux times and throughput (shorter if ``quick``)."""
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         config = LocalKvsConfig(
@@ -200,7 +212,7 @@ async def main() -> None:
         kvs = LocalKvs(config).start_in_thread()
         try:
             am = client("kinesis-video-archived-media", kvs.url + "/media")
-            latencies, arn = await live_latency(kvs, am)
+            latencies, arn = await live_latency(kvs, am, QUICK_INGEST_S if quick else INGEST_S)
             print(f"LIVE stored → listed over {len(latencies)} fragments (budget ≤ "
                   f"{BUDGET_LISTED_MS} ms): p50 {pct(latencies, 50):.1f} ms, "
                   f"p95 {pct(latencies, 95):.1f} ms, max {max(latencies):.1f} ms")  # fmt: skip
@@ -221,7 +233,7 @@ async def main() -> None:
                 print(f"remux {label:30s} per 1 s fragment over {n}: mean {mean:.2f} ms, "
                       f"p95 {p95:.2f} ms")  # fmt: skip
                 report(**{f"remux_{key}_ms_mean": mean})
-            figures = await throughput(am, arn, kvs)
+            figures = await throughput(am, arn, kvs, QUICK_THROUGHPUT_S if quick else THROUGHPUT_S)
             for name, value in figures.items():
                 print(f"{READERS} readers, {name}: {value:.1f}")
         finally:
@@ -229,4 +241,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_hls")
+    ap.add_argument("--quick", action="store_true", help="a smoke run")
+    asyncio.run(main(ap.parse_args().quick))

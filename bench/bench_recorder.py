@@ -6,11 +6,13 @@
 2. Over loopback aiortc: a sender in a child process (its H.264/Opus encoding is not
    counted) and, here, receive (SRTP, jitter buffer, passthrough, Opus decode) + recorder.
 
-Prints figures; never asserts on time. Run: ``python bench/bench_recorder.py``.
+Prints figures; never asserts on time. Run: ``python -m bench.bench_recorder [--quick]``
+(``--quick``: 5 media seconds and 4 s loopback windows).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import fractions
 import json
@@ -40,6 +42,8 @@ BIT_RATE = 1_000_000
 AUDIO_RATE, AUDIO_SAMPLES = 48_000, 960
 BUDGET_CPU_PER_MEDIA_S = 0.03
 LOOPBACK_SECONDS = 10
+QUICK_MEDIA_SECONDS = 5
+QUICK_LOOPBACK_SECONDS = 4
 STREAM = "arn:aws:kinesisvideo:us-west-2:123456789012:stream/bench/1700000000000"
 
 
@@ -81,11 +85,12 @@ def make_audio(seconds: int) -> list[av.AudioFrame]:
     return frames
 
 
-async def bench_recorder_only() -> None:
-    """Feed pre-encoded packets at full speed and report CPU per media second."""
-    video = encode_video(MEDIA_SECONDS)
-    audio = make_audio(MEDIA_SECONDS)
-    bits = sum(len(v[0]) for v in video) * 8 / MEDIA_SECONDS
+async def bench_recorder_only(media_seconds: int = MEDIA_SECONDS) -> None:
+    """Feed ``media_seconds`` of pre-encoded packets at full speed and report CPU per media
+    second."""
+    video = encode_video(media_seconds)
+    audio = make_audio(media_seconds)
+    bits = sum(len(v[0]) for v in video) * 8 / media_seconds
     base = 1_700_000_000.0
     with tempfile.TemporaryDirectory() as tmp:
         store = FragmentStore(Path(tmp))
@@ -106,10 +111,10 @@ async def bench_recorder_only() -> None:
         wall = time.perf_counter() - wall0
         store.close()
     print("== recorder only (passthrough video + Opus-PCM → AAC, mux, fsync, index) ==")
-    print(f"media: {MEDIA_SECONDS} s, {WIDTH}x{HEIGHT} {FPS} fps, video {bits / 1e6:.2f} Mbps")
+    print(f"media: {media_seconds} s, {WIDTH}x{HEIGHT} {FPS} fps, video {bits / 1e6:.2f} Mbps")
     print(f"fragments stored: {len(fragments)}, stats: {rec.stats}")
     print(f"CPU {cpu:.3f} s, wall {wall:.3f} s")
-    per = cpu / MEDIA_SECONDS
+    per = cpu / media_seconds
     print(
         f"CPU-s per media second: {per:.4f} (budget {BUDGET_CPU_PER_MEDIA_S}, "
         f"{'within' if per <= BUDGET_CPU_PER_MEDIA_S else 'OVER'} budget)"
@@ -169,8 +174,9 @@ def _sender_process(conn: Any, seconds: float) -> None:
     asyncio.run(run())
 
 
-async def bench_loopback(record: bool = True) -> None:
-    """Receive over a real loopback aiortc connection; CPU of the receiving process.
+async def bench_loopback(record: bool = True, seconds: float = LOOPBACK_SECONDS) -> None:
+    """Receive over a real loopback aiortc connection for ``seconds``; CPU of the receiving
+    process.
 
     With ``record=False`` the frames are received and dropped: the receive path alone.
     """
@@ -186,7 +192,7 @@ async def bench_loopback(record: bool = True) -> None:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     warmup = 3.0
-    proc = ctx.Process(target=_sender_process, args=(child, LOOPBACK_SECONDS + warmup + 2))
+    proc = ctx.Process(target=_sender_process, args=(child, seconds + warmup + 2))
     proc.start()
     offer = json.loads(await asyncio.get_running_loop().run_in_executor(None, parent.recv))
     with tempfile.TemporaryDirectory() as tmp:
@@ -239,7 +245,7 @@ async def bench_loopback(record: bool = True) -> None:
         before = rec.stats
         frames0, bytes0 = stats["frames"], stats["bytes"]
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        await asyncio.sleep(LOOPBACK_SECONDS)
+        await asyncio.sleep(seconds)
         await rec.drain()
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - wall0
@@ -267,12 +273,16 @@ async def bench_loopback(record: bool = True) -> None:
     print("(aiortc's sender encodes at its own bitrate, ~0.5-1.5 Mbps after REMB ramp-up)")
 
 
-async def main() -> None:
-    await bench_recorder_only()
-    await bench_loopback(record=False)
-    await bench_loopback(record=True)
+async def main(quick: bool = False) -> None:
+    """The recorder alone, then loopback without and with recording (shorter if ``quick``)."""
+    await bench_recorder_only(QUICK_MEDIA_SECONDS if quick else MEDIA_SECONDS)
+    seconds = QUICK_LOOPBACK_SECONDS if quick else LOOPBACK_SECONDS
+    await bench_loopback(record=False, seconds=seconds)
+    await bench_loopback(record=True, seconds=seconds)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(main())
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_recorder")
+    ap.add_argument("--quick", action="store_true", help="a smoke run")
+    asyncio.run(main(ap.parse_args().quick))

@@ -4,10 +4,13 @@ Local KVS runs in its own process (``kvsnb local``) so that its CPU is measured 
 the master and the viewers (this process). The master sends the stamped test pattern
 (640x480, 30 fps) and a tone; viewers read the stamps of the frames they receive:
 latency = receive time − capture time, on one machine's clock. CPU per viewer is the
-increase in Local KVS's CPU over the same interval with 0, 1 and 3 viewers."""
+increase in Local KVS's CPU over the same interval with 0, 1 and 3 viewers.
+
+``python -m bench.bench_viewers [--quick]`` (``--quick``: 3 s windows)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -20,6 +23,7 @@ from kvsnb.local.runner import LocalKvsProcess
 from kvsnb.sources import TestPatternTrack, ToneTrack
 
 WINDOW_S = 8.0
+QUICK_WINDOW_S = 3.0
 POLICY = JoinPolicy.local(offer_wait_s=1.0, connect_timeout_s=30.0)
 
 
@@ -79,9 +83,11 @@ async def run(window_s: float = WINDOW_S) -> dict[str, Any]:
     }
 
 
-def main() -> dict[str, Any]:
-    """Run and print."""
-    figures = asyncio.run(run())
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run and print (``--quick``: shorter windows)."""
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_viewers")
+    ap.add_argument("--quick", action="store_true", help="a smoke run")
+    figures = asyncio.run(run(QUICK_WINDOW_S if ap.parse_args(argv).quick else WINDOW_S))
     print(json.dumps(figures, indent=2))
     report(
         master_to_viewer_latency_ms_p95=figures["master_to_viewer_latency_ms_p95"],
