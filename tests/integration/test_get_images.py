@@ -393,6 +393,47 @@ def test_the_same_request_again_sees_what_was_stored_since(media: Media) -> None
     assert errors() == [None] * 8
 
 
+def test_pages_ending_inside_a_fragment_decode_each_gop_once(media: Media) -> None:
+    # 1 s fragments of one GOP each, 5 samples in each, pages of 3: every page but the
+    # first ends inside a fragment. Each fragment is still one task (its samples rendered
+    # together), so each GOP is decoded once, from its keyframe to its last sample.
+    kv = make_client("kinesisvideo", media.kvs.url)
+    arn = kv.create_stream(StreamName="images-whole", DataRetentionInHours=1)["StreamARN"]
+    camera = Camera(gop=30)
+    recorder = FragmentRecorder(media.kvs.store, arn, fragment_duration_s=1.0, audio=False)
+    for _ in range(4 * FPS):
+        recorder.add_video(camera.next())
+    asyncio.run(recorder.close())
+    renderer = media.images_plane.renderer
+    renderer.clear_caches()  # no decoder left mid-GOP by an earlier request
+    tasks, decoded = renderer.tasks_submitted, renderer.frames_decoded
+    base = BASE_S * 1000
+    entries: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:
+        kw: dict[str, Any] = {"NextToken": token} if token else {}
+        page = media.client.get_images(
+            StreamARN=arn,
+            ImageSelectorType="PRODUCER_TIMESTAMP",
+            StartTimestamp=when(base),
+            EndTimestamp=when(base + 2800),  # 15 samples: 0, 200, ... 800 ms into 3 fragments
+            SamplingInterval=200,
+            Format="JPEG",
+            WidthPixels=64,
+            HeightPixels=48,
+            MaxResults=3,
+            **kw,
+        )
+        entries += page["Images"]
+        token = page.get("NextToken")
+        if token is None:
+            break
+    assert [ms_of(im) - base for im in entries] == [200 * k for k in range(15)]
+    assert all("ImageContent" in im for im in entries), [im.get("Error") for im in entries]
+    assert renderer.tasks_submitted - tasks == 3
+    assert renderer.frames_decoded - decoded == 3 * 25  # frames 0..24 (800 ms) of each GOP
+
+
 def test_a_decode_process_that_died_is_replaced(media: Media) -> None:
     pool = media.images_plane.renderer.pool
     if not pool.processes:

@@ -6,7 +6,10 @@ open (one of Width/Height alone, the default sampling interval). Video is decode
 (docs/design.md, principle 3): each sample is planned onto the fragment that covers it and
 each fragment's samples are one task for the decode processes (``render``), which decode
 each GOP once from its keyframe to its last sample. A paged request's next pages are planned
-ahead while the client reads this one; see docs/design.md, "Local KVS".
+ahead while the client reads this one, whole fragments at a time: when a page or read-ahead
+window ends inside a fragment, the fragment's later samples join its task, so no fragment's
+samples are split over two tasks (two processes would decode the same GOP). See
+docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations
@@ -166,6 +169,7 @@ class ImageRenderer:
         self._lock = threading.Lock()
         self._generation = 0
         self.frames_decoded = 0  # frames decoded so far (tests and benchmarks read it)
+        self.tasks_submitted = 0  # tasks handed to the decode pool so far (one per fragment)
 
     def clear_caches(self) -> None:
         """Make the decode processes drop their cached fragments and decoders (before the
@@ -203,6 +207,8 @@ class ImageRenderer:
 
     def submit(self, task: FragmentTask) -> concurrent.futures.Future[TaskResult]:
         """Queue a task on the decode pool (decoded frames are counted when it is done)."""
+        with self._lock:
+            self.tasks_submitted += 1
         future = self.pool.submit(task)
         future.add_done_callback(self._count)
         return future
@@ -318,12 +324,41 @@ class ImagesPlane:
             whole = (request.start_ms, request.end_ms)
             if (first, last) == whole or not await self._fragments(request, *whole):
                 raise ResourceNotFoundException(NO_FRAGMENTS_MESSAGE)
+        slots = [*slots, *self._rest_of_fragment(request, plan, fragments, slots[-1])]
         errors, tasks = self.renderer.plan(request, fragments, slots)
         plan.errors.update(errors)
         for task in tasks:
             future = self.renderer.submit(task)
             for slot, _ in task.samples:
                 plan.pending[slot] = future
+
+    def _rest_of_fragment(
+        self, request: ImageRequest, plan: _Plan, fragments: Sequence[Fragment], last: int
+    ) -> list[int]:
+        """The sampled times after slot ``last`` that the fragment covering ``last`` also
+        covers, not planned yet: they go in that fragment's task. Only as far as read-ahead
+        may go (before the latest stored fragment's start, so the plan cannot change)."""
+        server = request.selector == SELECTOR_SERVER
+        starts = [f.server_start_ms if server else f.producer_start_ms for f in fragments]
+        fragment = _covering(fragments, starts, request.sample_ms(last))
+        latest = self.store.latest_fragment(request.stream_arn)
+        if fragment is None or latest is None:
+            return []
+        start = fragment.server_start_ms if server else fragment.producer_start_ms
+        limit = min(
+            start + fragment.duration_ms,
+            latest.server_start_ms if server else latest.producer_start_ms,
+        )
+        rest: list[int] = []
+        slot = last + 1
+        while (
+            slot < request.sample_count
+            and request.sample_ms(slot) < limit
+            and not plan.planned(slot)
+        ):
+            rest.append(slot)
+            slot += 1
+        return rest
 
     async def _read_ahead(self, request: ImageRequest, plan: _Plan, slots: range) -> None:
         """Plan the next pages while the client reads this one, as far as their range is

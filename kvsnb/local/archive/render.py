@@ -2,8 +2,9 @@
 
 A task names a fragment file and the samples that fall in it (page slot, producer time); the
 fragment's video is demuxed by our own Matroska reader, each sample's frame is decoded from
-the keyframe before it (each GOP once, stopping at its last sample), scaled and encoded as
-JPEG or PNG. ``DecodePool`` runs tasks in ``DECODE_PROCESSES`` worker processes (one task at
+the keyframe before it (each GOP once, stopping at its last sample); only the frames sampled
+are converted, straight to the output size and RGB in one swscale pass, and encoded as JPEG or
+PNG. ``DecodePool`` runs tasks in ``DECODE_PROCESSES`` worker processes (one task at
 a time each, in the order submitted) so that decoding and encoding use every core, free of
 the server's GIL; with ``KVSNB_DECODE_PROCESSES=0`` they run on threads of the server process
 instead. Each process keeps small caches of demuxed fragments and of decoders left mid-GOP.
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import av
+from av.video.reformatter import VideoReformatter
 from PIL import Image  # Pillow: a dependency of matplotlib, itself a kvsnb dependency
 
 from kvsnb.local.core import frames
@@ -191,13 +193,27 @@ class _Decoder:
         return cls(media.path, keyframe, keyframe - 1, ctx)
 
 
+_reformatters = threading.local()
+
+
+def _reformatter() -> VideoReformatter:
+    """This thread's reformatter. PyAV's ``VideoFrame.reformat`` makes a new swscale context
+    for every frame (about 1 ms at 640x480, more than the conversion itself); one
+    reformatter keeps its context while the source and output stay the same."""
+    found: VideoReformatter | None = getattr(_reformatters, "value", None)
+    if found is None:
+        found = _reformatters.value = VideoReformatter()
+    return found
+
+
 def encode_image(frame: Any, spec: EncodeSpec) -> str:
-    """Scale a decoded frame as asked and encode it: base64 of the JPEG or PNG bytes."""
-    if spec.width is not None and spec.height is not None:
-        rgb = frame.to_ndarray(width=spec.width, height=spec.height, format="rgb24")
-    else:
-        rgb = frame.to_ndarray(format="rgb24")
-    image = Image.fromarray(rgb, "RGB")
+    """Scale a decoded frame as asked and encode it: base64 of the JPEG or PNG bytes.
+    Conversion to RGB and scaling are one swscale pass (bilinear, one thread: parallelism
+    comes from the decode processes)."""
+    rgb = _reformatter().reformat(
+        frame, width=spec.width, height=spec.height, format="rgb24", threads=1
+    )
+    image = Image.fromarray(rgb.to_ndarray(), "RGB")
     buffer = io.BytesIO()
     if spec.image_format == FORMAT_PNG:
         image.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
