@@ -15,8 +15,19 @@ Resources (the model: GetDASHManifest, GetMP4InitFragment, GetMP4MediaFragment)
     the media has audio, an audio one (TrackNumber 2), each with one Representation whose
     ``SegmentTemplate`` names those resources (``$Number$`` = K, the fragment's index in the
     session) over a ``SegmentTimeline`` with one ``S`` per fragment (``t`` and ``d`` in ms on
-    the session timeline). **(inferred)**: the exact attribute set AWS writes; the resource
-    names and query parameters are the model's.
+    the session's timeline without gaps, below). **(inferred)**: the exact attribute set AWS
+    writes; the resource names and query parameters are the model's.
+
+Gaps
+    "MPEG-DASH compatible media players do not properly handle gaps in the media timeline.
+    Kinesis Video Streams adjusts the media timeline in the manifest file to enable playback
+    of media with discontinuities" [model: DisplayFragmentTimestamp]. DASH has no
+    DiscontinuityMode: across a gap or overlap of more than 50 ms between fragments (producer
+    clock) the presentation continues where the previous fragment ended, in the one Period
+    (``selection.timeline_shift``; why not a Period per recording: docs/wire.md, "DASH across
+    a gap"). The media segments' ``tfdt`` are on the same timeline, so
+    ``mediaPresentationDuration`` is the media's duration and ``kvs:ts`` keeps each
+    fragment's real time.
 
 Manifest per PlaybackMode
     * ``ON_DEMAND``: ``type="static"`` with ``mediaPresentationDuration``; a
@@ -26,13 +37,18 @@ Manifest per PlaybackMode
       interval"), ``availabilityStartTime`` such that each listed segment is available, a
       ``timeShiftBufferDepth`` covering the listed fragments, a ``suggestedPresentationDelay``
       of two target durations, and a ``UTCTiming`` element carrying the server's clock (so
-      players need no outside time server). LIVE_REPLAY releases fragments as HLS does; a
-      LIVE_REPLAY session whose range has ended becomes ``static``.
+      players need no outside time server). LIVE_REPLAY releases fragments as HLS does, and
+      its ``availabilityStartTime`` stays put: the fragments first listed are available when
+      the session is created, each later one once its duration has elapsed after the one
+      before. A LIVE_REPLAY session whose range has ended, every fragment released, becomes
+      ``static`` once a player at the suggested delay has reached the end of the newest
+      fragment (dash.js ends the stream at what it holds when the type changes), on the same
+      timeline (no ``presentationTimeOffset``, ``mediaPresentationDuration`` up to the end of
+      the newest fragment), so a player that played it live plays on to its end.
 
 ``DisplayFragmentTimestamp=ALWAYS`` adds ``kvs:ts`` to each ``S`` (the fragment's start in
 the selector's clock, epoch ms) and ``DisplayFragmentNumber=ALWAYS`` adds ``kvs:fn`` (the KVS
-fragment number), both in the namespace ``KVS_NAMESPACE`` **(inferred URI)**. DASH has no
-DiscontinuityMode: gaps show as jumps of ``t`` between ``S`` elements.
+fragment number), both in the namespace ``KVS_NAMESPACE`` **(inferred URI)**.
 """
 
 from __future__ import annotations
@@ -83,6 +99,7 @@ KVS_NAMESPACE = "https://kinesisvideo.amazonaws.com/dash"  # (inferred)
 LIVE_PROFILE = "urn:mpeg:dash:profile:isoff-live:2011"
 UTC_DIRECT = "urn:mpeg:dash:utc:direct:2014"
 MINIMUM_UPDATE_PERIOD_S = 1
+PRESENTATION_DELAY_TARGETS = 3  # suggestedPresentationDelay in target durations, as HLS
 DEFAULT_AUDIO_CODEC = "mp4a.40.2"
 
 
@@ -137,9 +154,10 @@ class DashPlane:
         if resource == MP4_INIT:
             return _respond(await self.segments.mp4_init(session.init, track), MP4_CONTENT_TYPE)
         entry = session.entry(fragment_index(query))
-        body = await self.segments.mp4_media(
-            entry.fragment, entry.index, track, session.origin_ms, session.init
-        )
+        body = await self.segments.mp4_media(  # on the gap-free timeline, as the manifest
+            entry.fragment, entry.index, track, session.origin_ms + entry.shift_ms, session.init,
+            session.gaps(entry),
+        )  # fmt: skip
         return _respond(body, MP4_CONTENT_TYPE)
 
     # ------------------------------------------------------------------ the manifest
@@ -147,13 +165,20 @@ class DashPlane:
     def manifest(self, session: StreamingSession) -> str:
         """The MPD of a session as it stands now (see module doc)."""
         entries, ended = self.sessions.visible(session)
-        static = session.mode == ON_DEMAND or (session.mode == LIVE_REPLAY and ended)
         now_ms = int(self.clock() * 1000)
-        first_t = session.media_start_ms(entries[0]) if entries else 0
+        first_t = session.gapless_start_ms(entries[0]) if entries else 0
         last_end = (
-            session.media_start_ms(entries[-1]) + entries[-1].fragment.duration_ms if entries else 0
+            session.gapless_start_ms(entries[-1]) + entries[-1].fragment.duration_ms
+            if entries
+            else 0
         )
         target_s = max(1, math.ceil(session.longest_ms / 1000))
+        delay_ms = PRESENTATION_DELAY_TARGETS * target_s * 1000
+        available_ms = self._availability_start(session, entries)
+        # LIVE_REPLAY turns static once a player refreshing the manifest has listed and
+        # fetched the newest fragment: dash.js ends the stream at what it holds then
+        fetched = available_ms + last_end + (MINIMUM_UPDATE_PERIOD_S + target_s) * 1000 <= now_ms
+        static = session.mode == ON_DEMAND or (session.mode == LIVE_REPLAY and ended and fetched)
         attrs = {
             "xmlns": MPD_NAMESPACE,
             "xmlns:kvs": KVS_NAMESPACE,
@@ -161,16 +186,18 @@ class DashPlane:
             "minBufferTime": duration(min(2, target_s) * 1000),
             "maxSegmentDuration": duration(session.longest_ms),
         }
+        # ON_DEMAND presents its fragments from 0; LIVE_REPLAY keeps its live timeline
+        offset = first_t if session.mode == ON_DEMAND else 0
         if static:
             attrs["type"] = "static"
-            attrs["mediaPresentationDuration"] = duration(last_end - first_t)
+            attrs["mediaPresentationDuration"] = duration(last_end - offset)
         else:
             attrs["type"] = "dynamic"
-            attrs["availabilityStartTime"] = iso_ms(self._availability_start(session, entries))
+            attrs["availabilityStartTime"] = iso_ms(available_ms)
             attrs["publishTime"] = iso_ms(now_ms)
             attrs["minimumUpdatePeriod"] = duration(MINIMUM_UPDATE_PERIOD_S * 1000)
             attrs["timeShiftBufferDepth"] = duration(max(last_end - first_t, 1000))
-            attrs["suggestedPresentationDelay"] = duration(2 * target_s * 1000)
+            attrs["suggestedPresentationDelay"] = duration(delay_ms)
         lines = ['<?xml version="1.0" encoding="UTF-8"?>', f"<MPD {_attrs(attrs)}>"]
         lines.append('  <Period id="0" start="PT0S">')
         init = session.init
@@ -213,8 +240,8 @@ class DashPlane:
                 ),
                 "startNumber": str(entries[0].index if entries else 0),
             }
-            if static:
-                template["presentationTimeOffset"] = str(first_t)
+            if static and offset:
+                template["presentationTimeOffset"] = str(offset)
             lines.append(f"        <SegmentTemplate {_attrs(template)}>")
             lines.append("          <SegmentTimeline>")
             lines += [f"            <S {_attrs(self._s(session, e))}/>" for e in entries]
@@ -231,7 +258,7 @@ class DashPlane:
 
     @staticmethod
     def _s(session: StreamingSession, entry: Entry) -> dict[str, str]:
-        s = {"t": str(session.media_start_ms(entry)), "d": str(entry.fragment.duration_ms)}
+        s = {"t": str(session.gapless_start_ms(entry)), "d": str(entry.fragment.duration_ms)}
         if session.options.display_timestamp:
             s["kvs:ts"] = str(selector_start(entry.fragment, session.selector))
         if session.options.display_number:
@@ -240,14 +267,19 @@ class DashPlane:
 
     @staticmethod
     def _availability_start(session: StreamingSession, entries: list[Entry]) -> int:
-        """Wall-clock ms of media time 0. LIVE: the origin (producer time is capture time,
-        so a listed segment ended before now). LIVE_REPLAY: chosen so that the newest listed
-        segment became available when it was released."""
-        if session.mode != LIVE_REPLAY or not entries:
+        """Wall-clock ms of media time 0. LIVE: the origin moved by the gaps closed before the
+        newest listed segment, so that segment's media time maps to its producer time (which
+        is capture time, so a listed segment ended before now). LIVE_REPLAY: the session's
+        creation time less the end of the last fragment listed at creation (the first
+        ``max_results``), the same in every manifest: each fragment released after those is
+        available once its duration has elapsed after the previous one."""
+        if not entries:
             return session.origin_ms
-        last = entries[-1]
-        released_ms = int(max(last.release_at, session.created) * 1000)
-        return released_ms - (session.media_start_ms(last) + last.fragment.duration_ms)
+        if session.mode != LIVE_REPLAY:
+            return session.origin_ms + entries[-1].shift_ms
+        anchor = session.entries[min(session.max_results, len(session.entries)) - 1]
+        end = session.gapless_start_ms(anchor) + anchor.fragment.duration_ms
+        return int(session.created * 1000) - end
 
 
 def _respond(body: bytes, content_type: str) -> web.Response:

@@ -202,8 +202,9 @@ class HlsPlane:
         track = track_number(session, query, required=True)
         entry = session.entry(fragment_index(query))
         body = await self.segments.mp4_media(
-            entry.fragment, entry.index, track, session.origin_ms, session.init
-        )
+            entry.fragment, entry.index, track, session.origin_ms, session.init,
+            session.gaps(entry),
+        )  # fmt: skip
         return body, MP4_CONTENT_TYPE
 
     async def _ts_fragment(self, session: StreamingSession, query: Any) -> tuple[bytes, str]:

@@ -328,17 +328,42 @@ def video_segment(
 
 
 def audio_segment(
-    fragment: ParsedFragment, sequence: int, origin_ms: int, sample_rate: int
+    fragment: ParsedFragment,
+    sequence: int,
+    origin_ms: int,
+    sample_rate: int,
+    *,
+    cover_start: bool = False,
+    cover_end: bool = False,
 ) -> bytes:
     """The audio ``moof`` + ``mdat`` of one fragment (see ``video_segment``). A fragment
     without an audio track gives a ``moof`` with no samples at the fragment's start, so the
-    audio playlist keeps one segment per fragment. ``sample_rate`` is the init segment's."""
+    audio playlist keeps one segment per fragment. ``sample_rate`` is the init segment's.
+
+    Beside a gap in the media the audio must cover the video's span, or a player that
+    closes the gap (DASH's timeline, hls.js at a discontinuity) holds a hole of a few ms in
+    its audio buffer there, and hls.js never ends a stream whose audio buffer has a hole
+    ahead. ``cover_start`` (a gap before the fragment): audio that starts after the first
+    video frame starts at it, its first frame lasting that much longer; ``cover_end`` (a gap
+    after): audio that ends before the video's end lasts to it. No sample is moved or
+    dropped: only the first and last frame durations grow, by less than a frame."""
     track = fragment.audio
     rate = track.sample_rate if track is not None else sample_rate
     origin = origin_ms * rate // 1000
     samples = track.samples if track is not None else ()
     first = samples[0].time if samples else fragment.start_ms * rate // 1000
-    entries = [(AAC_FRAME_SAMPLES, s.data, SYNC_SAMPLE_FLAGS) for s in samples]
+    durations = [AAC_FRAME_SAMPLES] * len(samples)
+    video = fragment.video.samples
+    if samples and video:
+        video_start = video[0].time * rate // 1000
+        video_end = fragment.end_ms * rate // 1000
+        if cover_start and first > video_start:
+            durations[0] += first - video_start
+            first = video_start
+        audio_end = samples[-1].time + AAC_FRAME_SAMPLES
+        if cover_end and audio_end < video_end:
+            durations[-1] += video_end - audio_end
+    entries = [(d, s.data, SYNC_SAMPLE_FLAGS) for d, s in zip(durations, samples, strict=True)]
     return _moof_mdat(sequence, AUDIO_TRACK, first - origin, entries)
 
 

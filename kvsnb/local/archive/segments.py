@@ -9,6 +9,7 @@ sample is clamped and the audio-video offset is kept (docs/design.md, "Local KVS
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
@@ -129,11 +130,18 @@ class Segments:
         return body
 
     async def mp4_media(
-        self, fragment: Fragment, index: int, track: int, origin_ms: int, init: Fragment
+        self,
+        fragment: Fragment,
+        index: int,
+        track: int,
+        origin_ms: int,
+        init: Fragment,
+        gaps: tuple[bool, bool] = (False, False),
     ) -> bytes:
         """The fMP4 media segment (``moof`` + ``mdat``) of one fragment and track: sequence
         number ``index + 1``, times from ``origin_ms``, matching the init segment of
-        ``init``."""
+        ``init``. ``gaps``: whether a gap in the media comes before and after the fragment
+        (its audio then covers the video's span there, ``remux.audio_segment``)."""
         key = (
             "mp4",
             fragment.stream_arn,
@@ -142,6 +150,7 @@ class Segments:
             index,
             origin_ms,
             init.fragment_number,
+            gaps,
         )
 
         async def load() -> bytes:
@@ -152,7 +161,15 @@ class Segments:
                     first.audio.sample_rate if first.audio is not None else webrtc.OPUS_SAMPLE_RATE
                 )
                 return await asyncio.to_thread(
-                    remux.audio_segment, parsed, index + 1, origin_ms, rate
+                    functools.partial(
+                        remux.audio_segment,
+                        parsed,
+                        index + 1,
+                        origin_ms,
+                        rate,
+                        cover_start=gaps[0],
+                        cover_end=gaps[1],
+                    )
                 )
             return await asyncio.to_thread(
                 remux.video_segment, parsed, index + 1, origin_ms, first.video.avcc

@@ -12,7 +12,8 @@ GetDASHStreamingSessionURL describe the same selection rules). Per PlaybackMode:
 
 With ``PRODUCER_TIMESTAMP`` one fragment is kept per producer start time (``dedupe_producer``).
 A session's fragments are ``Entry`` objects, indexed from 0 in session order (the
-FragmentNumber of segment URLs), each marked when a discontinuity precedes it.
+FragmentNumber of segment URLs), each marked when a discontinuity precedes it and carrying the
+shift that puts it on a timeline without gaps (``timeline_shift``, what DASH presents).
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ LIVE_HISTORY = 1000  # fragments a live session keeps addressable
 @dataclass
 class Entry:
     """One fragment of a session: its index (the FragmentNumber of segment URLs), whether a
-    discontinuity precedes it, and (LIVE_REPLAY) when it joins the manifest."""
+    discontinuity precedes it, (LIVE_REPLAY) when it joins the manifest, and ``shift_ms``:
+    how much earlier than its producer time it plays on the gap-free timeline
+    (``timeline_shift``)."""
 
     index: int
     fragment: Fragment
     discontinuity: bool
     release_at: float = 0.0
+    shift_ms: int = 0
 
 
 def selector_start(fragment: Fragment, selector: str) -> int:
@@ -174,6 +178,30 @@ def discontinuous(
     return abs(gap) > DISCONTINUITY_GAP_MS
 
 
+def producer_gap(before: Fragment, after: Fragment) -> int:
+    """The gap (negative: overlap) in ms on the producer clock between two fragments."""
+    return after.producer_start_ms - (before.producer_start_ms + before.duration_ms)
+
+
+def is_gap(before: Fragment, after: Fragment) -> bool:
+    """A gap or overlap of more than ``DISCONTINUITY_GAP_MS`` (producer clock) between two
+    fragments: a break in the media, whatever the session's DiscontinuityMode."""
+    return abs(producer_gap(before, after)) > DISCONTINUITY_GAP_MS
+
+
+def timeline_shift(prev: Entry | None, fragment: Fragment) -> int:
+    """The ``shift_ms`` of ``fragment`` following ``prev`` on a timeline without gaps: the
+    previous shift, plus the gap (or minus the overlap) on the producer clock between the
+    previous fragment's end and this one's start when it is over ``DISCONTINUITY_GAP_MS``,
+    so the fragment starts where the previous one ends. Within one recording the fragments
+    follow one another and the shift stays. DASH presents this timeline, as AWS does: "Kinesis
+    Video Streams adjusts the media timeline in the manifest file to enable playback of media
+    with discontinuities" [model: GetDASHStreamingSessionURL, DisplayFragmentTimestamp]."""
+    if prev is None or not is_gap(prev.fragment, fragment):
+        return 0 if prev is None else prev.shift_ms
+    return prev.shift_ms + producer_gap(prev.fragment, fragment)
+
+
 def extend(
     entries: list[Entry],
     fragments: list[Fragment],
@@ -186,8 +214,8 @@ def extend(
 ) -> list[Entry]:
     """The entries that follow ``entries`` for ``fragments`` (in session order): indexes
     continue, discontinuities are marked, and LIVE_REPLAY entries beyond the first
-    ``max_results`` are released one fragment duration after the previous one. ON_DEMAND
-    stops at ``max_results`` entries in all."""
+    ``max_results`` are released one fragment duration after the previous one, and each
+    entry's ``timeline_shift`` is set. ON_DEMAND stops at ``max_results`` entries in all."""
     limit = max_results if mode == ON_DEMAND else None
     added: list[Entry] = []
     prev = entries[-1] if entries else None
@@ -201,7 +229,7 @@ def extend(
         release = created
         if mode == LIVE_REPLAY and prev is not None and index >= max_results:
             release = max(prev.release_at, created) + prev.fragment.duration_ms / 1000
-        prev = Entry(index, fragment, disc, release)
+        prev = Entry(index, fragment, disc, release, timeline_shift(prev, fragment))
         added.append(prev)
     return added
 

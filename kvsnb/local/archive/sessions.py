@@ -99,6 +99,23 @@ class StreamingSession:
         """Where an entry starts on the session timeline (ms from the origin)."""
         return entry.fragment.producer_start_ms - self.origin_ms
 
+    def gapless_start_ms(self, entry: Entry) -> int:
+        """Where an entry starts on the session's timeline without gaps (ms from the origin,
+        ``selection.timeline_shift``): what DASH presents."""
+        return self.media_start_ms(entry) - entry.shift_ms
+
+    def gaps(self, entry: Entry) -> tuple[bool, bool]:
+        """Whether a gap (or overlap) in the media comes before and after an entry: more than
+        ``selection.DISCONTINUITY_GAP_MS`` on the producer clock to the entry before and
+        after it in the session (none known after the newest)."""
+        pos = entry.index - (self.entries[0].index if self.entries else 0)
+        before = self.entries[pos - 1] if pos > 0 else None
+        after = self.entries[pos + 1] if pos + 1 < len(self.entries) else None
+        return (
+            before is not None and selection.is_gap(before.fragment, entry.fragment),
+            after is not None and selection.is_gap(entry.fragment, after.fragment),
+        )
+
     def append(self, fragments: list[Fragment]) -> None:
         """Add fragments (in session order) as entries (``selection.extend``)."""
         added = selection.extend(
