@@ -191,8 +191,9 @@ class RemoteSession(StorageSessionBase):
     # ------------------------------------------------------------------ set-up
 
     async def _setup(self) -> None:
-        """The page first (it must be showing, and its camera/microphone open), then the
-        AWS set-up and the signaling socket."""
+        """The AWS set-up and the signaling socket (``StorageSessionBase``), then the page: it
+        must be showing, and opens its camera/microphone before the first join call."""
+        await super()._setup()
         await self.link.wait_open(PAGE_OPEN_TIMEOUT_S)
         self.timeline.mark("page_connected")
         self._media_ready = asyncio.get_running_loop().create_future()
@@ -204,10 +205,8 @@ class RemoteSession(StorageSessionBase):
             raise SessionError(
                 f"the page did not open its camera/microphone within {MEDIA_TIMEOUT_S:.0f} s"
             ) from None
-        self.timeline.mark(
-            "media_ready", **{k: v for k, v in self.media_info.items() if k != "type"}
-        )
-        await super()._setup()
+        shown = {k: v for k, v in self.media_info.items() if k not in ("type", "devices")}
+        self.timeline.mark("media_ready", **shown)
 
     async def stop(self) -> None:
         """End the session (as ``StorageSessionBase.stop``) and tell the page to stop its

@@ -54,6 +54,7 @@ async function kvsnbOpenBridge(model, handlers) {
   if (loopback) urls.sort((a, b) => Number(b.startsWith("ws://127.")) - Number(a.startsWith("ws://127.")));
   for (const url of urls) {
     const ws = await tryWebSocket(url, token, handlers);
+    console.log(`kvsnb bridge: ${url} ${ws ? "open" : "not reachable"}`);
     if (ws) {
       return {
         kind: "websocket", url,
@@ -297,7 +298,14 @@ class Controller {
   }
 }
 
-const controllers = new WeakMap();
+// anywidget hands initialize and render different proxies of one model: the controller is
+// found by the model's bridge token
+const controllers = new Map();
+function controllerOf(model) {
+  const key = model.get("bridge_token");
+  if (!controllers.has(key)) controllers.set(key, new Controller(model));
+  return controllers.get(key);
+}
 
 function el(tag, attrs = {}, text = "") {
   const e = document.createElement(tag);
@@ -364,7 +372,7 @@ class View {
         + "hears from the kernel only between cells)" : "bridge: kernel socket";
     const used = m.get("transport_used");
     this.note.textContent = `${bridge} · transport: ${used || m.get("transport")}`;
-    const kernelViewer = used === "kernel" && role === "VIEWER";
+    const kernelViewer = (used || "").startsWith("kernel") && role === "VIEWER";
     this.video.style.display = kernelViewer ? "none" : "";
     this.canvas.style.display = kernelViewer ? "" : "none";
     const devices = m.get("devices") || [];
@@ -399,12 +407,12 @@ class View {
 
 export default {
   initialize({ model }) {
-    const controller = new Controller(model);
-    controllers.set(model, controller);
-    return () => controller.dispose();
+    const key = model.get("bridge_token");
+    const controller = controllerOf(model);
+    return () => { controller.dispose(); controllers.delete(key); };
   },
   render({ model, el: root }) {
-    const controller = controllers.get(model);
+    const controller = controllerOf(model);
     const view = new View(model, root, controller);
     controller.views.add(view);
     controller.attach();

@@ -43,6 +43,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import uuid
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -136,8 +137,16 @@ class BrowserSession(anywidget.AnyWidget):
         policy: JoinPolicy | None = None,
         **kwargs: Any,
     ) -> None:
+        # the bridge channel first: the page reads its token and URLs from the first state
+        link = bridge_channel(uuid.uuid4().hex)
         super().__init__(
-            role=role, channel=channel, transport=transport, client_id=client_id or "", **kwargs
+            role=role,
+            channel=channel,
+            transport=transport,
+            client_id=client_id or "",
+            bridge_token=link.token,
+            bridge_urls=page_urls(link),
+            **kwargs,
         )
         self.target = target
         self.policy = policy
@@ -148,11 +157,9 @@ class BrowserSession(anywidget.AnyWidget):
         self._start_requested = asyncio.Event()
         self._page_info = asyncio.Event()
         self._timeline = SessionTimeline()
-        self.channel_link: BridgeChannel = bridge_channel(self.model_id)
-        self.channel_link.attach_comm(lambda content, buffers: self.send(content, buffers))
-        self.channel_link.on_json(self._on_page)
-        self.bridge_token = self.channel_link.token
-        self.bridge_urls = page_urls(self.channel_link)
+        self.channel_link: BridgeChannel = link
+        link.attach_comm(lambda content, buffers: self.send(content, buffers))
+        link.on_json(self._on_page)
         self.on_msg(self._on_comm)
 
     def __repr__(self) -> str:
@@ -219,8 +226,7 @@ class BrowserSession(anywidget.AnyWidget):
                 await self._start_direct()
         except BaseException as exc:
             self.error = describe_error(exc)
-            if self.state not in ("failed", "closed"):
-                self.state = "failed"
+            self.state = "failed"
             if not self._outcome.done():
                 if isinstance(exc, SessionError | TimeoutError | asyncio.CancelledError):
                     self._outcome.set_exception(exc)
@@ -267,7 +273,11 @@ class BrowserSession(anywidget.AnyWidget):
         session.on_state(self._on_state)
         session.on_stats(lambda row: setattr(self, "stats", row))
         self._show_timeline(session.timeline)
-        await session.start(timeout=None)
+        try:
+            await session.start(timeout=None)
+        except BaseException:
+            await session.stop()  # the signaling socket, and the page's camera
+            raise
         if session.media_info.get("devices"):
             self.devices = list(session.media_info["devices"])
         self.state = session.state
