@@ -10,8 +10,11 @@ store them byte for byte. The viewer's half: JPEG pictures of stamped frames sen
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
+import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,7 +25,7 @@ import numpy as np
 import pytest
 from aiohttp import WSMsgType, web
 
-from bench.lab import CHROMIUM, CHROMIUM_ARGS
+from bench.lab import CHROMIUM, CHROMIUM_ARGS, LabServer, NotebookPage, player_notebook
 from kvsnb.client.session import MasterSession
 from kvsnb.client.target import Target
 from kvsnb.local import LocalKvs
@@ -42,8 +45,22 @@ from kvsnb.sources.encoded import (
     pack_chunk,
     parse_chunk,
 )
+from kvsnb.sources.stamp import Stamp
 from kvsnb.wire import h264
-from tests.conftest import FAST, stored_frame_count, stored_stamps, wait_until
+from tests.browser.test_browser_session import (  # the JupyterLab + fake media harness
+    CAMERA_SIZE,
+    RATE,
+    TONE_HZ,
+    close_page,
+    fake_media,  # noqa: F401 (a fixture, for media_context)
+    in_order,
+    kernel,
+    media_context,  # noqa: F401 (a fixture)
+    printed,
+)
+from tests.browser.test_player import stamp_of
+from tests.conftest import FAST, stored_frame_count, stored_stamps, wait_until, wait_until_sync
+from tests.integration.test_viewers import tone_level
 
 REPO = Path(__file__).resolve().parents[2]
 MEDIA_JS = REPO / "kvsnb" / "widgets" / "browser_media.js"
@@ -331,3 +348,193 @@ async def test_viewer_page_draws_the_pictures_the_kernel_sends(
         assert time.monotonic() < limit, "the newest picture is not shown"
         await asyncio.sleep(0.05)
     await browser_page.evaluate("window.kvsnbPath.stop()")
+
+
+# ---------------------------------------------------------------------- in JupyterLab
+
+KERNEL_SETUP = """
+import asyncio, json
+import kvsnb
+from kvsnb.client.session import JoinPolicy, MasterSession, SessionError
+from kvsnb.local.storage.peer import StorageOptions
+from kvsnb.sources import TestPatternTrack, ToneTrack
+from kvsnb.widgets import BrowserSession
+target = kvsnb.connect(extra={"storage": StorageOptions(fragment_duration_s=1.0)})
+POLICY = JoinPolicy.local(connect_timeout_s=20)
+"""
+
+KERNEL_MASTER_CELLS = [
+    KERNEL_SETUP,
+    'channel_arn, stream_arn = target.create_storage_channel("kernel-master")',
+    """
+cam = BrowserSession(target, "kernel-master", policy=POLICY, transport="kernel")
+display(cam)
+cam.start()
+await cam.wait_connected(90)
+print("connected", cam.state, "|", cam.transport_used, "|", cam.kernel_path.info)
+""",
+]
+
+KERNEL_MASTER_CHECK = """
+import io, av
+from kvsnb.playback import HlsReader, get_images, get_media, hls_session_url, list_fragments
+from kvsnb.sources import try_read_stamp
+async def _check():
+    deadline = asyncio.get_running_loop().time() + 60
+    while len(list_fragments(target, stream_arn)) < %(fragments)d:
+        assert asyncio.get_running_loop().time() < deadline, "fragments not stored"
+        await asyncio.sleep(0.25)
+    path = cam.kernel_path
+    await cam.stop()
+    frags = list_fragments(target, stream_arn).sort_values("producer_time")
+    url = hls_session_url(target, stream_arn, mode="ON_DEMAND")
+    hls = [f async for f in HlsReader(url).frames(follow=False)]
+    hls_stamps = [try_read_stamp(f.to_ndarray()) for f in hls]
+    start, end = frags["producer_time"].min(), frags["producer_time"].max()
+    images = get_images(target, stream_arn, start, end, interval_ms=500, progress=False)
+    image_stamps = [try_read_stamp(i) for i in images["image"] if i is not None]
+    mkv = get_media(target, stream_arn, list(frags["fragment_number"]))
+    with av.open(io.BytesIO(mkv)) as c:
+        codecs = {s.type: s.codec_context.name for s in c.streams}
+        size = [c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height]
+    return {
+        "fragments": len(frags),
+        "hls": [s.index if s else None for s in hls_stamps],
+        "images": [s.index if s else None for s in image_stamps],
+        "codecs": codecs, "size": size, "stats": path.stats(), "info": path.info,
+        "steps": list(path.session.timeline.to_frame()["step"]),
+        "state": cam.state, "error": cam.error, "via": cam.bridge_via,
+    }
+print(json.dumps(await _check()))
+"""
+
+KERNEL_VIEWER_CELLS = [
+    KERNEL_SETUP,
+    """
+target.create_storage_channel("kernel-viewer")
+master = MasterSession(target, "kernel-viewer", video=TestPatternTrack(320, 240, 30),
+                       audio=ToneTrack(440.0), policy=POLICY)
+await master.start(timeout=30)
+""",
+    """
+view = BrowserSession(target, "kernel-viewer", role="VIEWER", policy=POLICY, transport="kernel")
+display(view)
+view.start()
+await view.wait_connected(90)
+print("connected", view.state, view.client_id, "|", view.kernel_path.info)
+""",
+]
+
+
+DIRECT_BRIDGE = re.compile(r"^wss?://[^/]+/kvsnb-bridge/")  # not through /proxy/PORT/
+
+
+def open_proxied_page(
+    lab: LabServer, context: Any, name: str, cells: list[str]
+) -> tuple[NotebookPage, list[str]]:
+    """Write a notebook of ``cells`` and open it as on Binder: the page reaches the kernel's
+    bridge only through the Jupyter server's proxy path (its direct socket is refused);
+    returns the page and the list of WebSocket URLs it opens."""
+    player_notebook(lab.root / name, cells)
+    page = context.new_page()
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.route_web_socket(DIRECT_BRIDGE, lambda ws: ws.close(code=1008, reason="no direct"))
+    nb = NotebookPage(name, page, lab)
+    page.on("console", lambda m: nb.console.append(f"[{m.type}] {m.text}"))
+    page.on("pageerror", lambda e: nb.console.append(f"[pageerror] {e}"))
+    page.goto(f"{lab.url}/lab/tree/{name}?reset", wait_until="domcontentloaded")
+    nb.wait_until_ready()
+    return nb, sockets
+
+
+def through_proxy(sockets: list[str]) -> None:
+    """The page's bridge socket went through ``/proxy/PORT/``."""
+    bridge = [url for url in sockets if "/kvsnb-bridge/" in url]
+    assert any("/proxy/" in url for url in bridge), bridge
+
+
+def test_lab_master_through_the_kernel_is_stored(
+    jupyter_lab: LabServer,
+    media_context: Any,  # noqa: F811 (the fixture imported above)
+    artifacts: Path,
+) -> None:
+    nb, sockets = open_proxied_page(
+        jupyter_lab, media_context, "kernel_master.ipynb", KERNEL_MASTER_CELLS
+    )
+    try:
+        cells = nb.run_all()
+        nb.assert_no_errors(cells)
+        line = printed(cells, "connected")
+        assert line.startswith("connected connected | kernel"), line
+        assert "'video': 'h264'" in line and "'audio': 'opus'" in line, line
+        through_proxy(sockets)
+        widget = nb.widget_output("Start")
+        nb.screenshot("browser-session-kernel-master", widget)
+        result = json.loads(kernel(nb, KERNEL_MASTER_CHECK % {"fragments": 5}).splitlines()[-1])
+        print("\nkernel-path master:", {k: v for k, v in result.items() if k not in ("hls",)})
+        assert result["fragments"] >= 5
+        assert result["codecs"] == {"video": "h264", "audio": "aac"}, result["codecs"]
+        assert result["size"] == list(CAMERA_SIZE)
+        hls = in_order(result["hls"])
+        images = in_order(result["images"])
+        assert len(hls) >= 0.9 * len(result["hls"]) and len(hls) >= 25, result["hls"]
+        assert len(images) >= 5, result["images"]
+        stats = result["stats"]
+        assert stats["bad_chunks"] == 0 and stats["video"]["sent"] >= len(hls), stats
+        assert stats["audio"]["sent"] > 0, stats
+        steps = result["steps"]
+        for step in ("join_call", "offer_received", "answer_sent", "dtls_connected"):
+            assert step in steps, steps
+        assert result["state"] == "closed" and not result["error"], result
+        nb.assert_no_errors()
+    finally:
+        close_page(nb)
+
+
+def test_lab_viewer_through_the_kernel_shows_a_kvsnb_master(
+    jupyter_lab: LabServer,
+    media_context: Any,  # noqa: F811 (the fixture imported above)
+    artifacts: Path,
+) -> None:
+    nb, sockets = open_proxied_page(
+        jupyter_lab, media_context, "kernel_viewer.ipynb", KERNEL_VIEWER_CELLS
+    )
+    try:
+        cells = nb.run_all()
+        nb.assert_no_errors(cells)
+        line = printed(cells, "connected")
+        assert line.startswith("connected connected viewer-"), line
+        assert "'audio': 'opus'" in line, line
+        through_proxy(sockets)
+        widget = nb.widget_output("Start")
+        canvas = widget.locator("canvas")
+        stamps: list[Stamp] = []
+
+        def read_one() -> bool:
+            stamp = stamp_of(canvas.screenshot(timeout=10_000))
+            if stamp is not None:
+                stamps.append(stamp)
+            return len(stamps) >= 3
+
+        wait_until_sync(read_one, "stamps in screenshots of the viewer's canvas", 60, 0.3)
+        now_ms = time.time() * 1000
+        for stamp in stamps:  # live: the master's frames of the last seconds
+            assert now_ms - 20_000 <= stamp.capture_ms <= now_ms, (stamps, now_ms)
+        assert stamps[-1].capture_ms > stamps[0].capture_ms
+        nb.screenshot("browser-session-kernel-viewer", widget)
+        level_code = (
+            f"RATE, SILENCE_RMS = {RATE}, 200.0\nimport numpy as np\n"
+            + inspect.getsource(tone_level)
+            + f"\nprint(tone_level(master.received.audio(), {TONE_HZ}))"
+        )
+        wait_until_sync(
+            lambda: float(kernel(nb, level_code).splitlines()[-1]) > 20,
+            "the kvsnb master hears the page's microphone through the kernel (1 kHz)",
+            deadline_s=30,
+            every_s=0.5,
+        )
+        kernel(nb, "await view.stop(); await master.stop()")
+        nb.assert_no_errors()
+    finally:
+        close_page(nb)
