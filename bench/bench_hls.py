@@ -211,7 +211,7 @@ async def main(quick: bool = False) -> None:
         )
         kvs = LocalKvs(config).start_in_thread()
         try:
-            am = client("kinesis-video-archived-media", kvs.url + "/media")
+            am = client("kinesis-video-archived-media", kvs.url + "/archived-media")
             latencies, arn = await live_latency(kvs, am, QUICK_INGEST_S if quick else INGEST_S)
             print(f"LIVE stored → listed over {len(latencies)} fragments (budget ≤ "
                   f"{BUDGET_LISTED_MS} ms): p50 {pct(latencies, 50):.1f} ms, "
