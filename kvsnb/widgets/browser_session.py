@@ -202,6 +202,15 @@ class BrowserSession(anywidget.AnyWidget):
         """Leave the session and stop the page's camera and microphone; awaitable."""
         return self._tasks.spawn(self._stop())
 
+    async def page_connected(self, timeout: float = 5.0) -> bool:
+        """Whether a browser shows the widget: its page connects to the kernel within
+        ``timeout`` seconds (False when the notebook runs headless: nbval, nbconvert)."""
+        try:
+            await self.channel_link.wait_open(timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until the session is connected (started by ``start()`` or the Start button);
         raises ``SessionError`` (AWS's code and message, or why the page failed) or
@@ -213,6 +222,12 @@ class BrowserSession(anywidget.AnyWidget):
             await asyncio.shield(self._outcome)
 
         await asyncio.wait_for(connected(), timeout)
+
+    def close(self) -> None:
+        """Close the widget and its bridge channel (call ``stop()`` first to leave a
+        session)."""
+        self.channel_link.close()
+        super().close()
 
     # ------------------------------------------------------------------ internals
 
