@@ -13,7 +13,8 @@ pictures (``JpegVideoTrack``: the kernel encodes), and where it has no Opus enco
 
 VIEWER: the kernel's ``ViewerSession`` receives the master's frames; each is sent to the page
 as a JPEG picture (the newest only, when the page or the encoder falls behind) to draw on a
-canvas; the page's microphone goes up as the viewer's audio (Opus or PCM, as above).
+canvas, with the master's capture time when the frame carries a stamp (else its receive time);
+the page's microphone goes up as the viewer's audio (Opus or PCM, as above).
 
 ``BrowserSession`` calls ``start_kernel_path(widget, channel)`` when its transport resolves to
 "kernel". The widget's side of the contract: traits ``role``, ``channel`` and ``client_id``,
@@ -266,8 +267,11 @@ class KernelPath:
             if received is None or self._stopped:
                 continue
             jpeg = await asyncio.to_thread(self._jpeg.encode, received.frame)
-            stamp_us = int(received.received_at * 1_000_000)
-            message = pack_chunk(KIND_JPEG, jpeg, stamp_us, key=True)
+            if received.stamp is not None:  # stamped media: the master's capture time
+                when_us = received.stamp.capture_ms * 1000
+            else:
+                when_us = int(received.received_at * 1_000_000)
+            message = pack_chunk(KIND_JPEG, jpeg, when_us, key=True)
             try:
                 await self.channel.send_bytes(message)
             except (BridgeClosed, ConnectionError):
