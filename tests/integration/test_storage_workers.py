@@ -202,3 +202,42 @@ async def test_storage_disabled_ends_the_session_in_its_worker(
         assert indexes == list(range(indexes[0], indexes[-1] + 1))  # no hole
     finally:
         await session.stop()
+
+
+async def test_a_new_channel_goes_to_the_worker_with_the_fewest_live_sessions(
+    target: Target, kvs: LocalKvs
+) -> None:
+    # Placement counts the sessions that live now (as each worker reports them), not the
+    # channels a worker was ever given: once its sessions end, a worker is free again.
+    workers = pool(kvs)
+    first, second = workers.pids()
+    names = ("p1", "p2", "p3", "p4")
+    arns = {name: target.create_storage_channel(name)[0] for name in names}
+    sessions: dict[str, MasterSession] = {}
+    expected = {"p1": first, "p2": second, "p3": first}  # the fewest, then the lowest index
+    try:
+        for name in ("p1", "p2", "p3"):
+            assert workers.next_worker() == expected[name], name
+            sessions[name] = streaming_master(target, name)
+            await sessions[name].start(timeout=15)
+            assert workers.placement()[arns[name]] == expected[name], name
+            await wait_until(
+                lambda name=name: workers.loads()[expected[name]][1] == 0,  # type: ignore[misc]
+                f"{name}'s join is answered",
+            )
+        await wait_until(lambda: workers.loads() == {first: (2, 0), second: (1, 0)}, "2 and 1")
+        for name in ("p1", "p3"):
+            await sessions.pop(name).stop()
+        await wait_until(
+            lambda: workers.loads()[first] == (0, 0),
+            "the first worker reports its two sessions ended",
+            deadline_s=20,
+        )
+        # it was given two channels, the second one; it now runs none, the second one
+        assert workers.next_worker() == first
+        sessions["p4"] = streaming_master(target, "p4")
+        await sessions["p4"].start(timeout=15)
+        assert workers.placement()[arns["p4"]] == first
+    finally:
+        for session in sessions.values():
+            await session.stop()

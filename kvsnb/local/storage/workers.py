@@ -3,7 +3,17 @@
 
 The rule: a channel's whole storage session lives in one worker, chosen at its first join;
 the server process keeps HTTP, signaling and the archive and talks to each worker in
-length-prefixed pickled frames over the child's stdin/stdout. A dead worker takes its sessions
+length-prefixed pickled frames over the child's stdin/stdout.
+
+Placement is by load, so that a join's offer, ICE and DTLS queue behind as little as possible
+on the chosen worker's event loop: each worker reports how many live storage sessions
+(masters and viewers, each carrying media once connected) it runs, and the pool counts the
+joins it has sent a worker that are not answered yet (sessions being set up). A new channel
+goes to a worker with no join being set up if there is one, then to the one with the fewest
+live sessions (joins being set up included), then the lowest index: a join never waits behind
+another join's set-up while a worker is free of one, and lands where the fewest other
+sessions' media run. Sessions cannot move between processes (an aiortc peer lives in its
+process), so a channel stays on its worker while it lives there. A dead worker takes its sessions
 with it (calls waiting on it get a 500 ``InternalFailure``) and is replaced; a worker whose
 server goes away stores its partial fragments and exits. See docs/design.md, "Local KVS".
 """
@@ -32,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 60.0  # a join or message the worker has not answered by then fails
 STOP_TIMEOUT_S = 30.0  # a worker has this long to store its partial fragments on stop
+LOAD_PERIOD_S = 0.5  # a worker checks its count of live sessions this often (sessions end by
+# themselves: idle timeouts, a closed peer connection), and reports it when it changed
+JOIN_OPS = frozenset({"join_master", "join_viewer"})
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -76,6 +89,14 @@ class _Worker:
     pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
     reader_task: asyncio.Task[None] | None = None
     alive: bool = True
+    sessions: int = 0  # live storage sessions, as the worker last reported
+    joining: int = 0  # joins sent to the worker and not answered yet (sessions in set-up)
+
+    @property
+    def load(self) -> tuple[int, int, int]:
+        """The placement key (smallest first): a join in set-up here, live sessions with
+        those in set-up, index."""
+        return (self.joining > 0, self.sessions + self.joining, self.index)
 
     def post(self, *message: Any) -> None:
         """Send a message that needs no answer."""
@@ -93,6 +114,8 @@ class _Worker:
             raise WorkerFailure("The storage session's worker process has ended.")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[call_id] = future
+        join = op in JOIN_OPS
+        self.joining += join
         try:
             self.post("call", call_id, op, *args)
             if not self.alive:  # its pipe broke just now
@@ -104,6 +127,7 @@ class _Worker:
             ) from None
         finally:
             self.pending.pop(call_id, None)
+            self.joining -= join
 
 
 class StorageWorkerPool:
@@ -188,6 +212,8 @@ class StorageWorkerPool:
             self._send(conn_id, message_type, payload)
         elif kind == "stored":
             self.store.announce(message[1])
+        elif kind == "load":
+            worker.sessions = message[1]
         else:
             logger.error("storage worker %d sent an unknown message %r", worker.index, kind)
 
@@ -239,12 +265,25 @@ class StorageWorkerPool:
         """The process ids of the workers, in order."""
         return [w.proc.pid for w in self.workers]
 
+    def loads(self) -> dict[int, tuple[int, int]]:
+        """Per worker process (pid): (live storage sessions it last reported, joins sent to
+        it and not answered yet)."""
+        return {w.proc.pid: (w.sessions, w.joining) for w in self.workers}
+
+    def next_worker(self) -> int:
+        """The pid of the worker a channel joining now for the first time would go to (see
+        the module docstring for the rule)."""
+        return self._least_loaded().proc.pid
+
+    def _least_loaded(self) -> _Worker:
+        live = [w for w in self.workers if w.alive] or self.workers
+        return min(live, key=lambda w: w.load)
+
     def _worker_for(self, channel_arn: str) -> _Worker:
         worker = self._assigned.get(channel_arn)
         if worker is not None and worker.alive:
             return worker
-        live = [w for w in self.workers if w.alive] or self.workers
-        worker = min(live, key=lambda w: (len(w.channels), w.index))
+        worker = self._least_loaded()
         worker.channels.add(channel_arn)
         self._assigned[channel_arn] = worker
         return worker
@@ -415,6 +454,7 @@ class _WorkerServer:
         self.store.add_listener(self._stored)
         self.manager: StorageSessionManager | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.reported = 0  # live sessions last reported to the server
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Write a message to the server (on the worker's loop)."""
@@ -425,10 +465,33 @@ class _WorkerServer:
         # Called in the recorder's storing thread.
         self.loop.call_soon_threadsafe(self.send, ("stored", fragment))
 
+    def live_sessions(self) -> int:
+        """How many storage sessions (masters and viewers) in this worker have not ended."""
+        if self.manager is None:
+            return 0
+        return sum(
+            (st.master is not None and not st.master.closed)
+            + sum(not viewer.closed for viewer in st.viewers.values())
+            for st in self.manager.channels.values()
+        )
+
+    def report_load(self) -> None:
+        """Tell the server this worker's count of live sessions, if it changed."""
+        sessions = self.live_sessions()
+        if sessions != self.reported:
+            self.reported = sessions
+            self.send(("load", sessions))
+
+    async def _report_load_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(LOAD_PERIOD_S)
+            self.report_load()
+
     async def serve(self, options: StorageOptions) -> None:
         """Answer the server until its pipe closes, then end every session."""
         self.manager = StorageSessionManager(self.relay, self.store, options)
         self.send(("ready",))
+        reporter = self.loop.create_task(self._report_load_periodically())
         try:
             while True:
                 try:
@@ -437,7 +500,8 @@ class _WorkerServer:
                     break
                 self._dispatch(message)
         finally:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            reporter.cancel()
+            await asyncio.gather(reporter, *self.tasks, return_exceptions=True)
             await self.manager.close()
             self.store.close()
 
@@ -479,6 +543,7 @@ class _WorkerServer:
         except Exception as exc:
             logger.exception("storage worker call %s failed", op)
             error = WorkerFailure(f"The storage session failed: {exc}")
+        self.report_load()  # before the reply: the server counts the session once set up
         self.send(("reply", call_id, error))
 
 
