@@ -3,17 +3,20 @@ kernel path of ``BrowserSession`` feeds it from a browser's WebCodecs) into a re
 through TURN as by default: the storage session stores exactly the H.264 access units fed,
 byte for byte (never re-encoded), cuts its fragments at the keyframes it asked for (PLI passed
 back to the encoder), and turns the Opus fed into AAC. The JPEG and PCM fallbacks are encoded
-by aiortc and stored too."""
+by aiortc and stored too. ``BrowserSession(transport="kernel")`` with a Python client playing
+its page over the kernel bridge stores every frame sent."""
 
 from __future__ import annotations
 
 import asyncio
 import fractions
 import io
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import av
 import numpy as np
 import pandas as pd
@@ -24,6 +27,10 @@ from kvsnb.local import LocalKvs
 from kvsnb.playback import get_media, list_fragments
 from kvsnb.sources import TestPatternTrack
 from kvsnb.sources.encoded import (
+    KIND_H264,
+    KIND_INFO,
+    KIND_KEYFRAME_REQUEST,
+    KIND_OPUS,
     EncodedAudioTrack,
     EncodedVideoTrack,
     JpegEncoder,
@@ -31,7 +38,10 @@ from kvsnb.sources.encoded import (
     PcmAudioTrack,
     forward_keyframe_requests,
     h264_access_units,
+    pack_chunk,
+    parse_chunk,
 )
+from kvsnb.widgets.browser_media import KernelPath
 from kvsnb.wire import h264
 from tests.conftest import FAST, stored_delivery, stored_frame_count, wait_until
 
@@ -214,3 +224,81 @@ async def test_jpeg_and_pcm_fallbacks_are_encoded_and_stored(target: Target, kvs
     delivery = await stored_delivery(target, stream_arn, taken)
     assert delivery.complete, str(delivery)
     assert await asyncio.to_thread(stored_codecs, target, stream_arn) == {"h264", "aac"}
+
+
+async def test_browser_session_kernel_path_stores_what_its_page_sends(
+    target: Target, kvs: LocalKvs
+) -> None:
+    """``BrowserSession(transport="kernel")`` end to end without a browser: a Python client
+    plays the page on the widget's bridge socket (hello with the widget's token, the
+    ``kernel_start`` it is sent, an info chunk, then H.264 and Opus chunks, keyframes when
+    asked); the kernel's ``MasterSession`` stores every frame."""
+    from kvsnb.widgets import BrowserSession
+    from kvsnb.widgets.bridge import page_urls
+
+    _, stream_arn = target.create_storage_channel("kernel-widget")
+    widget = BrowserSession(target, "kernel-widget", transport="kernel", policy=FAST)
+    widget.start()
+    direct = page_urls(widget.channel_link)[-1]
+    want_key = asyncio.Event()
+    from_kernel: list[Any] = []
+    async with aiohttp.ClientSession() as http, http.ws_connect(direct) as ws:
+        await ws.send_json({"type": "hello", "token": widget.bridge_token})
+
+        async def read() -> None:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    from_kernel.append(json.loads(msg.data))
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    chunk = parse_chunk(msg.data)
+                    from_kernel.append(chunk.kind_name)
+                    if chunk.kind == KIND_KEYFRAME_REQUEST:
+                        want_key.set()
+
+        reader = asyncio.get_running_loop().create_task(read())
+        await wait_until(
+            lambda: any(
+                isinstance(m, dict) and m.get("type") == "kernel_start" for m in from_kernel
+            ),
+            "the kernel asks the page to start its media",
+        )
+        info = {"video": "h264", "audio": "opus", "width": SIZE[0], "height": SIZE[1]}
+        await ws.send_bytes(pack_chunk(KIND_INFO, json.dumps(info).encode(), 0))
+        await widget.wait_connected(60)
+        assert widget.state == "connected" and widget.transport_used.startswith("kernel")
+        path = widget.kernel_path
+        assert isinstance(path, KernelPath) and path.info == info
+        units, tone = _Units(), OpusTone()
+        outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        def on_frame(frame: av.VideoFrame, capture_us: int) -> None:
+            unit, key = units.encode(frame)
+            outgoing.put_nowait(pack_chunk(KIND_H264, unit, capture_us, key))
+
+        def on_audio(capture_us: int) -> None:
+            for packet in tone.packets():
+                outgoing.put_nowait(pack_chunk(KIND_OPUS, packet, capture_us))
+
+        async def send() -> None:
+            while (message := await outgoing.get()) is not None:
+                await ws.send_bytes(message)
+
+        sender = asyncio.get_running_loop().create_task(send())
+        sent = await feed_live(75, on_frame, on_audio, want_key)
+        outgoing.put_nowait(None)
+        await sender
+        assert path.video is not None
+        await wait_until(lambda: len(path.video.sent) == 75, "the kernel sent every frame")
+        await widget.stop()
+        await wait_until(
+            lambda: {"type": "kernel_stop"} in from_kernel, "the page is told to stop its media"
+        )
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    assert widget.state == "closed" and path.state == "closed"
+    assert "keyframe_request" in from_kernel  # the storage session's PLI reached the page
+    stats = path.stats()
+    assert stats["bad_chunks"] == 0 and stats["video"]["dropped"] == 0, stats
+    await wait_until(lambda: stored_frame_count(kvs, stream_arn) == 75, "every frame stored")
+    delivery = await stored_delivery(target, stream_arn, sent)
+    assert delivery.complete, str(delivery)
