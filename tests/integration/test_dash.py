@@ -6,19 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
+import json
+import math
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import av
+import pandas as pd
 import pytest
 
 from kvsnb.launch import connect
 from kvsnb.local.archive.dash import KVS_NAMESPACE, DashPlane
-from kvsnb.playback.dash import DashReader
+from kvsnb.playback.dash import DashReader, parse_duration
 from kvsnb.sources.stamp import read_stamp
 from tests.integration.conftest import Http
+from tests.integration.gaps import GAP_MS, gaps_ms, media_ms, producer_gap, record_gap
 from tests.integration.test_hls import (
+    FFPROBE_TIMEOUT_S,
     Recorded,
     expect_aws_error,
     ffprobe_frames,
@@ -28,6 +36,10 @@ from tests.integration.test_hls import (
 )
 
 NAME = "dash"
+GAP_NAME = "dash-gap"
+# A frame's timestamp (kvs:ts plus its offset in the segment) less the capture time in its
+# stamp: about the same for every frame (seen 30-72 ms on a loaded machine), far below the gap
+STAMP_SPREAD_MS = 500
 SELECTOR = "PRODUCER_TIMESTAMP"
 MPD = "{urn:mpeg:dash:schema:mpd:2011}"
 
@@ -310,3 +322,142 @@ def test_tokens_and_resource_errors(recorded: Recorded) -> None:
         dash.clock = time.time
     assert expired.status == 401 and expired.error_code == "NotAuthorizedException"
     assert Http.request("GET", url).error_code == "NotAuthorizedException"
+
+
+# ---------------------------------------------------------------------------- across a gap
+
+
+@pytest.fixture(scope="module")
+def gapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
+    """Two recordings with a pause longer than a fragment between them (``gaps.py``)."""
+    rec = record_gap(tmp_path_factory.mktemp("dash-gap") / "data", GAP_NAME)
+    assert len(gaps_ms(rec.fragments)) == 1 and gaps_ms(rec.fragments)[0] > 2000
+    try:
+        yield rec
+    finally:
+        rec.kvs.stop_in_thread()
+
+
+def gap_range(rec: Recorded, mode: str = "ON_DEMAND", **extra: Any) -> dict[str, Any]:
+    """Arguments of a session listing every fragment of ``rec`` (the gap inside)."""
+    args = whole_range(rec, PlaybackMode=mode, MaxManifestFragmentResults=100, **extra)
+    return {**args, "StreamName": GAP_NAME}
+
+
+def ffprobe_timing(url: str) -> tuple[float, list[float]]:
+    """The duration ffprobe reports for a URL and the times of its video packets (s)."""
+    out = subprocess.run(
+        [
+            "ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
+            "format=duration:packet=pts_time", "-of", "json", url,
+        ],
+        capture_output=True, text=True, timeout=FFPROBE_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    probed = json.loads(out.stdout)
+    times = sorted(float(p["pts_time"]) for p in probed["packets"])
+    return float(probed["format"]["duration"]), times
+
+
+@pytest.mark.parametrize("mode", ["ON_DEMAND", "LIVE_REPLAY"])
+def test_a_gap_is_closed_in_the_manifest_and_the_segments(gapped: Recorded, mode: str) -> None:
+    """AWS: "Kinesis Video Streams adjusts the media timeline in the manifest file to enable
+    playback of media with discontinuities": the timeline runs on across the pause, the
+    presentation lasts as long as the media, kvs:ts keeps the real times and each segment's
+    tfdt sits where its S says."""
+    fragments = gapped.fragments
+    dash = plane(gapped)
+    created = time.time()
+    dash.clock = lambda: created
+    try:
+        args = gap_range(gapped, mode, DisplayFragmentTimestamp="ALWAYS", Expires=43200)
+        url = session_url(gapped, **args)
+        # LIVE_REPLAY: once the range has ended and every fragment has been out a while, the
+        # session is a static presentation on its live timeline
+        dash.clock = lambda: created + 3600
+        root = manifest(url)
+    finally:
+        dash.clock = time.time
+    assert root.get("type") == "static"
+    total = parse_duration(root.get("mediaPresentationDuration"))
+    assert total == pytest.approx(media_ms(fragments) / 1000, abs=0.002)
+    for content, track in (("video", 1), ("audio", 2)):
+        template, ss = timeline(root, content)
+        starts = [int(s.get("t") or 0) for s in ss]
+        durations = [int(s.get("d") or 0) for s in ss]
+        assert durations == [f.duration_ms for f in fragments]
+        assert all(b == a + d for a, b, d in zip(starts, starts[1:], durations, strict=False))
+        assert [int(s.get(f"{{{KVS_NAMESPACE}}}ts") or 0) for s in ss] == [
+            f.producer_start_ms for f in fragments
+        ]
+        pto = int(template.get("presentationTimeOffset") or 0)
+        assert (starts[-1] + durations[-1] - pto) / 1000 == pytest.approx(total, abs=0.001)
+        for number, start in enumerate(starts):
+            media = (template.get("media") or "").replace("$Number$", str(number))
+            base, _ = moof_timing(Http.request("GET", resolve(url, media)).body)
+            if track == 1:
+                assert base == start * 90, number
+            else:  # audio: where the fragment's audio starts, within a frame of its video
+                assert abs(base / 48 - start) < 50, number
+
+
+def stored_video_times(rec: Recorded) -> list[float]:
+    """The producer times (s) of the stored video frames, each recording after the first
+    moved back by the pauses before it: the media's timeline with the gaps closed."""
+    times: list[float] = []
+    closed_ms = 0
+    for i, f in enumerate(rec.fragments):
+        if i and abs(gap := producer_gap(rec.fragments[i - 1], f)) > GAP_MS:
+            closed_ms += gap
+        with av.open(str(rec.kvs.store.resolve(f))) as container:
+            for packet in container.demux(video=0):
+                if packet.pts is not None and packet.size:
+                    times.append(float(packet.pts * packet.time_base) - closed_ms / 1000)
+    return sorted(times)
+
+
+def test_ffprobe_plays_across_the_gap(gapped: Recorded) -> None:
+    """ffmpeg's DASH demuxer reads every frame on the media's own timeline with the pause
+    taken out (no hole where it was) and reports the media's duration (whole seconds of
+    mediaPresentationDuration), in ON_DEMAND and in a LIVE_REPLAY session played out."""
+    media_s = media_ms(gapped.fragments) / 1000
+    stored = stored_video_times(gapped)
+    dash = plane(gapped)
+    urls = [session_url(gapped, **gap_range(gapped, Expires=43200))]
+    created = time.time()
+    dash.clock = lambda: created
+    try:
+        urls.append(session_url(gapped, **gap_range(gapped, "LIVE_REPLAY", Expires=43200)))
+    finally:
+        dash.clock = time.time
+    dash.clock = lambda: created + 3600
+    try:
+        for url in urls:
+            reported, times = ffprobe_timing(url)
+            assert math.floor(media_s) <= reported <= media_s
+            assert len(times) == gapped.frames_sent
+            played = [t - times[0] for t in times]
+            expected = [t - stored[0] for t in stored]
+            assert max(abs(a - b) for a, b in zip(played, expected, strict=True)) < 0.002
+    finally:
+        dash.clock = time.time
+
+
+async def test_reader_gives_real_times_across_the_gap(gapped: Recorded) -> None:
+    """``DashReader`` timestamps frames from kvs:ts: across the gap they jump by the pause,
+    and each agrees with the capture time stamped in its pixels."""
+    url = await asyncio.to_thread(
+        session_url, gapped, **gap_range(gapped, DisplayFragmentTimestamp="ALWAYS")
+    )
+    frames = [f async for f in DashReader(url).frames()]
+    assert len(frames) == gapped.frames_sent
+    assert all(f.timestamp is not None for f in frames)
+    times = [int(pd.Timestamp(f.timestamp).value // 1_000_000) for f in frames]  # type: ignore[arg-type]
+    stamps = [read_stamp(f.to_ndarray()).capture_ms for f in frames]
+    offsets = [t - s for t, s in zip(times, stamps, strict=True)]
+    assert max(offsets) - min(offsets) <= STAMP_SPREAD_MS, offsets
+    (gap,) = gaps_ms(gapped.fragments)
+    steps = [b - a for a, b in itertools.pairwise(times)]
+    assert max(steps) >= gap
+    jump = steps.index(max(steps))
+    assert frames[jump + 1].sequence == len(gapped.first_session)

@@ -240,7 +240,7 @@ class DashPlane:
                 ),
                 "startNumber": str(entries[0].index if entries else 0),
             }
-            if static and offset:
+            if static and session.mode == ON_DEMAND:
                 template["presentationTimeOffset"] = str(offset)
             lines.append(f"        <SegmentTemplate {_attrs(template)}>")
             lines.append("          <SegmentTimeline>")
