@@ -176,6 +176,8 @@ async def run_master(target: Any, browser: Any, url: str, seconds: float) -> dic
     await wait_state(widget, "connected")
     cpu, wall = await cpu_window(seconds / 2)  # nothing else runs here meanwhile
     listed_at: dict[str, float] = {}
+    before = await asyncio.to_thread(list_fragments, target, stream_arn)
+    already = {str(n) for n in before["fragment_number"]}  # listed before the polling: no time
     limit = time.monotonic() + seconds
     while time.monotonic() < limit:
         fragments = await asyncio.to_thread(list_fragments, target, stream_arn)
@@ -187,7 +189,7 @@ async def run_master(target: Any, browser: Any, url: str, seconds: float) -> dic
     await page.close()
     channel.close()
     fragments = list_fragments(target, stream_arn)
-    fragments = fragments[fragments["fragment_number"].astype(str).isin(listed_at)]
+    fragments = fragments[fragments["fragment_number"].astype(str).isin(listed_at.keys() | already)]
     fragments = fragments.sort_values("fragment_number", key=lambda n: n.map(int))
     assert path.video is not None
     captures = [item.timestamp_us / 1e6 for item in path.video.sent]
@@ -197,6 +199,8 @@ async def run_master(target: Any, browser: Any, url: str, seconds: float) -> dic
         count = await asyncio.to_thread(video_frames, target, stream_arn, str(number))
         span = captures[start : start + count]
         start += count
+        if str(number) in already:
+            continue
         seen = listed_at[str(number)]
         every += [(seen - c) * 1000 for c in span]
         if span:

@@ -18,7 +18,8 @@ Every track takes its timestamps from the producer's capture times (``timestamp_
 to the first item it sends, kept increasing. Feed on the event loop the track's consumer runs
 on. Items fed before the sender asks for the first one are kept only from the newest
 keyframe on (video) or for ``AUDIO_BACKLOG`` packets (audio), so a session that connects late
-starts live. Each track counts what it was fed, sent and dropped in ``stats()``.
+starts live (video: from a keyframe at most ``LIVE_START_S`` old, else the next one asked
+for). Each track counts what it was fed, sent and dropped in ``stats()``.
 
 The framing (``pack_chunk`` / ``parse_chunk``) is one message per item: a 10-byte header
 (kind, flags, capture time in epoch µs, big-endian) then the payload; two control kinds
@@ -73,6 +74,7 @@ HEADER = struct.Struct(">BBQ")  # kind, flags, capture time (epoch µs)
 VIDEO_BACKLOG = 90  # access units held while the sender is slower; beyond: drop to a keyframe
 AUDIO_BACKLOG = 25  # Opus packets or 20 ms PCM frames held (0.5 s); beyond: the oldest dropped
 JPEG_BACKLOG = 3  # pictures held; beyond: the oldest dropped (each is whole)
+LIVE_START_S = 0.5  # the first frame sent: a queued keyframe at most this much behind the newest
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_SAMPLE_RATE)
 PCM_FRAME_SAMPLES = int(AUDIO_SAMPLE_RATE * AUDIO_PTIME_S)
 
@@ -210,14 +212,23 @@ class EncodedVideoTrack(_FedTrack[bytes]):
     dropped; while the sender falls behind by more than ``backlog`` frames, the queue is
     emptied and frames are dropped until the next keyframe. Each drop asks for a keyframe.
     ``request_keyframe()`` calls every ``on_keyframe_request`` listener (at most once per
-    ``keyframe_interval_s``); connect it to the encoder that feeds the track.
+    ``keyframe_interval_s``); connect it to the encoder that feeds the track. Sending starts
+    live: at the sender's first ``recv()`` the queue is kept from its newest keyframe if that
+    is within ``live_start_s`` of the newest frame, else emptied and a keyframe asked for.
     """
 
     kind = "video"
 
-    def __init__(self, *, backlog: int = VIDEO_BACKLOG, keyframe_interval_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        *,
+        backlog: int = VIDEO_BACKLOG,
+        keyframe_interval_s: float = 0.2,
+        live_start_s: float = LIVE_START_S,
+    ) -> None:
         super().__init__(VIDEO_CLOCK_RATE)
         self.backlog = backlog
+        self.live_start_s = live_start_s
         self.keyframe_interval_s = keyframe_interval_s
         self.keyframe_requests = 0
         self._listeners: list[Callable[[], None]] = []
@@ -265,6 +276,24 @@ class EncodedVideoTrack(_FedTrack[bytes]):
                 return
         self._put(bytes(data), timestamp_us, key, len(data))
 
+    def _start_live(self) -> None:
+        """Before the first frame goes out: start at the newest keyframe queued if it is at
+        most ``live_start_s`` older than the newest frame, else drop the queue and wait for
+        a keyframe asked for now (frames captured before the session connected are stale)."""
+        if not self._items:
+            return
+        newest_us = self._items[-1][2]
+        keys = [i for i, entry in enumerate(self._items) if entry[3]]
+        if keys and newest_us - self._items[keys[-1]][2] <= self.live_start_s * 1_000_000:
+            for _ in range(keys[-1]):
+                self._items.popleft()
+                self.dropped += 1
+            return
+        self.dropped += len(self._items)
+        self._items.clear()
+        self._need_key = True
+        self.request_keyframe()
+
     def feed_chunk(self, chunk: EncodedChunk) -> None:
         """``feed`` a parsed ``KIND_H264`` chunk."""
         if chunk.kind != KIND_H264:
@@ -273,13 +302,10 @@ class EncodedVideoTrack(_FedTrack[bytes]):
 
     async def recv(self) -> av.Packet:
         """The next access unit as an ``av.Packet`` (90 kHz ``pts``). On the first call the
-        frames queued before the newest keyframe are dropped, so sending starts live."""
+        stale frames queued are dropped (see the class docstring), so sending starts live."""
         if not self._started:
             self._started = True
-            keys = [i for i, entry in enumerate(self._items) if entry[3]]
-            for _ in range(keys[-1] if keys else 0):
-                self._items.popleft()
-                self.dropped += 1
+            self._start_live()
         index, data, timestamp_us, key, size = await self._next()
         packet = av.Packet(data)
         packet.pts = packet.dts = self._pts(timestamp_us)
@@ -481,7 +507,8 @@ def h264_access_units(
     """Encode ``frames`` (any size, even) with libx264 as a browser's WebCodecs encoder does
     for WebRTC (Constrained Baseline, no B-frames, zero latency, Annex B with SPS/PPS in front
     of each keyframe, a keyframe every ``gop`` frames and at each frame whose ``pict_type`` is
-    ``I``): yields ``(access unit, keyframe)``, one per frame. For feeding ``EncodedVideoTrack`` from Python, tests and benchmarks."""
+    ``I``): yields ``(access unit, keyframe)``, one per frame. For feeding
+    ``EncodedVideoTrack`` from Python, tests and benchmarks."""
     encoder: av.VideoCodecContext | None = None
     for n, frame in enumerate(frames):
         if encoder is None:

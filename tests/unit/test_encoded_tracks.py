@@ -179,6 +179,23 @@ async def test_sending_starts_at_the_newest_keyframe_queued() -> None:
     assert decode_stamps([first, *rest]) == [60, 61, 62, 63, 64]
 
 
+async def test_a_stale_keyframe_is_not_where_sending_starts() -> None:
+    units = access_units(62)
+    track = EncodedVideoTrack(keyframe_interval_s=0.0)
+    asked: list[int] = []
+    track.on_keyframe_request(lambda: asked.append(1))
+    for n in range(60):  # the newest keyframe (30) is 29 frames, ~1 s, behind frame 59
+        track.feed(units[n], T0_US + n * FRAME_US)
+    first = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    assert asked == [1] and track.stats()["queued"] == 0 and not first.done()
+    track.feed(units[61], T0_US + 61 * FRAME_US)  # not a keyframe: still waiting
+    track.feed(units[60], T0_US + 62 * FRAME_US, key=True)  # the keyframe asked for
+    packet = await asyncio.wait_for(first, 5)
+    assert bytes(packet) == units[60] and packet.pts == 0
+    assert track.stats()["dropped"] == 61
+
+
 async def test_a_backlog_is_dropped_up_to_the_next_keyframe() -> None:
     units = access_units(70)
     track = EncodedVideoTrack(backlog=10, keyframe_interval_s=0.0)
@@ -198,10 +215,11 @@ async def test_a_backlog_is_dropped_up_to_the_next_keyframe() -> None:
 async def test_pts_follow_capture_times_and_keep_increasing() -> None:
     units = access_units(3)
     track = EncodedVideoTrack()
-    track.feed(units[0], T0_US)
-    track.feed(units[1], T0_US)  # the same capture time
-    track.feed(units[2], T0_US + 1_000_000)
-    assert [(await track.recv()).pts for _ in range(3)] == [0, 1, 90_000]
+    pts = []
+    for unit, when_us in zip(units, (T0_US, T0_US, T0_US + 1_000_000), strict=True):
+        track.feed(unit, when_us)  # the second at the same capture time as the first
+        pts.append((await asyncio.wait_for(track.recv(), 5)).pts)
+    assert pts == [0, 1, 90_000]
 
 
 async def test_keyframe_requests_are_rate_limited() -> None:
