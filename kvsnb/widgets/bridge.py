@@ -33,6 +33,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
@@ -46,6 +47,7 @@ __all__ = [
     "BridgeClosed",
     "bridge_channel",
     "bridge_port",
+    "page_js",
     "page_url",
     "page_urls",
 ]
@@ -59,6 +61,7 @@ CLOSE_REPLACED = 4001  # a newer socket of the same channel took this one's plac
 CLOSE_CHANNEL_GONE = 4004  # the channel was closed in the kernel
 CLOSE_BAD_TOKEN = 4003
 COMM_TYPE = "kvsnb-bridge"
+PAGE_JS = Path(__file__).with_name("bridge.js")  # the page side, shipped as package data
 
 Transport = Literal["websocket", "comm"]
 JsonCallback = Callable[[Any], Any]
@@ -369,6 +372,14 @@ def page_urls(channel: BridgeChannel) -> list[str]:
 def page_url(channel: BridgeChannel) -> str:
     """The URL the page opens for ``channel`` (the first of ``page_urls``)."""
     return page_urls(channel)[0]
+
+
+def page_js() -> str:
+    """The page side of the bridge (``bridge.js``): plain function declarations, no import or
+    export, that a widget puts in front of its ES module; ``kvsnbOpenBridge(model, handlers)``
+    opens the socket named by the widget's ``bridge_token`` and ``bridge_urls`` traits, or
+    falls back to comm messages."""
+    return PAGE_JS.read_text()
 
 
 async def stop_bridge() -> None:

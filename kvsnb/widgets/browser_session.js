@@ -9,76 +9,11 @@
 //
 // When `transport` resolves to "kernel", the media goes through the kernel instead: the
 // functions kvsnbKernelMaster / kvsnbKernelViewer of browser_media.js (concatenated before
-// this file by the Python side, when it exists) are called.
+// this file by the Python side, when it exists) are called. kvsnbOpenBridge is bridge.js's (put
+// in front of this file too).
 
-const BRIDGE_OPEN_MS = 4000;  // per URL: then the next one, then the comm fallback
 const STATS_MS = 1000;
 const FIRST_FRAME_POLL_MS = 200;
-
-function wsUrl(url) {
-  if (url.startsWith("ws:") || url.startsWith("wss:")) return url;
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}${url}`;
-}
-
-function tryWebSocket(url, token, handlers) {
-  return new Promise((resolve) => {
-    let ws;
-    try { ws = new WebSocket(wsUrl(url)); } catch (e) { resolve(null); return; }
-    ws.binaryType = "arraybuffer";
-    let welcomed = false;
-    const timer = setTimeout(() => { if (!welcomed) { ws.close(); resolve(null); } }, BRIDGE_OPEN_MS);
-    ws.onopen = () => ws.send(JSON.stringify({ type: "hello", token }));
-    ws.onmessage = (ev) => {
-      if (!welcomed) {
-        welcomed = true;
-        clearTimeout(timer);
-        resolve(ws);
-        return;
-      }
-      if (typeof ev.data === "string") handlers.onJson(JSON.parse(ev.data));
-      else handlers.onBytes(new Uint8Array(ev.data));
-    };
-    ws.onclose = () => { clearTimeout(timer); if (!welcomed) resolve(null); else handlers.onClose(); };
-    ws.onerror = () => {};
-  });
-}
-
-// Opens the kernel bridge: the WebSocket URLs in order (through the Jupyter server's proxy,
-// then directly, or the reverse when this page is on the kernel's machine), then the widget's
-// comm messages. Resolves {kind, url, sendJson, sendBytes, close}.
-async function kvsnbOpenBridge(model, handlers) {
-  const token = model.get("bridge_token");
-  let urls = (model.get("bridge_urls") || []).slice();
-  const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(location.hostname);
-  if (loopback) urls.sort((a, b) => Number(b.startsWith("ws://127.")) - Number(a.startsWith("ws://127.")));
-  for (const url of urls) {
-    const ws = await tryWebSocket(url, token, handlers);
-    console.log(`kvsnb bridge: ${url} ${ws ? "open" : "not reachable"}`);
-    if (ws) {
-      return {
-        kind: "websocket", url,
-        sendJson: (obj) => { if (ws.readyState === 1) ws.send(JSON.stringify(obj)); },
-        sendBytes: (data) => { if (ws.readyState === 1) ws.send(data); },
-        close: () => ws.close(),
-      };
-    }
-  }
-  // the comm fallback: works between cells only (the kernel reads comm messages then)
-  const onMsg = (msg, buffers) => {
-    if (!msg || msg.type !== "kvsnb-bridge") return;
-    if (msg.kind === "json") handlers.onJson(msg.data);
-    else if (msg.kind === "bytes") for (const b of buffers || []) handlers.onBytes(new Uint8Array(b.buffer || b));
-  };
-  model.on("msg:custom", onMsg);
-  model.send({ type: "kvsnb-bridge", kind: "hello", token });
-  return {
-    kind: "comm", url: null,
-    sendJson: (obj) => model.send({ type: "kvsnb-bridge", kind: "json", data: obj }),
-    sendBytes: (data) => model.send({ type: "kvsnb-bridge", kind: "bytes" }, undefined, [data]),
-    close: () => model.off("msg:custom", onMsg),
-  };
-}
 
 function candidateText(report, id) {
   const c = id && report.get(id);

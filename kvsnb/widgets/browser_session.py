@@ -56,7 +56,7 @@ from kvsnb.client.session import JoinPolicy, SessionError
 from kvsnb.client.target import Target
 from kvsnb.client.timeline import SessionTimeline
 from kvsnb.widgets._common import Tasks, describe_error
-from kvsnb.widgets.bridge import BridgeChannel, bridge_channel, page_urls
+from kvsnb.widgets.bridge import BridgeChannel, bridge_channel, page_js, page_urls
 from kvsnb.wire.webrtc import Role
 
 __all__ = ["BrowserSession", "Transport"]
@@ -77,8 +77,9 @@ TIMELINE_SHOWN = 60  # rows of the timeline the widget shows (the newest)
 
 
 def build_esm() -> str:
-    """The widget's front end: ``browser_media.js`` (when present) then ``browser_session.js``."""
-    parts = []
+    """The widget's front end: the bridge's page side (``bridge.js``), ``browser_media.js``
+    (when present), then ``browser_session.js``."""
+    parts = [page_js()]
     if KERNEL_PATH_ESM.is_file():
         parts.append(KERNEL_PATH_ESM.read_text())
     parts.append(ESM.read_text())
@@ -298,6 +299,17 @@ class BrowserSession(anywidget.AnyWidget):
         self.state = session.state
         if not self._outcome.done():
             self._outcome.set_result(None)
+        self._tasks.spawn(self._watch(session))
+
+    async def _watch(self, session: RemoteSession) -> None:
+        """Show why a connected session ended, if it gave up (too many failures, the
+        signaling socket closed for good)."""
+        try:
+            await session.wait_closed()
+        except Exception as exc:
+            if session is self.session:
+                self.error = describe_error(exc)
+                self.state = "failed"
 
     async def _start_kernel_path(self) -> None:
         if importlib.util.find_spec(KERNEL_PATH_MODULE) is None:

@@ -14,7 +14,7 @@ import pytest
 from kvsnb.client.session import SessionError
 from kvsnb.client.target import Target
 from kvsnb.widgets import BrowserSession
-from kvsnb.widgets.bridge import page_url, stop_bridge
+from kvsnb.widgets.bridge import page_js, page_url, stop_bridge
 from kvsnb.widgets.browser_session import ESM, KERNEL_PATH_ESM, build_esm
 from tests.conftest import wait_until
 from tests.widget_support import recording_comm
@@ -39,9 +39,10 @@ def a_target() -> Target:
 
 
 def test_the_front_end_has_the_kernel_path_first() -> None:
-    """browser_media.js (plain declarations) comes before the widget's ES module."""
+    """bridge.js and browser_media.js (plain declarations) come before the widget's ES module."""
     esm = build_esm()
-    assert esm == KERNEL_PATH_ESM.read_text() + "\n" + ESM.read_text()
+    assert esm == page_js() + "\n" + KERNEL_PATH_ESM.read_text() + "\n" + ESM.read_text()
+    assert "function kvsnbOpenBridge" in esm
     assert "function kvsnbKernelMaster" in esm and "function kvsnbKernelViewer" in esm
     assert not re.search(r"^\s*(import|export)\b", KERNEL_PATH_ESM.read_text(), re.MULTILINE)
     assert esm.count("export default") == 1
