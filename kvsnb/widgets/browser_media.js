@@ -149,27 +149,49 @@ function kvsnbEncodeH264(track, config, sendBytes, log) {
   };
 }
 
-// The camera as JPEG pictures (no H.264 encoder in this browser). Returns {stop, requestKeyframe}.
+// The camera as JPEG pictures (no H.264 encoder in this browser), at most
+// KVSNB_FALLBACK_FPS a second, each camera frame at most once: read with
+// MediaStreamTrackProcessor where there is one, else from a <video> whose decoded-frame count
+// must have moved. Returns {stop, requestKeyframe}.
 function kvsnbEncodeJpeg(track, sendBytes, log) {
+  const canvas = document.createElement("canvas");
+  const minGapMs = 1000 / KVSNB_FALLBACK_FPS;
+  let busy = false;
+  let last = -Infinity;
+  const send = (source, width, height, captured) => {
+    busy = true;
+    last = performance.now();
+    canvas.width = width;
+    canvas.height = height;
+    canvas.getContext("2d").drawImage(source, 0, 0);
+    canvas.toBlob(async (blob) => {
+      busy = false;
+      if (blob) sendBytes(kvsnbPackChunk(KVSNB_CHUNK.JPEG, true, captured, await blob.arrayBuffer()));
+    }, "image/jpeg", KVSNB_JPEG_QUALITY);
+  };
+  if (typeof MediaStreamTrackProcessor !== "undefined") {
+    const toEpoch = kvsnbClock();
+    const reading = kvsnbReadTrack(track, (frame) => {
+      if (!busy && performance.now() - last >= minGapMs * 0.9) {
+        send(frame, frame.displayWidth, frame.displayHeight, toEpoch(frame.timestamp));
+      }
+      frame.close();
+    }, log);
+    return { stop: () => reading.stop(), requestKeyframe: () => {} };
+  }
   const video = document.createElement("video");
   video.muted = true;
   video.playsInline = true;
   video.srcObject = new MediaStream([track]);
   video.play().catch((e) => log(`camera preview: ${e}`));
-  const canvas = document.createElement("canvas");
-  let busy = false;
+  let seen = -1;
   const timer = setInterval(() => {
-    if (busy || !video.videoWidth) return;
-    busy = true;
-    const captured = kvsnbNowUs();
-    canvas.width = video.videoWidth;
-    canvas.height = video.videoHeight;
-    canvas.getContext("2d").drawImage(video, 0, 0);
-    canvas.toBlob(async (blob) => {
-      busy = false;
-      if (blob) sendBytes(kvsnbPackChunk(KVSNB_CHUNK.JPEG, true, captured, await blob.arrayBuffer()));
-    }, "image/jpeg", KVSNB_JPEG_QUALITY);
-  }, 1000 / KVSNB_FALLBACK_FPS);
+    const quality = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
+    const count = quality ? quality.totalVideoFrames : -2;
+    if (busy || !video.videoWidth || count === seen) return;
+    seen = count;
+    send(video, video.videoWidth, video.videoHeight, kvsnbNowUs());
+  }, minGapMs);
   return { stop: () => { clearInterval(timer); video.srcObject = null; }, requestKeyframe: () => {} };
 }
 

@@ -5,7 +5,11 @@ over a WebSocket to a small aiohttp server of the test; the access units are H.2
 Constrained Baseline that PyAV decodes (stamps read back), the Opus packets decode, and a
 ``MasterSession`` fed with them (``EncodedVideoTrack``, ``EncodedAudioTrack``) has Local KVS
 store them byte for byte. The viewer's half: JPEG pictures of stamped frames sent to
-``kvsnbKernelViewer`` are drawn on its canvas (stamps read from a screenshot)."""
+``kvsnbKernelViewer`` are drawn on its canvas (stamps read from a screenshot). A page whose
+browser lacks the encoders sends JPEG and PCM instead, which aiortc encodes and Local KVS
+stores. In JupyterLab, as on Binder (the bridge reached only through the Jupyter server's
+proxy): ``BrowserSession(transport="kernel")`` as master is stored, and as viewer shows a kvsnb
+master live and is heard."""
 
 from __future__ import annotations
 
@@ -37,10 +41,13 @@ from kvsnb.sources.encoded import (
     KIND_JPEG,
     KIND_KEYFRAME_REQUEST,
     KIND_OPUS,
+    KIND_PCM,
     EncodedAudioTrack,
     EncodedChunk,
     EncodedVideoTrack,
     JpegEncoder,
+    JpegVideoTrack,
+    PcmAudioTrack,
     forward_keyframe_requests,
     pack_chunk,
     parse_chunk,
@@ -76,7 +83,11 @@ const handlers = [];
 ws.onmessage = (ev) => { for (const h of handlers) h(new Uint8Array(ev.data)); };
 const send = (data) => { if (ws.readyState === 1) ws.send(data); };
 const log = (text) => console.log(text);
-window.kvsnbRun = async (role) => {
+window.kvsnbRun = async (role, noEncoders) => {
+  if (noEncoders) {  // as a browser without WebCodecs' H.264 and Opus encoders
+    VideoEncoder.isConfigSupported = async () => ({ supported: false });
+    AudioEncoder.isConfigSupported = async () => ({ supported: false });
+  }
   await new Promise((resolve) => { if (ws.readyState === 1) resolve(); else ws.onopen = resolve; });
   if (role === "MASTER") {
     const stream = await navigator.mediaDevices.getUserMedia(
@@ -310,6 +321,59 @@ async def test_page_encodes_h264_and_opus_that_a_master_session_stores(
     _, (stamps, unreadable) = await asyncio.to_thread(stored_stamps, target, stream_arn)
     assert unreadable == 0 and list(stamps["frame_index"]) == decode_h264(sent_units)
     assert asked and len(list_fragments(target, stream_arn)) >= 2
+
+
+async def test_page_without_encoders_sends_jpeg_and_pcm_that_are_stored(
+    page_server: PageServer, browser_page: Any, target: Target, kvs: LocalKvs
+) -> None:
+    _, stream_arn = target.create_storage_channel("page-fallback")
+    video, audio = JpegVideoTrack(), PcmAudioTrack()
+    session = MasterSession(target, "page-fallback", video=video, audio=audio, policy=FAST)
+    await session.start(timeout=60)
+
+    def on_chunk(chunk: EncodedChunk) -> None:
+        if chunk.kind == KIND_JPEG:
+            video.feed_chunk(chunk)
+        elif chunk.kind == KIND_PCM:
+            audio.feed_chunk(chunk)
+
+    page_server.on_chunk = on_chunk
+    try:
+        await browser_page.goto(page_server.url)
+        info = await browser_page.evaluate("kvsnbRun('MASTER', true)")
+        assert (info["video"], info["audio"], info["codec"]) == ("jpeg", "pcm", None), info
+        await wait_until(lambda: len(video.sent) >= 30, "30 pictures of the page sent", 60)
+        await browser_page.evaluate("window.kvsnbPath.stop()")
+        fed = video.stats()["fed"]
+        await wait_until(
+            lambda: video.stats()["queued"] == 0 and video.stats()["fed"] == fed,
+            "the sender took every picture fed",
+        )
+    finally:
+        await session.stop()
+        video.stop()
+        audio.stop()
+
+    pictures = page_server.of_kind(KIND_JPEG)
+    decoder = av.CodecContext.create("mjpeg", "r")
+    shown = []
+    for chunk in pictures:
+        (frame,) = decoder.decode(av.Packet(chunk.data))
+        assert isinstance(frame, av.VideoFrame) and (frame.width, frame.height) == (WIDTH, HEIGHT)
+        shown.append(read_stamp_frame(frame).index)
+    assert shown == sorted(shown) and len(set(shown)) == len(shown)
+    pcm = page_server.of_kind(KIND_PCM)
+    assert pcm and all(len(c.data) % 2 == 0 for c in pcm)
+    assert sum(len(c.data) for c in pcm) // 2 > 48_000  # over a second of microphone
+
+    sent_indexes = [shown[item.index] for item in video.sent]  # the pictures aiortc encoded
+    await wait_until(
+        lambda: stored_frame_count(kvs, stream_arn) == len(sent_indexes), "every picture stored"
+    )
+    _, (stamps, unreadable) = await asyncio.to_thread(stored_stamps, target, stream_arn)
+    assert unreadable == 0 and list(stamps["frame_index"]) == sent_indexes
+    _, codecs = await asyncio.to_thread(stored_video, target, stream_arn)
+    assert codecs == {"h264", "aac"}
 
 
 async def test_viewer_page_draws_the_pictures_the_kernel_sends(
