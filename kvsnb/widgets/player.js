@@ -3,6 +3,11 @@
 // Lifetimes: the player library (hls.js or dash.js, sent by the kernel) is requested and
 // imported once per model, in initialize; each view owns its player, timers and listeners,
 // and the cleanup render returns (anywidget calls it when the view goes) releases them all.
+//
+// Reports go to the kernel over the kernel bridge's socket (kvsnbOpenBridge, bridge.js, which
+// the Python side puts in front of this module), so the kernel hears them while a cell runs;
+// until the socket is open, or if it cannot be or closes, they go as trait changes (comm
+// messages, which the kernel reads between cells).
 async function importSource(source) {
   const url = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
   try { return await import(url); } finally { URL.revokeObjectURL(url); }
@@ -44,6 +49,10 @@ function dashStamp(timeline, mediaTime) {
 const STALE_FRAME_MS = 250;
 const KNOWN_FRAGMENTS = 600;  // remembered fragment times of a LIVE HLS playlist (10 min of 1 s)
 const DASH_REFRESH_MS = 1000;  // a dynamic MPD's kvs:ts are re-read this often
+// LIVE: the stream counts as stopped when no new fragment was listed for this many target
+// durations (at least STOPPED_MIN_MS) while the video waits at the end of what it has
+const STOPPED_TARGETS = 5;
+const STOPPED_MIN_MS = 5000;
 
 // The player library comes from the kernel in a message (see player.py); the listener goes
 // when the answer comes or when `signal` aborts (the model's module is replaced).
@@ -66,9 +75,10 @@ function requestLibrary(model, signal) {
   });
 }
 
-// Each setup attaches a player to `video` and returns {player, onScreen, dispose}:
+// Each setup attaches a player to `video` and returns {player, onScreen, newest, dispose}:
 // onScreen(mediaTime) is the program date time (epoch ms) of the frame at mediaTime, or null;
-// dispose() removes everything the setup added (listeners, timers, the player itself).
+// newest() the end (epoch ms) of the newest fragment listed, or null; dispose() removes
+// everything the setup added (listeners, timers, the player itself).
 
 // hls.js: the fragment holding the frame shown (its media start as parsed, startPTS, once
 // loaded) and its PROGRAM-DATE-TIME; hls.playingDate lags at fragment changes. A LIVE
@@ -101,6 +111,14 @@ function setupHls(Hls, video, { url, live, sync, target, fail }) {
     }
     return null;
   };
+  const newest = () => {
+    let last = null;
+    for (const [start, end, pdt] of known.values()) {
+      const ms = pdt + (end - start) * 1000;
+      if (last === null || ms > last) last = ms;
+    }
+    return last;
+  };
   // LIVE: (re)starting playback goes back near the live edge (a muted video that was
   // paused, or held by the browser while scrolled out of view, would be far behind);
   // dash.js's live catch-up does this by itself
@@ -113,8 +131,10 @@ function setupHls(Hls, video, { url, live, sync, target, fail }) {
     video.removeEventListener("play", onPlay);
     hls.destroy();
   };
-  return { player: hls, onScreen, dispose };
+  return { player: hls, onScreen, newest, dispose };
 }
+
+const LIVE_DELAY_TARGETS = 2;
 
 // dash.js: the frame's time from the MPD's kvs:ts (re-read every DASH_REFRESH_MS while the
 // MPD is dynamic, as dash.js does not keep them).
@@ -122,9 +142,13 @@ async function setupDash(dashjs, video, { url, live, sync, target, fail }) {
   const dash = dashjs.MediaPlayer().create();
   const settings = { streaming: { } };
   if (live) {
-    settings.streaming.delay = { liveDelay: (sync + 1) * target };
-    settings.streaming.liveCatchup = { enabled: true, maxDrift: 2 * target,
-                                       playbackRate: { min: -0.3, max: 0.5 } };
+    // LIVE_DELAY_TARGETS more than the segments behind: a segment is listed only once stored
+    // and the MPD is re-read every second, so at (sync + 1) targets dash.js fetched segments
+    // right at the live edge with a near-empty buffer and stalled (1-3 s, at 1 s fragments);
+    // a gentle catch-up (±10 %) that never drains the buffer to catch up
+    settings.streaming.delay = { liveDelay: (sync + LIVE_DELAY_TARGETS) * target };
+    settings.streaming.liveCatchup = { enabled: true, maxDrift: (sync + 2 * LIVE_DELAY_TARGETS) * target,
+                                       playbackRate: { min: -0.1, max: 0.1 } };
   }
   dash.updateSettings(settings);
   dash.on("error", (e) => fail(e.error ? (e.error.message || e.error.code) : "error"));
@@ -152,7 +176,13 @@ async function setupDash(dashjs, video, { url, live, sync, target, fail }) {
       fetching = false;
     }, DASH_REFRESH_MS);
   }
-  return { player: dash, onScreen: (mediaTime) => dashStamp(timeline, mediaTime), dispose };
+  const newest = () => {
+    const rows = timeline ? timeline.rows.filter((r) => r.ts !== null) : [];
+    if (!rows.length) return null;
+    const last = rows[rows.length - 1];
+    return last.ts + last.d * 1000 / timeline.scale;
+  };
+  return { player: dash, onScreen: (mediaTime) => dashStamp(timeline, mediaTime), newest, dispose };
 }
 
 // The browser's own HLS (Safari, where hls.js has no Media Source Extensions): the frame's
@@ -167,7 +197,12 @@ function setupNative(video, { url }) {
     video.removeAttribute("src");
     video.load();
   };
-  return { player: null, onScreen, dispose };
+  const newest = () => {
+    const start = video.getStartDate ? video.getStartDate().getTime() : NaN;
+    const end = video.seekable.length ? video.seekable.end(video.seekable.length - 1) : NaN;
+    return Number.isFinite(start) && Number.isFinite(end) ? start + end * 1000 : null;
+  };
+  return { player: null, onScreen, newest, dispose };
 }
 
 async function setup(lib, video, protocol, options) {
@@ -176,6 +211,26 @@ async function setup(lib, video, protocol, options) {
   if (Hls.isSupported()) return setupHls(Hls, video, options);
   if (video.canPlayType("application/vnd.apple.mpegurl")) return setupNative(video, options);
   throw new Error("this browser plays HLS neither with hls.js nor by itself");
+}
+
+// What the label under the video says besides the time, from the video and the stream.
+function statusOf(video, live, waitingSince, stoppedSince) {
+  if (video.ended) return "ended";
+  if (live && stoppedSince !== null) return "stopped";
+  if (video.paused) return "paused";
+  if (waitingSince !== null || video.readyState < 3) return "waiting";
+  return "playing";
+}
+
+function labelOf(status, ms, newest) {
+  const time = ms === null ? "—" : iso(Math.round(ms));
+  if (status === "ended") return `${time} · ended`;
+  if (status === "stopped") {
+    const last = newest === null ? "" : `: no new fragment since ${iso(Math.round(newest))}`;
+    return `${time} · live stream stopped${last}`;
+  }
+  if (status === "paused") return `${time} · paused`;
+  return time;
 }
 
 function widget() {
@@ -191,7 +246,9 @@ function widget() {
     box.className = "kvsnb-player";
     box.style.cssText = "display:inline-flex;flex-direction:column;gap:4px;font:13px monospace";
     const video = document.createElement("video");
-    video.muted = true; video.autoplay = true; video.playsInline = true; video.controls = true;
+    // no autoplay attribute: Chromium holds a muted autoplay-by-attribute video until it is
+    // scrolled into view; the view starts it itself with play() (muted, so allowed)
+    video.muted = true; video.playsInline = true; video.controls = true;
     video.style.cssText = `width:${model.get("width")}px;background:#000`;
     const stamp = document.createElement("div");
     stamp.className = "kvsnb-player-pdt";
@@ -200,58 +257,109 @@ function widget() {
     el.append(box);
 
     const protocol = model.get("protocol");
+    const live = model.get("live");
+    const target = model.get("target_duration_s");
     let closed = false;
-    let attached = null;  // {player, onScreen, dispose} once set up
+    let attached = null;  // {player, onScreen, newest, dispose} once set up
+    let bridge = null;  // the kernel bridge, once open
     let timer = null;
     let frameRequest = null;
     let mediaTime = 0;
     let frameAt = -Infinity;
+    let lastMs = null;  // the last frame time known (kept when the video has ended)
+    let newestMs = null;
+    let newestAt = performance.now();
+    let waitingSince = null;
+    let stalls = 0;
+    let seeking = false;
+    const send = (values) => {
+      if (bridge) { bridge.sendJson({ type: "report", ...values }); return; }
+      for (const [k, v] of Object.entries(values)) model.set(k, v);
+      model.save_changes();
+    };
     const fail = (message) => {
       if (closed) return;
       model.set("error", String(message)); model.save_changes();
+      if (bridge) bridge.sendJson({ type: "report", error: String(message), status: "error" });
       stamp.textContent = "error: " + message;
     };
     const onCommand = (msg) => {
       if (!msg) return;
       if (msg.type === "seek") video.currentTime = msg.time;
       else if (msg.type === "pause") video.pause();
-      else if (msg.type === "play") video.play();
+      else if (msg.type === "play") video.play().catch(() => {});
     };
     const onFrame = (now, meta) => {
       mediaTime = meta.mediaTime;
       frameAt = now;
       frameRequest = video.requestVideoFrameCallback(onFrame);
     };
+    const onWaiting = () => {
+      if (waitingSince === null) waitingSince = performance.now();
+      if (!seeking && video.currentTime > 0) stalls += 1;
+    };
+    const onPlaying = () => { waitingSince = null; };
+    const onSeeking = () => { seeking = true; };
+    const onSeeked = () => { seeking = false; };
+    const listeners = { waiting: onWaiting, playing: onPlaying, seeking: onSeeking, seeked: onSeeked };
+    for (const [name, fn] of Object.entries(listeners)) video.addEventListener(name, fn);
     const report = () => {
       // the frame shown: the last one presented (requestVideoFrameCallback) while playing;
       // currentTime's when paused, or when no frame was presented lately (a hidden video
       // presents none, so the last one seen would be stale)
-      if (video.paused || performance.now() - frameAt > STALE_FRAME_MS) mediaTime = video.currentTime;
-      const ms = attached.onScreen(mediaTime);
-      stamp.textContent = ms === null ? "—" : iso(Math.round(ms));
+      const now = performance.now();
+      if (video.paused || now - frameAt > STALE_FRAME_MS) mediaTime = video.currentTime;
+      let ms = attached.onScreen(mediaTime);
+      if (ms === null && video.ended) ms = lastMs;  // past the last frame: it stays on screen
+      if (ms !== null) lastMs = ms;
+      const newest = attached.newest();
+      if (newest !== null && newest !== newestMs) { newestMs = newest; newestAt = now; }
+      const atEnd = waitingSince !== null || video.readyState < 3;
+      const quiet = now - newestAt > Math.max(STOPPED_MIN_MS, STOPPED_TARGETS * target * 1000);
+      const status = statusOf(video, live, waitingSince, live && atEnd && quiet ? newestAt : null);
+      stamp.textContent = labelOf(status, ms, newestMs);
       const quality = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
-      model.set("current_time", video.currentTime);
-      model.set("paused", video.paused);
-      model.set("on_screen_ms", ms === null ? -1 : Math.round(ms));
-      model.set("decoded_frames", quality ? quality.totalVideoFrames : 0);
-      model.save_changes();
+      send({
+        current_time: video.currentTime,
+        paused: video.paused,
+        on_screen_ms: ms === null ? -1 : Math.round(ms),
+        decoded_frames: quality ? quality.totalVideoFrames : 0,
+        dropped_frames: quality ? quality.droppedVideoFrames : 0,
+        stalls,
+        status,
+      });
     };
     const dispose = () => {
       if (closed) return;
       closed = true;
       model.off("msg:custom", onCommand);
       clearInterval(timer);
+      for (const [name, fn] of Object.entries(listeners)) video.removeEventListener(name, fn);
       if (frameRequest !== null) video.cancelVideoFrameCallback(frameRequest);
       try { if (attached) attached.dispose(); } catch (err) { /* closing */ }
       attached = null;
+      if (bridge) bridge.close();
+      bridge = null;
     };
+
+    kvsnbOpenBridge(model, {
+      onJson: onCommand,
+      onBytes: () => {},
+      onClose: () => { bridge = null; },  // reports go as trait changes again
+    }).then((opened) => {
+      // the comm fallback is no better than trait changes (both reach the kernel between
+      // cells only): reports use the bridge only when its socket is open
+      if (closed || opened.kind !== "websocket") { opened.close(); return; }
+      bridge = opened;
+      bridge.sendJson({ type: "page", via: opened.kind, host: location.hostname });
+    }).catch(() => { /* reports keep going as trait changes */ });
 
     const start = async () => {
       const options = {
         url: model.get("url"),
-        live: model.get("live"),
+        live,
         sync: model.get("live_sync_segments"),
-        target: model.get("target_duration_s"),
+        target,
         fail,
       };
       const made = await setup(await library, video, protocol, options);
@@ -262,6 +370,12 @@ function widget() {
       video.kvsnbMediaTime = () => mediaTime;
       timer = setInterval(report, model.get("report_ms"));
       model.on("msg:custom", onCommand);
+      // started here, not by an autoplay attribute; once more when it can first play, in
+      // case the first play() was cut short by the player's own loading
+      video.play().catch(() => {});
+      video.addEventListener("canplay", () => {
+        if (!closed && video.paused && !video.ended) video.play().catch(() => {});
+      }, { once: true });
     };
     start().catch((err) => fail(err && err.message ? err.message : String(err)));
     return dispose;

@@ -12,24 +12,38 @@ Binder or a remote JupyterLab, Local KVS answers under the Jupyter server's
 (``Target.public``).
 
 Under the video, the program date time of the frame on screen: from
-``#EXT-X-PROGRAM-DATE-TIME`` (hls.js ``playingDate``) for HLS, from the ``kvs:ts`` attributes
-of the MPD for DASH (sessions are created with DisplayFragmentTimestamp=ALWAYS). The browser
-reports back what is on screen a few times a second: ``on_screen_ms`` (the producer
-timestamp of the frame shown, epoch ms), ``current_time``, ``paused``, ``decoded_frames``,
-``error``. ``seek``, ``pause`` and ``play`` act on the video. Nothing in the kernel waits
-for a browser: with no view open the traits keep their defaults (``on_screen`` is None).
+``#EXT-X-PROGRAM-DATE-TIME`` for HLS (the fragment holding the frame), from the ``kvs:ts``
+attributes of the MPD for DASH (sessions are created with DisplayFragmentTimestamp=ALWAYS),
+and what the video is doing when it is not simply playing: "paused", "ended" (the last
+frame's time stays), "live stream stopped" (LIVE: no new fragment for a while and nothing
+left to play). The browser reports back what is on screen a few times a second:
+``on_screen_ms`` (the producer timestamp of the frame shown, epoch ms), ``current_time``,
+``paused``, ``status``, ``decoded_frames``, ``dropped_frames``, ``stalls``, ``error``.
+``seek``, ``pause`` and ``play`` act on the video. Nothing in the kernel waits for a browser:
+with no view open the traits keep their defaults (``on_screen`` is None).
 
+The reports travel over the kernel bridge (``kvsnb.widgets.bridge``; the page side is
+``bridge.js``, put in front of ``player.js`` as ``BrowserSession`` does), so they reach the
+kernel while a cell runs: a cell can display a Player and ``await
+player.wait_on_screen(...)``. When the page cannot open the bridge's socket they go as
+ordinary trait changes, which the kernel reads only between cells.
+
+The view starts the video itself with ``play()`` (muted, so browsers allow it), not with
+the ``autoplay`` attribute, which Chromium holds until the video is scrolled into view.
 LIVE plays close to the live edge: hls.js syncs ``live_sync_segments`` segments behind the
 newest (default 1; hls.js's default is 3) and speeds up to catch up; dash.js targets a live
-delay of ``live_sync_segments`` + 1 target durations with catch-up on.
+delay of ``live_sync_segments`` + 2 target durations (a segment is listed only once stored,
+so one target less fetched segments right at the edge and stalled) with a gentle catch-up.
 
 ``HlsViewer`` stays the tool for frame-by-frame analysis in the kernel.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import uuid
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -40,6 +54,8 @@ import traitlets
 from kvsnb.client.target import Target
 from kvsnb.playback.dash import dash_session_url
 from kvsnb.playback.hls import hls_session_url
+from kvsnb.widgets._common import Tasks
+from kvsnb.widgets.bridge import BridgeChannel, bridge_channel, page_js, page_urls
 from kvsnb.widgets.vendor import library
 
 logger = logging.getLogger(__name__)
@@ -48,15 +64,41 @@ Protocol = Literal["HLS", "DASH"]
 PROTOCOLS: tuple[Protocol, ...] = get_args(Protocol)
 PlayerMode = Literal["LIVE", "ON_DEMAND", "LIVE_REPLAY"]
 MODES: tuple[PlayerMode, ...] = get_args(PlayerMode)
+Status = Literal["", "waiting", "playing", "paused", "ended", "stopped", "error"]
+STATUSES: tuple[Status, ...] = get_args(Status)
 LIBRARY = {"HLS": "hls.js", "DASH": "dash.js"}
+# what the page reports, and the type each trait takes
+REPORTED = {
+    "current_time": float,
+    "paused": bool,
+    "on_screen_ms": int,
+    "decoded_frames": int,
+    "dropped_frames": int,
+    "stalls": int,
+    "status": str,
+    "error": str,
+}
 
 ESM = Path(__file__).with_name("player.js")  # the front end, shipped as package data
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def build_esm() -> str:
+    """The widget's front end: the bridge's page side (``bridge.js``), then ``player.js``."""
+    return page_js() + "\n" + ESM.read_text()
 
 
 class Player(anywidget.AnyWidget):
     """Plays an HLS or DASH session URL in a ``<video>`` (see the module docstring)."""
 
-    _esm = ESM
+    _esm = build_esm()
     url = traitlets.Unicode(help="the session URL, as the browser reaches it").tag(sync=True)
     protocol = traitlets.Enum(PROTOCOLS, default_value="HLS", help="HLS or DASH").tag(sync=True)
     live = traitlets.Bool(False, help="LIVE or LIVE_REPLAY: play near the live edge").tag(sync=True)
@@ -78,13 +120,39 @@ class Player(anywidget.AnyWidget):
         sync=True
     )
     decoded_frames = traitlets.Int(0, help="video frames the browser has decoded").tag(sync=True)
+    dropped_frames = traitlets.Int(0, help="decoded video frames never shown").tag(sync=True)
+    stalls = traitlets.Int(0, help="times the playing video waited for data").tag(sync=True)
+    status = traitlets.Enum(
+        STATUSES,
+        default_value="",
+        help="waiting, playing, paused, ended, stopped (LIVE: no new fragment) or error",
+    ).tag(sync=True)
     error = traitlets.Unicode("", help="the player's fatal error, if any").tag(sync=True)
+    bridge_urls = traitlets.List(traitlets.Unicode(), help="the bridge socket URLs").tag(sync=True)
+    bridge_token = traitlets.Unicode(help="the page's token for the bridge (not a key)").tag(
+        sync=True
+    )
 
     def __init__(self, url: str, protocol: Protocol = "HLS", **kwargs: Any) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
         self._source = library(LIBRARY[protocol])  # VendorError now if it is missing
-        super().__init__(url=url, protocol=protocol, **kwargs)
+        # the bridge channel first: the page reads its token and URLs from the first state.
+        # Only on a running loop (a kernel's, while it runs the cell): nothing would serve
+        # the socket otherwise, and the page's reports go as trait changes
+        link = bridge_channel(uuid.uuid4().hex) if _loop_running() else None
+        super().__init__(
+            url=url,
+            protocol=protocol,
+            bridge_token=link.token if link else "",
+            bridge_urls=page_urls(link) if link else [],
+            **kwargs,
+        )
+        self.channel_link: BridgeChannel | None = link
+        self._home = Tasks().home  # the kernel's loop, where the waiters wait
+        self._reported = asyncio.Event()
+        if link is not None:
+            link.on_json(self._on_page)
         self.on_msg(self._on_message)
 
     def _on_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
@@ -92,6 +160,39 @@ class Player(anywidget.AnyWidget):
         widget state (so a saved notebook carries no third-party code)."""
         if isinstance(content, dict) and content.get("type") == "need-library":
             self.send({"type": "library", "source": self._source})
+
+    def _on_page(self, msg: Any) -> None:
+        """A report from the page (over the bridge, on the kernel loop): the traits it names."""
+        if not isinstance(msg, dict) or msg.get("type") != "report":
+            return
+        values = {}
+        for name, kind in REPORTED.items():
+            if name in msg and msg[name] is not None:
+                try:
+                    values[name] = kind(msg[name])
+                except (TypeError, ValueError):
+                    logger.warning("Player: a report with a bad %s: %r", name, msg[name])
+        if values.get("status") not in (None, *STATUSES):
+            values.pop("status")
+        with self.hold_trait_notifications():
+            for name, value in values.items():
+                setattr(self, name, value)
+
+    @traitlets.observe("on_screen_ms", "status", "current_time")
+    def _on_report(self, _change: Any) -> None:
+        """Wake ``wait_on_screen`` (on its loop: a trait change from the page may come on the
+        kernel's comm thread)."""
+        reported = getattr(self, "_reported", None)
+        if reported is None:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._home:
+            reported.set()
+        elif not self._home.is_closed():
+            self._home.call_soon_threadsafe(reported.set)
 
     @classmethod
     def from_stream(
@@ -136,6 +237,51 @@ class Player(anywidget.AnyWidget):
         if self.on_screen_ms < 0:
             return None
         return pd.Timestamp(self.on_screen_ms, unit="ms", tz="UTC")
+
+    async def page_connected(self, timeout: float = 5.0) -> bool:
+        """Whether a browser shows the Player: its page opens the bridge within ``timeout``
+        seconds (False when the notebook runs headless: nbval, nbconvert). A Player made
+        with no running event loop has no bridge: then whether a report came."""
+        if self.channel_link is None:
+            return bool(self.status)
+        try:
+            await self.channel_link.wait_open(timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def wait_on_screen(
+        self, after: dt.datetime | pd.Timestamp | None = None, timeout: float | None = 30.0
+    ) -> pd.Timestamp:
+        """Wait until the browser reports a frame on screen (later than ``after``, when
+        given) and return its producer timestamp. Works inside a running cell (the reports
+        come over the bridge); ``TimeoutError`` after ``timeout`` seconds (with no browser
+        showing the Player, none ever comes)."""
+        limit = None if after is None else pd.Timestamp(after)
+        if limit is not None and limit.tzinfo is None:
+            limit = limit.tz_localize("UTC")
+
+        async def reported() -> pd.Timestamp:
+            while True:
+                self._reported.clear()
+                shown = self.on_screen
+                if shown is not None and (limit is None or shown > limit):
+                    return shown
+                await self._reported.wait()
+
+        try:
+            return await asyncio.wait_for(reported(), timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"the Player reported no frame{'' if limit is None else f' after {limit}'} "
+                f"within {timeout} s: is it shown in a browser?"
+            ) from None
+
+    def close(self) -> None:
+        """Close the widget (its views stop playing) and its bridge channel."""
+        if self.channel_link is not None:
+            self.channel_link.close()
+        super().close()
 
     def seek(self, seconds: float) -> None:
         """Move the video to ``seconds`` (its currentTime)."""
