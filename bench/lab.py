@@ -199,7 +199,8 @@ def strip_ansi(text: str) -> str:
 
 @dataclass
 class LabServer:
-    """A running ``jupyter lab`` (its own process group) serving ``root``."""
+    """A running ``jupyter lab`` (its own process group) serving ``root``; ``url`` ends with
+    its base URL (without the final slash)."""
 
     url: str
     root: Path
@@ -248,8 +249,10 @@ def write_lab_settings(settings_dir: Path) -> None:
         path.write_text(json.dumps(values))
 
 
-def start_lab(root: Path, work: Path, log: Path) -> LabServer:
-    """Start JupyterLab on a free port of 127.0.0.1 serving ``root``; wait for /api/status."""
+def start_lab(root: Path, work: Path, log: Path, *, base_url: str = "/") -> LabServer:
+    """Start JupyterLab on a free port of 127.0.0.1 serving ``root`` under ``base_url`` (as
+    JupyterHub and Binder serve it, e.g. ``/user/NAME/``); wait for /api/status."""
+    base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
     for sub in ("config", "data", "runtime", "settings", "workspaces"):
         (work / sub).mkdir(parents=True, exist_ok=True)
     write_lab_settings(work / "settings")
@@ -272,6 +275,7 @@ def start_lab(root: Path, work: Path, log: Path) -> LabServer:
         "--no-browser",
         "--ServerApp.ip=127.0.0.1",
         f"--ServerApp.port={port}",
+        f"--ServerApp.base_url={base_url}",
         "--ServerApp.port_retries=0",
         "--allow-root",  # a root CI container; harmless otherwise
         "--IdentityProvider.token=",
@@ -294,7 +298,7 @@ def start_lab(root: Path, work: Path, log: Path) -> LabServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    lab = LabServer(f"http://127.0.0.1:{port}", root, process, log)
+    lab = LabServer(f"http://127.0.0.1:{port}{base_url.rstrip('/')}", root, process, log)
     deadline = time.monotonic() + LAB_START_S
     while True:
         if process.poll() is not None:
