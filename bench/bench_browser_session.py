@@ -21,10 +21,15 @@ Figures (printed; never a pass or fail on time):
   watches alone, then with the viewer's kernel path too (the difference is noisy on a busy
   machine: the master's encoder is the larger part).
 
-The direct path (the page's own RTCPeerConnection) runs in JupyterLab only
-(``tests/browser/test_browser_session.py``): it is not measured here.
+- in JupyterLab (``bench/lab.py``), the real ``BrowserSession`` as a viewer of a kvsnb master
+  in its kernel, by the direct path (the page's RTCPeerConnection through TURN) and by the
+  kernel path (through the Jupyter server's proxy, as on Binder): capture → on screen from
+  screenshots, as ``bench_player`` measures the Player (a screenshot's own time included).
 
-``python -m bench.bench_browser_session [--seconds S]``.
+The master's direct path is not measured here (its capture → listed would need the page's
+capture clock, which only the kernel path carries).
+
+``python -m bench.bench_browser_session [--seconds S] [--no-lab]``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -41,15 +47,24 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 from aiohttp import web
+from PIL import Image
 
 from bench.common import pct, report
-from bench.lab import CHROMIUM, CHROMIUM_ARGS
+from bench.lab import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    VIEWPORT,
+    NotebookPage,
+    player_notebook,
+    start_lab,
+)
 from kvsnb.client.session import JoinPolicy, MasterSession
 from kvsnb.launch import connect
 from kvsnb.local.runner import LocalKvsProcess
 from kvsnb.playback import get_media, list_fragments
-from kvsnb.sources import TestPatternTrack, ToneTrack, write_y4m
+from kvsnb.sources import TestPatternTrack, ToneTrack, try_read_stamp, write_y4m
 from kvsnb.widgets.bridge import bridge_channel, page_url, stop_bridge
 from kvsnb.widgets.browser_media import KernelPath, start_kernel_path
 
@@ -290,10 +305,105 @@ async def run(seconds: float) -> dict[str, Any]:
     return {"master": master, "viewer": viewer}
 
 
+LAB_NOTEBOOK = "bench_browser_viewer_{transport}.ipynb"
+LAB_SETUP = """
+import kvsnb
+from kvsnb.client.session import JoinPolicy, MasterSession
+from kvsnb.local.storage.peer import StorageOptions
+from kvsnb.sources import TestPatternTrack, ToneTrack
+from kvsnb.widgets import BrowserSession
+target = kvsnb.connect(extra={"storage": StorageOptions(fragment_duration_s=1.0)})
+POLICY = JoinPolicy.local(connect_timeout_s=20)
+target.create_storage_channel("bench-lab-viewer")
+pattern = TestPatternTrack(%(width)d, %(height)d, 30)
+master = MasterSession(target, "bench-lab-viewer", video=pattern, audio=ToneTrack(), policy=POLICY)
+await master.start(timeout=30)
+"""
+LAB_VIEWER = """
+view = BrowserSession(target, "bench-lab-viewer", role="VIEWER", policy=POLICY,
+                      transport="%(transport)s")
+display(view)
+view.start()
+await view.wait_connected(90)
+print("connected", view.state, view.transport_used)
+"""
+DIRECT_BRIDGE = re.compile(r"^wss?://[^/]+/kvsnb-bridge/")  # the kernel path: proxy only
+
+
+def stamp_ms(shot: bytes) -> int | None:
+    """The capture time (epoch ms) in a screenshot, if its stamp decodes."""
+    stamp = try_read_stamp(np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")))
+    return None if stamp is None else stamp.capture_ms
+
+
+def lab_viewer(transport: str, seconds: float, interval: float = 0.3) -> list[float]:
+    """Capture → on screen (ms, from screenshots, as ``bench_player``) in a ``BrowserSession``
+    viewer in JupyterLab watching a kvsnb master in its kernel, by ``transport``: "direct"
+    (the page's RTCPeerConnection through TURN, a ``<video>``) or "kernel" (JPEG pictures
+    over the bridge, through the Jupyter server's proxy as on Binder, a ``<canvas>``)."""
+    from playwright.sync_api import sync_playwright
+
+    name = LAB_NOTEBOOK.format(transport=transport)
+    with tempfile.TemporaryDirectory(prefix="kvsnb-bench-browser-") as tmp:
+        base = Path(tmp)
+        root = base / "root"
+        root.mkdir()
+        cells = [
+            LAB_SETUP % {"width": SIZE[0], "height": SIZE[1]},
+            LAB_VIEWER % {"transport": transport},
+        ]
+        player_notebook(root / name, cells)
+        lab = start_lab(root, base / "jupyter", base / "server.log")
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(
+                    executable_path=str(CHROMIUM),
+                    headless=True,
+                    args=[
+                        *CHROMIUM_ARGS,
+                        "--use-fake-device-for-media-stream",
+                        "--use-fake-ui-for-media-stream",
+                        "--allow-loopback-in-peer-connection",
+                        "--disable-features=WebRtcHideLocalIpsWithMdns",
+                        "--autoplay-policy=no-user-gesture-required",
+                    ],
+                )
+                page = browser.new_page(viewport=VIEWPORT)
+                if transport == "kernel":
+                    page.route_web_socket(DIRECT_BRIDGE, lambda ws: ws.close(code=1008))
+                page.goto(f"{lab.url}/lab/tree/{name}?reset", wait_until="domcontentloaded")
+                nb = NotebookPage(name, page, lab)
+                nb.wait_until_ready()
+                nb.assert_no_errors(nb.run_all())
+                shown = page.locator(
+                    ".kvsnb-browser-session " + ("canvas" if transport == "kernel" else "video")
+                ).first
+                latencies: list[float] = []
+                deadline = time.monotonic() + 60
+                end = time.monotonic() + seconds
+                while time.monotonic() < end or not latencies:
+                    if time.monotonic() > deadline and not latencies:
+                        raise RuntimeError(f"no stamp on screen ({transport})")
+                    before = time.time()
+                    shot = shown.screenshot(timeout=10_000)
+                    after = time.time()
+                    captured = stamp_ms(shot)
+                    if captured is not None:
+                        latencies.append((before + after) / 2 * 1000 - captured)
+                    time.sleep(interval)  # between screenshots
+                browser.close()
+        finally:
+            lab.stop()
+    return latencies
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=20.0, help="per measurement")
+    parser.add_argument(
+        "--no-lab", action="store_true", help="skip the viewers in JupyterLab (direct, kernel)"
+    )
     args = parser.parse_args(argv)
     if not CHROMIUM.is_file():
         print(f"no Chromium at {CHROMIUM}: nothing measured")
@@ -325,6 +435,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{viewer['cpu_s_per_media_s_master_alone']:.3f} CPU-s/s; with the viewer's kernel path: "
         f"{viewer['cpu_s_per_media_s_with_viewer']:.3f} CPU-s/s"
     )
+    lab: dict[str, list[float]] = {}
+    if not args.no_lab:
+        for transport in ("direct", "kernel"):
+            lab[transport] = lab_viewer(transport, args.seconds)
+            found = lab[transport]
+            print(
+                f"  JupyterLab BrowserSession viewer, {transport}: capture -> on screen "
+                f"(screenshots) p50 {ms(pct(found, 50))}, p95 {ms(pct(found, 95))} "
+                f"over {len(found)} screenshots"
+            )
+    result["lab_viewer"] = {t: {"p50_ms": pct(v, 50), "p95_ms": pct(v, 95)} for t, v in lab.items()}
     print(json.dumps(result, default=str))
     report(
         browser_kernel_capture_listed_p50_ms=master["capture_listed_p50_ms"],
@@ -335,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         browser_kernel_viewer_on_screen_p95_ms=viewer["capture_on_screen_p95_ms"],
         browser_kernel_viewer_cpu_s_per_s=viewer["cpu_s_per_media_s_with_viewer"]
         - viewer["cpu_s_per_media_s_master_alone"],
+        **{f"browser_lab_viewer_{t}_p50_ms": pct(v, 50) for t, v in lab.items()},
+        **{f"browser_lab_viewer_{t}_p95_ms": pct(v, 95) for t, v in lab.items()},
     )
     return 0
 
