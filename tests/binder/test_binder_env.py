@@ -105,6 +105,15 @@ def run(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> st
     return proc.stdout
 
 
+def test_apt_lists_only_what_repo2docker_lacks() -> None:
+    """repo2docker's environment has Node.js 20 with npm ahead of the system on PATH, so
+    ``apt.txt`` installs neither (Debian's npm alone is about 420 packages); coturn (Local
+    KVS's TURN server) stays."""
+    packages = (BINDER / "apt.txt").read_text(encoding="utf-8").split()
+    assert "coturn" in packages
+    assert not {"nodejs", "npm"} & set(packages), packages
+
+
 def test_notebook_imports_are_found() -> None:
     """The import scan itself: it sees the notebooks and what they use."""
     paths = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -154,6 +163,21 @@ def test_binder_environment_runs_the_notebooks_imports(tmp_path: Path) -> None:
     ).split()
     assert Path(where[0]).resolve().is_relative_to(REPO), where  # kvsnb from this checkout
     assert Path(where[1]).resolve() == venv.resolve(), where  # in the Binder environment
+
+    # jupyter-server-proxy, enabled in the Jupyter server: the browser reaches Local KVS
+    # under <base_url>proxy/PORT/ through it
+    run([py, "-c", "import jupyter_server_proxy"], cwd=tmp_path, env=env, timeout=120)
+    server_extensions = subprocess.run(
+        [str(bin_dir / "jupyter"), "server", "extension", "list"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    listed = re.sub(r"\x1b\[[0-9;]*m", "", server_extensions.stdout + server_extensions.stderr)
+    assert re.search(r"jupyter_server_proxy\s+enabled", listed), listed
 
     payload = json.dumps({module: sorted(names) for module, names in sorted(imports.items())})
     run([py, "-c", CHECK_IMPORTS, payload], cwd=tmp_path, env=env, timeout=300)
