@@ -21,6 +21,8 @@
 # %%
 import asyncio
 
+import pandas as pd
+
 import kvsnb
 from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.playback import DashReader, dash_session_url, list_fragments
@@ -30,7 +32,7 @@ target = kvsnb.connect("local", extra={"storage": StorageOptions(fragment_durati
 channel_arn, stream_arn = target.create_storage_channel("watch")
 print("Local KVS reached by the browser at:", target.public_url or target.endpoint_url)
 
-live = asyncio.ensure_future(kvsnb.ingest(target, "watch", seconds=15))
+live = asyncio.ensure_future(kvsnb.ingest(target, "watch", seconds=20))
 while list_fragments(target, stream_arn).empty:  # the first fragment is stored
     await asyncio.sleep(0.25)
 
@@ -39,7 +41,9 @@ while list_fragments(target, stream_arn).empty:  # the first fragment is stored
 #
 # A LIVE session lists the newest fragments and grows as the master sends more. The Player
 # keeps close to the live edge: hls.js plays one segment behind the newest (its default is
-# three) and dash.js aims at two target durations, both speeding up a little to catch up.
+# three) and dash.js three target durations behind now (a fragment is listed only once it is
+# stored), both speeding up a little to catch up. Each Player starts playing by itself
+# (muted), whether or not it is scrolled into view.
 
 # %%
 live_hls = Player.from_stream(target, stream_arn, protocol="HLS", mode="LIVE")
@@ -50,26 +54,36 @@ live_dash = Player.from_stream(target, stream_arn, protocol="DASH", mode="LIVE")
 live_dash
 
 # %% [markdown]
-# The browser reports what it shows a few times a second. `on_screen` is the producer
-# timestamp of the frame on screen (`None` until a browser has drawn the player: when this
-# notebook runs headless, nothing is shown). Its distance to the clock is the
-# capture → on-screen latency (`bench/bench_player.py` measures it from screenshots).
+# The browser reports what it shows a few times a second, over a socket of the kernel's own
+# (the *kernel bridge*), so the kernel hears it even while a cell is running. `on_screen` is
+# the producer timestamp of the frame on screen (`None` until a browser has drawn the
+# player); `await player.wait_on_screen(after=...)` waits for a frame later than a time. Its
+# distance to the clock is the capture → on-screen latency (`bench/bench_player.py` measures
+# it from screenshots). When this notebook runs headless (nbval, nbconvert) no browser shows
+# the players, and the cell says so.
 
 # %%
-await asyncio.sleep(3)
 for name, player in (("HLS", live_hls), ("DASH", live_dash)):
-    shown = player.on_screen
-    if shown is None:
-        print(f"{name}: no browser has shown this player yet")
-    else:
-        behind = (kvsnb.playback.parse_time("now") - shown).total_seconds()
-        print(f"{name}: frame of {shown} on screen, {behind:.1f} s behind now")
+    if not await player.page_connected(timeout=10):
+        print(f"{name}: no browser shows this player (a headless run)")
+        continue
+    try:
+        first = await player.wait_on_screen(timeout=30)
+        later = await player.wait_on_screen(after=first + pd.Timedelta(seconds=1), timeout=30)
+    except TimeoutError as exc:
+        print(f"{name}: {exc}")
+        continue
+    behind = (kvsnb.playback.parse_time("now") - later).total_seconds()
+    print(f"{name}: frame of {later} on screen, {behind:.1f} s behind now")
 
 # %% [markdown]
 # ## 2. ON_DEMAND
 #
 # Once the ingest is over, an ON_DEMAND session plays the stored range (the whole stream
-# when no range is given). `pause`, `seek` and `play` act on the video element.
+# when no range is given). `pause`, `seek` and `play` act on the video element. The LIVE
+# players above now say *live stream stopped*: no new fragment comes, and they have played
+# all there was. An ON_DEMAND player that reaches the end says *ended* and keeps its last
+# frame's time; press play to watch it again.
 
 # %%
 sent = await live
@@ -101,7 +115,9 @@ print(
 )
 reader.segments_table().head()
 
-# %%
-for player in (live_hls, live_dash, vod_hls, vod_dash):
-    player.close()
-target.close()
+# %% [markdown]
+# The players stay on the page, playing, as long as the kernel runs. When you are done,
+# `player.close()` removes a player (its views stop) and `target.close()` stops this
+# notebook's Local KVS (the players then have nothing left to play): for example,
+# `for p in (live_hls, live_dash, vod_hls, vod_dash): p.close()`. Shutting the kernel down
+# does both.
