@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -124,15 +125,25 @@ def test_notebook_imports_are_found() -> None:
     assert "TrackTester" in imports.get("kvsnb.widgets", set())
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_binder_environment_runs_the_notebooks_imports(tmp_path: Path) -> None:
+@dataclass
+class BinderEnv:
+    """A Binder environment built by ``build_binder_env``: its venv, ``bin`` directory,
+    Python and the environment variables to run its commands with."""
+
+    venv: Path
+    bin_dir: Path
+    python: str
+    env: dict[str, str]
+
+
+def build_binder_env(tmp_path: Path) -> BinderEnv:
+    """Build the Binder environment in ``tmp_path/binder-env`` as repo2docker does: a venv of
+    ``binder/runtime.txt``'s Python, ``binder/requirements.txt`` with pip, then
+    ``binder/postBuild`` from the repository root (skips when that Python is missing)."""
     version = runtime_python()
     python = find_interpreter(version)
     if python is None:
         pytest.skip(f"no Python {version} here (binder/runtime.txt asks for it)")
-    imports = notebook_imports(sorted(NOTEBOOKS.glob("*.ipynb")))
-
     venv = tmp_path / "binder-env"
     run([python, "-m", "venv", str(venv)], cwd=tmp_path, env=dict(os.environ), timeout=120)
     bin_dir = venv / "bin"
@@ -154,6 +165,15 @@ def test_binder_environment_runs_the_notebooks_imports(tmp_path: Path) -> None:
     post_build = BINDER / "postBuild"
     cmd = [str(post_build)] if os.access(post_build, os.X_OK) else ["bash", str(post_build)]
     run(cmd, cwd=REPO, env=env, timeout=900)
+    return BinderEnv(venv, bin_dir, py, env)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_binder_environment_runs_the_notebooks_imports(tmp_path: Path) -> None:
+    imports = notebook_imports(sorted(NOTEBOOKS.glob("*.ipynb")))
+    built = build_binder_env(tmp_path)
+    venv, bin_dir, py, env = built.venv, built.bin_dir, built.python, built.env
 
     where = run(
         [py, "-c", "import kvsnb, sys; print(kvsnb.__file__); print(sys.prefix)"],
