@@ -38,6 +38,7 @@ BENCHES = (
     "bench_put_media",
     "bench_dask",
     "bench_player",
+    "bench_browser_session",
 )
 RESULTS = Path(__file__).parent / "results"
 QUICK = "--quick"
@@ -46,6 +47,7 @@ QUICK_ARGS: dict[str, tuple[str, ...]] = {
     "bench_put_media": ("--minutes", "0.5"),
     "bench_dask": ("--minutes", "1", "--partition-seconds", "10"),
     "bench_player": ("--seconds", "10", "--protocol", "HLS"),
+    "bench_browser_session": ("--seconds", "6"),
 }
 
 

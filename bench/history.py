@@ -56,6 +56,8 @@ BUDGETS: dict[str, Budget] = {
     "bench_dask.dask_1_vs_decode_floor": Budget(">=", 0.8),
     "bench_player.hls_capture_to_screen_ms_p50": Budget("<=", 3000),
     "bench_player.dash_capture_to_screen_ms_p50": Budget("<=", 3000),
+    "bench_browser_session.browser_lab_viewer_direct_p50_ms": Budget("<=", 300),
+    "bench_browser_session.browser_lab_viewer_kernel_p50_ms": Budget("<=", 1000),
 }
 
 
