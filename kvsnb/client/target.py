@@ -4,15 +4,9 @@ This is the only module of the client half that knows the difference (docs/desig
 Everything else asks a ``Target`` for boto3 clients, credentials for presigning, and the
 ICE settings, and then speaks the same wire protocol to either.
 
-Selection, first match wins:
-
-1. ``connect("aws", region=...)`` or ``KVSNB_TARGET=aws``: AWS, with boto3's standard
-   credential chain and region;
-2. ``connect("http://127.0.0.1:PORT")``, ``connect(endpoint_url=...)`` or
-   ``KVSNB_ENDPOINT_URL``: a Local KVS (or anything else speaking KVS) already running there;
-3. otherwise (``connect()``, ``KVSNB_TARGET=local``): an embedded Local KVS on its own
-   event-loop thread, on 127.0.0.1 and an ephemeral port, with a temporary (or given) data
-   directory. No AWS account or credentials are needed.
+A target is AWS (``aws_target``), a KVS endpoint at a URL (``endpoint_target``), or a Local
+KVS started in this process (``embedded_target``); ``kvsnb.connect()`` (``kvsnb.launch``)
+chooses among them, from its arguments and ``KVSNB_TARGET``/``KVSNB_ENDPOINT_URL``.
 
 TLS: ``connect(tls=True)`` serves the embedded Local KVS over https/wss with its local CA;
 for an ``https://`` endpoint the CA is ``ca_bundle=``, else (on a loopback address) the
