@@ -16,9 +16,10 @@ The messages (JSON), kernel → page: ``media`` (open the camera/microphone), ``
 candidate), ``close_peer``, ``stop``. Page → kernel: ``media_ready``, ``media_error``
 (``name``, ``message``: e.g. NotAllowedError when the camera is denied), ``answer``,
 ``peer_error``, ``local_candidate``, ``peer_state`` (``connection``, ``ice``),
-``first_frame`` (``kind``: "sent" for a master, "decoded" for a viewer) and ``stats`` (the
-page's ``getStats`` figures, one row a second). ``peer`` numbers each offer answered, so a
-late message of a closed peer is dropped.
+``first_frame`` (``kind``: "sent" for a master, "decoded" for a viewer), ``stats`` (the
+page's ``getStats`` figures, one row a second) and ``page`` (a page connected: one that comes
+after the set-up is asked for its camera/microphone again before the next offer). ``peer``
+numbers each offer answered, so a late message of a closed peer is dropped.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ class RemoteSession(StorageSessionBase):
         self.media_info: dict[str, Any] = {}
         self.page_stats: list[dict[str, Any]] = []
         self._peers = 0
+        self._page_lost = False
         self._media_ready: asyncio.Future[dict[str, Any]] | None = None
         self._stats_listeners: list[Callable[[dict[str, Any]], None]] = []
         link.on_json(self._on_page)
@@ -194,6 +196,10 @@ class RemoteSession(StorageSessionBase):
         """The AWS set-up and the signaling socket (``StorageSessionBase``), then the page: it
         must be showing, and opens its camera/microphone before the first join call."""
         await super()._setup()
+        await self._open_page_media()
+
+    async def _open_page_media(self) -> None:
+        """Wait for the page and have it open its camera/microphone (``media_info``)."""
         await self.link.wait_open(PAGE_OPEN_TIMEOUT_S)
         self.timeline.mark("page_connected")
         self._media_ready = asyncio.get_running_loop().create_future()
@@ -205,8 +211,25 @@ class RemoteSession(StorageSessionBase):
             raise SessionError(
                 f"the page did not open its camera/microphone within {MEDIA_TIMEOUT_S:.0f} s"
             ) from None
+        self._page_lost = False
         shown = {k: v for k, v in self.media_info.items() if k not in ("type", "devices")}
         self.timeline.mark("media_ready", **shown)
+
+    def page_lost(self) -> None:
+        """The page went away (its tab closed or reloaded) and its peer connection with it:
+        a connected session re-joins as after any peer failure, once a page is back (each
+        join call waits up to ``PAGE_OPEN_TIMEOUT_S`` for it and asks it for its
+        camera/microphone again), within the retry rules."""
+        self._page_lost = True
+        self.timeline.mark("page_lost")
+        peer = self.peer
+        if peer is not None and not peer.closed:
+            self._on_peer_state(peer, "closed", "closed")
+
+    async def _join_call(self) -> None:
+        if self._page_lost:
+            await self._open_page_media()
+        await super()._join_call()
 
     async def stop(self) -> None:
         """End the session (as ``StorageSessionBase.stop``) and tell the page to stop its
@@ -243,6 +266,8 @@ class RemoteSession(StorageSessionBase):
             )
             self._set_state("failed")
             raise SessionError(str(exc), "InvalidArgumentException") from exc
+        if self._page_lost:  # a page came back between the join call and the offer
+            await self._open_page_media()
         self._peers += 1
         peer = PagePeer(self._peers, self.link)
         # the page's peer stands where the base class keeps its aiortc peer
@@ -319,6 +344,9 @@ class RemoteSession(StorageSessionBase):
                 self._media_ready.set_exception(
                     SessionError(f"the page could not open its {what}: {text}", msg.get("name"))
                 )
+        elif kind == "page" and self.media_info:
+            # a new page (reloaded, or another view) has no camera open and no peer yet
+            self._page_lost = True
         elif kind == "stats":
             self.page_stats.append(msg)
             del self.page_stats[:-STATS_KEPT]

@@ -93,6 +93,7 @@ class BridgeChannel:
         self._comm_send: Callable[[dict[str, Any], list[bytes]], None] | None = None
         self._json_callbacks: list[JsonCallback] = []
         self._bytes_callbacks: list[BytesCallback] = []
+        self._close_callbacks: list[Callable[[], Any]] = []
         self._open = asyncio.Event()
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -115,6 +116,11 @@ class BridgeChannel:
     def on_bytes(self, callback: BytesCallback) -> None:
         """Call ``callback(data)`` (on the kernel loop) for each binary message from the page."""
         self._bytes_callbacks.append(callback)
+
+    def on_close(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` (on the kernel loop) when the page's socket closes and no newer
+        one replaced it (the tab was closed or reloaded; a reloaded page connects again)."""
+        self._close_callbacks.append(callback)
 
     async def wait_open(self, timeout: float | None = None) -> None:
         """Wait until the page is connected; ``TimeoutError`` after ``timeout`` seconds (with
@@ -269,6 +275,9 @@ class BridgeChannel:
                 self._ws = None
                 self.transport = None
                 self._open.clear()
+                if not self.closed:
+                    for callback in list(self._close_callbacks):
+                        self._run_callback(lambda cb: cb(), callback)
 
 
 class _BridgeServer:

@@ -161,6 +161,7 @@ class BrowserSession(anywidget.AnyWidget):
         self.channel_link: BridgeChannel = link
         link.attach_comm(lambda content, buffers: self.send(content, buffers))
         link.on_json(self._on_page)
+        link.on_close(self._page_closed)
         self.on_msg(self._on_comm)
 
     def __repr__(self) -> str:
@@ -383,6 +384,12 @@ class BrowserSession(anywidget.AnyWidget):
                 self.stop()
         elif msg.get("type") == "media_ready" and msg.get("devices"):
             self.devices = list(msg["devices"])
+
+    def _page_closed(self) -> None:
+        """The page's socket closed (tab closed or reloaded): the direct path's peer went
+        with it, so the session re-joins once a page is back."""
+        if self.session is not None and not self.session.closed and self.state != "closed":
+            self.session.page_lost()
 
     def _on_comm(self, _widget: Any, content: Any, buffers: Any) -> None:
         self.channel_link.receive_comm(content, list(buffers or []))

@@ -25,6 +25,7 @@ from aiortc import (
 from kvsnb.client.remote import RemoteSession
 from kvsnb.client.session import JoinPolicy, SessionError, prepare_remote_offer
 from kvsnb.client.target import Target
+from kvsnb.playback import list_fragments
 from kvsnb.sources import TestPatternTrack, ToneTrack
 from kvsnb.widgets.bridge import BridgeChannel, bridge_channel, page_url, stop_bridge
 from kvsnb.wire import sdp, webrtc
@@ -220,3 +221,43 @@ async def test_a_viewer_without_a_page_never_joins(target: Target) -> None:
     finally:
         await session.stop()
         await stop_bridge()
+
+
+async def test_a_reloaded_page_rejoins(target: Target, http: aiohttp.ClientSession) -> None:
+    """The page goes (its socket and peer connection closed) and a new one comes: the session
+    re-joins with the new page's media, as after any peer failure."""
+    _, stream_arn = target.create_storage_channel("remote-reload")
+    channel = bridge_channel("remote-reload")
+    page = PythonPage(channel)
+    runner = asyncio.ensure_future(page.run(http))
+    session = RemoteSession(target, "remote-reload", channel, policy=POLICY)
+    channel.on_close(session.page_lost)  # as BrowserSession wires it
+    second: PythonPage | None = None
+    try:
+        await session.start(timeout=60)
+        await page.close()  # the tab is reloaded
+        await wait_until(lambda: session.timeline.last("page_lost") is not None, "page lost")
+        stored = len(list_fragments(target, stream_arn))
+        second = PythonPage(channel)
+        runner2 = asyncio.ensure_future(second.run(http))
+        await wait_until(
+            lambda: (
+                session.state == "connected"
+                and len(session.timeline.to_frame().query("step == 'dtls_connected'")) == 2
+            ),
+            "connected again with the new page",
+            60,
+        )
+        assert second.offers == 1 and any(m["type"] == "media" for m in second.received)
+        await wait_until(
+            lambda: len(list_fragments(target, stream_arn)) >= stored + 2,
+            "the new page's media stored",
+            60,
+        )
+        runner2.cancel()
+    finally:
+        await session.stop()
+        await page.close()
+        if second is not None:
+            await second.close()
+        runner.cancel()

@@ -170,3 +170,23 @@ async def test_page_urls_without_a_jupyter_server(
     other = bridge_channel("w-7")
     assert page_url(other).rsplit("/", 2)[0] == urls[0].rsplit("/", 2)[0]  # one server
     assert other.token != channel.token and len(other.token) >= 24
+
+
+async def test_on_close_when_the_page_goes(http: aiohttp.ClientSession) -> None:
+    channel = bridge_channel("w-8")
+    closes: list[str] = []
+    channel.on_close(lambda: closes.append("gone"))
+    first = await open_page(http, channel)
+    await first.receive()
+    second = await open_page(http, channel)  # replaces the first: not a close
+    await second.receive()
+    assert (await first.receive()).data == CLOSE_REPLACED
+    assert closes == [] and channel.connected
+    await second.close()  # the tab goes
+    await wait_until(lambda: closes == ["gone"], "on_close called")
+    assert not channel.connected
+    third = await open_page(http, channel)  # a reloaded page
+    await third.receive()
+    channel.close()  # closed by the kernel: not the page going
+    await third.receive()
+    assert closes == ["gone"]
