@@ -1,21 +1,24 @@
 """Storage workers: Local KVS's storage sessions spread over worker processes
-(``LocalKvsConfig.storage_workers``, ``kvsnb local --workers N``).
+(``LocalKvsConfig.storage_workers``, ``kvsnb local --workers N``: N workers and a join worker).
 
 The rule: a channel's whole storage session lives in one worker, chosen at its first join;
 the server process keeps HTTP, signaling and the archive and talks to each worker in
-length-prefixed pickled frames over the child's stdin/stdout.
-
-Placement is by load, so that a join's offer, ICE and DTLS queue behind as little as possible
-on the chosen worker's event loop: each worker reports how many live storage sessions
-(masters and viewers, each carrying media once connected) it runs, and the pool counts the
-joins it has sent a worker that are not answered yet (sessions being set up). A new channel
-goes to a worker with no join being set up if there is one, then to the one with the fewest
-live sessions (joins being set up included), then the lowest index: a join never waits behind
-another join's set-up while a worker is free of one, and lands where the fewest other
-sessions' media run. Sessions cannot move between processes (an aiortc peer lives in its
-process), so a channel stays on its worker while it lives there. A dead worker takes its sessions
+length-prefixed pickled frames over the child's stdin/stdout. A dead worker takes its sessions
 with it (calls waiting on it get a 500 ``InternalFailure``) and is replaced; a worker whose
 server goes away stores its partial fragments and exits. See docs/design.md, "Local KVS".
+
+Placement is by load, so that a join's offer, ICE and DTLS queue behind as little media as
+possible on the chosen worker's event loop (a worker carrying many masters delays a new
+session's set-up by as much as it has to do first). Each worker reports how many live storage
+sessions (masters and viewers) it runs and how many of them are still setting up (not
+connected yet); the pool adds the joins it sent a worker that are not answered yet. Besides
+the ``count`` workers there is one more, the join worker, kept light: a new channel goes to it
+while no session is setting up there and it runs at most half as many live sessions as the
+least loaded of the others (``JOIN_WORKER_SHARE``); otherwise to one of the others: one with
+nothing setting up if there is, then the fewest live sessions, then the lowest index.
+Sessions cannot move between processes (an aiortc peer lives in its process), so the join
+worker keeps the sessions it set up; the share keeps it the lightest loop, and being one
+process more than ``count``, the others carry no more than they would without it.
 """
 
 from __future__ import annotations
@@ -42,9 +45,10 @@ logger = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 60.0  # a join or message the worker has not answered by then fails
 STOP_TIMEOUT_S = 30.0  # a worker has this long to store its partial fragments on stop
-LOAD_PERIOD_S = 0.5  # a worker checks its count of live sessions this often (sessions end by
-# themselves: idle timeouts, a closed peer connection), and reports it when it changed
+LOAD_PERIOD_S = 0.2  # a worker checks its sessions this often (they connect and end by
+# themselves: ICE and DTLS, idle timeouts, a closed peer connection); reported when changed
 JOIN_OPS = frozenset({"join_master", "join_viewer"})
+JOIN_WORKER_SHARE = 0.5  # the join worker's live sessions, at most this × the least of others'
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -90,13 +94,19 @@ class _Worker:
     reader_task: asyncio.Task[None] | None = None
     alive: bool = True
     sessions: int = 0  # live storage sessions, as the worker last reported
-    joining: int = 0  # joins sent to the worker and not answered yet (sessions in set-up)
+    connecting: int = 0  # of those, sessions not connected yet (ICE, DTLS), as reported
+    joining: int = 0  # joins sent to the worker and not answered yet (offers being made)
 
     @property
-    def load(self) -> tuple[int, int, int]:
-        """The placement key (smallest first): a join in set-up here, live sessions with
-        those in set-up, index."""
-        return (self.joining > 0, self.sessions + self.joining, self.index)
+    def setting_up(self) -> int:
+        """Sessions being set up here: joins not answered yet, sessions not connected yet."""
+        return self.joining + self.connecting
+
+    @property
+    def load(self) -> tuple[bool, int, int]:
+        """The placement key among the regular workers (smallest first): a session setting
+        up here, live sessions with the joins not answered yet, index."""
+        return (self.setting_up > 0, self.sessions + self.joining, self.index)
 
     def post(self, *message: Any) -> None:
         """Send a message that needs no answer."""
@@ -131,7 +141,8 @@ class _Worker:
 
 
 class StorageWorkerPool:
-    """The storage sessions of one Local KVS, run by ``count`` worker processes.
+    """The storage sessions of one Local KVS, run by ``count`` worker processes and the
+    join worker (see the module docstring).
 
     It stands where ``StorageSessionManager`` stands in a single-process Local KVS: the
     storage plane's ``StorageSessions`` and the relay's ``StorageSink``.
@@ -162,8 +173,9 @@ class StorageWorkerPool:
     # ------------------------------------------------------------------ processes
 
     async def start(self) -> None:
-        """Start the workers and wait until each is ready."""
-        self.workers = [await self._spawn(i) for i in range(self.count)]
+        """Start the workers (the join worker last, index ``count``) and wait until each is
+        ready."""
+        self.workers = [await self._spawn(i) for i in range(self.count + 1)]
         await asyncio.gather(*(w.ready for w in self.workers))
 
     async def _spawn(self, index: int) -> _Worker:
@@ -213,7 +225,7 @@ class StorageWorkerPool:
         elif kind == "stored":
             self.store.announce(message[1])
         elif kind == "load":
-            worker.sessions = message[1]
+            _, worker.sessions, worker.connecting = message
         else:
             logger.error("storage worker %d sent an unknown message %r", worker.index, kind)
 
@@ -262,13 +274,18 @@ class StorageWorkerPool:
         return {arn: w.proc.pid for arn, w in self._assigned.items()}
 
     def pids(self) -> list[int]:
-        """The process ids of the workers, in order."""
+        """The process ids of the workers, in order (the join worker last)."""
         return [w.proc.pid for w in self.workers]
 
+    @property
+    def join_worker(self) -> int:
+        """The process id of the join worker, the one kept light for new sessions."""
+        return self.workers[self.count].proc.pid
+
     def loads(self) -> dict[int, tuple[int, int]]:
-        """Per worker process (pid): (live storage sessions it last reported, joins sent to
-        it and not answered yet)."""
-        return {w.proc.pid: (w.sessions, w.joining) for w in self.workers}
+        """Per worker process (pid): (live storage sessions it last reported, sessions
+        being set up there: joins not answered yet and sessions not connected yet)."""
+        return {w.proc.pid: (w.sessions, w.setting_up) for w in self.workers}
 
     def next_worker(self) -> int:
         """The pid of the worker a channel joining now for the first time would go to (see
@@ -277,7 +294,18 @@ class StorageWorkerPool:
 
     def _least_loaded(self) -> _Worker:
         live = [w for w in self.workers if w.alive] or self.workers
-        return min(live, key=lambda w: w.load)
+        regular = [w for w in live if w.index < self.count]
+        joiner = next((w for w in live if w.index == self.count), None)
+        if joiner is not None and (not regular or self._join_worker_free(joiner, regular)):
+            return joiner
+        return min(regular, key=lambda w: w.load)
+
+    @staticmethod
+    def _join_worker_free(joiner: _Worker, regular: list[_Worker]) -> bool:
+        """Whether the join worker takes a new channel: nothing setting up there, and at
+        most ``JOIN_WORKER_SHARE`` × the live sessions of the least loaded other worker."""
+        least = min(w.sessions + w.joining for w in regular)
+        return joiner.setting_up == 0 and joiner.sessions <= JOIN_WORKER_SHARE * least
 
     def _worker_for(self, channel_arn: str) -> _Worker:
         worker = self._assigned.get(channel_arn)
@@ -454,7 +482,7 @@ class _WorkerServer:
         self.store.add_listener(self._stored)
         self.manager: StorageSessionManager | None = None
         self.tasks: set[asyncio.Task[None]] = set()
-        self.reported = 0  # live sessions last reported to the server
+        self.reported = (0, 0)  # (live sessions, not connected yet) last reported
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Write a message to the server (on the worker's loop)."""
@@ -465,22 +493,24 @@ class _WorkerServer:
         # Called in the recorder's storing thread.
         self.loop.call_soon_threadsafe(self.send, ("stored", fragment))
 
-    def live_sessions(self) -> int:
-        """How many storage sessions (masters and viewers) in this worker have not ended."""
-        if self.manager is None:
-            return 0
-        return sum(
-            (st.master is not None and not st.master.closed)
-            + sum(not viewer.closed for viewer in st.viewers.values())
-            for st in self.manager.channels.values()
-        )
+    def live_sessions(self) -> tuple[int, int]:
+        """How many storage sessions (masters and viewers) in this worker have not ended,
+        and how many of those have not connected yet."""
+        live = connecting = 0
+        for st in self.manager.channels.values() if self.manager is not None else ():
+            peers = [st.master, *st.viewers.values()] if st.master else st.viewers.values()
+            for peer in peers:
+                if not peer.closed:
+                    live += 1
+                    connecting += peer.stats.connected_at is None
+        return live, connecting
 
     def report_load(self) -> None:
-        """Tell the server this worker's count of live sessions, if it changed."""
-        sessions = self.live_sessions()
-        if sessions != self.reported:
-            self.reported = sessions
-            self.send(("load", sessions))
+        """Tell the server this worker's live sessions and those setting up, if changed."""
+        load = self.live_sessions()
+        if load != self.reported:
+            self.reported = load
+            self.send(("load", *load))
 
     async def _report_load_periodically(self) -> None:
         while True:
