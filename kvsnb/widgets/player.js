@@ -80,7 +80,7 @@ function requestLibrary(model, signal) {
 // newest() the end (epoch ms) of the newest fragment listed, or null; dispose() removes
 // everything the setup added (listeners, timers, the player itself).
 
-// hls.js: the fragment holding the frame shown (its media start as parsed, startPTS, once
+// hls.js: the fragment holding the frame shown (its video track's media start as parsed, once
 // loaded) and its PROGRAM-DATE-TIME; hls.playingDate lags at fragment changes. A LIVE
 // playlist slides on while the video is paused: the fragments seen are remembered (the
 // last KNOWN_FRAGMENTS), so a paused frame keeps its time.
@@ -101,8 +101,13 @@ function setupHls(Hls, video, { url, live, sync, target, fail }) {
     const frags = level && level.details ? level.details.fragments : [];
     for (const f of frags) {
       if (f.programDateTime === null) continue;
-      const start = Number.isFinite(f.startPTS) ? f.startPTS : f.start;
-      const end = Number.isFinite(f.endPTS) ? f.endPTS : f.start + f.duration;
+      // the video track's own times once the fragment is parsed: the fragment's startPTS is
+      // the earliest of its tracks (audio may start before the first frame)
+      const v = f.elementaryStreams && (f.elementaryStreams.video || f.elementaryStreams.audiovideo);
+      const parsed = v && Number.isFinite(v.startPTS) ? v
+        : Number.isFinite(f.startPTS) ? f : null;
+      const start = parsed ? parsed.startPTS : f.start;
+      const end = parsed ? parsed.endPTS : f.start + f.duration;
       known.set(f.sn, [start, end, f.programDateTime]);
     }
     while (known.size > KNOWN_FRAGMENTS) known.delete(known.keys().next().value);
@@ -264,8 +269,9 @@ function widget() {
     let bridge = null;  // the kernel bridge, once open
     let timer = null;
     let frameRequest = null;
-    let mediaTime = 0;
+    let presented = 0;  // the media time of the last frame presented (requestVideoFrameCallback)
     let frameAt = -Infinity;
+    let mediaTime = 0;  // the media time of the frame on screen, as last reported
     let lastMs = null;  // the last frame time known (kept when the video has ended)
     let newestMs = null;
     let newestAt = performance.now();
@@ -290,27 +296,41 @@ function widget() {
       else if (msg.type === "play") video.play().catch(() => {});
     };
     const onFrame = (now, meta) => {
-      mediaTime = meta.mediaTime;
+      presented = meta.mediaTime;
       frameAt = now;
       frameRequest = video.requestVideoFrameCallback(onFrame);
     };
+    // a stall: the playing video waited for data, then played on (not a seek, nor the wait
+    // at the end of a LIVE stream that stopped)
+    let stalling = false;
     const onWaiting = () => {
       if (waitingSince === null) waitingSince = performance.now();
-      if (!seeking && video.currentTime > 0) stalls += 1;
+      if (!seeking && video.currentTime > 0) stalling = true;
     };
-    const onPlaying = () => { waitingSince = null; };
+    const onPlaying = () => {
+      waitingSince = null;
+      if (stalling) stalls += 1;
+      stalling = false;
+    };
     const onSeeking = () => { seeking = true; };
     const onSeeked = () => { seeking = false; };
     const listeners = { waiting: onWaiting, playing: onPlaying, seeking: onSeeking, seeked: onSeeked };
     for (const [name, fn] of Object.entries(listeners)) video.addEventListener(name, fn);
     const report = () => {
-      // the frame shown: the last one presented (requestVideoFrameCallback) while playing;
-      // currentTime's when paused, or when no frame was presented lately (a hidden video
-      // presents none, so the last one seen would be stale)
+      // the frame shown: the last one presented (requestVideoFrameCallback) while playing, and
+      // while it waits for data (currentTime may run on past the last frame while the audio
+      // lasts); currentTime's when paused, or when no frame was presented lately (a hidden
+      // video presents none, so the last one seen would be stale)
       const now = performance.now();
-      if (video.paused || now - frameAt > STALE_FRAME_MS) mediaTime = video.currentTime;
+      const stuck = !video.paused && !seeking && frameAt > -Infinity
+        && (waitingSince !== null || video.readyState < 3);
+      const stale = now - frameAt > STALE_FRAME_MS && !stuck;
+      mediaTime = video.paused || stale ? video.currentTime : presented;
       let ms = attached.onScreen(mediaTime);
-      if (ms === null && video.ended) ms = lastMs;  // past the last frame: it stays on screen
+      // past the end of what it has (ended, or waiting at the end of a live stream), the last
+      // frame stays on screen
+      const held = video.ended || (!seeking && (waitingSince !== null || video.readyState < 2));
+      if (ms === null && held) ms = lastMs;
       if (ms !== null) lastMs = ms;
       const newest = attached.newest();
       if (newest !== null && newest !== newestMs) { newestMs = newest; newestAt = now; }
@@ -368,6 +388,7 @@ function widget() {
       if (video.requestVideoFrameCallback) frameRequest = video.requestVideoFrameCallback(onFrame);
       video.kvsnbPlayer = made.player;  // for tests and the browser console
       video.kvsnbMediaTime = () => mediaTime;
+      video.kvsnbOnScreen = (t) => (attached ? attached.onScreen(t) : null);
       timer = setInterval(report, model.get("report_ms"));
       model.on("msg:custom", onCommand);
       // started here, not by an autoplay attribute; once more when it can first play, in

@@ -121,7 +121,9 @@ class Player(anywidget.AnyWidget):
     )
     decoded_frames = traitlets.Int(0, help="video frames the browser has decoded").tag(sync=True)
     dropped_frames = traitlets.Int(0, help="decoded video frames never shown").tag(sync=True)
-    stalls = traitlets.Int(0, help="times the playing video waited for data").tag(sync=True)
+    stalls = traitlets.Int(0, help="times the playing video waited for data, then played on").tag(
+        sync=True
+    )
     status = traitlets.Enum(
         STATUSES,
         default_value="",
