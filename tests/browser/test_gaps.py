@@ -141,8 +141,9 @@ def gap_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.server_close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def page(browser_context: Any, artifacts: Path) -> Iterator[Any]:
+    """A new page of the browser for each player."""
     page = browser_context.new_page()
     try:
         yield page
@@ -177,6 +178,16 @@ def play_to_end(page: Any, page_url: str, kind: str, url: str, label: str) -> di
     """Open the page on ``url`` with player ``kind`` and wait for ``ended`` (or PLAY_S);
     the player's state, saved in the artifacts."""
     query = urllib.parse.urlencode({"kind": kind, "url": url})
+    started = time.monotonic()
+    requests: list[str] = []
+
+    def seen(request: Any, what: str) -> None:
+        name = request.url.rsplit("/", 1)[-1].split("&SessionToken")[0].split("?SessionToken")[0]
+        requests.append(f"{time.monotonic() - started:.2f} {what} {name}")
+
+    page.on("request", lambda r: seen(r, "asked"))
+    page.on("requestfinished", lambda r: seen(r, "got"))
+    page.on("requestfailed", lambda r: seen(r, "failed"))
     page.goto(f"{page_url}?{query}", wait_until="load")
     page.wait_for_function("() => window.gapReady === true", timeout=20_000)
     deadline = time.monotonic() + PLAY_S
@@ -185,7 +196,7 @@ def play_to_end(page: Any, page_url: str, kind: str, url: str, label: str) -> di
         time.sleep(0.25)  # polls the page's state while it plays
         state = page.evaluate(STATE_JS)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / f"gaps-{label}.json").write_text(json.dumps(state))
+    (ARTIFACTS / f"gaps-{label}.json").write_text(json.dumps({**state, "requests": requests}))
     return state
 
 
