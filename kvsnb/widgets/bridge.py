@@ -308,7 +308,13 @@ class _BridgeServer:
         if channel is None:
             raise web.HTTPNotFound(text="no such bridge channel")
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024 * 1024)
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:
+            # the page gave up before the handshake (it waits a few seconds per URL; a cell
+            # that blocks the kernel's loop delays the answer): it tries its next URL
+            logger.info("bridge %s: the page left before the handshake", channel.widget_id)
+            return ws
         try:
             hello = await ws.receive(timeout=HELLO_TIMEOUT_S)
             obj = json.loads(hello.data) if hello.type == WSMsgType.TEXT else {}

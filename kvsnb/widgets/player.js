@@ -1,7 +1,8 @@
 // The front end of kvsnb.widgets.Player (an anywidget ES module); see player.py.
 //
 // Lifetimes: the player library (hls.js or dash.js, sent by the kernel) is requested and
-// imported once per model, in initialize; each view owns its player, timers and listeners,
+// imported, and the kernel bridge opened, once per model, in initialize (the bridge closes
+// with the model); each view owns its player, timers and listeners,
 // and the cleanup render returns (anywidget calls it when the view goes) releases them all.
 //
 // Reports go to the kernel over the kernel bridge's socket (kvsnbOpenBridge, bridge.js, which
@@ -240,10 +241,29 @@ function labelOf(status, ms, newest) {
 
 function widget() {
   let library = null;  // the model's player library module (a promise), from initialize
+  let bridge = null;  // the model's kernel bridge while its socket is open, from initialize
+  let gone = false;
 
   function initialize({ model, signal }) {
     library = requestLibrary(model, signal).then(importSource);
     library.catch(() => { /* reported by the views that wait for it */ });
+    // one socket per model, whatever the number of views; the comm fallback is no better
+    // than trait changes (both reach the kernel between cells only): reports use the bridge
+    // only when its socket is open
+    kvsnbOpenBridge(model, {
+      onJson: () => {},
+      onBytes: () => {},
+      onClose: () => { bridge = null; },  // reports go as trait changes again
+    }).then((opened) => {
+      if (gone || opened.kind !== "websocket") { opened.close(); return; }
+      bridge = opened;
+      bridge.sendJson({ type: "page", via: opened.kind, host: location.hostname });
+    }).catch(() => { /* reports keep going as trait changes */ });
+    return () => {
+      gone = true;
+      if (bridge) bridge.close();
+      bridge = null;
+    };
   }
 
   function render({ model, el }) {
@@ -266,7 +286,6 @@ function widget() {
     const target = model.get("target_duration_s");
     let closed = false;
     let attached = null;  // {player, onScreen, newest, dispose} once set up
-    let bridge = null;  // the kernel bridge, once open
     let timer = null;
     let frameRequest = null;
     let presented = 0;  // the media time of the last frame presented (requestVideoFrameCallback)
@@ -358,21 +377,7 @@ function widget() {
       if (frameRequest !== null) video.cancelVideoFrameCallback(frameRequest);
       try { if (attached) attached.dispose(); } catch (err) { /* closing */ }
       attached = null;
-      if (bridge) bridge.close();
-      bridge = null;
     };
-
-    kvsnbOpenBridge(model, {
-      onJson: onCommand,
-      onBytes: () => {},
-      onClose: () => { bridge = null; },  // reports go as trait changes again
-    }).then((opened) => {
-      // the comm fallback is no better than trait changes (both reach the kernel between
-      // cells only): reports use the bridge only when its socket is open
-      if (closed || opened.kind !== "websocket") { opened.close(); return; }
-      bridge = opened;
-      bridge.sendJson({ type: "page", via: opened.kind, host: location.hostname });
-    }).catch(() => { /* reports keep going as trait changes */ });
 
     const start = async () => {
       const options = {
