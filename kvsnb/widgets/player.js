@@ -308,12 +308,21 @@ function widget() {
       if (bridge) bridge.sendJson({ type: "report", error: String(message), status: "error" });
       stamp.textContent = "error: " + message;
     };
+    // whether the video should play: a play() cut short by the player's own loading (which
+    // rejects it and leaves the video paused) is tried again once the video can play; a pause
+    // of a playable video (the kernel's, the controls') is kept
+    let wantPlay = true;
+    const resume = () => {
+      if (!closed && wantPlay && video.paused && !video.ended) video.play().catch(() => {});
+    };
     const onCommand = (msg) => {
       if (!msg) return;
       if (msg.type === "seek") video.currentTime = msg.time;
-      else if (msg.type === "pause") video.pause();
-      else if (msg.type === "play") video.play().catch(() => {});
+      else if (msg.type === "pause") { wantPlay = false; video.pause(); }
+      else if (msg.type === "play") { wantPlay = true; resume(); }
     };
+    const onPause = () => { if (video.readyState >= 2 && !video.ended) wantPlay = false; };
+    const onPlay = () => { wantPlay = true; };
     const onFrame = (now, meta) => {
       presented = meta.mediaTime;
       frameAt = now;
@@ -333,7 +342,8 @@ function widget() {
     };
     const onSeeking = () => { seeking = true; };
     const onSeeked = () => { seeking = false; };
-    const listeners = { waiting: onWaiting, playing: onPlaying, seeking: onSeeking, seeked: onSeeked };
+    const listeners = { waiting: onWaiting, playing: onPlaying, seeking: onSeeking, seeked: onSeeked,
+                        pause: onPause, play: onPlay, canplay: resume };
     for (const [name, fn] of Object.entries(listeners)) video.addEventListener(name, fn);
     const report = () => {
       // the frame shown: the last one presented (requestVideoFrameCallback) while playing, and
@@ -396,12 +406,8 @@ function widget() {
       video.kvsnbOnScreen = (t) => (attached ? attached.onScreen(t) : null);
       timer = setInterval(report, model.get("report_ms"));
       model.on("msg:custom", onCommand);
-      // started here, not by an autoplay attribute; once more when it can first play, in
-      // case the first play() was cut short by the player's own loading
-      video.play().catch(() => {});
-      video.addEventListener("canplay", () => {
-        if (!closed && video.paused && !video.ended) video.play().catch(() => {});
-      }, { once: true });
+      // started here, not by an autoplay attribute (and again on canplay, see resume)
+      resume();
     };
     start().catch((err) => fail(err && err.message ? err.message : String(err)));
     return dispose;
