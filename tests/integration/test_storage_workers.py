@@ -208,9 +208,9 @@ async def test_storage_disabled_ends_the_session_in_its_worker(
 async def test_new_channels_go_to_the_worker_the_load_rule_picks(
     target: Target, kvs: LocalKvs
 ) -> None:
-    # 2 workers and the join worker. The join worker takes a new channel while nothing sets
-    # up there and it runs at most half the live sessions of the least loaded other worker;
-    # else the other with the fewest live sessions (as reported now: ended ones don't count).
+    # 2 workers and the join worker. The join worker takes a new channel when nothing sets
+    # up anywhere and it runs at most half the live sessions of the least loaded other
+    # worker; else the other with the fewest live sessions (ended ones don't count).
     workers = pool(kvs)
     first, second, joiner = workers.pids()
     assert workers.join_worker == joiner

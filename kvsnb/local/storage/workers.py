@@ -12,13 +12,15 @@ possible on the chosen worker's event loop (a worker carrying many masters delay
 session's set-up by as much as it has to do first). Each worker reports how many live storage
 sessions (masters and viewers) it runs and how many of them are still setting up (not
 connected yet); the pool adds the joins it sent a worker that are not answered yet. Besides
-the ``count`` workers there is one more, the join worker, kept light: a new channel goes to it
-while no session is setting up there and it runs at most half as many live sessions as the
-least loaded of the others (``JOIN_WORKER_SHARE``); otherwise to one of the others: one with
+the ``count`` workers there is one more, the join worker, kept light for lone joins: a new
+channel goes to it when no session is setting up in any worker and it runs at most half as
+many live sessions as the least loaded of the others (``JOIN_WORKER_SHARE``). Otherwise (a
+burst of joins, or the join worker at its share) it goes to one of the others: one with
 nothing setting up if there is, then the fewest live sessions, then the lowest index.
 Sessions cannot move between processes (an aiortc peer lives in its process), so the join
-worker keeps the sessions it set up; the share keeps it the lightest loop, and being one
-process more than ``count``, the others carry no more than they would without it.
+worker keeps the sessions it set up; bursts going to the others and the share keep it the
+lightest loop, and being one process more than ``count``, the others carry no more than they
+would without it.
 """
 
 from __future__ import annotations
@@ -296,16 +298,18 @@ class StorageWorkerPool:
         live = [w for w in self.workers if w.alive] or self.workers
         regular = [w for w in live if w.index < self.count]
         joiner = next((w for w in live if w.index == self.count), None)
-        if joiner is not None and (not regular or self._join_worker_free(joiner, regular)):
+        if joiner is not None and (not regular or self._join_worker_free(joiner, live)):
             return joiner
         return min(regular, key=lambda w: w.load)
 
     @staticmethod
-    def _join_worker_free(joiner: _Worker, regular: list[_Worker]) -> bool:
-        """Whether the join worker takes a new channel: nothing setting up there, and at
-        most ``JOIN_WORKER_SHARE`` × the live sessions of the least loaded other worker."""
-        least = min(w.sessions + w.joining for w in regular)
-        return joiner.setting_up == 0 and joiner.sessions <= JOIN_WORKER_SHARE * least
+    def _join_worker_free(joiner: _Worker, live: list[_Worker]) -> bool:
+        """Whether the join worker takes a new channel: a lone join (nothing setting up in
+        any worker), and the join worker at most at ``JOIN_WORKER_SHARE`` × the live
+        sessions of the least loaded other worker."""
+        least = min(w.sessions + w.joining for w in live if w is not joiner)
+        lone = not any(w.setting_up for w in live)
+        return lone and joiner.sessions <= JOIN_WORKER_SHARE * least
 
     def _worker_for(self, channel_arn: str) -> _Worker:
         worker = self._assigned.get(channel_arn)
