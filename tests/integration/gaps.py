@@ -10,6 +10,8 @@ import itertools
 import time
 from pathlib import Path
 
+import av
+
 from kvsnb.client.ingest import ingest
 from kvsnb.launch import connect
 from kvsnb.local.store.fragments import SELECTOR_PRODUCER, Fragment
@@ -60,3 +62,18 @@ def gaps_ms(fragments: list[Fragment]) -> list[int]:
 def media_ms(fragments: list[Fragment]) -> int:
     """The media's duration: the fragments' durations added up (the gaps left out)."""
     return sum(f.duration_ms for f in fragments)
+
+
+def stored_video_times(rec: Recorded) -> list[float]:
+    """The producer times (s) of the stored video frames, each recording after the first
+    moved back by the pauses before it: the media's timeline with the gaps closed."""
+    times: list[float] = []
+    closed_ms = 0
+    for i, f in enumerate(rec.fragments):
+        if i and abs(gap := producer_gap(rec.fragments[i - 1], f)) > GAP_MS:
+            closed_ms += gap
+        with av.open(str(rec.kvs.store.resolve(f))) as container:
+            for packet in container.demux(video=0):
+                if packet.pts is not None and packet.size:
+                    times.append(float(packet.pts * packet.time_base) - closed_ms / 1000)
+    return sorted(times)

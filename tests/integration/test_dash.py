@@ -15,7 +15,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import av
 import pandas as pd
 import pytest
 
@@ -24,7 +23,7 @@ from kvsnb.local.archive.dash import KVS_NAMESPACE, DashPlane
 from kvsnb.playback.dash import DashReader, parse_duration
 from kvsnb.sources.stamp import read_stamp
 from tests.integration.conftest import Http
-from tests.integration.gaps import GAP_MS, gaps_ms, media_ms, producer_gap, record_gap
+from tests.integration.gaps import gaps_ms, media_ms, record_gap, stored_video_times
 from tests.integration.test_hls import (
     FFPROBE_TIMEOUT_S,
     Recorded,
@@ -399,21 +398,6 @@ def test_a_gap_is_closed_in_the_manifest_and_the_segments(gapped: Recorded, mode
                 assert base == start * 90, number
             else:  # audio: where the fragment's audio starts, within a frame of its video
                 assert abs(base / 48 - start) < 50, number
-
-
-def stored_video_times(rec: Recorded) -> list[float]:
-    """The producer times (s) of the stored video frames, each recording after the first
-    moved back by the pauses before it: the media's timeline with the gaps closed."""
-    times: list[float] = []
-    closed_ms = 0
-    for i, f in enumerate(rec.fragments):
-        if i and abs(gap := producer_gap(rec.fragments[i - 1], f)) > GAP_MS:
-            closed_ms += gap
-        with av.open(str(rec.kvs.store.resolve(f))) as container:
-            for packet in container.demux(video=0):
-                if packet.pts is not None and packet.size:
-                    times.append(float(packet.pts * packet.time_base) - closed_ms / 1000)
-    return sorted(times)
 
 
 def test_ffprobe_plays_across_the_gap(gapped: Recorded) -> None:
