@@ -9,6 +9,11 @@ with ``DisplayFragmentTimestamp=ALWAYS``; epoch ms) plus the frame's offset in i
 else ``None``. A ``dynamic`` manifest (LIVE, LIVE_REPLAY) is followed: reloaded every
 ``minimumUpdatePeriod`` and new segments read as they appear. ``segments_table`` lists the
 segments read (number, media start and duration, timestamp, the ``kvs:fn`` fragment number).
+
+The manifest's timeline is not the real one: KVS "adjusts the media timeline in the manifest
+file to enable playback of media with discontinuities" (GetDASHStreamingSessionURL,
+DisplayFragmentTimestamp), so across a gap ``start_s`` runs on without it while ``kvs:ts``,
+and with it each frame's timestamp, keeps the real time.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ class DashSegment:
     uri: str
     init_uri: str
     number: int
-    start_s: float  # media time (timeline t / timescale)
+    start_s: float  # media time (timeline t / timescale; gaps closed, see the module doc)
     duration_s: float
     timestamp: dt.datetime | None = None  # kvs:ts
     fragment_number: str | None = None  # kvs:fn
