@@ -140,7 +140,7 @@ function setupHls(Hls, video, { url, live, sync, target, fail }) {
   return { player: hls, onScreen, newest, dispose };
 }
 
-const LIVE_DELAY_TARGETS = 2;
+const LIVE_DELAY_TARGETS = 3;
 
 // dash.js: the frame's time from the MPD's kvs:ts (re-read every DASH_REFRESH_MS while the
 // MPD is dynamic, as dash.js does not keep them).
@@ -149,9 +149,10 @@ async function setupDash(dashjs, video, { url, live, sync, target, fail }) {
   const settings = { streaming: { } };
   if (live) {
     // LIVE_DELAY_TARGETS more than the segments behind: a segment is listed only once stored
-    // and the MPD is re-read every second, so at (sync + 1) targets dash.js fetched segments
-    // right at the live edge with a near-empty buffer and stalled (1-3 s, at 1 s fragments);
-    // a gentle catch-up (±10 %) that never drains the buffer to catch up
+    // (later still on a loaded machine) and the MPD is re-read every second, so at (sync + 1)
+    // targets dash.js fetched segments right at the live edge with a near-empty buffer and
+    // stalled (1-3 s, at 1 s fragments); a gentle catch-up (±10 %) that never drains the
+    // buffer to catch up
     settings.streaming.delay = { liveDelay: (sync + LIVE_DELAY_TARGETS) * target };
     settings.streaming.liveCatchup = { enabled: true, maxDrift: (sync + 2 * LIVE_DELAY_TARGETS) * target,
                                        playbackRate: { min: -0.1, max: 0.1 } };
@@ -328,17 +329,20 @@ function widget() {
       frameAt = now;
       frameRequest = video.requestVideoFrameCallback(onFrame);
     };
-    // a stall: the playing video waited for data, then played on (not a seek, nor the wait
-    // at the end of a LIVE stream that stopped)
+    // a stall: the playing video waited for data, then played on (not the first wait before
+    // playing
+    // at the start, nor after a seek, nor the wait at the end of a LIVE stream that stopped)
     let stalling = false;
+    let played = false;
     const onWaiting = () => {
       if (waitingSince === null) waitingSince = performance.now();
-      if (!seeking && video.currentTime > 0) stalling = true;
+      if (played && !seeking) stalling = true;
     };
     const onPlaying = () => {
       waitingSince = null;
       if (stalling) stalls += 1;
       stalling = false;
+      played = true;
     };
     const onSeeking = () => { seeking = true; };
     const onSeeked = () => { seeking = false; };
