@@ -143,6 +143,21 @@ def _aws_error(exc: ClientError) -> SessionError:
     return SessionError(f"{err.get('Code')}: {err.get('Message')}", err.get("Code"))
 
 
+class _PeerTrack(MediaStreamTrack):
+    """One peer connection's handle on a session's source. aiortc stops a sender's track
+    when the connection ends, also when the storage session ends it (its 1 h limit); only
+    this handle ends then, and the source goes on to the next peer connection (the re-join).
+    The session's ``stop()`` stops the sources."""
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.kind = source.kind
+        self._source = source
+
+    async def recv(self) -> Any:
+        return await self._source.recv()
+
+
 class _InstrumentedTrack(MediaStreamTrack):
     """Wraps a source track: records each frame's send time in the timeline."""
 
@@ -252,6 +267,8 @@ class StorageSessionBase(abc.ABC):
         self._state_listeners: list[Callable[[State], None]] = []
         self._pumps: set[asyncio.Task[None]] = set()
         self._signaling_lost = False
+        self._peer_ended = False  # the connected peer connection ended (not by us)
+        self._video_at_connect = 0  # video frames received before the last connect
 
     # ------------------------------------------------------------------ public
 
@@ -307,6 +324,8 @@ class StorageSessionBase(abc.ABC):
                 self._runner.cancel()
             await reap(self._runner, f"the {self.role.lower()} session's join loop", logger)
         await self._close_pc()
+        for source in self._sources():
+            source.stop()
         for task in list(self._pumps):
             task.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
@@ -343,6 +362,15 @@ class StorageSessionBase(abc.ABC):
                 entry["bytes_received"] += int(getattr(stat, "bytesReceived", 0))
                 entry["packets_received"] += int(stat.packetsReceived)
         return out
+
+    def _sources(self) -> list[MediaStreamTrack]:
+        """The tracks this session sends (stopped by ``stop()``)."""
+        return [self._audio] if self._audio is not None else []
+
+    def _ended_for_good(self) -> str | None:
+        """Why a connected session that lost its peer connection must not join again
+        (``None``: it joins again)."""
+        return None
 
     # ------------------------------------------------------------------ setup
 
@@ -390,6 +418,7 @@ class StorageSessionBase(abc.ABC):
             self.target.region,
             role=self.role,
             client_id=self.client_id,
+            clock=self.target.clock,
         )
         await self.signaling.open()
         self.timeline.mark("socket_open")
@@ -459,10 +488,17 @@ class StorageSessionBase(abc.ABC):
                 # connected: stay until a re-join is needed
                 self._set_state("connected")
                 self._connected.set()
+                self._peer_ended = False
+                self._video_at_connect = len(self.received.rows)
                 try:
                     await asyncio.wait_for(self._rejoin.wait(), self.policy.session_max_s)
                 except TimeoutError:
                     self.timeline.mark("session_limit")
+                reason = self._ended_for_good()
+                if reason is not None:
+                    self.timeline.mark("session_failed", reason=reason[:200])
+                    self._set_state("failed")
+                    raise SessionError(reason)
                 self._set_state("reconnecting")
         finally:
             reader.cancel()
@@ -585,7 +621,7 @@ class StorageSessionBase(abc.ABC):
     def _attach_audio(self, transceiver: Any) -> None:
         """Send our audio if we have some (and hear the storage session's mix either way)."""
         if self._audio is not None:
-            transceiver.sender.replaceTrack(self._audio)
+            transceiver.sender.replaceTrack(_PeerTrack(self._audio))
             transceiver.direction = "sendrecv"
         else:
             transceiver.direction = "recvonly"
@@ -690,6 +726,7 @@ class StorageSessionBase(abc.ABC):
             if self._connecting is not None:
                 self._connecting.failed(ConnectionError(f"peer connection {state}"))
             if self.state == "connected":
+                self._peer_ended = True  # the storage session (or the network) ended it
                 self._rejoin.set()
 
     def _turn_used(self) -> str | None:
@@ -844,12 +881,15 @@ class MasterSession(StorageSessionBase):
     def _attach_tracks(self, pc: RTCPeerConnection) -> None:
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "video":
-                transceiver.sender.replaceTrack(self._video)
+                transceiver.sender.replaceTrack(_PeerTrack(self._video))
                 transceiver.direction = "sendonly"
                 self._video_sender = transceiver.sender
                 aiortc_compat.after_rtcp(transceiver.sender, lambda _: self._cap_bitrate())
             elif transceiver.kind == "audio":
                 self._attach_audio(transceiver)
+
+    def _sources(self) -> list[MediaStreamTrack]:
+        return [self._video, *super()._sources()]
 
     def _on_video_frame(self, n: int) -> None:
         """A video frame goes to the sender: timed, and the encoder kept within the cap."""
@@ -893,6 +933,18 @@ class ViewerSession(StorageSessionBase):
             force_turn=force_turn,
             ice_servers=ice_servers,
         )
+
+    def _ended_for_good(self) -> str | None:
+        """The storage session ended a viewer's connection that no master video reached:
+        AWS ends a viewer's session after at most 3 minutes without a master; joining again
+        would only wait again, so the viewer ends (``failed``)."""
+        if self._peer_ended and len(self.received.rows) == self._video_at_connect:
+            return (
+                "the storage session ended this viewer's session with no master video: a "
+                "viewer waits at most 3 minutes for a master (AWS); join again once a "
+                "master is in"
+            )
+        return None
 
     async def _join(self, client: Any) -> None:
         await run_sync(

@@ -104,20 +104,23 @@ async def test_master_rejoins_when_the_storage_session_ends(limited: LocalKvs) -
         assert len(pattern.sent) == frames
         await wait_until(lambda: peers[-1].finished, "the last session is cleaned up", 15)
 
-        assert len(peers) >= 2, [p.stats for p in peers]
-        first = peers[0].stats
+        # the sessions that recorded (a join answered twice on a busy machine may add one
+        # replaced before it connected)
+        recorded = [p for p in peers if p.recorder is not None and p.recorder.stats.fragments]
+        assert len(recorded) >= 2, [p.stats for p in peers]
+        first = recorded[0].stats
         assert first.end_reason == "maximum session duration", first
         assert first.ended_at is not None and first.offer_sent_at is not None
         lasted = first.ended_at - first.offer_sent_at
         assert SESSION_LIMIT_S - 0.5 < lasted < SESSION_LIMIT_S + 2.0, lasted
-        assert session.joins == len(peers)
+        assert session.joins >= len(recorded)
         assert session.timeline.first("session_limit") is None  # not the client's timer
 
         fragments = list_fragments(target, stream_arn)
         numbers = sorted(fragments["fragment_number"], key=int)
-        assert len(numbers) == sum(p.recorder.stats.fragments for p in peers)
+        assert len(numbers) == sum(p.recorder.stats.fragments for p in recorded)
         start = 0
-        for n, peer in enumerate(peers):
+        for n, peer in enumerate(recorded):
             stats = peer.recorder.stats
             own = numbers[start : start + stats.fragments]
             start += stats.fragments
@@ -130,7 +133,7 @@ async def test_master_rejoins_when_the_storage_session_ends(limited: LocalKvs) -
             indexes = stored_indexes(target, stream_arn, own)
             assert len(indexes) == stats.frames_stored, (len(indexes), stats)
             assert indexes == list(range(indexes[0], indexes[0] + len(indexes))), "a hole"
-            if peer is peers[-1]:
+            if peer is recorded[-1]:
                 assert indexes[-1] == frames - 1  # up to the last frame sent
 
 
@@ -365,6 +368,13 @@ async def test_a_target_corrects_its_clock(skewed: LocalKvs, strict_env: None) -
             "the master's frames are stored",
             30,
         )
+        # sessions presign their signaling URL with the target's clock (its offset learnt)
+        viewer = ViewerSession(target, "skewed", policy=FAST)
+        try:
+            await viewer.start(timeout=30)
+            assert viewer.signaling is not None and viewer.signaling.clock is target.clock
+        finally:
+            await viewer.stop()
 
 
 async def test_a_wrong_secret_is_retried_once(
@@ -407,3 +417,23 @@ async def test_a_signaling_client_corrects_its_own_clock(
         assert abs(client.clock.offset_s - SKEW_S) < 5
     finally:
         await client.close()
+
+
+async def test_a_server_clock_behind_is_met_too(tmp_path: Path, strict_env: None) -> None:
+    """A server clock 10 minutes behind: a plain client's signature is "not yet current",
+    and a Target corrects its clock backwards."""
+    config = LocalKvsConfig(
+        data_dir=tmp_path / "data", strict_keys=StrictKeys(KEY, SECRET), clock_offset_s=-SKEW_S
+    )
+    with LocalKvs(config) as kvs:
+        kv = make_client(
+            "kinesisvideo", kvs.url, aws_access_key_id=KEY, aws_secret_access_key=SECRET
+        )
+        with pytest.raises(ClientError) as err:
+            kv.list_streams()
+        message = err.value.response["Error"]["Message"]
+        ahead = rf"Signature not yet current: {AMZ_TIME} is still later than {AMZ_TIME} "
+        assert re.fullmatch(ahead + rf"\({AMZ_TIME} \+ 5 min\.\)", message), message
+        with connect(endpoint_url=kvs.url, region="us-west-2") as target:
+            assert target.kinesisvideo.list_streams()["StreamInfoList"] == []
+            assert abs(target.clock.offset_s + SKEW_S) < 5
