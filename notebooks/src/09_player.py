@@ -33,7 +33,7 @@ channel_arn, stream_arn = target.create_storage_channel("watch")
 print("Local KVS reached by the browser at:", target.public_url or target.endpoint_url)
 
 live = asyncio.ensure_future(kvsnb.ingest(target, "watch", seconds=20))
-while list_fragments(target, stream_arn).empty:  # the first fragment is stored
+while len(list_fragments(target, stream_arn)) < 4:  # a few seconds stored: a live window
     await asyncio.sleep(0.25)
 
 # %% [markdown]
