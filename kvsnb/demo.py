@@ -95,9 +95,15 @@ async def signaling_check(target: Target, printer: StepPrinter) -> None:
         lambda: target.endpoints(arn, "VIEWER", ("WSS", "HTTPS")),
     )
     creds = target.credentials()
-    master = SignalingClient(em.wss, arn, creds, target.region)
+    master = SignalingClient(em.wss, arn, creds, target.region, clock=target.clock)
     viewer = SignalingClient(
-        ev.wss, arn, creds, target.region, role="VIEWER", client_id="demo-viewer"
+        ev.wss,
+        arn,
+        creds,
+        target.region,
+        role="VIEWER",
+        client_id="demo-viewer",
+        clock=target.clock,
     )
     await printer.astep("master socket open", master.open())
     await printer.astep("viewer socket open", viewer.open())
