@@ -105,10 +105,10 @@ def test_run_all_under_a_base_url_shows_every_player(
             for name in ("HLS", "DASH")
         )
         if not heard:
-            states = [videos.nth(i).evaluate(PLAYER_STATE_JS) for i in range(2)]
+            seen = [videos.nth(i).evaluate(PLAYER_STATE_JS) for i in range(2)]
             bridge = [m for m in nb.console if "bridge" in m]
             kernel_side = kernel(page, "print(live_hls.status, live_dash.status, live_dash.stalls)")
-            raise AssertionError(f"{text}\n{states}\n{bridge}\n{kernel_side}")
+            raise AssertionError(f"{text}\n{seen}\n{bridge}\n{kernel_side}")
         labels = page.locator(".kvsnb-player-pdt")
         page.wait_for_function(
             f"() => document.querySelectorAll('.kvsnb-player video').length === {len(PLAYERS)}",
