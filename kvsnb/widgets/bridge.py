@@ -314,7 +314,9 @@ class _BridgeServer:
             # the page gave up before the handshake (it waits a few seconds per URL; a cell
             # that blocks the kernel's loop delays the answer): it tries its next URL
             logger.info("bridge %s: the page left before the handshake", channel.widget_id)
-            return ws
+            # not the half-prepared socket (aiohttp would close it and fail): a plain answer,
+            # whose write to the closed connection aiohttp drops quietly
+            return web.Response(status=400, text="the page left before the handshake")
         try:
             hello = await ws.receive(timeout=HELLO_TIMEOUT_S)
             obj = json.loads(hello.data) if hello.type == WSMsgType.TEXT else {}
