@@ -55,7 +55,6 @@ import traitlets
 from kvsnb.client.target import Target
 from kvsnb.playback.dash import dash_session_url
 from kvsnb.playback.hls import hls_session_url
-from kvsnb.widgets._common import Tasks
 from kvsnb.widgets.bridge import BridgeChannel, bridge_channel, page_js, page_urls
 from kvsnb.widgets.vendor import library
 
@@ -83,12 +82,11 @@ REPORTED = {
 ESM = Path(__file__).with_name("player.js")  # the front end, shipped as package data
 
 
-def _loop_running() -> bool:
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        asyncio.get_running_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return False
-    return True
+        return None
 
 
 def build_esm() -> str:
@@ -143,7 +141,8 @@ class Player(anywidget.AnyWidget):
         # the bridge channel first: the page reads its token and URLs from the first state.
         # Only on a running loop (a kernel's, while it runs the cell): nothing would serve
         # the socket otherwise, and the page's reports go as trait changes
-        link = bridge_channel(uuid.uuid4().hex) if _loop_running() else None
+        home = _running_loop()
+        link = bridge_channel(uuid.uuid4().hex) if home is not None else None
         super().__init__(
             url=url,
             protocol=protocol,
@@ -152,7 +151,7 @@ class Player(anywidget.AnyWidget):
             **kwargs,
         )
         self.channel_link: BridgeChannel | None = link
-        self._home = Tasks().home  # the kernel's loop, where the waiters wait
+        self._home = home  # the kernel's loop, where the waiters wait (None: a script's)
         self._reported = asyncio.Event()
         if link is not None:
             link.on_json(self._on_page)
@@ -192,7 +191,7 @@ class Player(anywidget.AnyWidget):
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is self._home:
+        if self._home is None or running is self._home:
             reported.set()
         elif not self._home.is_closed():
             self._home.call_soon_threadsafe(reported.set)
