@@ -167,27 +167,41 @@ async function setupDash(dashjs, video, { url, live, sync, target, fail }) {
     clearInterval(refresh);
     if (dash.destroy) dash.destroy(); else dash.reset();
   };
-  let timeline;
+  // a LIVE MPD lists a sliding window: the segments seen are remembered (the last
+  // KNOWN_FRAGMENTS, by their t), so a frame behind the window keeps its time
+  const known = new Map();
+  let timeline = null;  // {scale, pto, rows} of every segment seen
+  const merge = (read) => {
+    if (!read) return;
+    for (const r of read.rows) known.set(r.t, r);
+    while (known.size > KNOWN_FRAGMENTS) known.delete(known.keys().next().value);
+    timeline = { scale: read.scale, pto: read.pto, rows: Array.from(known.values()) };
+  };
+  let first;
   try {
-    timeline = await dashTimeline(url, aborter.signal);
+    first = await dashTimeline(url, aborter.signal);
   } catch (err) {
     dispose();
     throw err;
   }
-  if (timeline && timeline.dynamic) {
+  merge(first);
+  if (first && first.dynamic) {
     let fetching = false;
     refresh = setInterval(async () => {
       if (fetching) return;
       fetching = true;
-      try { timeline = await dashTimeline(url, aborter.signal); } catch (err) { /* next time */ }
+      try { merge(await dashTimeline(url, aborter.signal)); } catch (err) { /* next time */ }
       fetching = false;
     }, DASH_REFRESH_MS);
   }
   const newest = () => {
-    const rows = timeline ? timeline.rows.filter((r) => r.ts !== null) : [];
-    if (!rows.length) return null;
-    const last = rows[rows.length - 1];
-    return last.ts + last.d * 1000 / timeline.scale;
+    let last = null;
+    for (const r of timeline ? timeline.rows : []) {
+      if (r.ts === null) continue;
+      const end = r.ts + r.d * 1000 / timeline.scale;
+      if (last === null || end > last) last = end;
+    }
+    return last;
   };
   return { player: dash, onScreen: (mediaTime) => dashStamp(timeline, mediaTime), newest, dispose };
 }
