@@ -336,10 +336,16 @@ function widget() {
       else if (msg.type === "pause") { wantPlay = false; video.pause(); }
       else if (msg.type === "play") { wantPlay = true; resume(); }
     };
-    const onPause = () => { if (video.readyState >= 2 && !video.ended) wantPlay = false; };
+    const onPause = () => {
+      pausedVisible = performance.now() - frameAt <= STALE_FRAME_MS;
+      if (video.readyState >= 2 && !video.ended) wantPlay = false;
+    };
     const onPlay = () => { wantPlay = true; };
+    let presentedSinceSeek = false;
+    let pausedVisible = false;  // frames were being presented when the video paused
     const onFrame = (now, meta) => {
       presented = meta.mediaTime;
+      presentedSinceSeek = true;
       frameAt = now;
       frameRequest = video.requestVideoFrameCallback(onFrame);
     };
@@ -358,21 +364,24 @@ function widget() {
       stalling = false;
       played = true;
     };
-    const onSeeking = () => { seeking = true; };
+    const onSeeking = () => { seeking = true; presentedSinceSeek = false; };
     const onSeeked = () => { seeking = false; };
     const listeners = { waiting: onWaiting, playing: onPlaying, seeking: onSeeking, seeked: onSeeked,
                         pause: onPause, play: onPlay, canplay: resume };
     for (const [name, fn] of Object.entries(listeners)) video.addEventListener(name, fn);
     const report = () => {
-      // the frame shown: the last one presented (requestVideoFrameCallback) while playing, and
+      // the frame shown: the last one presented (requestVideoFrameCallback) while playing,
       // while it waits for data (currentTime may run on past the last frame while the audio
-      // lasts); currentTime's when paused, or when no frame was presented lately (a hidden
-      // video presents none, so the last one seen would be stale)
+      // lasts) and once paused (on a loaded machine the frame painted lags currentTime by a
+      // few frames); currentTime's when no frame was presented lately (a hidden video
+      // presents none, so the last one seen would be stale) or since a seek
       const now = performance.now();
       const stuck = !video.paused && !seeking && frameAt > -Infinity
         && (waitingSince !== null || video.readyState < 3);
       const stale = now - frameAt > STALE_FRAME_MS && !stuck;
-      mediaTime = video.paused || stale ? video.currentTime : presented;
+      const still = pausedVisible && presentedSinceSeek;
+      mediaTime = video.paused ? (still ? presented : video.currentTime)
+        : stale ? video.currentTime : presented;
       let ms = attached.onScreen(mediaTime);
       // past the end of what it has (ended, or waiting at the end of a live stream), the last
       // frame stays on screen
