@@ -90,7 +90,12 @@ def presented_frame_diffs(video: Any, label: str, samples: int = FRAME_SAMPLES) 
     the frame's stamp (ms)."""
     diffs = []
     for i in range(samples):
-        got = video.evaluate(PRESENTED_FRAME_JS)
+        video.scroll_into_view_if_needed()  # a video out of view presents no frame
+        try:
+            got = video.evaluate(PRESENTED_FRAME_JS)
+        except Exception as exc:
+            state = video.evaluate(VIDEO_STATE_JS)
+            raise AssertionError(f"{label}: no frame presented ({exc}); {state}") from exc
         png = base64.b64decode(got["png"].split(",", 1)[1])
         stamp = stamp_of(png)
         if stamp is None:
