@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bench.common import process_tree
+from bench.common import process_name, process_tree
 from kvsnb.client.ingest import ingest
 from kvsnb.client.session import MasterSession
 from kvsnb.client.target import Target
@@ -99,8 +99,11 @@ def start_child(data: Path, workers: int) -> LocalKvsProcess:
 async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) -> None:
     data = tmp_path / "data"
     child = start_child(data, workers)
-    worker_pids = [p for p in process_tree(child.pid) if p != child.pid]
-    assert len(worker_pids) == workers
+    children = [p for p in process_tree(child.pid) if p != child.pid]
+    turn_pids = [p for p in children if process_name(p) == "turnserver"]
+    worker_pids = [p for p in children if p not in turn_pids]
+    assert len(turn_pids) == 1  # Local KVS's coturn
+    assert len(worker_pids) == (workers + 1 if workers else 0)  # and the join worker
     seen: dict[str, dict[str, dict[str, Any]]] = {}
     sessions: list[MasterSession] = []
     sources: list[Any] = []
@@ -137,10 +140,11 @@ async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) ->
         target.close()
     finally:
         child.kill()
-    # Storage workers outlive their server only to store what they hold, then exit.
+    # Storage workers outlive their server only to store what they hold, then exit; its
+    # coturn goes with it.
     await wait_until(
-        lambda: not any(Path(f"/proc/{p}").exists() for p in worker_pids),
-        "storage workers outlived their server",
+        lambda: not any(Path(f"/proc/{p}").exists() for p in worker_pids + turn_pids),
+        "storage workers or coturn outlived their server",
         deadline_s=30,
     )
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -37,6 +39,7 @@ RELAY_IP = "127.0.0.2"
 REALM = "kinesisvideo.local"
 TURN_DIR = "turn"
 READY_TIMEOUT_S = 15.0
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a child gets when its parent dies
 NO_COTURN = (
     "coturn is not installed (no `turnserver` on PATH): Local KVS runs without TURN, so peers "
     "reach the storage peer directly, which AWS does not allow. Install it with "
@@ -105,6 +108,16 @@ def _free_port(host: str) -> int:
                     continue
             return port
     raise TurnUnavailable(f"no free port on {host} for coturn")
+
+
+def _end_with_parent() -> None:
+    """In the child, before coturn runs: ask Linux to end it when Local KVS's process ends,
+    even by SIGKILL (``prctl(PR_SET_PDEATHSIG, SIGTERM)``), so no relay outlives its owner."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: stop() still ends it
+        pass
 
 
 class TurnServer:
@@ -181,6 +194,7 @@ class TurnServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_end_with_parent,
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not await self._answers(port):
