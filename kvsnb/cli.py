@@ -228,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="run storage sessions in N worker processes (0: in the server process); "
-        "use about one per core beyond ~16 concurrent masters with audio",
+        help="run storage sessions in N worker processes, plus one that takes new joins while "
+        "the others carry media (0: all in the server process); use about one per core "
+        "beyond ~16 concurrent masters with audio",
     )
     lp.add_argument(
         "--public-url",

@@ -63,10 +63,10 @@ async def serve(
     """Run a Local KVS in this event loop until SIGINT or SIGTERM (``kvsnb local``).
 
     ``strict_keys`` (access key, secret) makes it verify every SigV4 signature;
-    ``storage_workers`` > 0 runs storage sessions in that many worker processes; ``tls``
+    ``storage_workers`` > 0 runs storage sessions in that many worker processes (and one
+    more that takes new joins while the others carry media); ``tls``
     serves https/wss with a local CA kept in the data directory, or with ``tls_cert`` and
     ``tls_key`` when given. Prints the URL and, in TLS mode, how to trust the CA.
-    ``storage_workers`` > 0 runs storage sessions in that many worker processes;
     ``public_url`` is the base URL browsers reach it at (``{port}`` = the bound port);
     ``ice`` is how peers reach storage sessions (``LocalKvsConfig.ice``).
     """

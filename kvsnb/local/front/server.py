@@ -94,7 +94,9 @@ class LocalKvsConfig:
     account: str = "000000000000"
     strict_keys: StrictKeys | None = None
     signaling: SignalingLimits = field(default_factory=SignalingLimits)
-    storage_workers: int = 0  # > 0: storage sessions run in that many worker processes
+    # > 0: storage sessions run in that many worker processes, plus a join worker that takes
+    # new joins while the others carry media
+    storage_workers: int = 0
     tls: bool = False  # serve https/wss (a local CA in data_dir/tls unless cert/key given)
     tls_cert: Path | None = None  # the user's certificate (chain), PEM; implies tls
     tls_key: Path | None = None  # its private key, PEM
