@@ -139,12 +139,13 @@ class RemoteSession(StorageSessionBase):
         media: dict[str, Any] | None = None,
         client_id: str | None = None,
         policy: JoinPolicy | None = None,
+        force_turn: bool = False,
     ) -> None:
         if role not in ("MASTER", "VIEWER"):
             raise ValueError(f"role must be MASTER or VIEWER, not {role!r}")
         if role == "VIEWER":
             client_id = client_id or new_client_id("viewer")
-        super().__init__(target, channel, client_id=client_id, policy=policy)
+        super().__init__(target, channel, client_id=client_id, policy=policy, force_turn=force_turn)
         self.role = role
         self.link = link
         self.media = media or {"video": role == "MASTER", "audio": True}
@@ -268,6 +269,7 @@ class RemoteSession(StorageSessionBase):
             raise SessionError(str(exc), "InvalidArgumentException") from exc
         if self._page_lost:  # a page came back between the join call and the offer
             await self._open_page_media()
+        await self._refresh_stale_ice_servers()
         self._peers += 1
         peer = PagePeer(self._peers, self.link)
         # the page's peer stands where the base class keeps its aiortc peer
@@ -285,26 +287,18 @@ class RemoteSession(StorageSessionBase):
                      "credential": s.get("Password")}
                     for s in self._ice_servers
                 ],
+                "iceTransportPolicy": "relay" if self.force_turn else "all",
             }
         )  # fmt: skip
         try:
             answer_sdp = await asyncio.wait_for(asyncio.shield(peer.answer), ANSWER_TIMEOUT_S)
         except TimeoutError:
             raise TimeoutError(f"the page did not answer within {ANSWER_TIMEOUT_S:.0f} s") from None
-        early, dropped = self.candidates.remote_set()
-        for _ in range(dropped):
-            self.timeline.mark("candidate_discarded", reason="of a discarded offer")
-        for cand in early:
-            await self._add_candidate(cand)
-        self.timeline.mark("candidates_buffered", count=len(early))
+        await self._apply_early_candidates()
         answer, in_sdp = sdp.split_candidates(answer_sdp)
         answer_id = await self.signaling.send("SDP_ANSWER", {"type": "answer", "sdp": answer})
         self.offers.answer_sent(answer_id)
-        self.timeline.mark(
-            "answer_sent",
-            video=", ".join(c.describe() for c in sdp.codecs(answer, "video")),
-            audio=", ".join(c.describe() for c in sdp.codecs(answer, "audio")),
-        )
+        self._mark_answer_sent(answer)
         peer.answer_sent = True
         waiting = [webrtc.candidate_to_payload(c) for c in sdp.bundled_candidates(in_sdp, answer)]
         waiting += peer.pending

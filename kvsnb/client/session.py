@@ -444,6 +444,30 @@ class StorageSessionBase(abc.ABC):
                 "the default)"
             )
 
+    async def _refresh_stale_ice_servers(self) -> None:
+        """Before a new peer connection: GetIceServerConfig again if the credentials held
+        are near their Ttl (an expired name is refused for a new allocation)."""
+        if self._ice_servers_stale():
+            await self._load_ice_servers(refresh=True)
+
+    async def _apply_early_candidates(self) -> None:
+        """Once the offer is the remote description: the storage session's candidates that
+        came before it (those of a discarded offer are dropped and marked)."""
+        early, dropped = self.candidates.remote_set()
+        for _ in range(dropped):
+            self.timeline.mark("candidate_discarded", reason="of a discarded offer")
+        for cand in early:
+            await self._add_candidate(cand)
+        self.timeline.mark("candidates_buffered", count=len(early))
+
+    def _mark_answer_sent(self, answer: str) -> None:
+        """The answer's codecs, in the timeline."""
+        self.timeline.mark(
+            "answer_sent",
+            video=", ".join(c.describe() for c in sdp.codecs(answer, "video")),
+            audio=", ".join(c.describe() for c in sdp.codecs(answer, "audio")),
+        )
+
     def _ice_servers_stale(self) -> bool:
         """Whether the TURN credentials fetched are near their Ttl (refreshed before use)."""
         if self._given_ice_servers is not None:
@@ -635,8 +659,7 @@ class StorageSessionBase(abc.ABC):
             self.timeline.mark("offer_refused", error=exc.code, description=str(exc))
             self._set_state("failed")
             raise
-        if self._ice_servers_stale():
-            await self._load_ice_servers(refresh=True)
+        await self._refresh_stale_ice_servers()
         pc = RTCPeerConnection(
             self.target.rtc_configuration(self._ice_servers, force_turn=self.force_turn)
         )
@@ -653,12 +676,7 @@ class StorageSessionBase(abc.ABC):
             transceiver = pc.addTransceiver(kind, direction="inactive")
             transceiver.setCodecPreferences(webrtc.storage_codec_preferences(kind))
         await pc.setRemoteDescription(RTCSessionDescription(text, "offer"))
-        early, dropped = self.candidates.remote_set()
-        for _ in range(dropped):
-            self.timeline.mark("candidate_discarded", reason="of a discarded offer")
-        for cand in early:
-            await self._add_candidate(cand)
-        self.timeline.mark("candidates_buffered", count=len(early))
+        await self._apply_early_candidates()
         self._attach_tracks(pc)
         with ice.host_addresses(self.target.ice_host_addresses):
             await pc.setLocalDescription(await pc.createAnswer())
@@ -671,11 +689,7 @@ class StorageSessionBase(abc.ABC):
         )
         answer_id = await self.signaling.send("SDP_ANSWER", {"type": "answer", "sdp": answer})
         self.offers.answer_sent(answer_id)
-        self.timeline.mark(
-            "answer_sent",
-            video=", ".join(c.describe() for c in sdp.codecs(answer, "video")),
-            audio=", ".join(c.describe() for c in sdp.codecs(answer, "audio")),
-        )
+        self._mark_answer_sent(answer)
         for c in sdp.bundled_candidates(candidates, answer):
             sent = await self.signaling.send("ICE_CANDIDATE", webrtc.candidate_to_payload(c))
             self.offers.sent(sent, "candidate")

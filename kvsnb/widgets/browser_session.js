@@ -97,7 +97,10 @@ class Controller {
 
   async answer(msg) {
     this.closePeer();
-    const pc = new RTCPeerConnection({ iceServers: msg.iceServers || [] });
+    const pc = new RTCPeerConnection({
+      iceServers: msg.iceServers || [],
+      iceTransportPolicy: msg.iceTransportPolicy || "all",
+    });
     const peer = { n: msg.peer, pc, timer: null, first: false };
     this.peer = peer;
     const report = () => this.send({ type: "peer_state", peer: peer.n, connection: pc.connectionState,

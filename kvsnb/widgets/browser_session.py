@@ -103,6 +103,9 @@ class BrowserSession(anywidget.AnyWidget):
         TRANSPORTS, default_value="auto", help="auto, direct (the page's WebRTC) or kernel"
     ).tag(sync=True)
     transport_used = traitlets.Unicode("", help="the transport in use, and why").tag(sync=True)
+    force_turn = traitlets.Bool(
+        False, help="relay candidates only in the page (the SDK samples' force TURN)"
+    ).tag(sync=True)
     bridge_urls = traitlets.List(traitlets.Unicode(), help="the bridge socket URLs").tag(sync=True)
     bridge_token = traitlets.Unicode(help="the page's token for the bridge (not a key)").tag(
         sync=True
@@ -282,6 +285,7 @@ class BrowserSession(anywidget.AnyWidget):
             media=self._media(),
             client_id=self.client_id or None,
             policy=self.policy,
+            force_turn=self.force_turn,
         )
         self.session = session
         if self.role == "VIEWER":

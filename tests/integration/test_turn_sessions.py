@@ -152,13 +152,14 @@ async def test_turn_credentials_are_refreshed_on_rejoin(tmp_path: Path) -> None:
                 kvs.call(kvs.relay.go_away(grace_s=0.2))  # the SDKs re-join on GO_AWAY
                 await wait_until(
                     lambda: (
-                        len([e for e in master.timeline.events if e.step == "ice_selected_pair"])
-                        >= 2
+                        master.state == "connected"
+                        and master.timeline.first("ice_config_refreshed") is not None
+                        and sum(e.step == "ice_selected_pair" for e in master.timeline.events) >= 2
                     ),
-                    "the master connects again after the re-join",
+                    "the master connects again after the re-join, with fresh credentials",
                 )
-                assert master.timeline.first("ice_config_refreshed") is not None
-                assert master.state == "connected"
+                refreshed = master.timeline.first("ice_config_refreshed")
+                assert refreshed is not None and refreshed.wall > fetched.wall + 3
             finally:
                 await master.stop()
     finally:
