@@ -168,12 +168,14 @@ async function setupDash(dashjs, video, { url, live, sync, target, fail }) {
     if (dash.destroy) dash.destroy(); else dash.reset();
   };
   // a LIVE MPD lists a sliding window: the segments seen are remembered (the last
-  // KNOWN_FRAGMENTS, by their t), so a frame behind the window keeps its time
+  // KNOWN_FRAGMENTS), so a frame behind the window keeps its time. Keyed by kvs:ts (the
+  // fragment's own time): the t of a listed segment may move when a gap before it is
+  // closed, and the newest MPD's t wins
   const known = new Map();
   let timeline = null;  // {scale, pto, rows} of every segment seen
   const merge = (read) => {
     if (!read) return;
-    for (const r of read.rows) known.set(r.t, r);
+    for (const r of read.rows) known.set(r.ts !== null ? `ts${r.ts}` : `t${r.t}`, r);
     while (known.size > KNOWN_FRAGMENTS) known.delete(known.keys().next().value);
     timeline = { scale: read.scale, pto: read.pto, rows: Array.from(known.values()) };
   };
