@@ -140,7 +140,7 @@ function setupHls(Hls, video, { url, live, sync, target, fail }) {
   return { player: hls, onScreen, newest, dispose };
 }
 
-const LIVE_DELAY_TARGETS = 3;
+const LIVE_DELAY_TARGETS = 2;
 
 // dash.js: the frame's time from the MPD's kvs:ts (re-read every DASH_REFRESH_MS while the
 // MPD is dynamic, as dash.js does not keep them).
@@ -151,8 +151,9 @@ async function setupDash(dashjs, video, { url, live, sync, target, fail }) {
     // LIVE_DELAY_TARGETS more than the segments behind: a segment is listed only once stored
     // (later still on a loaded machine) and the MPD is re-read every second, so at (sync + 1)
     // targets dash.js fetched segments right at the live edge with a near-empty buffer and
-    // stalled (1-3 s, at 1 s fragments); a gentle catch-up (±10 %) that never drains the
-    // buffer to catch up
+    // stalled (1-3 s, at 1 s fragments). Not more: a LIVE MPD lists the newest 5 fragments,
+    // and at (sync + 3) targets a late fragment put the playhead out of that window (dash.js
+    // then waited for ever). A gentle catch-up (±10 %) that never drains the buffer
     settings.streaming.delay = { liveDelay: (sync + LIVE_DELAY_TARGETS) * target };
     settings.streaming.liveCatchup = { enabled: true, maxDrift: (sync + 2 * LIVE_DELAY_TARGETS) * target,
                                        playbackRate: { min: -0.1, max: 0.1 } };

@@ -32,9 +32,9 @@ The view starts the video itself with ``play()`` (muted, so browsers allow it), 
 the ``autoplay`` attribute, which Chromium holds until the video is scrolled into view.
 LIVE plays close to the live edge: hls.js syncs ``live_sync_segments`` segments behind the
 newest (default 1; hls.js's default is 3) and speeds up to catch up; dash.js targets a live
-delay of ``live_sync_segments`` + 3 target durations (4 s at 1 s fragments: a segment is
-listed only once stored, so at 2 s dash.js fetched segments right at the edge and stalled)
-with a gentle catch-up.
+delay of ``live_sync_segments`` + 2 target durations (3 s at 1 s fragments: a segment is
+listed only once stored, so at 2 s dash.js fetched segments right at the edge and stalled; at
+4 s a late fragment put it out of the 5 fragments a LIVE MPD lists) with a gentle catch-up.
 
 ``HlsViewer`` stays the tool for frame-by-frame analysis in the kernel.
 """

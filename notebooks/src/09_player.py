@@ -41,7 +41,7 @@ while len(list_fragments(target, stream_arn)) < 4:  # a few seconds stored: a li
 #
 # A LIVE session lists the newest fragments and grows as the master sends more. The Player
 # keeps close to the live edge: hls.js plays one segment behind the newest (its default is
-# three) and dash.js four target durations behind now (a fragment is listed only once it is
+# three) and dash.js three target durations behind now (a fragment is listed only once it is
 # stored), both speeding up a little to catch up. Each Player starts playing by itself
 # (muted), whether or not it is scrolled into view.
 
