@@ -222,7 +222,7 @@ def wait_fragments(n):
         wait = target.local.store.wait_for_fragment(arn, after_number=last, timeout=30)
         last = target.local.call(wait, timeout=40).fragment_number
 
-wait_fragments(4)  # a live window for dash.js (with one fragment it was seen stuck)
+wait_fragments(1)
 first_ms = int(kvsnb.playback.list_fragments(target, arn)["producer_time"].min().timestamp() * 1000)
 print("public", target.public_url)
 """
