@@ -233,11 +233,18 @@ async def wait_for(
 
 
 def wait_until_sync(
-    condition: Callable[[], bool], what: str, deadline_s: float = 60.0, every_s: float = 0.05
+    condition: Callable[[], bool],
+    what: str,
+    deadline_s: float = 60.0,
+    every_s: float = 0.05,
+    detail: Callable[[], object] | None = None,
 ) -> None:
     """``wait_until`` for code without an event loop (a browser driven synchronously, a
-    thread): poll ``condition()`` until it holds, failing with ``what`` after ``deadline_s``."""
+    thread): poll ``condition()`` until it holds, failing with ``what`` (and ``detail()``,
+    what was seen last, when given) after ``deadline_s``."""
     limit = time.monotonic() + deadline_s
     while not condition():
-        assert time.monotonic() < limit, f"not within {deadline_s} s: {what}"
+        if time.monotonic() >= limit:
+            seen = f"; {detail()}" if detail is not None else ""
+            raise AssertionError(f"not within {deadline_s} s: {what}{seen}")
         time.sleep(every_s)

@@ -66,7 +66,14 @@ from tests.browser.test_browser_session import (  # the JupyterLab + fake media 
     printed,
 )
 from tests.browser.test_player import stamp_of
-from tests.conftest import FAST, stored_frame_count, stored_stamps, wait_until, wait_until_sync
+from tests.conftest import (
+    FAST,
+    stored_frame_count,
+    stored_stamps,
+    wait_for,
+    wait_until,
+    wait_until_sync,
+)
 from tests.integration.test_viewers import tone_level
 
 REPO = Path(__file__).resolve().parents[2]
@@ -393,10 +400,7 @@ async def test_viewer_page_draws_the_pictures_the_kernel_sends(
     async def drawn() -> bool:
         return bool(await browser_page.evaluate("window.kvsnbPath.stats.drawn >= 1"))
 
-    limit = time.monotonic() + 30
-    while not await drawn():
-        assert time.monotonic() < limit, "no picture drawn"
-        await asyncio.sleep(0.05)
+    await wait_for(drawn, "a picture drawn", deadline_s=30)
 
     async def shown_index() -> int | None:
         png = await browser_page.locator("#view").screenshot()
@@ -407,10 +411,10 @@ async def test_viewer_page_draws_the_pictures_the_kernel_sends(
         except ValueError:
             return None
 
-    limit = time.monotonic() + 30
-    while await shown_index() != 7:  # the newest picture ends up on screen
-        assert time.monotonic() < limit, "the newest picture is not shown"
-        await asyncio.sleep(0.05)
+    async def newest_shown() -> bool:
+        return await shown_index() == 7  # the newest picture ends up on screen
+
+    await wait_for(newest_shown, "the newest picture shown", deadline_s=30)
     await browser_page.evaluate("window.kvsnbPath.stop()")
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_until_sync
+
 from .conftest import NotebookPage
 
 pytestmark = pytest.mark.timeout(150)
@@ -112,15 +114,18 @@ def wait_for_js(
 ) -> None:
     """Poll ``script(element)`` until it is true; fail after ``timeout_s`` with ``area``'s
     text and a screenshot."""
-    deadline = time.monotonic() + timeout_s
-    while not element.evaluate(script):
-        if time.monotonic() > deadline:
-            nb.screenshot(f"{step}-failed", area)
-            raise AssertionError(
-                f"{nb.name}: {what}: not within {timeout_s:.0f} s; the widget shows:\n"
-                f"{area.inner_text()}"
-            )
-        time.sleep(0.2)
+
+    def failed() -> str:
+        nb.screenshot(f"{step}-failed", area)
+        return f"the widget shows:\n{area.inner_text()}"
+
+    wait_until_sync(
+        lambda: bool(element.evaluate(script)),
+        f"{nb.name}: {what}",
+        deadline_s=timeout_s,
+        every_s=0.2,
+        detail=failed,
+    )
 
 
 def run_notebook(open_notebook: Callable[[str], NotebookPage], name: str) -> NotebookPage:
@@ -188,18 +193,19 @@ def test_track_tester_checklist_and_end_to_end(
     check = tester.get_by_role("button", name="Check", exact=True)
     nb.screenshot("01-rendered", tester)
 
+    # The notebook already ran a check: its table is marked old, and this check's table
+    # (drawn anew) is read once it has settled (rows present and every one marked).
+    tester.locator("table").evaluate_all("ts => ts.forEach(t => { t.dataset.old = '1'; })")
     check.click()
     wait_for_text(nb, tester, r"\d+ rules: \d+ failed, \d+ warnings", CHECK_S, "check")
-    rows = tester.locator("tr[class^='rule-']")
-    # The notebook already ran a check: the table is redrawn by this one, so read it once
-    # it has settled (rows present and every one marked), within a bounded time.
-    deadline = time.monotonic() + CHECK_S
+    rows = tester.locator("table:not([data-old]) tr[class^='rule-']")
     marks: list[str] = []
-    while time.monotonic() < deadline:
-        marks = [m.strip() for m in rows.locator("td:first-child").all_inner_texts()]
-        if marks and all(marks):
-            break
-        time.sleep(0.2)
+
+    def marked() -> bool:
+        marks[:] = [m.strip() for m in rows.locator("td:first-child").all_inner_texts()]
+        return bool(marks) and all(marks)
+
+    wait_until_sync(marked, "every rule of the checklist marked", CHECK_S, 0.2, lambda: marks)
     assert rows.count() >= 1, tester.inner_text()
     assert set(marks) <= MARKS, marks
     assert "✓" in marks, marks

@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from bench.lab import LabServer, start_lab
+from tests.conftest import wait_until_sync
 
 from .conftest import ARTIFACTS, NOTEBOOKS, NotebookPage
 from .test_player import KERNEL_EVAL_JS, VIDEO_STATE_JS, stamp_of, watch_video
@@ -122,29 +122,37 @@ def test_run_all_under_a_base_url_shows_every_player(
             timeout=30_000,
         )
         # every player started by itself, none scrolled into view yet
-        deadline = time.monotonic() + STARTED_S
         states: list[dict[str, Any]] = []
-        while True:
-            states = [videos.nth(i).evaluate(VIDEO_STATE_JS) for i in range(len(PLAYERS))]
-            started = [s["time"] > 0 and s["frames"] > 0 for s in states]
-            if all(started) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert all(started), dict(zip(PLAYERS, states, strict=True))
+
+        def all_started() -> bool:
+            states[:] = [videos.nth(i).evaluate(VIDEO_STATE_JS) for i in range(len(PLAYERS))]
+            return all(s["time"] > 0 and s["frames"] > 0 for s in states)
+
+        wait_until_sync(
+            all_started,
+            "every player started",
+            deadline_s=STARTED_S,
+            every_s=0.5,
+            detail=lambda: dict(zip(PLAYERS, states, strict=True)),
+        )
         assert not any(s["error"] for s in states), states
 
         # the ingest is over: the LIVE players say so, the ON_DEMAND ones end and keep a time
         want = {"live_hls": "live stream stopped", "live_dash": "live stream stopped"}
         want |= {"vod_hls": "ended", "vod_dash": "ended"}
-        deadline = time.monotonic() + LABEL_S
         shown: list[str] = []
-        while True:
-            shown = [labels.nth(i).inner_text() for i in range(len(PLAYERS))]
-            done = [want[name] in label for name, label in zip(PLAYERS, shown, strict=True)]
-            if all(done) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert all(done), dict(zip(PLAYERS, shown, strict=True))
+
+        def all_labelled() -> bool:
+            shown[:] = [labels.nth(i).inner_text() for i in range(len(PLAYERS))]
+            return all(want[name] in label for name, label in zip(PLAYERS, shown, strict=True))
+
+        wait_until_sync(
+            all_labelled,
+            "every label says ended or stopped",
+            deadline_s=LABEL_S,
+            every_s=0.5,
+            detail=lambda: dict(zip(PLAYERS, shown, strict=True)),
+        )
         assert all(re.match(r"\d{4}-\d\d-\d\dT", label) for label in shown), shown
         for name in PLAYERS:
             status = kernel(page, f"print({name}.status)")

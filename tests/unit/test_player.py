@@ -127,8 +127,8 @@ async def test_reports_over_the_bridge_reach_an_awaiting_coroutine(
     # a second later on screen, in the same awaiting coroutine
     later = asyncio.ensure_future(player.wait_on_screen(after=shown + pd.Timedelta(seconds=1)))
     await ws.send_str(json.dumps({**report, "on_screen_ms": first + 500}))
-    await asyncio.sleep(0.2)
-    assert not later.done() and player.on_screen_ms == first + 500
+    await wait_until(lambda: player.on_screen_ms == first + 500, "the report of +500 ms")
+    assert not later.done()
     await ws.send_str(json.dumps({**report, "on_screen_ms": first + 1200, "status": "ended"}))
     assert await later == pd.Timestamp(first + 1200, unit="ms", tz="UTC")
     assert player.status == "ended"
