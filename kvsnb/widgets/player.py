@@ -281,8 +281,9 @@ class Player(anywidget.AnyWidget):
 
     def close(self) -> None:
         """Close the widget (its views stop playing) and its bridge channel."""
-        if self.channel_link is not None:
-            self.channel_link.close()
+        link = getattr(self, "channel_link", None)  # None too when __init__ failed before it
+        if link is not None:
+            link.close()
         super().close()
 
     def seek(self, seconds: float) -> None:
