@@ -35,6 +35,21 @@ async function endpointsFor(kv, channelArn, role) {
   return Object.fromEntries(ResourceEndpointList.map((e) => [e.Protocol, e.ResourceEndpoint]));
 }
 
+// A new stream and a channel of the same name, mapped for media storage.
+async function storageChannel(kv, name) {
+  const { StreamARN } = await kv.send(
+    new AwsKvs.KinesisVideo.CreateStreamCommand({ StreamName: name, DataRetentionInHours: 24, MediaType: "video/h264,audio/aac" }),
+  );
+  const { ChannelARN } = await kv.send(new AwsKvs.KinesisVideo.CreateSignalingChannelCommand({ ChannelName: name }));
+  await kv.send(
+    new AwsKvs.KinesisVideo.UpdateMediaStorageConfigurationCommand({
+      ChannelARN,
+      MediaStorageConfiguration: { StreamARN, Status: "ENABLED" },
+    }),
+  );
+  return { StreamARN, ChannelARN };
+}
+
 async function iceServers(base, endpoints, channelArn, clientId) {
   const signaling = new AwsKvs.Signaling.KinesisVideoSignalingClient({ ...base, endpoint: endpoints.HTTPS });
   const { IceServerList } = await signaling.send(
@@ -113,16 +128,7 @@ window.kvsMaster = async (opts) => {
   const { kv, base } = clients(opts);
   const t = {};
   const name = opts.name;
-  const { StreamARN } = await kv.send(
-    new AwsKvs.KinesisVideo.CreateStreamCommand({ StreamName: name, DataRetentionInHours: 24, MediaType: "video/h264,audio/aac" }),
-  );
-  const { ChannelARN } = await kv.send(new AwsKvs.KinesisVideo.CreateSignalingChannelCommand({ ChannelName: name }));
-  await kv.send(
-    new AwsKvs.KinesisVideo.UpdateMediaStorageConfigurationCommand({
-      ChannelARN,
-      MediaStorageConfiguration: { StreamARN, Status: "ENABLED" },
-    }),
-  );
+  const { StreamARN, ChannelARN } = await storageChannel(kv, name);
   const endpoints = await endpointsFor(kv, ChannelARN, "MASTER");
   const ice = await iceServers(base, endpoints, ChannelARN);
   const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
@@ -302,16 +308,7 @@ window.kvsMasterIce = async (opts) => {
   const { kv, base } = clients(opts);
   const t = {};
   const name = opts.name;
-  const { StreamARN } = await kv.send(
-    new AwsKvs.KinesisVideo.CreateStreamCommand({ StreamName: name, DataRetentionInHours: 24, MediaType: "video/h264,audio/aac" }),
-  );
-  const { ChannelARN } = await kv.send(new AwsKvs.KinesisVideo.CreateSignalingChannelCommand({ ChannelName: name }));
-  await kv.send(
-    new AwsKvs.KinesisVideo.UpdateMediaStorageConfigurationCommand({
-      ChannelARN,
-      MediaStorageConfiguration: { StreamARN, Status: "ENABLED" },
-    }),
-  );
+  const { ChannelARN } = await storageChannel(kv, name);
   const endpoints = await endpointsFor(kv, ChannelARN, "MASTER");
   const ice = opts.turn ? await iceServers(base, endpoints, ChannelARN) : [];
   const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
