@@ -14,7 +14,6 @@ master live and is heard."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import io
 import json
 import os
@@ -52,12 +51,10 @@ from kvsnb.sources.encoded import (
     pack_chunk,
     parse_chunk,
 )
-from kvsnb.sources.stamp import Stamp
 from kvsnb.wire import h264
 from tests.browser.test_browser_session import (  # the JupyterLab + fake media harness
     CAMERA_SIZE,
-    RATE,
-    TONE_HZ,
+    assert_live_and_heard,
     close_page,
     fake_media,  # noqa: F401 (a fixture, for media_context)
     in_order,
@@ -65,16 +62,13 @@ from tests.browser.test_browser_session import (  # the JupyterLab + fake media 
     media_context,  # noqa: F401 (a fixture)
     printed,
 )
-from tests.browser.test_player import stamp_of
 from tests.conftest import (
     FAST,
     stored_frame_count,
     stored_stamps,
     wait_for,
     wait_until,
-    wait_until_sync,
 )
-from tests.integration.test_viewers import tone_level
 
 REPO = Path(__file__).resolve().parents[2]
 MEDIA_JS = REPO / "kvsnb" / "widgets" / "browser_media.js"
@@ -577,30 +571,8 @@ def test_lab_viewer_through_the_kernel_shows_a_kvsnb_master(
         through_proxy(sockets)
         widget = nb.widget_output("Start")
         canvas = widget.locator("canvas")
-        stamps: list[Stamp] = []
-
-        def read_one() -> bool:
-            stamp = stamp_of(canvas.screenshot(timeout=10_000))
-            if stamp is not None:
-                stamps.append(stamp)
-            return len(stamps) >= 3
-
-        wait_until_sync(read_one, "stamps in screenshots of the viewer's canvas", 60, 0.3)
-        now_ms = time.time() * 1000
-        for stamp in stamps:  # live: the master's frames of the last seconds
-            assert now_ms - 20_000 <= stamp.capture_ms <= now_ms, (stamps, now_ms)
-        assert stamps[-1].capture_ms > stamps[0].capture_ms
-        nb.screenshot("browser-session-kernel-viewer", widget)
-        level_code = (
-            f"RATE, SILENCE_RMS = {RATE}, 200.0\nimport numpy as np\n"
-            + inspect.getsource(tone_level)
-            + f"\nprint(tone_level(master.received.audio(), {TONE_HZ}))"
-        )
-        wait_until_sync(
-            lambda: float(kernel(nb, level_code).splitlines()[-1]) > 20,
-            "the kvsnb master hears the page's microphone through the kernel (1 kHz)",
-            deadline_s=30,
-            every_s=0.5,
+        assert_live_and_heard(
+            nb, widget, canvas, "browser-session-kernel-viewer", " through the kernel"
         )
         kernel(nb, "await view.stop(); await master.stop()")
         nb.assert_no_errors()

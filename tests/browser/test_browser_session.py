@@ -315,31 +315,7 @@ def test_viewer_shows_a_kvsnb_master_and_sends_its_microphone(
             "the page plays the master's video",
             deadline_s=30,
         )
-        stamps: list[Stamp] = []
-
-        def read_stamp() -> bool:
-            stamp = stamp_of(video.screenshot(timeout=10_000))
-            if stamp is not None:
-                stamps.append(stamp)
-            return len(stamps) >= 3
-
-        wait_until_sync(read_stamp, "stamps in screenshots of the viewer's video", 60, 0.3)
-        now_ms = time.time() * 1000
-        for stamp in stamps:  # live: the master's frames of the last seconds
-            assert now_ms - 20_000 <= stamp.capture_ms <= now_ms, (stamps, now_ms)
-        assert stamps[-1].capture_ms > stamps[0].capture_ms
-        nb.screenshot("browser-session-viewer", widget)
-        level_code = (
-            f"RATE, SILENCE_RMS = {RATE}, 200.0\nimport numpy as np\n"
-            + inspect.getsource(tone_level)
-            + f"\nprint(tone_level(master.received.audio(), {TONE_HZ}))"
-        )
-        wait_until_sync(
-            lambda: float(kernel(nb, level_code).splitlines()[-1]) > 20,
-            "the kvsnb master hears the page's microphone (1 kHz)",
-            deadline_s=30,
-            every_s=0.5,
-        )
+        assert_live_and_heard(nb, widget, video, "browser-session-viewer", "")
         kernel(nb, "await view.stop(); await master.stop()")
         nb.assert_no_errors()
     finally:
@@ -381,3 +357,34 @@ def test_errors_show_in_the_widget_and_raise_in_the_kernel(
         nb.screenshot("browser-session-errors")
     finally:
         close_page(nb)
+
+
+def assert_live_and_heard(nb: Any, widget: Any, view: Any, shot: str, via: str) -> None:
+    """A viewer page shows the kernel's master live (stamps of its last seconds in
+    screenshots of ``view``, newer later) and that master (``master`` in the kernel) hears
+    the page's microphone."""
+    stamps: list[Stamp] = []
+
+    def read_one() -> bool:
+        stamp = stamp_of(view.screenshot(timeout=10_000))
+        if stamp is not None:
+            stamps.append(stamp)
+        return len(stamps) >= 3
+
+    wait_until_sync(read_one, f"stamps in screenshots of the viewer{via}", 60, 0.3)
+    now_ms = time.time() * 1000
+    for stamp in stamps:  # live: the master's frames of the last seconds
+        assert now_ms - 20_000 <= stamp.capture_ms <= now_ms, (stamps, now_ms)
+    assert stamps[-1].capture_ms > stamps[0].capture_ms
+    nb.screenshot(shot, widget)
+    level_code = (
+        f"RATE, SILENCE_RMS = {RATE}, 200.0\nimport numpy as np\n"
+        + inspect.getsource(tone_level)
+        + f"\nprint(tone_level(master.received.audio(), {TONE_HZ}))"
+    )
+    wait_until_sync(
+        lambda: float(kernel(nb, level_code).splitlines()[-1]) > 20,
+        f"the kvsnb master hears the page's microphone{via} (1 kHz)",
+        deadline_s=30,
+        every_s=0.5,
+    )
