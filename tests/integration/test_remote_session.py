@@ -181,9 +181,12 @@ async def test_a_page_master_is_stored_through_turn(
         assert (await session.stats())["video"]["bytes_sent"] == 1000
     finally:
         await session.stop()
-        await page.close()
-        runner.cancel()
-    assert {"type": "stop"} in page.received
+        # the page reads "stop" on its own task: wait for it before its socket closes
+        try:
+            await wait_until(lambda: {"type": "stop"} in page.received, "the page told to stop", 10)
+        finally:
+            await page.close()
+            runner.cancel()
     assert session.closed and session.timeline.last("stopped") is not None
 
 
