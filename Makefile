@@ -97,7 +97,7 @@ test: setup $(BROWSER_STAMP) browser-js lint typecheck
 	done; \
 	trap 'if [ -n "$$busy" ]; then kill $$busy 2>/dev/null; fi' EXIT INT TERM; \
 	if [ -n "$$busy" ]; then echo "LOAD=$(LOAD): busy processes$$busy"; fi; \
-	$(VENV)/bin/pytest -q -p no:cacheprovider $(TESTS) $(NBVAL); rc=$$?; \
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=30 $(TESTS) $(NBVAL); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest ran no test"; exit 1; fi; exit $$rc
 
 # The wheel and the sdist, into dist/ (python -m build). The build fetches hls.js and dash.js
