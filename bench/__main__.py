@@ -4,7 +4,8 @@ each (``NAME.txt``) and every JSON object a benchmark printed on a line of its o
 the machine it ran on (``latest.json``). Each benchmark's headline figures (a
 ``{"figures": {...}}`` line, ``bench.common.report``) join the history (``bench.history``):
 the run is appended with its commit and machine, and a table shows each figure beside the
-previous run's and its budget.
+previous run's and its budget; the README's Performance table is regenerated from it
+(``python -m bench.history readme``).
 
 Benchmarks print figures (ratios against a baseline run in the same process where one
 exists); none passes or fails on time. ``python -m bench NAME...`` runs only those.
@@ -102,6 +103,8 @@ def main(argv: list[str]) -> int:
     )
     summary = history.table(run, earlier)
     (results / "summary.md" if quick else history.SUMMARY).write_text(summary, encoding="utf-8")
+    if not quick:
+        history.update_readme()  # the README's Performance table is this summary's budget rows
     print(summary, flush=True)
     return 1 if failed else 0
 

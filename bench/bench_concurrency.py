@@ -40,21 +40,12 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from bench.common import (
-    cpu_seconds,
-    descendant_named,
-    pct,
-    process_cpu_seconds,
-    process_rss_mib,
-    report,
-    rss_mib,
-)
+from bench.common import Parts, pct, report
 from kvsnb.local.runner import LocalKvsProcess
 
 LEVELS = (1, 8, 16, 32, 40, 48)
 QUICK_LEVELS = (4,)
 QUICK_SECONDS = 5.0
-COTURN = "turnserver"  # coturn's command name, a child of Local KVS with ice="turn"
 WORKERS = 4
 MEASURE_S = 10.0
 FPS = 30
@@ -316,17 +307,16 @@ def run_level(
         pairs: Counter[str] = Counter()
         procs = start_senders(kvs.url, names, clip, seconds + 3.0, video_only, pairs=pairs)
         time.sleep(2.0)  # warm up
-        coturn = descendant_named(kvs.pid, COTURN)
-        apart = [coturn] if coturn is not None else []
-        c0, m0, t0 = cpu_seconds(kvs.pid, apart), machine_cpu(), time.monotonic()
-        turn0 = process_cpu_seconds(coturn) if coturn is not None else 0.0
+        parts = Parts(kvs.pid)
+        c0, m0, t0 = parts.cpu(), machine_cpu(), time.monotonic()
         time.sleep(seconds)
         elapsed = time.monotonic() - t0
-        kvs_cpu = (cpu_seconds(kvs.pid, apart) - c0) / elapsed
-        turn_cpu = (process_cpu_seconds(coturn) - turn0) / elapsed if coturn is not None else None
+        c1 = parts.cpu()
+        kvs_cpu = (c1["server"] + c1["workers"] - c0["server"] - c0["workers"]) / elapsed
+        turn_cpu = (c1["coturn"] - c0["coturn"]) / elapsed if parts.coturn is not None else None
         all_cpu = (machine_cpu() - m0) / elapsed
-        rss = rss_mib(kvs.pid, apart)
-        turn_rss = process_rss_mib(coturn) if coturn is not None else None
+        rss = parts.kvs_rss()
+        turn_rss = parts.rss()["coturn"] if parts.coturn is not None else None
         sent = collect_senders(procs)
         time.sleep(1.0)
         stored = {name: stored_frames(target, streams[name]) for name in names}

@@ -27,14 +27,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.bench_concurrency import COTURN, make_clip, start_senders
-from bench.common import (
-    descendant_named,
-    process_cpu_seconds,
-    process_rss_mib,
-    process_tree,
-    report,
-)
+from bench.bench_concurrency import make_clip, start_senders
+from bench.common import Parts, report
 from kvsnb.launch import connect
 from kvsnb.local.runner import LocalKvsProcess
 
@@ -47,35 +41,6 @@ WARM_UP_S = 3.0
 MODES = ("turn", "host")
 RELAY = "relay/udp"
 BUDGET_COTURN_CPU_PER_MASTER = 0.01
-
-
-class Parts:
-    """The processes of a running Local KVS: the server, coturn (when it runs) and the rest
-    of its descendants (storage workers)."""
-
-    def __init__(self, server: int) -> None:
-        self.server = server
-        self.coturn = descendant_named(server, COTURN)
-
-    def workers(self) -> list[int]:
-        """The server's living descendants but coturn."""
-        return [p for p in process_tree(self.server)[1:] if p != self.coturn]
-
-    def cpu(self) -> dict[str, float]:
-        """CPU seconds so far: server, workers, coturn."""
-        return {
-            "server": process_cpu_seconds(self.server),
-            "workers": sum(process_cpu_seconds(p) for p in self.workers()),
-            "coturn": process_cpu_seconds(self.coturn) if self.coturn is not None else 0.0,
-        }
-
-    def rss(self) -> dict[str, float]:
-        """Resident memory now, in MiB: server, workers, coturn."""
-        return {
-            "server": process_rss_mib(self.server),
-            "workers": sum(process_rss_mib(p) for p in self.workers()),
-            "coturn": process_rss_mib(self.coturn) if self.coturn is not None else 0.0,
-        }
 
 
 def measure(masters: int, seconds: float, clip: Path, ice: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import json
 import time
 from typing import Any
 
-from bench.common import cpu_seconds, pct, report, rss_mib
+from bench.common import Parts, pct, report
 from kvsnb.client.session import JoinPolicy, MasterSession, ViewerSession
 from kvsnb.launch import connect
 from kvsnb.local.runner import LocalKvsProcess
@@ -27,10 +27,13 @@ QUICK_WINDOW_S = 3.0
 POLICY = JoinPolicy.local(offer_wait_s=1.0, connect_timeout_s=30.0)
 
 
-async def _cpu_over(pid: int, seconds: float) -> float:
-    c0, t0 = cpu_seconds(pid), time.monotonic()
+async def _cpu_over(parts: Parts, seconds: float) -> tuple[float, float]:
+    """Cores used over ``seconds``: Local KVS's own, coturn's."""
+    c0, t0 = parts.cpu(), time.monotonic()
     await asyncio.sleep(seconds)
-    return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+    c1, elapsed = parts.cpu(), time.monotonic() - t0
+    own = (c1["server"] + c1["workers"] - c0["server"] - c0["workers"]) / elapsed
+    return own, (c1["coturn"] - c0["coturn"]) / elapsed
 
 
 async def run(window_s: float = WINDOW_S) -> dict[str, Any]:
@@ -47,7 +50,9 @@ async def run(window_s: float = WINDOW_S) -> dict[str, Any]:
         )
         await master.start(timeout=30)
         await asyncio.sleep(1.0)
-        cpu = {0: await _cpu_over(kvs.pid, window_s)}
+        parts = Parts(kvs.pid)
+        cpu, turn_cpu = {}, {}
+        cpu[0], turn_cpu[0] = await _cpu_over(parts, window_s)
         viewers: list[ViewerSession] = []
         for n in (1, 3):
             while len(viewers) < n:
@@ -58,13 +63,13 @@ async def run(window_s: float = WINDOW_S) -> dict[str, Any]:
                 viewers.append(v)
             await asyncio.sleep(1.0)
             marks = [len(v.received.rows) for v in viewers]
-            cpu[n] = await _cpu_over(kvs.pid, window_s)
+            cpu[n], turn_cpu[n] = await _cpu_over(parts, window_s)
             latencies = [
                 lat
                 for v, m in zip(viewers, marks, strict=True)
                 for lat in v.received.frames_df().iloc[m:]["latency_ms"].dropna()
             ]
-        rss = rss_mib(kvs.pid)
+        rss, turn_rss = parts.kvs_rss(), parts.rss()["coturn"]
         for v in viewers:
             await v.stop()
         await master.stop()
@@ -79,6 +84,11 @@ async def run(window_s: float = WINDOW_S) -> dict[str, Any]:
         "local_kvs_cpu_3_viewers": round(cpu[3], 3),
         "local_kvs_cpu_per_viewer": round((cpu[3] - cpu[0]) / 3, 3),
         "local_kvs_rss_mib": round(rss, 1),
+        # coturn (the viewers and the master reach the storage peer through it), apart
+        "coturn_cpu_0_viewers": round(turn_cpu[0], 3),
+        "coturn_cpu_3_viewers": round(turn_cpu[3], 3),
+        "coturn_cpu_per_viewer": round((turn_cpu[3] - turn_cpu[0]) / 3, 3),
+        "coturn_rss_mib": round(turn_rss, 1),
         "window_s": window_s,
     }
 

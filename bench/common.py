@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+COTURN = "turnserver"  # coturn's command name, a child of Local KVS with ice="turn"
 
 
 def _stat(pid: int) -> list[str]:
@@ -89,6 +90,46 @@ def rss_mib(pid: int, without: Collection[int] = ()) -> float:
     """Resident memory of a process and its living descendants, in MiB, leaving out the
     processes ``without``."""
     return sum(process_rss_mib(p) for p in process_tree(pid) if p not in without)
+
+
+class Parts:
+    """The processes of a running Local KVS: the server, coturn (when it runs) and the rest
+    of its descendants (storage workers), measured apart: coturn's relay cost is not Local
+    KVS's own."""
+
+    def __init__(self, server: int) -> None:
+        self.server = server
+        self.coturn = descendant_named(server, COTURN)
+
+    def workers(self) -> list[int]:
+        """The server's living descendants but coturn."""
+        return [p for p in process_tree(self.server)[1:] if p != self.coturn]
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: server, workers, coturn."""
+        return {
+            "server": process_cpu_seconds(self.server),
+            "workers": sum(process_cpu_seconds(p) for p in self.workers()),
+            "coturn": process_cpu_seconds(self.coturn) if self.coturn is not None else 0.0,
+        }
+
+    def rss(self) -> dict[str, float]:
+        """Resident memory now, in MiB: server, workers, coturn."""
+        return {
+            "server": process_rss_mib(self.server),
+            "workers": sum(process_rss_mib(p) for p in self.workers()),
+            "coturn": process_rss_mib(self.coturn) if self.coturn is not None else 0.0,
+        }
+
+    def kvs_cpu(self) -> float:
+        """Local KVS's own CPU seconds so far (server and workers, without coturn)."""
+        cpu = self.cpu()
+        return cpu["server"] + cpu["workers"]
+
+    def kvs_rss(self) -> float:
+        """Local KVS's own resident memory now, in MiB (server and workers, without coturn)."""
+        rss = self.rss()
+        return rss["server"] + rss["workers"]
 
 
 def report(**figures: float | None) -> None:

@@ -19,6 +19,10 @@ from typing import Any
 RESULTS = Path(__file__).parent / "results"
 HISTORY = RESULTS / "history.jsonl"
 SUMMARY = RESULTS / "summary.md"
+README = Path(__file__).parent.parent / "README.md"
+# the README's Performance table lies between these lines, regenerated from SUMMARY
+README_BEGIN = "<!-- bench summary: begin (python -m bench.history readme) -->"
+README_END = "<!-- bench summary: end -->"
 
 
 @dataclass(frozen=True)
@@ -204,3 +208,43 @@ def table(run: dict[str, Any], earlier: list[dict[str, Any]]) -> str:
             f"| {key} | {_fmt(value)} | {_fmt(before)}{change} | {budget or ''} | {status} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def budget_table(summary: str) -> str:
+    """The rows of a summary table (``table``) that have a budget, with its heading line: the
+    README's Performance table."""
+    lines = summary.strip().splitlines()
+    head = [line for line in lines if not line.startswith("|")]
+    rows = [line for line in lines if line.startswith("|")]
+    kept = rows[:2] + [r for r in rows[2:] if r.split("|")[4].strip()]
+    return "\n".join([*head, *kept]) + "\n"
+
+
+def readme_with(readme: str, summary: str) -> str:
+    """``readme`` with the text between ``README_BEGIN`` and ``README_END`` replaced by the
+    budget rows of ``summary``; ValueError when the markers are missing."""
+    try:
+        before, rest = readme.split(README_BEGIN + "\n", 1)
+        _, after = rest.split(README_END, 1)
+    except ValueError:
+        raise ValueError(
+            f"README.md has no {README_BEGIN!r} ... {README_END!r} block to fill"
+        ) from None
+    return f"{before}{README_BEGIN}\n{budget_table(summary)}{README_END}{after}"
+
+
+def update_readme() -> None:
+    """Regenerate the README's Performance table from ``bench/results/summary.md``."""
+    README.write_text(
+        readme_with(README.read_text(encoding="utf-8"), SUMMARY.read_text(encoding="utf-8")),
+        encoding="utf-8",
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["readme"]:
+        sys.exit("usage: python -m bench.history readme")
+    update_readme()
+    print(f"{README}: Performance table regenerated from {SUMMARY}")

@@ -28,7 +28,7 @@ from bench.bench_concurrency import (
     make_clip,
     stored_frame_times,
 )
-from bench.common import cpu_seconds, rss_mib
+from bench.common import Parts
 from kvsnb.client.session import JoinPolicy, MasterSession, ViewerSession
 from kvsnb.launch import connect
 from kvsnb.local.runner import LocalKvsProcess
@@ -61,6 +61,11 @@ def rss_at(samples: list[dict[str, Any]], t_s: float) -> float | None:
     return float(min(samples, key=lambda s: abs(s["t_s"] - t_s))["rss_mib"])
 
 
+def mean_of(samples: list[dict[str, Any]], key: str) -> float | None:
+    """The mean of one figure over the samples, or None when there are none."""
+    return round(sum(s[key] for s in samples) / len(samples), 3) if samples else None
+
+
 async def soak(minutes: float, interval_s: float, workers: int = 0) -> dict[str, Any]:
     """Run the soak (storage sessions in ``workers`` processes, or in the server process);
     returns the samples and the summary."""
@@ -91,17 +96,25 @@ async def soak(minutes: float, interval_s: float, workers: int = 0) -> dict[str,
             await v.start(timeout=60)
             viewers.append(v)
         t0 = time.monotonic()
-        c_prev, t_prev = cpu_seconds(kvs.pid), t0
-        print(f"{'t_s':>7} {'rss_mib':>8} {'cpu':>6} {'viewer_fps':>10} {'states':>20}", flush=True)
+        parts = Parts(kvs.pid)  # Local KVS's own figures; coturn's apart
+        c_prev, t_prev = parts.cpu(), t0
+        print(
+            f"{'t_s':>7} {'rss_mib':>8} {'cpu':>6} {'turn_mib':>8} {'turn_cpu':>8} "
+            f"{'viewer_fps':>10} {'states':>20}",
+            flush=True,
+        )
         while time.monotonic() - t0 < minutes * 60:
             await asyncio.sleep(interval_s)
             now = time.monotonic()
-            c = cpu_seconds(kvs.pid)
+            c = parts.cpu()
+            own = c["server"] + c["workers"] - c_prev["server"] - c_prev["workers"]
             states = [m.state for m in masters] + [v.state for v in viewers]
             sample: dict[str, Any] = {
                 "t_s": round(now - t0, 1),
-                "rss_mib": round(rss_mib(kvs.pid), 1),
-                "cpu_cores": round((c - c_prev) / (now - t_prev), 3),
+                "rss_mib": round(parts.kvs_rss(), 1),
+                "cpu_cores": round(own / (now - t_prev), 3),
+                "coturn_rss_mib": round(parts.rss()["coturn"], 1),
+                "coturn_cpu_cores": round((c["coturn"] - c_prev["coturn"]) / (now - t_prev), 3),
                 "viewer_fps": [round(v.received.rate(interval_s), 1) for v in viewers],
                 "states": states,
             }
@@ -109,6 +122,7 @@ async def soak(minutes: float, interval_s: float, workers: int = 0) -> dict[str,
             samples.append(sample)
             print(
                 f"{sample['t_s']:>7} {sample['rss_mib']:>8} {sample['cpu_cores']:>6} "
+                f"{sample['coturn_rss_mib']:>8} {sample['coturn_cpu_cores']:>8} "
                 f"{sample['viewer_fps']!s:>10} {sorted(set(states))!s:>20}",
                 flush=True,
             )
@@ -148,9 +162,11 @@ async def soak(minutes: float, interval_s: float, workers: int = 0) -> dict[str,
         "rss_mib_first": rss[0] if rss else None,
         "rss_mib_last": rss[-1] if rss else None,
         "rss_mib_max": max(rss) if rss else None,
-        "cpu_cores_mean": round(sum(s["cpu_cores"] for s in samples) / len(samples), 3)
-        if samples
-        else None,
+        "cpu_cores_mean": mean_of(samples, "cpu_cores"),
+        "turn": parts.coturn is not None,
+        "coturn_rss_mib_first": samples[0]["coturn_rss_mib"] if samples else None,
+        "coturn_rss_mib_last": samples[-1]["coturn_rss_mib"] if samples else None,
+        "coturn_cpu_cores_mean": mean_of(samples, "coturn_cpu_cores"),
     }
     return {"summary": summary, "samples": samples}
 
