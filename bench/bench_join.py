@@ -11,13 +11,13 @@ timeline (``join_call``) and the storage peer's stats (``first_frame_at``) live 
 process (Local KVS runs on its own event-loop thread). A second run puts the storage
 sessions in 2 worker processes (the offer only).
 
-Under load: Local KVS in its own process with 2 storage workers, N masters (16 by default,
-``--masters 32``) with audio already ingesting from sender processes (``bench_concurrency``'s
-pre-encoded senders: kvsnb sessions, so through TURN in turn mode), and the joins made one
-after another from this process. The storage peer is then in another process, so the first
-frame is read from what was stored: the first fragment's ServerTimestamp is the arrival of
-its first frame (a keyframe, the encoder's first frame) at the storage peer, on the same
-machine's wall clock as the join call.
+Under load: Local KVS in its own process with 2 storage workers, N masters (32 by default,
+as the budget says; ``--masters N``) with audio already ingesting from sender processes
+(``bench_concurrency``'s pre-encoded senders: kvsnb sessions, so through TURN in turn mode),
+and the joins made one after another from this process. The storage peer is then in another
+process, so the first frame is read from what was stored: the first fragment's
+ServerTimestamp is the arrival of its first frame (a keyframe, the encoder's first frame) at
+the storage peer, on the same machine's wall clock as the join call.
 
 ``python -m bench.bench_join [JOINS] [--masters N] [--ice turn,host] [--quick]``
 """
@@ -49,7 +49,7 @@ RELAY = "relay/udp"  # the local side of a selected pair through TURN
 JOINS = 20
 QUICK_JOINS = 4
 STEPS_AFTER_JOIN = STEPS[STEPS.index("join_call") + 1 :]  # the master's steps after the join
-LOAD_MASTERS = 16
+LOAD_MASTERS = 32  # the performance budget's load
 QUICK_MASTERS = 4
 LOAD_WORKERS = 2
 FRAGMENT_WAIT_S = 15.0
@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--masters",
         type=int,
         default=None,
-        help=f"masters ingesting during the loaded joins (default {LOAD_MASTERS}; 32 for "
-        "the performance budget)",
+        help=f"masters ingesting during the loaded joins (default {LOAD_MASTERS}, the "
+        "performance budget's load)",
     )
     ap.add_argument("--ice", default=",".join(MODES), help="ICE modes, comma-separated")
     ap.add_argument(
