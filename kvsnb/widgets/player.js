@@ -48,6 +48,7 @@ function dashStamp(timeline, mediaTime) {
 }
 
 const STALE_FRAME_MS = 250;
+const HOLE_SLACK_MS = 5;  // see setupHls: a fragment's offset this far off the median is moved
 const KNOWN_FRAGMENTS = 600;  // remembered fragment times of a LIVE HLS playlist (10 min of 1 s)
 const DASH_REFRESH_MS = 1000;  // a dynamic MPD's kvs:ts are re-read this often
 // LIVE: the stream counts as stopped when no new fragment was listed for this many target
@@ -96,7 +97,26 @@ function setupHls(Hls, video, { url, live, sync, target, fail }) {
   });
   hls.loadSource(url);
   hls.attachMedia(video);
-  const known = new Map();  // fragment sn → [start, end, program date time]
+  const known = new Map();  // fragment sn → [start, end, program date time, cc, parsed, remuxed]
+  // hls.js remuxes MPEG-TS (fragments with no EXT-X-MAP) and closes a hole before a
+  // fragment (a frame missing at the boundary) by moving that fragment's first frame back by
+  // the hole; its other frames keep their times. That fragment's parsed start is early by the
+  // hole, so every time mapped from it would be late by as much (seen: 1-2 frame intervals).
+  // Within a discontinuity range the media runs on one clock, so the offset (program date
+  // time - media time) is the same for every fragment: a fragment whose own offset is larger
+  // than the range's median by more than HOLE_SLACK_MS is mapped with the median, and its
+  // moved first frame with the fragment's program date time.
+  const offsetFor = (cc, own, remuxed) => {
+    if (!remuxed) return own;  // fMP4 plays as stored: hls.js moves no frame
+    const offsets = [];
+    for (const [s, , p, c, parsed] of known.values()) {
+      if (parsed && c === cc) offsets.push(p - s * 1000);
+    }
+    if (offsets.length < 3) return own;
+    offsets.sort((a, b) => a - b);
+    const median = offsets[Math.floor((offsets.length - 1) / 2)];
+    return own - median > HOLE_SLACK_MS ? median : own;
+  };
   const onScreen = (mediaTime) => {
     const level = hls.levels && hls.levels[hls.currentLevel >= 0 ? hls.currentLevel : 0];
     const frags = level && level.details ? level.details.fragments : [];
@@ -109,11 +129,14 @@ function setupHls(Hls, video, { url, live, sync, target, fail }) {
         : Number.isFinite(f.startPTS) ? f : null;
       const start = parsed ? parsed.startPTS : f.start;
       const end = parsed ? parsed.endPTS : f.start + f.duration;
-      known.set(f.sn, [start, end, f.programDateTime]);
+      known.set(f.sn, [start, end, f.programDateTime, f.cc, parsed !== null, !f.initSegment]);
     }
     while (known.size > KNOWN_FRAGMENTS) known.delete(known.keys().next().value);
-    for (const [start, end, pdt] of known.values()) {
-      if (mediaTime >= start && mediaTime < end) return pdt + (mediaTime - start) * 1000;
+    for (const [start, end, pdt, cc, , remuxed] of known.values()) {
+      if (mediaTime >= start && mediaTime < end) {
+        const ms = mediaTime * 1000 + offsetFor(cc, pdt - start * 1000, remuxed);
+        return Math.max(ms, pdt);  // the moved first frame is the fragment's first
+      }
     }
     return null;
   };
@@ -151,9 +174,10 @@ async function setupDash(dashjs, video, { url, live, sync, target, fail }) {
     // LIVE_DELAY_TARGETS more than the segments behind: a segment is listed only once stored
     // (later still on a loaded machine) and the MPD is re-read every second, so at (sync + 1)
     // targets dash.js fetched segments right at the live edge with a near-empty buffer and
-    // stalled (1-3 s, at 1 s fragments). Not more: a LIVE MPD lists the newest 5 fragments,
-    // and at (sync + 3) targets a late fragment put the playhead out of that window (dash.js
-    // then waited for ever). A gentle catch-up (±10 %) that never drains the buffer
+    // stalled (1-3 s, at 1 s fragments). The session lists more fragments than AWS's default
+    // 5 (Player.from_stream: LIVE_WINDOW_FRAGMENTS), so a playhead that falls behind on a busy
+    // machine is still in the MPD (at 5, dash.js then waited for ever). A gentle catch-up
+    // (±10 %) that never drains the buffer
     settings.streaming.delay = { liveDelay: (sync + LIVE_DELAY_TARGETS) * target };
     settings.streaming.liveCatchup = { enabled: true, maxDrift: (sync + 2 * LIVE_DELAY_TARGETS) * target,
                                        playbackRate: { min: -0.1, max: 0.1 } };

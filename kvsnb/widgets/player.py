@@ -64,6 +64,7 @@ Protocol = Literal["HLS", "DASH"]
 PROTOCOLS: tuple[Protocol, ...] = get_args(Protocol)
 PlayerMode = Literal["LIVE", "ON_DEMAND", "LIVE_REPLAY"]
 MODES: tuple[PlayerMode, ...] = get_args(PlayerMode)
+LIVE_WINDOW_FRAGMENTS = 20  # fragments a LIVE session lists (AWS: 5 unless asked)
 Status = Literal["", "waiting", "playing", "paused", "ended", "stopped", "error"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 LIBRARY = {"HLS": "hls.js", "DASH": "dash.js"}
@@ -215,9 +216,15 @@ class Player(anywidget.AnyWidget):
         """A player of a new session on ``stream`` (Get{HLS,DASH}StreamingSessionURL now,
         with fragment timestamps shown: producer timestamps by default, so the time shown
         is the frame's capture time). ON_DEMAND without a range plays everything stored;
-        the URL given to the browser is the public one (``Target.public``)."""
+        the URL given to the browser is the public one (``Target.public``). A LIVE or
+        LIVE_REPLAY session lists the newest ``LIVE_WINDOW_FRAGMENTS`` fragments unless
+        ``max_results`` says otherwise (AWS's default is 5: a player that falls a few
+        fragments behind, as on a busy machine, would find its position gone from the
+        playlist)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if max_results is None and mode != "ON_DEMAND":
+            max_results = LIVE_WINDOW_FRAGMENTS
         common: dict[str, Any] = {
             "mode": mode,
             "start": start,

@@ -275,6 +275,7 @@ def test_player_widget_plays_through_the_proxy(
     page.on("console", lambda m: nb.console.append(f"[{m.type}] {m.text}"))
     page.on("pageerror", lambda e: nb.console.append(f"[pageerror] {e}"))
     page.on("request", lambda r: requests.append(r.url))
+    diffs: dict[str, float] = {}
     try:
         page.goto(f"{jupyter_lab.url}/lab/tree/{NOTEBOOK}?reset", wait_until="domcontentloaded")
         nb.wait_until_ready()
@@ -288,7 +289,6 @@ def test_player_widget_plays_through_the_proxy(
         ).split()[1]
         assert public.startswith("/proxy/"), public
         videos = page.locator(".kvsnb-player video")
-        diffs: dict[str, float] = {}
         first_ms = int(page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, "print(first_ms)"]))
         page.wait_for_function(
             f"() => document.querySelectorAll('.kvsnb-player video').length >= {len(PLAYERS)}",
@@ -344,9 +344,6 @@ def test_player_widget_plays_through_the_proxy(
             assert abs(diffs[f"{label} paused"]) <= ON_SCREEN_MS, (label, shown, stamp)
             assert first_ms <= int(shown) <= time.time() * 1000, (label, shown)
             # left paused: the machine decodes one video at a time
-        (ARTIFACTS / "player-on-screen-vs-stamp.log").write_text(
-            "\n".join(f"{k} {v:.0f} ms" for k, v in diffs.items()) + "\n"
-        )
         # seek from the kernel
         page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, "hls_vod.pause(); hls_vod.seek(0.5)"])
         page.wait_for_function(
@@ -357,6 +354,10 @@ def test_player_widget_plays_through_the_proxy(
         media = [u for u in requests if "/hls/v1/" in u or "/dash/v1/" in u]
         assert media and all(u.startswith(jupyter_lab.url + public) for u in media), media[:5]
     finally:
+        # every time seen, also when a check failed
+        (ARTIFACTS / "player-on-screen-vs-stamp.log").write_text(
+            "\n".join(f"{k} {v:.0f} ms" for k, v in diffs.items()) + "\n"
+        )
         nb.screenshot("players")
         nb.save_logs()
         page.close(run_before_unload=False)
