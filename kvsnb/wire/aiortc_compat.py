@@ -45,6 +45,7 @@ ENCODER_TARGET_BITRATE = "target_bitrate"  # aiortc's H264Encoder/Vp8Encoder pro
 ICE_CONNECTION = "_connection"  # RTCIceTransport: its aioice Connection
 ICE_PROTOCOLS = "_protocols"  # aioice Connection: one StunProtocol per local candidate
 ICE_NOMINATED = "_nominated"  # aioice Connection: component -> the nominated CandidatePair
+TURN_CLIENT = "_TurnTransport__inner_protocol"  # aioice TurnTransport: its TURN client protocol
 
 
 class FrameQueue(Protocol):
@@ -193,6 +194,20 @@ def relay_transports(pc: Any) -> list[Any]:
             if isinstance(transport, TurnTransport):
                 found.append(transport)
     return found
+
+
+def abandon_turn_allocations(pc: Any) -> int:
+    """Close the sockets of ``pc``'s TURN allocations without asking the TURN server to free
+    them, for a server known to be gone: closing ``pc`` then skips the deallocation, which
+    would wait ~30 s per allocation for an answer (the server frees an allocation itself
+    when its lifetime ends). Returns how many were closed."""
+    closed = 0
+    for relay in relay_transports(pc):
+        socket = getattr(getattr(relay, TURN_CLIENT), "transport", None)
+        if socket is not None and not socket.is_closing():
+            socket.close()
+            closed += 1
+    return closed
 
 
 def selected_pair(pc: Any) -> tuple[Any, Any] | None:

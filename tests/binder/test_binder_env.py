@@ -170,9 +170,11 @@ def build_binder_env(tmp_path: Path) -> BinderEnv:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_binder_environment_runs_the_notebooks_imports(tmp_path: Path) -> None:
+def test_binder_environment_runs_the_notebooks_imports(
+    tmp_path: Path, binder_env: BinderEnv
+) -> None:
     imports = notebook_imports(sorted(NOTEBOOKS.glob("*.ipynb")))
-    built = build_binder_env(tmp_path)
+    built = binder_env
     venv, bin_dir, py, env = built.venv, built.bin_dir, built.python, built.env
 
     where = run(

@@ -1,7 +1,8 @@
 """Notebook 09 (the Player tutorial) runs to its end in the Binder environment, built the way
-repo2docker builds it (``build_binder_env`` of ``test_binder_env.py``: requirements, then
-postBuild, in a fresh venv), with nbclient and that environment's own ``python3`` kernel: no
-browser, so the players are shown and not waited on, as under nbval.
+repo2docker builds it (the ``binder_env`` fixture, ``build_binder_env`` of
+``test_binder_env.py``: requirements, then postBuild, in a fresh venv), with nbclient and
+that environment's own ``python3`` kernel: no browser, so the players are shown and not
+waited on, as under nbval.
 
 It needs the network (PyPI) and takes a few minutes.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.binder.test_binder_env import NOTEBOOKS, build_binder_env, run
+from tests.binder.test_binder_env import NOTEBOOKS, BinderEnv, run
 
 NOTEBOOK = "09_player.ipynb"
 CELL_TIMEOUT_S = 300
@@ -51,8 +52,10 @@ EXECUTE = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_notebook_09_runs_to_the_end_in_the_binder_environment(tmp_path: Path) -> None:
-    built = build_binder_env(tmp_path)
+def test_notebook_09_runs_to_the_end_in_the_binder_environment(
+    tmp_path: Path, binder_env: BinderEnv
+) -> None:
+    built = binder_env
     work = tmp_path / "notebooks"
     work.mkdir()
     shutil.copy(NOTEBOOKS / NOTEBOOK, work / NOTEBOOK)

@@ -135,17 +135,19 @@ async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) ->
         child.kill()  # SIGKILL, mid-fragment, while both masters send
         for s in sources:
             s.stop()
-        for session in sessions:
-            await session.stop()
+        # stopped while the restarted Local KVS is checked: each stop waits ~30 s for the
+        # dead TURN server to answer its deallocation
+        stopping = asyncio.gather(*(session.stop() for session in sessions))
         target.close()
     finally:
         child.kill()
-    # Storage workers outlive their server only to store what they hold, then exit; its
-    # coturn goes with it.
+    # Storage workers outlive their server only to store what they hold (their peers end
+    # when ICE consent expires, 30 s after the media stopped), then exit; its coturn goes
+    # with it.
     await wait_until(
         lambda: not any(Path(f"/proc/{p}").exists() for p in worker_pids + turn_pids),
         "storage workers or coturn outlived their server",
-        deadline_s=30,
+        deadline_s=60,
     )
 
     again = start_child(data, 0)
@@ -172,3 +174,5 @@ async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) ->
                 await asyncio.to_thread(check_fragment, tg, arn, after_restart[number])
     finally:
         again.stop()
+    await stopping
+    assert all(session.closed for session in sessions)

@@ -198,6 +198,19 @@ async def test_ice_connection_fields(pc: RTCPeerConnection) -> None:
     protocols = getattr(connection, compat.ICE_PROTOCOLS)
     assert protocols and all(hasattr(p, "transport") for p in protocols)
     assert callable(getattr(TurnTransport, "sendto", None)), "aioice: TurnTransport.sendto is gone"
+    # abandon_turn_allocations: a TURN transport's client protocol, whose delete() skips the
+    # deallocation once its socket is closing
+    import inspect
+
+    from aioice.turn import TurnClientMixin
+
+    assert compat.TURN_CLIENT in inspect.getsource(TurnTransport.__init__).replace(
+        "self.__inner_protocol", "self._TurnTransport__inner_protocol"
+    ), f"aioice: TurnTransport.{compat.TURN_CLIENT} is gone"
+    assert "is_closing()" in inspect.getsource(TurnClientMixin.delete), (
+        "aioice: TurnClientMixin.delete no longer skips a closed allocation"
+    )
+    assert compat.abandon_turn_allocations(pc) == 0
     assert compat.relay_transports(pc) == []  # no TURN server: no relay transport
     assert isinstance(getattr(connection, compat.ICE_NOMINATED, None), dict), (
         f"aioice: Connection.{compat.ICE_NOMINATED} is gone"

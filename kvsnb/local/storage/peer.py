@@ -460,17 +460,20 @@ class _StoragePeer(abc.ABC):
             self.channel.name,
             self.stats.end_reason,
         )
-        await self.pc.close()
+        # what was received is stored before the peer connection closes: closing it waits for
+        # the TURN server to free the allocation, ~30 s when that server is gone (Local KVS
+        # killed, its coturn with it)
         others = list(self._tasks)
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         await self._release()
+        await self.pc.close()
         memory.trim_later()  # what the session held natively goes back to the system
 
     @abc.abstractmethod
     async def _release(self) -> None:
-        """Role-specific clean-up after the peer closed."""
+        """Role-specific clean-up once the peer's tasks ended (before its connection closes)."""
 
 
 class MasterPeer(_StoragePeer):
@@ -777,9 +780,17 @@ class StorageSessionManager:
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
 
-    async def close(self) -> None:
-        """End every session (their partial fragments are stored)."""
-        for st in list(self.channels.values()):
-            for peer in [*st.viewers.values(), *([st.master] if st.master else [])]:
-                await peer.close("Local KVS stopping")
+    async def close(self, turn_gone: bool = False) -> None:
+        """End every session (their partial fragments are stored), all at once. With
+        ``turn_gone`` (the server, and so its coturn, died) the TURN allocations are dropped
+        without asking coturn to free them, which would wait ~30 s for an answer each."""
+        peers = [
+            peer
+            for st in self.channels.values()
+            for peer in [*st.viewers.values(), *([st.master] if st.master else [])]
+        ]
+        if turn_gone:
+            for peer in peers:
+                aiortc_compat.abandon_turn_allocations(peer.pc)
+        await asyncio.gather(*(peer.close("Local KVS stopping") for peer in peers))
         self.channels.clear()

@@ -522,7 +522,8 @@ class _WorkerServer:
             self.report_load()
 
     async def serve(self, options: StorageOptions) -> None:
-        """Answer the server until its pipe closes, then end every session."""
+        """Answer the server until its pipe closes, then end every session (the server is
+        gone, and its coturn with it)."""
         self.manager = StorageSessionManager(self.relay, self.store, options)
         self.send(("ready",))
         reporter = self.loop.create_task(self._report_load_periodically())
@@ -536,7 +537,7 @@ class _WorkerServer:
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, *self.tasks, return_exceptions=True)
-            await self.manager.close()
+            await self.manager.close(turn_gone=True)
             self.store.close()
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
