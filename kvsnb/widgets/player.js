@@ -460,8 +460,13 @@ function widget() {
       video.kvsnbOnScreen = (t) => (attached ? attached.onScreen(t) : null);
       timer = setInterval(report, model.get("report_ms"));
       model.on("msg:custom", onCommand);
-      // started here, not by an autoplay attribute (and again on canplay, see resume)
-      resume();
+      // started here, not by an autoplay attribute (and again on canplay, see resume). Not
+      // DASH: dash.js plays by itself once its stream is set up (initialize's autoplay). A
+      // play() before that fires the video's "play" event before dash.js listens for it, so
+      // dash.js never hears that playback started, never schedules its MPD refreshes, and a
+      // LIVE player stops a few seconds in, after the segments of the first MPD (seen in
+      // JupyterLab with dash.js 5.2.1's debug log)
+      if (protocol !== "DASH") resume();
     };
     start().catch((err) => fail(err && err.message ? err.message : String(err)));
     return dispose;

@@ -79,14 +79,6 @@ def kernel(page: Any, code: str) -> str:
     return str(page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, code]))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="LIVE DASH in JupyterLab sometimes plays 2-4 s and then waits for good: dash.js "
-    "5.2.1 (debug log) loads the MPD once and never refreshes it (minimumUpdatePeriod 1 s), "
-    "so it finds no segment after those first listed; why its ManifestUpdater stops is not "
-    "found (issue 23, left open). LIVE MPEG-TS times that hls.js moved to close a hole are "
-    "mapped with the range's offset since 2ea5d6f",
-)
 def test_run_all_under_a_base_url_shows_every_player(
     lab_under_base_url: LabServer, browser_context: Any
 ) -> None:
