@@ -311,12 +311,11 @@ def run_level(
         c0, m0, t0 = parts.cpu(), machine_cpu(), time.monotonic()
         time.sleep(seconds)
         elapsed = time.monotonic() - t0
-        c1 = parts.cpu()
-        kvs_cpu = (c1["server"] + c1["workers"] - c0["server"] - c0["workers"]) / elapsed
-        turn_cpu = (c1["coturn"] - c0["coturn"]) / elapsed if parts.coturn is not None else None
+        kvs_cpu, turn_cores = Parts.cores_between(c0, parts.cpu(), elapsed)
         all_cpu = (machine_cpu() - m0) / elapsed
-        rss = parts.kvs_rss()
-        turn_rss = parts.rss()["coturn"] if parts.coturn is not None else None
+        rss, turn_mib = Parts.split(parts.rss())
+        turn_cpu = turn_cores if parts.coturn is not None else None
+        turn_rss = turn_mib if parts.coturn is not None else None
         sent = collect_senders(procs)
         time.sleep(1.0)
         stored = {name: stored_frames(target, streams[name]) for name in names}

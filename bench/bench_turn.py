@@ -74,7 +74,7 @@ def measure(masters: int, seconds: float, clip: Path, ice: str) -> dict[str, Any
             for p in senders:
                 p.wait(30)
             target.close()
-    kvs_cpu = cpu["server"] + cpu["workers"]
+    kvs_cpu, _ = Parts.split(cpu)
     return {
         "ice": ice,
         "masters": masters,

@@ -31,9 +31,7 @@ async def _cpu_over(parts: Parts, seconds: float) -> tuple[float, float]:
     """Cores used over ``seconds``: Local KVS's own, coturn's."""
     c0, t0 = parts.cpu(), time.monotonic()
     await asyncio.sleep(seconds)
-    c1, elapsed = parts.cpu(), time.monotonic() - t0
-    own = (c1["server"] + c1["workers"] - c0["server"] - c0["workers"]) / elapsed
-    return own, (c1["coturn"] - c0["coturn"]) / elapsed
+    return Parts.cores_between(c0, parts.cpu(), time.monotonic() - t0)
 
 
 async def run(window_s: float = WINDOW_S) -> dict[str, Any]:
@@ -69,7 +67,7 @@ async def run(window_s: float = WINDOW_S) -> dict[str, Any]:
                 for v, m in zip(viewers, marks, strict=True)
                 for lat in v.received.frames_df().iloc[m:]["latency_ms"].dropna()
             ]
-        rss, turn_rss = parts.kvs_rss(), parts.rss()["coturn"]
+        rss, turn_rss = Parts.split(parts.rss())
         for v in viewers:
             await v.stop()
         await master.stop()

@@ -121,15 +121,19 @@ class Parts:
             "coturn": process_rss_mib(self.coturn) if self.coturn is not None else 0.0,
         }
 
-    def kvs_cpu(self) -> float:
-        """Local KVS's own CPU seconds so far (server and workers, without coturn)."""
-        cpu = self.cpu()
-        return cpu["server"] + cpu["workers"]
+    @staticmethod
+    def split(reading: dict[str, float]) -> tuple[float, float]:
+        """A ``cpu()`` or ``rss()`` reading (or a rate made of two) as (Local KVS's own:
+        server and workers, coturn's)."""
+        return reading["server"] + reading["workers"], reading["coturn"]
 
-    def kvs_rss(self) -> float:
-        """Local KVS's own resident memory now, in MiB (server and workers, without coturn)."""
-        rss = self.rss()
-        return rss["server"] + rss["workers"]
+    @classmethod
+    def cores_between(
+        cls, before: dict[str, float], after: dict[str, float], seconds: float
+    ) -> tuple[float, float]:
+        """Cores used between two ``cpu()`` readings ``seconds`` apart: (Local KVS's own,
+        coturn's)."""
+        return cls.split({k: (after[k] - before[k]) / seconds for k in after})
 
 
 def report(**figures: float | None) -> None:

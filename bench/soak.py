@@ -107,14 +107,15 @@ async def soak(minutes: float, interval_s: float, workers: int = 0) -> dict[str,
             await asyncio.sleep(interval_s)
             now = time.monotonic()
             c = parts.cpu()
-            own = c["server"] + c["workers"] - c_prev["server"] - c_prev["workers"]
+            own_cores, turn_cores = Parts.cores_between(c_prev, c, now - t_prev)
+            own_mib, turn_mib = Parts.split(parts.rss())
             states = [m.state for m in masters] + [v.state for v in viewers]
             sample: dict[str, Any] = {
                 "t_s": round(now - t0, 1),
-                "rss_mib": round(parts.kvs_rss(), 1),
-                "cpu_cores": round(own / (now - t_prev), 3),
-                "coturn_rss_mib": round(parts.rss()["coturn"], 1),
-                "coturn_cpu_cores": round((c["coturn"] - c_prev["coturn"]) / (now - t_prev), 3),
+                "rss_mib": round(own_mib, 1),
+                "cpu_cores": round(own_cores, 3),
+                "coturn_rss_mib": round(turn_mib, 1),
+                "coturn_cpu_cores": round(turn_cores, 3),
                 "viewer_fps": [round(v.received.rate(interval_s), 1) for v in viewers],
                 "states": states,
             }
