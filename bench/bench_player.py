@@ -9,8 +9,10 @@ dash.js). Once it plays, the video element is screenshotted every ``--interval``
 capture → on screen is the wall clock at the screenshot (midpoint of the call) minus that
 capture time. Prints p50/p95/max and the figures line, for HLS and then DASH by default.
 Needs Chromium (``make test`` and ``make bench`` install it) and the vendored players.
+``--live-delay S`` tries the Player with ``live_delay_s=S`` (its figures are printed, not
+kept in the history).
 
-    python -m bench.bench_player [--seconds 60] [--protocol HLS|DASH|both]
+    python -m bench.bench_player [--seconds 60] [--protocol HLS|DASH|both] [--live-delay S]
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ threading.Thread(target=feed, daemon=True).start()
 target.local.call(target.local.store.wait_for_fragment(arn, timeout=30), timeout=40)
 print("public", target.public_url)
 """
-PLAYER = 'player = Player.from_stream(target, arn, protocol="{protocol}", mode="LIVE")\nplayer'
+PLAYER = (
+    'player = Player.from_stream(target, arn, protocol="{protocol}", mode="LIVE", '
+    "live_delay_s={delay})\nplayer"
+)
 
 
 def stamp_ms(shot: bytes) -> int | None:
@@ -85,7 +90,9 @@ def measure(page: Any, seconds: float, interval: float) -> tuple[list[float], in
     return latencies, misses
 
 
-def run(protocol: str, seconds: float, interval: float) -> tuple[list[float], int]:
+def run(
+    protocol: str, seconds: float, interval: float, delay: float = 0.0
+) -> tuple[list[float], int]:
     """One Player in JupyterLab, sampled for ``seconds``: (latencies in ms, screenshots
     without a readable stamp)."""
     from playwright.sync_api import sync_playwright
@@ -97,7 +104,7 @@ def run(protocol: str, seconds: float, interval: float) -> tuple[list[float], in
         ingest_s = int(seconds + PLAY_TIMEOUT_S + 60)
         player_notebook(
             root / NOTEBOOK,
-            [SETUP.format(ingest_s=ingest_s), PLAYER.format(protocol=protocol)],
+            [SETUP.format(ingest_s=ingest_s), PLAYER.format(protocol=protocol, delay=delay)],
         )
         lab = start_lab(root, base / "jupyter", base / "server.log")
         try:
@@ -124,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="sampling time")
     parser.add_argument("--interval", type=float, default=0.5, help="between screenshots (s)")
     parser.add_argument("--protocol", choices=("HLS", "DASH", "both"), default="both")
+    parser.add_argument(
+        "--live-delay", type=float, default=0.0,
+        help="the Player's live_delay_s (0: its default); the figures are kept only at 0",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if not CHROMIUM.is_file():
         print(f"skipped: no Chromium at {CHROMIUM}")
@@ -131,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     protocols = ("HLS", "DASH") if args.protocol == "both" else (args.protocol,)
     failed = 0
     for protocol in protocols:
-        latencies, misses = run(protocol, args.seconds, args.interval)
+        latencies, misses = run(protocol, args.seconds, args.interval, args.live_delay)
         if not latencies:
             print(f"{protocol}: no stamp decoded from {misses} screenshots")
             failed += 1
@@ -142,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(latencies):.0f} ms "
             f"({len(latencies)} screenshots, {misses} without a readable stamp)"
         )
+        if args.live_delay:
+            print(f"  (live_delay_s={args.live_delay}: not the default, figures not kept)")
+            continue
         key = protocol.lower()
         report(
             **{

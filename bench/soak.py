@@ -6,7 +6,15 @@ counts as a re-join's when one of that master's re-joins falls within it, give o
 and at the end; docs/design.md asks for growth after the first 10 min within 5 %. Prints a
 table as it goes and a JSON summary at the end; never asserts on time.
 
-``make soak`` or ``python -m bench.soak [--minutes M] [--interval S] [--workers N]``
+``--tracemalloc N`` runs Local KVS under tracemalloc (``N`` frames a traceback) and compares
+its snapshots at 10 min and at the end: where the Python heap grew, line by line, with the
+largest growths' tracebacks, and how much of the memory growth the Python heap explains (the
+rest is native: libav, OpenSSL, libsrtp, the allocator). tracemalloc slows every allocation
+and each snapshot holds the server still for a moment, so its run's loss and CPU figures are
+not the plain soak's.
+
+``make soak`` or ``python -m bench.soak [--minutes M] [--interval S] [--workers N]
+[--tracemalloc N]``
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import itertools
 import json
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +70,57 @@ def rss_at(samples: list[dict[str, Any]], t_s: float) -> float | None:
     return float(min(samples, key=lambda s: abs(s["t_s"] - t_s))["rss_mib"])
 
 
+def memory_growth(
+    old: tracemalloc.Snapshot, new: tracemalloc.Snapshot, top: int = 15, tracebacks: int = 3
+) -> dict[str, Any]:
+    """Where the Python heap grew from ``old`` to ``new``: the totals, the ``top`` lines that
+    grew most, and the tracebacks of the ``tracebacks`` largest growths."""
+    skip = [
+        tracemalloc.Filter(False, tracemalloc.__file__),
+        tracemalloc.Filter(False, "<frozen importlib._bootstrap*>"),
+        tracemalloc.Filter(False, "<unknown>"),
+    ]
+    old, new = old.filter_traces(skip), new.filter_traces(skip)
+    mib = 1024 * 1024
+
+    def total(snap: tracemalloc.Snapshot) -> float:
+        return round(sum(s.size for s in snap.statistics("filename")) / mib, 1)
+
+    def grown(by: str) -> list[tracemalloc.StatisticDiff]:
+        return sorted(new.compare_to(old, by), key=lambda d: d.size_diff, reverse=True)
+
+    lines = grown("lineno")[:top]
+    traces = grown("traceback")[:tracebacks]
+    return {
+        "traced_mib_first": total(old),
+        "traced_mib_last": total(new),
+        "top_lines": [
+            {
+                "where": f"{d.traceback[0].filename}:{d.traceback[0].lineno}",
+                "growth_kib": round(d.size_diff / 1024, 1),
+                "kib": round(d.size / 1024, 1),
+                "blocks_growth": d.count_diff,
+            }
+            for d in lines
+        ],
+        "top_tracebacks": [
+            {"growth_kib": round(d.size_diff / 1024, 1), "traceback": d.traceback.format()[-12:]}
+            for d in traces
+        ],
+    }
+
+
 def mean_of(samples: list[dict[str, Any]], key: str) -> float | None:
     """The mean of one figure over the samples, or None when there are none."""
     return round(sum(s[key] for s in samples) / len(samples), 3) if samples else None
 
 
-async def soak(minutes: float, interval_s: float, workers: int = 0) -> dict[str, Any]:
-    """Run the soak (storage sessions in ``workers`` processes, or in the server process);
-    returns the samples and the summary."""
+async def soak(
+    minutes: float, interval_s: float, workers: int = 0, trace_frames: int = 0
+) -> dict[str, Any]:
+    """Run the soak (storage sessions in ``workers`` processes, or in the server process;
+    Local KVS under tracemalloc with ``trace_frames`` frames when > 0); returns the samples
+    and the summary."""
     import pickle
 
     clip = Path(tempfile.mkdtemp(prefix="kvsnb-soak-")) / "clip.pkl"
@@ -76,7 +128,9 @@ async def soak(minutes: float, interval_s: float, workers: int = 0) -> dict[str,
     data = pickle.loads(clip.read_bytes())
     video_packets = [p for p, _ in data["video"]]
     samples: list[dict[str, Any]] = []
-    with LocalKvsProcess("--workers", str(workers)) as kvs:
+    env = {"PYTHONTRACEMALLOC": str(trace_frames)} if trace_frames else None
+    snapshots: list[tracemalloc.Snapshot] = []
+    with LocalKvsProcess("--workers", str(workers), env=env) as kvs:
         target = connect(endpoint_url=kvs.url)
         names = [f"soak-{i}" for i in range(MASTERS)]
         streams = {n: target.create_storage_channel(n)[1] for n in names}
@@ -121,12 +175,17 @@ async def soak(minutes: float, interval_s: float, workers: int = 0) -> dict[str,
             }
             c_prev, t_prev = c, now
             samples.append(sample)
+            # the first snapshot at 10 min (half-way in a run shorter than 20 min)
+            if trace_frames and not snapshots and now - t0 >= min(SETTLED_S, minutes * 30):
+                snapshots.append(await asyncio.to_thread(kvs.memory_snapshot))
             print(
                 f"{sample['t_s']:>7} {sample['rss_mib']:>8} {sample['cpu_cores']:>6} "
                 f"{sample['coturn_rss_mib']:>8} {sample['coturn_cpu_cores']:>8} "
                 f"{sample['viewer_fps']!s:>10} {sorted(set(states))!s:>20}",
                 flush=True,
             )
+        if snapshots:
+            snapshots.append(await asyncio.to_thread(kvs.memory_snapshot))
         for t in tracks:
             t.stop()
         await asyncio.sleep(0.5)
@@ -169,6 +228,8 @@ async def soak(minutes: float, interval_s: float, workers: int = 0) -> dict[str,
         "coturn_rss_mib_last": samples[-1]["coturn_rss_mib"] if samples else None,
         "coturn_cpu_cores_mean": mean_of(samples, "coturn_cpu_cores"),
     }
+    if len(snapshots) == 2:
+        summary["tracemalloc"] = memory_growth(snapshots[0], snapshots[1])
     return {"summary": summary, "samples": samples}
 
 
@@ -178,8 +239,12 @@ def main() -> dict[str, Any]:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--interval", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=0, help="Local KVS storage worker processes")
+    ap.add_argument(
+        "--tracemalloc", type=int, default=0, metavar="N",
+        help="trace Local KVS's allocations (N frames) and show where its heap grew",
+    )  # fmt: skip
     args = ap.parse_args()
-    result = asyncio.run(soak(args.minutes, args.interval, args.workers))
+    result = asyncio.run(soak(args.minutes, args.interval, args.workers, args.tracemalloc))
     print(json.dumps(result["summary"], indent=2))
     return result
 

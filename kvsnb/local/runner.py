@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -99,9 +100,26 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=N kvsnb local: SIGUSR1 dumps a snapshot
+        loop.add_signal_handler(signal.SIGUSR1, dump_memory_snapshot, kvs.data_dir)
     await stop.wait()
     print("stopping Local KVS", flush=True)
     await kvs.stop()
+
+
+SNAPSHOT_LINE = "memory snapshot: "  # what dump_memory_snapshot prints before the path
+
+
+def dump_memory_snapshot(directory: Path) -> Path:
+    """Write tracemalloc's snapshot of this process to ``directory``
+    (``tracemalloc-<n>.snap``, read with ``tracemalloc.Snapshot.load``) and print its path.
+    ``kvsnb local`` does this on SIGUSR1 when started with ``PYTHONTRACEMALLOC=N`` (the soak's
+    ``--tracemalloc``); the event loop stands still while the snapshot is taken."""
+    n = len(list(directory.glob("tracemalloc-*.snap")))
+    path = directory / f"tracemalloc-{n}.snap"
+    tracemalloc.take_snapshot().dump(str(path))
+    print(f"{SNAPSHOT_LINE}{path}", flush=True)
+    return path
 
 
 def ice_summary(kvs: LocalKvs) -> str:
@@ -151,8 +169,9 @@ class LocalKvsProcess:
     that its CPU can be measured apart from the clients' or it can be killed with SIGKILL.
 
     ``args`` are further ``kvsnb local`` options (``"--workers", "2"``); ``data_dir`` is its
-    data directory (default: a temporary one, removed by ``stop()``/``kill()``). The
-    constructor returns once the child has printed its URL and answers its health check,
+    data directory (default: a temporary one, removed by ``stop()``/``kill()``); ``env`` adds
+    to its environment. The constructor returns once the child has printed its URL and
+    answers its health check,
     or raises ``RuntimeError`` with the child's output after ``start_timeout_s``. The
     child's output goes to a file (``output()``), so a chatty child never blocks on a pipe.
     Usable as a context manager, which calls ``stop()``. ``url`` is the child's base URL
@@ -165,6 +184,7 @@ class LocalKvsProcess:
         *args: str,
         data_dir: str | os.PathLike[str] | None = None,
         start_timeout_s: float = 30.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self._own_data = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="kvsnb-local-"))
@@ -175,7 +195,7 @@ class LocalKvsProcess:
             [*command, "--data", str(self.data_dir), *args],
             stdout=log_fd,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             start_new_session=True,  # a Ctrl-C in the terminal reaches the parent only
         )
         os.close(log_fd)
@@ -232,6 +252,24 @@ class LocalKvsProcess:
             return self._log.read_text(errors="replace")
         except OSError:
             return ""
+
+    def memory_snapshot(self, timeout_s: float = 120.0) -> tracemalloc.Snapshot:
+        """tracemalloc's snapshot of the child, which must have been started with
+        ``PYTHONTRACEMALLOC=N`` in its environment (``env=``): SIGUSR1, then the snapshot it
+        writes (``dump_memory_snapshot``) once it says where. Raises ``RuntimeError`` when
+        none comes within ``timeout_s``."""
+        before = self.output().count(SNAPSHOT_LINE)
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            lines = [ln for ln in self.output().splitlines() if ln.startswith(SNAPSHOT_LINE)]
+            if len(lines) > before:
+                return tracemalloc.Snapshot.load(lines[-1][len(SNAPSHOT_LINE) :])
+            time.sleep(0.2)  # polls the child's output for the snapshot's path
+        raise RuntimeError(
+            f"no memory snapshot within {timeout_s} s: start the child with "
+            f"env={{'PYTHONTRACEMALLOC': '10'}} (exit code {self.proc.poll()})"
+        )
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """A clean stop: SIGTERM, then SIGKILL if the child has not ended within

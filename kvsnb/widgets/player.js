@@ -86,10 +86,12 @@ function requestLibrary(model, signal) {
 // loaded) and its PROGRAM-DATE-TIME; hls.playingDate lags at fragment changes. A LIVE
 // playlist slides on while the video is paused: the fragments seen are remembered (the
 // last KNOWN_FRAGMENTS), so a paused frame keeps its time.
-function setupHls(Hls, video, { url, live, sync, target, fail }) {
+function setupHls(Hls, video, { url, live, sync, delay, target, fail }) {
+  const behind = delay > 0
+    ? { liveSyncDuration: delay, liveMaxLatencyDuration: delay + 2 * target }
+    : { liveSyncDurationCount: sync, liveMaxLatencyDurationCount: sync + 2 };
   const config = live
-    ? { liveSyncDurationCount: sync, liveMaxLatencyDurationCount: sync + 2,
-        maxLiveSyncPlaybackRate: 1.5, backBufferLength: 30, enableWorker: false }
+    ? { ...behind, maxLiveSyncPlaybackRate: 1.5, backBufferLength: 30, enableWorker: false }
     : { enableWorker: false };
   const hls = new Hls(config);
   hls.on(Hls.Events.ERROR, (_e, data) => {
@@ -167,7 +169,7 @@ const LIVE_DELAY_TARGETS = 2;
 
 // dash.js: the frame's time from the MPD's kvs:ts (re-read every DASH_REFRESH_MS while the
 // MPD is dynamic, as dash.js does not keep them).
-async function setupDash(dashjs, video, { url, live, sync, target, fail }) {
+async function setupDash(dashjs, video, { url, live, sync, delay, target, fail }) {
   const dash = dashjs.MediaPlayer().create();
   const settings = { streaming: { } };
   if (live) {
@@ -177,9 +179,10 @@ async function setupDash(dashjs, video, { url, live, sync, target, fail }) {
     // stalled (1-3 s, at 1 s fragments). The session lists more fragments than AWS's default
     // 5 (Player.from_stream: LIVE_WINDOW_FRAGMENTS), so a playhead that falls behind on a busy
     // machine is still in the MPD (at 5, dash.js then waited for ever). A gentle catch-up
-    // (±10 %) that never drains the buffer
-    settings.streaming.delay = { liveDelay: (sync + LIVE_DELAY_TARGETS) * target };
-    settings.streaming.liveCatchup = { enabled: true, maxDrift: (sync + 2 * LIVE_DELAY_TARGETS) * target,
+    // (±10 %) that never drains the buffer. `delay` > 0 (live_delay_s) replaces the default
+    const liveDelay = delay > 0 ? delay : (sync + LIVE_DELAY_TARGETS) * target;
+    settings.streaming.delay = { liveDelay };
+    settings.streaming.liveCatchup = { enabled: true, maxDrift: liveDelay + LIVE_DELAY_TARGETS * target,
                                        playbackRate: { min: -0.1, max: 0.1 } };
   }
   dash.updateSettings(settings);
@@ -448,6 +451,7 @@ function widget() {
         url: model.get("url"),
         live,
         sync: model.get("live_sync_segments"),
+        delay: model.get("live_delay_s"),
         target,
         fail,
       };

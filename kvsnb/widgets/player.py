@@ -35,6 +35,9 @@ newest (default 1; hls.js's default is 3) and speeds up to catch up; dash.js tar
 delay of ``live_sync_segments`` + 2 target durations (3 s at 1 s fragments: a segment is
 listed only once stored, so at 2 s dash.js fetched segments right at the edge and stalled; at
 4 s a late fragment put it out of the 5 fragments a LIVE MPD lists) with a gentle catch-up.
+``live_delay_s`` > 0 sets the delay in seconds instead: hls.js's ``liveSyncDuration`` (behind
+the end of the newest listed segment) or dash.js's ``liveDelay`` (behind the live edge, which
+Local KVS's MPD puts at capture time).
 
 ``HlsViewer`` stays the tool for frame-by-frame analysis in the kernel.
 """
@@ -107,6 +110,11 @@ class Player(anywidget.AnyWidget):
     ).tag(sync=True)
     target_duration_s = traitlets.Float(
         1.0, help="the session's fragment duration (DASH live delay)"
+    ).tag(sync=True)
+    live_delay_s = traitlets.Float(
+        0.0,
+        min=0.0,
+        help="LIVE: seconds behind the live edge to play (0: from live_sync_segments)",
     ).tag(sync=True)
     report_ms = traitlets.Int(200, min=50, help="how often the browser reports (ms)").tag(sync=True)
     width = traitlets.Int(480, min=64, help="width of the video element (px)").tag(sync=True)

@@ -26,6 +26,9 @@ from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
 from kvsnb.local.archive.hls import HlsPlane, program_date_time
 from kvsnb.local.store.fragments import Fragment
+from kvsnb.putmedia import file_fragments, plan_file, put_media
+from kvsnb.sources.tracks import make_test_file
+from kvsnb.wire import ebml
 from tests.conftest import (
     FAST,
     make_client,
@@ -254,15 +257,71 @@ def fmp4_tracks(master_url: str) -> tuple[int, float]:
     return count, starts[2] - starts[1]
 
 
+LEADING = "hls-audio-leads"
+LEAD_MS = 30  # the audio of this span before each keyframe opens the keyframe's fragment
+
+
+async def _chunks(chunks: list[bytes]) -> Any:
+    for chunk in chunks:
+        yield chunk
+
+
+@pytest.fixture(scope="module")
+def audio_leads(recorded: Recorded, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """A stream put with PutMedia into ``recorded``'s Local KVS whose fragments (1 s GOPs)
+    each open with the audio of the ``LEAD_MS`` before their keyframe, as a producer that
+    cuts clusters as frames arrive may send them (Local KVS's recorder and kvsnb's
+    fragmenter never do: their fragments hold the audio of their own span)."""
+    from tests.integration.test_get_media_shape import read_body
+
+    media = make_test_file(
+        tmp_path_factory.mktemp("lead") / "lead.mp4", seconds=4.0, width=320, height=240,
+        fps=30, gop=30, start_ms=0,
+    )  # fmt: skip
+    head, *clusters = file_fragments(plan_file(media))
+    frames = [
+        ebml.Frame(track, c.timecode + relative, key, data)
+        for chunk in read_body(b"".join([head, *clusters]))
+        for c in chunk.clusters
+        for track, relative, key, data in c.blocks
+    ]
+    keys = sorted(f.timecode for f in frames if f.track == 1 and f.keyframe)
+    bounds = [*keys[1:], 2**31]
+    body = [head]
+    for i, (start, end) in enumerate(zip(keys, bounds, strict=True)):
+        lead = 0 if i == 0 else LEAD_MS
+
+        def inside(f: ebml.Frame, lead: int = lead, start: int = start, end: int = end) -> bool:
+            shift = 0 if f.track == 1 else LEAD_MS
+            return start - lead <= f.timecode < end - (shift if end < 2**31 else 0)
+
+        mine = sorted((f for f in frames if inside(f)), key=lambda f: (f.timecode, f.track))
+        body.append(ebml.cluster(start, mine))
+    with connect(endpoint_url=recorded.kvs.url) as target:
+        target.kinesisvideo.create_stream(StreamName=LEADING, DataRetentionInHours=24)
+        asyncio.run(
+            put_media(target, LEADING, _chunks(body), producer_start=dt.datetime.now(dt.UTC))
+        )
+        arn = target.kinesisvideo.describe_stream(StreamName=LEADING)["StreamInfo"]["StreamARN"]
+    kv = make_client("kinesisvideo", recorded.kvs.url)
+    endpoint = kv.get_data_endpoint(StreamARN=arn, APIName="GET_HLS_STREAMING_SESSION_URL")
+    am = make_client("kinesis-video-archived-media", endpoint["DataEndpoint"])
+    fragments = recorded.kvs.store.list_fragments(arn, SELECTOR)
+    assert len(fragments) == len(keys)
+    return Recorded(recorded.kvs, arn, [], fragments, fragments, am)
+
+
 @pytest.mark.parametrize("mode", ["ON_DEMAND", "LIVE_REPLAY", "LIVE"])
-def test_fmp4_audio_keeps_its_offset_when_audio_leads(recorded: Recorded, mode: str) -> None:
+def test_fmp4_audio_keeps_its_offset_when_audio_leads(audio_leads: Recorded, mode: str) -> None:
     """A session starting at a fragment whose audio begins before its video: the fMP4 audio
     is not clamped to time 0 (it used to overlap the next segment and lose a frame)."""
+    recorded = audio_leads
     fragments = recorded.fragments
     lead = next(i for i, f in enumerate(fragments) if stored_tracks(recorded, [f])[1] < -0.005)
     chosen = fragments[lead:]
     expected_count, expected_offset = stored_tracks(recorded, chosen)
-    args: dict[str, Any] = {"StreamName": NAME, "PlaybackMode": mode}
+    assert expected_offset == pytest.approx(-LEAD_MS / 1000, abs=0.022)  # an AAC frame's grid
+    args: dict[str, Any] = {"StreamName": LEADING, "PlaybackMode": mode}
     plane = recorded.plane
     if mode == "LIVE":
         # a LIVE session starts at the newest MaxMediaPlaylistFragmentResults fragments;

@@ -164,11 +164,10 @@ async def test_fragments_are_keyframe_aligned_complete_and_in_sync(store: Fragme
         assert video[0] == f.producer_start_ms
         assert len(video) == f.frame_count
         assert video == sorted(video)
-        # audio packets sit inside their fragment's time span (AAC grid: 21.3 ms), but for
-        # the encoder's last packets before a cut, which open the next fragment (at most
-        # the AAC encoder's lag, two frames)
-        assert min(audio) >= f.producer_start_ms - 2 * 22 - 22
-        assert max(audio) < f.producer_start_ms + f.duration_ms + 22
+        # audio packets start inside their fragment's time span: none before its keyframe
+        # (the AAC grid leaves the first up to a frame, 21.3 ms, after it)
+        assert f.producer_start_ms <= min(audio) < f.producer_start_ms + 22
+        assert max(audio) < f.producer_start_ms + f.duration_ms
         audio_ms_total += len(audio) * 1024 * 1000 / AUDIO_RATE
         all_video += video
     assert all_video == expected_pts(n)  # every frame exactly once, in order

@@ -438,14 +438,6 @@ class FragmentRecorder:
             self._stats.audio_frames_dropped += 1
             return
         self._encode_audio(frame)
-        # Store a cut fragment as soon as the audio *fed* has passed its end: AAC output lags
-        # its input by a frame or two, and those last packets (timestamps just before the
-        # cut) go into the next fragment rather than holding this one back ~50 ms.
-        sealing = self._sealing
-        if sealing is not None and sealing.end_ms is not None:
-            fed_ms = self._audio_anchor_ms + self._samples_fed * 1000.0 / webrtc.OPUS_SAMPLE_RATE
-            if fed_ms >= sealing.end_ms:
-                self._finalize_sealing()
 
     def _encode_audio(self, frame: av.AudioFrame | None) -> None:
         if frame is not None:
@@ -483,8 +475,14 @@ class FragmentRecorder:
             target.writer.write_audio(bytes(packet), t_ms, duration_ms)
             target.last_audio_ms = t_ms
             target.audio_packets += 1
-        if sealing is not None and sealing.end_ms is not None and t_ms >= sealing.end_ms:
-            self._finalize_sealing()
+        # A cut fragment is stored once the encoder has put out the packet that reaches its
+        # end: every packet that starts before the cut is in it, so each fragment's audio
+        # starts at or after its keyframe, as its video does (audio that led the video into
+        # the next fragment left holes at segment joins where players place each segment
+        # after the last: Chromium's HLS player stalled for good at one)
+        if sealing is not None and sealing.end_ms is not None:
+            if t_ms + duration_ms >= sealing.end_ms:
+                self._finalize_sealing()
 
     # ------------------------------------------------------------------ close
 
