@@ -6,15 +6,15 @@ counts as a re-join's when one of that master's re-joins falls within it, give o
 and at the end; docs/design.md asks for growth after the first 10 min within 5 %. Prints a
 table as it goes and a JSON summary at the end; never asserts on time.
 
-``--tracemalloc N`` runs Local KVS under tracemalloc (``N`` frames a traceback) and compares
-its snapshots at 10 min and at the end: where the Python heap grew, line by line, with the
-largest growths' tracebacks, and how much of the memory growth the Python heap explains (the
-rest is native: libav, OpenSSL, libsrtp, the allocator). tracemalloc slows every allocation
-and each snapshot holds the server still for a moment, so its run's loss and CPU figures are
-not the plain soak's.
+``--memory`` takes a census of Local KVS's Python objects at 10 min (half-way in a shorter run)
+and at the end and shows which types grew, beside its resident memory (what the census does
+not explain is native: libav, OpenSSL, libsrtp, the allocator); ``--tracemalloc N`` runs
+Local KVS under tracemalloc (``N`` frames a traceback) and shows the source lines instead,
+but slows it several times over (see ``kvsnb.local.core.heap``). Each snapshot holds the server
+still for about a second, so a profiled run's loss figures are not the plain soak's.
 
 ``make soak`` or ``python -m bench.soak [--minutes M] [--interval S] [--workers N]
-[--tracemalloc N]``
+[--memory] [--tracemalloc N]``
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import itertools
 import json
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from bench.bench_concurrency import (
 from bench.common import Parts
 from kvsnb.client.session import JoinPolicy, MasterSession, ViewerSession
 from kvsnb.launch import connect
+from kvsnb.local.core.heap import Snapshot, memory_growth
 from kvsnb.local.runner import LocalKvsProcess
 
 MASTERS = 4
@@ -70,57 +70,21 @@ def rss_at(samples: list[dict[str, Any]], t_s: float) -> float | None:
     return float(min(samples, key=lambda s: abs(s["t_s"] - t_s))["rss_mib"])
 
 
-def memory_growth(
-    old: tracemalloc.Snapshot, new: tracemalloc.Snapshot, top: int = 15, tracebacks: int = 3
-) -> dict[str, Any]:
-    """Where the Python heap grew from ``old`` to ``new``: the totals, the ``top`` lines that
-    grew most, and the tracebacks of the ``tracebacks`` largest growths."""
-    skip = [
-        tracemalloc.Filter(False, tracemalloc.__file__),
-        tracemalloc.Filter(False, "<frozen importlib._bootstrap*>"),
-        tracemalloc.Filter(False, "<unknown>"),
-    ]
-    old, new = old.filter_traces(skip), new.filter_traces(skip)
-    mib = 1024 * 1024
-
-    def total(snap: tracemalloc.Snapshot) -> float:
-        return round(sum(s.size for s in snap.statistics("filename")) / mib, 1)
-
-    def grown(by: str) -> list[tracemalloc.StatisticDiff]:
-        return sorted(new.compare_to(old, by), key=lambda d: d.size_diff, reverse=True)
-
-    lines = grown("lineno")[:top]
-    traces = grown("traceback")[:tracebacks]
-    return {
-        "traced_mib_first": total(old),
-        "traced_mib_last": total(new),
-        "top_lines": [
-            {
-                "where": f"{d.traceback[0].filename}:{d.traceback[0].lineno}",
-                "growth_kib": round(d.size_diff / 1024, 1),
-                "kib": round(d.size / 1024, 1),
-                "blocks_growth": d.count_diff,
-            }
-            for d in lines
-        ],
-        "top_tracebacks": [
-            {"growth_kib": round(d.size_diff / 1024, 1), "traceback": d.traceback.format()[-12:]}
-            for d in traces
-        ],
-    }
-
-
 def mean_of(samples: list[dict[str, Any]], key: str) -> float | None:
     """The mean of one figure over the samples, or None when there are none."""
     return round(sum(s[key] for s in samples) / len(samples), 3) if samples else None
 
 
 async def soak(
-    minutes: float, interval_s: float, workers: int = 0, trace_frames: int = 0
+    minutes: float,
+    interval_s: float,
+    workers: int = 0,
+    memory: bool = False,
+    trace_frames: int = 0,
 ) -> dict[str, Any]:
     """Run the soak (storage sessions in ``workers`` processes, or in the server process;
-    Local KVS under tracemalloc with ``trace_frames`` frames when > 0); returns the samples
-    and the summary."""
+    with ``memory``, memory snapshots of Local KVS compared, tracemalloc's with
+    ``trace_frames`` frames when > 0); returns the samples and the summary."""
     import pickle
 
     clip = Path(tempfile.mkdtemp(prefix="kvsnb-soak-")) / "clip.pkl"
@@ -129,7 +93,8 @@ async def soak(
     video_packets = [p for p, _ in data["video"]]
     samples: list[dict[str, Any]] = []
     env = {"PYTHONTRACEMALLOC": str(trace_frames)} if trace_frames else None
-    snapshots: list[tracemalloc.Snapshot] = []
+    memory = memory or trace_frames > 0
+    snapshots: list[Snapshot] = []
     with LocalKvsProcess("--workers", str(workers), env=env) as kvs:
         target = connect(endpoint_url=kvs.url)
         names = [f"soak-{i}" for i in range(MASTERS)]
@@ -176,7 +141,7 @@ async def soak(
             c_prev, t_prev = c, now
             samples.append(sample)
             # the first snapshot at 10 min (half-way in a run shorter than 20 min)
-            if trace_frames and not snapshots and now - t0 >= min(SETTLED_S, minutes * 30):
+            if memory and not snapshots and now - t0 >= min(SETTLED_S, minutes * 30):
                 snapshots.append(await asyncio.to_thread(kvs.memory_snapshot))
             print(
                 f"{sample['t_s']:>7} {sample['rss_mib']:>8} {sample['cpu_cores']:>6} "
@@ -229,7 +194,7 @@ async def soak(
         "coturn_cpu_cores_mean": mean_of(samples, "coturn_cpu_cores"),
     }
     if len(snapshots) == 2:
-        summary["tracemalloc"] = memory_growth(snapshots[0], snapshots[1])
+        summary["memory_growth"] = memory_growth(snapshots[0], snapshots[1])
     return {"summary": summary, "samples": samples}
 
 
@@ -239,12 +204,15 @@ def main() -> dict[str, Any]:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--interval", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=0, help="Local KVS storage worker processes")
+    ap.add_argument("--memory", action="store_true", help="show which object types grew")
     ap.add_argument(
         "--tracemalloc", type=int, default=0, metavar="N",
-        help="trace Local KVS's allocations (N frames) and show where its heap grew",
+        help="trace Local KVS's allocations (N frames) and show the lines that grew",
     )  # fmt: skip
     args = ap.parse_args()
-    result = asyncio.run(soak(args.minutes, args.interval, args.workers, args.tracemalloc))
+    result = asyncio.run(
+        soak(args.minutes, args.interval, args.workers, args.memory, args.tracemalloc)
+    )
     print(json.dumps(result["summary"], indent=2))
     return result
 

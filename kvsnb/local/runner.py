@@ -13,13 +13,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from kvsnb.local.core.heap import (
+    SNAPSHOT_LINE,
+    Snapshot,
+    dump_memory_snapshot,
+    load_memory_snapshot,
+)
 from kvsnb.local.front.server import LocalKvs, LocalKvsConfig
 from kvsnb.local.front.sigv4 import StrictKeys
 from kvsnb.local.storage.peer import StorageOptions
@@ -100,26 +105,11 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=N kvsnb local: SIGUSR1 dumps a snapshot
-        loop.add_signal_handler(signal.SIGUSR1, dump_memory_snapshot, kvs.data_dir)
+    # SIGUSR1: a memory snapshot in the data directory (kvsnb.local.core.heap)
+    loop.add_signal_handler(signal.SIGUSR1, dump_memory_snapshot, kvs.data_dir)
     await stop.wait()
     print("stopping Local KVS", flush=True)
     await kvs.stop()
-
-
-SNAPSHOT_LINE = "memory snapshot: "  # what dump_memory_snapshot prints before the path
-
-
-def dump_memory_snapshot(directory: Path) -> Path:
-    """Write tracemalloc's snapshot of this process to ``directory``
-    (``tracemalloc-<n>.snap``, read with ``tracemalloc.Snapshot.load``) and print its path.
-    ``kvsnb local`` does this on SIGUSR1 when started with ``PYTHONTRACEMALLOC=N`` (the soak's
-    ``--tracemalloc``); the event loop stands still while the snapshot is taken."""
-    n = len(list(directory.glob("tracemalloc-*.snap")))
-    path = directory / f"tracemalloc-{n}.snap"
-    tracemalloc.take_snapshot().dump(str(path))
-    print(f"{SNAPSHOT_LINE}{path}", flush=True)
-    return path
 
 
 def ice_summary(kvs: LocalKvs) -> str:
@@ -253,22 +243,21 @@ class LocalKvsProcess:
         except OSError:
             return ""
 
-    def memory_snapshot(self, timeout_s: float = 120.0) -> tracemalloc.Snapshot:
-        """tracemalloc's snapshot of the child, which must have been started with
-        ``PYTHONTRACEMALLOC=N`` in its environment (``env=``): SIGUSR1, then the snapshot it
-        writes (``dump_memory_snapshot``) once it says where. Raises ``RuntimeError`` when
-        none comes within ``timeout_s``."""
+    def memory_snapshot(self, timeout_s: float = 120.0) -> Snapshot:
+        """A memory snapshot of the child (``kvsnb.local.core.heap``): SIGUSR1, then the file it
+        writes once it says where; a tracemalloc snapshot when the child was started with
+        ``env={"PYTHONTRACEMALLOC": "N"}``, else a census of its objects. Raises
+        ``RuntimeError`` when none comes within ``timeout_s``."""
         before = self.output().count(SNAPSHOT_LINE)
         os.kill(self.proc.pid, signal.SIGUSR1)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.proc.poll() is None:
             lines = [ln for ln in self.output().splitlines() if ln.startswith(SNAPSHOT_LINE)]
             if len(lines) > before:
-                return tracemalloc.Snapshot.load(lines[-1][len(SNAPSHOT_LINE) :])
+                return load_memory_snapshot(lines[-1][len(SNAPSHOT_LINE) :])
             time.sleep(0.2)  # polls the child's output for the snapshot's path
         raise RuntimeError(
-            f"no memory snapshot within {timeout_s} s: start the child with "
-            f"env={{'PYTHONTRACEMALLOC': '10'}} (exit code {self.proc.poll()})"
+            f"no memory snapshot within {timeout_s} s (exit code {self.proc.poll()})"
         )
 
     def stop(self, timeout_s: float = 20.0) -> None:

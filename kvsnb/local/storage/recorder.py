@@ -189,11 +189,14 @@ class FragmentRecorder:
         """Queue one Opus packet as received. Packets are handed to the recorder's thread in
         batches (with the next video frame, or every ``OPUS_BATCH_PACKETS``), where they are
         decoded and encoded like ``add_audio``'s frames: the event loop does no audio work.
+        While a cut fragment waits for the end of its audio, each packet goes at once.
         Ignored with ``audio=False``."""
         if self._closed or not self.audio:
             return
         self._opus_pending.append(packet)
-        if len(self._opus_pending) >= OPUS_BATCH_PACKETS:
+        # _sealing belongs to the recorder's thread: read here as a hint only (a stale read
+        # just batches one packet more or less)
+        if len(self._opus_pending) >= OPUS_BATCH_PACKETS or self._sealing is not None:
             self._flush_opus()
 
     async def drain(self) -> None:
