@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kvsnb.local.core.heap import rss_kib
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 COTURN = "turnserver"  # coturn's command name, a child of Local KVS with ice="turn"
 
@@ -70,14 +72,7 @@ def process_cpu_seconds(pid: int) -> float:
 
 def process_rss_mib(pid: int) -> float:
     """Resident memory of one process, in MiB; 0 once it is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_kib(pid) / 1024
 
 
 def cpu_seconds(pid: int, without: Collection[int] = ()) -> float:

@@ -34,14 +34,16 @@ SNAPSHOT_LINE = "memory snapshot: "  # printed before the path of each snapshot 
 MIB = 1024 * 1024
 
 
-def rss_kib() -> int:
-    """This process's resident memory (KiB), from /proc (0 where there is none)."""
+def rss_kib(pid: int | None = None) -> int:
+    """Resident memory (KiB) of process ``pid`` (default: this one), from /proc; 0 once it is
+    gone or where there is no /proc."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        status = Path(f"/proc/{pid or 'self'}/status").read_text()
     except OSError:
-        pass
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
     return 0
 
 
