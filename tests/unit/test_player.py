@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pandas as pd
 import pytest
+import traitlets
 from ipywidgets.widgets.tests.utils import setup_test_comm, teardown_test_comm
 
 from kvsnb.widgets import Player
@@ -47,6 +48,10 @@ def test_player_traits_and_commands(comm: None) -> None:
     # no third-party code in the widget state (what a saved notebook keeps): only our front end
     state = player.get_state()
     assert state["_esm"] == build_esm()
+    assert state["live_delay_s"] == 0.0  # the delay follows live_sync_segments
+    with pytest.raises(traitlets.TraitError):
+        Player("http://127.0.0.1:1/x.mpd", "DASH", live=True, live_delay_s=-1.0)
+    assert Player("http://127.0.0.1:1/x.mpd", "DASH", live_delay_s=1.5).live_delay_s == 1.5
     saved = json.dumps(state, default=str)
     assert all(library(name) not in saved for name in LIBRARIES)
     # the view asks for the library; the answer goes out as a custom message
