@@ -153,13 +153,25 @@ function setupHls(Hls, video, { url, live, sync, delay, target, fail }) {
   // LIVE: (re)starting playback goes back near the live edge (a muted video that was
   // paused, or held by the browser while scrolled out of view, would be far behind);
   // dash.js's live catch-up does this by itself
+  // While paused, hls.js must not move the video: at each playlist reload it resets a video
+  // further than its max latency behind the edge to the live sync position, paused or not, so
+  // a paused LIVE frame jumped seconds ahead under the viewer's eyes (and its time with it).
+  // Its config is read at each reload: the max latency is lifted while paused
+  const maxLatency = delay > 0 ? "liveMaxLatencyDuration" : "liveMaxLatencyDurationCount";
+  const keptMaxLatency = hls.config[maxLatency];
+  const onPause = () => { hls.config[maxLatency] = Infinity; };
   const onPlay = () => {
+    hls.config[maxLatency] = keptMaxLatency;
     const edge = hls.liveSyncPosition;
     if (Number.isFinite(edge) && video.currentTime < edge - 2 * target) video.currentTime = edge;
   };
-  if (live) video.addEventListener("play", onPlay);
+  if (live) {
+    video.addEventListener("play", onPlay);
+    video.addEventListener("pause", onPause);
+  }
   const dispose = () => {
     video.removeEventListener("play", onPlay);
+    video.removeEventListener("pause", onPause);
     hls.destroy();
   };
   return { player: hls, onScreen, newest, dispose };

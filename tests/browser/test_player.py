@@ -226,6 +226,7 @@ wait_fragments(1)
 first_ms = int(kvsnb.playback.list_fragments(target, arn)["producer_time"].min().timestamp() * 1000)
 print("public", target.public_url)
 """
+PAUSED_HOLD_S = 10.0  # past hls.js's max latency (sync + 2 target durations of 2 s)
 PLAYERS = [
     ("dash_live", 'Player.from_stream(target, arn, protocol="DASH", mode="LIVE")'),
     ("hls_live", 'Player.from_stream(target, arn, protocol="HLS", mode="LIVE")'),
@@ -336,6 +337,16 @@ def test_player_widget_plays_through_the_proxy(
             assert on_page.startswith(iso_ms(int(shown))), (label, on_page, shown)
             assert abs(diffs[f"{label} paused"]) <= ON_SCREEN_MS, (label, shown, stamp)
             assert first_ms <= int(shown) <= time.time() * 1000, (label, shown)
+            if name == "hls_live":
+                # a paused LIVE frame stays put while the playlist slides on: hls.js used to
+                # reset it to the live edge once it was its max latency behind (seen once: a
+                # paused frame 4 s ahead of the time read a moment before)
+                held = video.evaluate("(v) => v.currentTime")
+                behind = time.monotonic() + PAUSED_HOLD_S
+                while time.monotonic() < behind:
+                    time.sleep(0.5)  # the playlist reloads meanwhile; the video must not move
+                    now = video.evaluate("(v) => [v.paused, v.currentTime]")
+                    assert now == [True, held], (label, "moved while paused", held, now)
             # left paused: the machine decodes one video at a time
         # seek from the kernel
         page.evaluate(KERNEL_EVAL_JS, [NOTEBOOK, "hls_vod.pause(); hls_vod.seek(0.5)"])
