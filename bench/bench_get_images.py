@@ -43,7 +43,7 @@ import boto3
 import numpy as np
 from botocore.config import Config
 
-from bench.common import report
+from bench.common import process_cpu_seconds, report
 from kvsnb.client.ingest import ingest
 from kvsnb.client.session import JoinPolicy
 from kvsnb.launch import connect
@@ -194,10 +194,15 @@ def bench_spacing(kvs: LocalKvs, work: Path, gop_s: int, reps: int) -> None:
     print(f"  ffmpeg -vf fps=1: median {ffmpeg_s:.2f} s over {reps} ({_fmt(ffmpeg_times)})")
     for label, phase_ms in (("aligned", 0), ("mid-GOP", 500)):
         times = []
+        cpu: dict[str, list[float]] = {"decode": [], "here": []}  # CPU s: decode processes, here
         for _ in range(reps):
             renderer.clear_caches()
             before = renderer.frames_decoded
+            decode_before = _decode_cpu(renderer)
+            here_before = time.process_time()
             elapsed, images, pages = time_get_images(archived, stream_arn, first_ms + phase_ms)
+            cpu["here"].append(time.process_time() - here_before)
+            cpu["decode"].append(_decode_cpu(renderer) - decode_before)
             decoded = renderer.frames_decoded - before
             times.append(elapsed)
         median = statistics.median(times)
@@ -206,9 +211,21 @@ def bench_spacing(kvs: LocalKvs, work: Path, gop_s: int, reps: int) -> None:
             f"decoded of {SECONDS * FPS}; median {median:.2f} s ({_fmt(times)}) "
             f"→ ratio {median / ffmpeg_s:.2f}× ffmpeg"
         )
+        # the median run's (the first may include starting the decode processes)
+        per_image = {k: statistics.median(v) / max(images, 1) * 1000 for k, v in cpu.items()}
+        print(
+            f"    CPU per image, median: decode processes {per_image['decode']:.2f} ms, "
+            f"this process (Local KVS's server and the client) {per_image['here']:.2f} ms"
+        )
         phase = "aligned" if phase_ms == 0 else "midgop"
         report(**{f"ratio_{gop_s:g}s_{phase}": median / ffmpeg_s})
     kv.delete_stream(StreamARN=stream_arn)
+
+
+def _decode_cpu(renderer: Any) -> float:
+    """CPU seconds used so far by the renderer's decode processes (0 when it decodes on
+    threads of this process)."""
+    return sum(process_cpu_seconds(pid) for pid in renderer.pool.pids)
 
 
 def _fmt(values: list[float]) -> str:

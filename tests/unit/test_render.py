@@ -8,6 +8,7 @@ import base64
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
@@ -88,3 +89,24 @@ def test_images_are_pyav_rgb_conversions_at_the_size_asked(fragment: Path) -> No
             else:
                 expected = frame.to_ndarray(width=width, height=height, format="rgb24")
             assert np.array_equal(pixels(content), expected), (width, height)
+
+
+def test_a_gop_started_anew_reuses_an_idle_decoder_and_decodes_the_same(
+    fragment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh = FragmentRenderer().render(FragmentTask(str(fragment), ((0, frame_ms(3)),), PNG))
+    created: list[object] = []
+    create = av.CodecContext.create
+
+    def counted(codec: str, mode: Literal["r", "w"] | None = None) -> object:
+        created.append(codec)
+        return create(codec, mode)
+
+    monkeypatch.setattr(av.CodecContext, "create", counted)
+    renderer = FragmentRenderer()
+    renderer.render(FragmentTask(str(fragment), ((0, frame_ms(40)),), PNG))
+    renderer.render(FragmentTask(str(fragment), ((0, frame_ms(20)),), PNG))
+    # behind the decoders of both GOPs: one of their contexts, flushed, starts frame 0 again
+    reused = renderer.render(FragmentTask(str(fragment), ((0, frame_ms(3)),), PNG))
+    assert len(created) == 2 and reused.decoded == 4
+    assert pixels(reused.images[0]).tobytes() == pixels(fresh.images[0]).tobytes()

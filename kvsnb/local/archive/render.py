@@ -182,15 +182,21 @@ class _Decoder:
     keyframe: int
     position: int
     context: Any
+    extradata: bytes | None
     last: Any = None  # the last av.VideoFrame output
 
     @classmethod
-    def open(cls, media: FragmentMedia, keyframe: int) -> _Decoder:
-        ctx = av.CodecContext.create("h264", "r")
-        if media.extradata:
-            ctx.extradata = media.extradata
-        ctx.thread_count = 1  # parallelism comes from decoding fragments side by side
-        return cls(media.path, keyframe, keyframe - 1, ctx)
+    def open(cls, media: FragmentMedia, keyframe: int, context: Any = None) -> _Decoder:
+        """A decoder at ``keyframe``: on ``context`` (an idle one made for the same
+        extradata, flushed here) or on a new one."""
+        if context is None:
+            context = av.CodecContext.create("h264", "r")
+            if media.extradata:
+                context.extradata = media.extradata
+            context.thread_count = 1  # parallelism comes from decoding fragments side by side
+        else:
+            context.flush_buffers()
+        return cls(media.path, keyframe, keyframe - 1, context, media.extradata)
 
 
 _reformatters = threading.local()
@@ -229,6 +235,9 @@ class FragmentRenderer:
         self._lock = threading.Lock()
         self._media: OrderedDict[Path, FragmentMedia] = OrderedDict()
         self._decoders: OrderedDict[tuple[Path, int], _Decoder] = OrderedDict()
+        # codec contexts no decoder uses, by extradata: opening an H.264 decoder costs about
+        # as much as decoding a keyframe, and at 1 s keyframes every sample starts a GOP
+        self._idle: list[tuple[bytes | None, Any]] = []
         self._generation = 0
 
     def render(self, task: FragmentTask) -> TaskResult:
@@ -262,6 +271,7 @@ class FragmentRenderer:
                 self._generation = generation
                 self._media.clear()
                 self._decoders.clear()
+                self._idle.clear()
 
     def _load(self, path: Path) -> FragmentMedia:
         with self._lock:
@@ -277,17 +287,34 @@ class FragmentRenderer:
         return media
 
     def _take_decoder(self, media: FragmentMedia, keyframe: int, first: int) -> _Decoder:
+        """The kept decoder of this GOP if it has not passed ``first``, else a decoder at the
+        keyframe on an idle context (or a new one)."""
         with self._lock:
             decoder = self._decoders.pop((media.path, keyframe), None)
-        if decoder is not None and decoder.position <= first:
-            return decoder
-        return _Decoder.open(media, keyframe)
+            if decoder is not None and decoder.position <= first:
+                return decoder
+            if decoder is not None:
+                self._idle_locked(decoder)
+            context = next(
+                (i for i, (extra, _) in enumerate(self._idle) if extra == media.extradata), None
+            )
+            idle = self._idle.pop(context)[1] if context is not None else None
+        return _Decoder.open(media, keyframe, idle)
 
     def _keep_decoder(self, decoder: _Decoder) -> None:
         with self._lock:
             self._decoders[(decoder.path, decoder.keyframe)] = decoder
             while len(self._decoders) > DECODER_CACHE_SIZE:
-                self._decoders.popitem(last=False)
+                self._idle_locked(self._decoders.popitem(last=False)[1])
+
+    def _release_decoder(self, decoder: _Decoder) -> None:
+        with self._lock:
+            self._idle_locked(decoder)
+
+    def _idle_locked(self, decoder: _Decoder) -> None:
+        """Keep a decoder's context for the next GOP (the lock held)."""
+        self._idle.append((decoder.extradata, decoder.context))
+        del self._idle[:-DECODER_CACHE_SIZE]
 
     def _decode_run(
         self,
@@ -330,9 +357,11 @@ class FragmentRenderer:
                         result.decoded += 1
                         decoder.last = frame
                         emit(frame)
-            if not flushed:
+            if flushed:
+                self._release_decoder(decoder)
+            else:
                 self._keep_decoder(decoder)
-        except (av.FFmpegError, ValueError) as exc:
+        except (av.FFmpegError, ValueError) as exc:  # its context is not used again
             logger.warning("GetImages: decoding %s failed: %s", media.path.name, exc)
         for index in targets:
             for slot in wanted[index]:
