@@ -23,6 +23,7 @@ frame), or any ``FrameFunction``.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import io
 import logging
@@ -181,8 +182,7 @@ class Brightness:
 
     def __call__(self, ctx: FrameContext) -> dict[str, Any]:
         luma = ctx.luma()
-        wide = np.uint32 if luma.size * 255 < 2**32 else np.uint64  # an exact integer sum
-        return {"brightness": float(luma.sum(dtype=wide)) / luma.size}
+        return {"brightness": exact_sum(luma) / luma.size}
 
 
 @dataclass
@@ -194,11 +194,27 @@ class Motion:
     _previous: np.ndarray | None = None
 
     def __call__(self, ctx: FrameContext) -> dict[str, Any]:
-        luma = ctx.luma()[::MOTION_STEP, ::MOTION_STEP].astype(np.int16)
+        luma = np.ascontiguousarray(ctx.luma()[::MOTION_STEP, ::MOTION_STEP])
         previous, self._previous = self._previous, luma
         if ctx.first_in_fragment or previous is None or previous.shape != luma.shape:
             return {"motion": np.nan}
-        return {"motion": float(np.abs(luma - previous).mean())}
+        change = np.maximum(luma, previous)  # |a - b| in uint8: max - min
+        change -= np.minimum(luma, previous)
+        return {"motion": exact_sum(change) / change.size}
+
+
+SUM_ROWS = 257  # 257 rows of uint8 (≤ 255 each) add up within a uint16 column sum
+
+
+def exact_sum(image: np.ndarray) -> int:
+    """The exact sum of a uint8 image (H, W): column sums of up to ``SUM_ROWS`` rows in
+    uint16 (vectorised row by row), then their total; about twice as fast as numpy's
+    widening ``sum``."""
+    rows = image.reshape(image.shape[0], -1)
+    total = 0
+    for top in range(0, rows.shape[0], SUM_ROWS):
+        total += int(rows[top : top + SUM_ROWS].sum(axis=0, dtype=np.uint16).sum(dtype=np.uint64))
+    return total
 
 
 BUILT_IN: dict[str, Callable[[], FrameFunction]] = {
@@ -300,7 +316,7 @@ def analyze_partition(
     decode = any(fn.decode for fn in fns)
     target = _target_of(spec)
     media = get_media(target, stream, list(partition.numbers))
-    starts = np.array(partition.starts_ms, dtype=np.int64)
+    starts = partition.starts_ms
     rows: list[dict[str, Any]] = []
     current: str | None = None
     bucket: int | None = None
@@ -314,7 +330,7 @@ def analyze_partition(
             ms = round(float(packet.pts * packet.time_base) * 1000)
             frames = packet.decode() if decode else [None]
             for frame in frames:
-                index = int(np.searchsorted(starts, ms, side="right")) - 1
+                index = bisect.bisect_right(starts, ms) - 1
                 number = partition.numbers[max(index, 0)]
                 first = number != current
                 if first:

@@ -1,13 +1,16 @@
 """Analysis on synthetic tables: frame timelines find drops, gaps and duplicates; latency
-tables match frames to fragments and compute the stages."""
+tables match frames to fragments and compute the stages; the archive's frame functions
+measure what they say."""
 
 from __future__ import annotations
 
 import datetime as dt
 
+import av
 import matplotlib
 
 matplotlib.use("Agg")
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,6 +26,7 @@ from kvsnb.analysis import (
     plot_timeline,
     timeline_summary,
 )
+from kvsnb.analysis.archive import MOTION_STEP, Brightness, FrameContext, Motion, exact_sum
 
 T0 = 1_800_000_000_000  # epoch ms
 
@@ -154,3 +158,34 @@ def test_frames_are_placed_by_a_producer_offset_larger_than_half_a_frame(offset_
     assert (lat["producer_offset_ms"] == offset_ms).all()
     beyond = lat["listed_beyond_end_ms"].iloc[:-1]  # the last one's end is a guess here
     assert beyond.round(3).eq(5.0).all(), beyond.tolist()
+
+
+@pytest.mark.parametrize("shape", [(480, 640), (1080, 1920), (257, 3), (258, 3), (1, 5)])
+def test_exact_sum_is_numpy_s_sum(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    assert exact_sum(image) == int(image.sum(dtype=np.uint64))
+    image[:] = 255  # the worst case for the uint16 column sums
+    assert exact_sum(image) == 255 * image.size
+
+
+def frame_of(luma: np.ndarray) -> av.VideoFrame:
+    frame = av.VideoFrame(luma.shape[1], luma.shape[0], "gray")
+    frame.planes[0].update(luma.tobytes())
+    return frame
+
+
+def test_brightness_and_motion_are_the_mean_luma_and_its_mean_change() -> None:
+    rng = np.random.default_rng(2)
+    a, b = (rng.integers(0, 256, (480, 640), dtype=np.uint8) for _ in range(2))
+    motion = Motion()
+    values = []
+    for i, luma in enumerate((a, b)):
+        ctx = FrameContext("1", i * 33, i == 0, 100, i == 0, frame_of(luma))
+        values.append({**Brightness()(ctx), **motion(ctx)})
+    assert values[0]["brightness"] == pytest.approx(a.mean())
+    assert values[1]["brightness"] == pytest.approx(b.mean())
+    assert np.isnan(values[0]["motion"])  # the first frame of a fragment has none
+    step = (slice(None, None, MOTION_STEP),) * 2
+    expected = np.abs(b[step].astype(np.int16) - a[step].astype(np.int16)).mean()
+    assert values[1]["motion"] == pytest.approx(expected)
