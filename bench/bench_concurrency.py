@@ -239,12 +239,14 @@ def start_senders(
     seconds: float,
     video_only: bool,
     pairs: Counter[str] | None = None,
+    nice: int = 0,
 ) -> list[subprocess.Popen[str]]:
     """Masters on ``names`` in up to ``WORKERS`` sender processes, sending ``clip`` for
     ``seconds``; returns once every master has joined (each process printed READY). The
     masters are kvsnb sessions, so they take the TURN servers of GetIceServerConfig like
     any master; ``pairs`` (when given) counts the local side of each master's selected
-    candidate pair (``relay/udp`` through TURN)."""
+    candidate pair (``relay/udp`` through TURN). ``nice`` > 0 runs the senders that much
+    nicer than this process (a diagnostic: the senders stand for devices elsewhere)."""
     workers = min(WORKERS, len(names))
     groups = [names[i::workers] for i in range(workers)]
     procs = [
@@ -267,6 +269,9 @@ def start_senders(
         )
         for g in groups
     ]
+    if nice:
+        for p in procs:
+            os.setpriority(os.PRIO_PROCESS, p.pid, os.getpriority(os.PRIO_PROCESS, 0) + nice)
     for p in procs:
         assert p.stdout is not None
         line = p.stdout.readline()

@@ -19,7 +19,13 @@ process, so the first frame is read from what was stored: the first fragment's
 ServerTimestamp is the arrival of its first frame (a keyframe, the encoder's first frame) at
 the storage peer, on the same machine's wall clock as the join call.
 
-``python -m bench.bench_join [JOINS] [--masters N] [--ice turn,host] [--quick]``
+Each loaded join prints its own line: first frame and the master's steps (ms after the call).
+``--senders-nice N`` is a diagnostic: the senders, which stand for devices elsewhere, run N
+nicer, to see how much of a loaded join is the client's share of the machine (loaded runs
+only; nothing joins the history).
+
+``python -m bench.bench_join [JOINS] [--masters N] [--ice turn,host] [--senders-nice N]
+[--quick]``
 """
 
 from __future__ import annotations
@@ -84,6 +90,10 @@ def steps_after_join(session: MasterSession, join: Any) -> dict[str, float]:
         if event is not None and event.mono >= join.mono:
             out[step] = (event.mono - join.mono) * 1000
     return out
+
+
+def _steps_line(steps: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0f}" for k, v in steps.items())
 
 
 def step_medians(per_join: list[dict[str, float]]) -> dict[str, float]:
@@ -155,10 +165,11 @@ async def run_under_load(
     joins: int = JOINS,
     workers: int = LOAD_WORKERS,
     ice: Ice = "turn",
+    senders_nice: int = 0,
 ) -> dict[str, Any]:
     """Measure ``joins`` joins while ``masters`` masters with audio ingest into a Local KVS
-    process with ``workers`` storage workers, its storage peers reached as ``ice`` says;
-    returns the figures."""
+    process with ``workers`` storage workers, its storage peers reached as ``ice`` says
+    (the senders ``senders_nice`` nicer than this process); returns the figures."""
     from kvsnb.playback import list_fragments
 
     clip = Path(tempfile.mkdtemp(prefix="kvsnb-join-")) / "clip.pkl"
@@ -175,7 +186,13 @@ async def run_under_load(
         for name in names:
             tg.create_storage_channel(name)
         senders = start_senders(
-            kvs.url, names, clip, 60.0 + joins * 5.0, video_only=False, pairs=sender_pairs
+            kvs.url,
+            names,
+            clip,
+            60.0 + joins * 5.0,
+            video_only=False,
+            pairs=sender_pairs,
+            nice=senders_nice,
         )
         try:
             await asyncio.sleep(3.0)  # every sender is past its join and ingesting
@@ -196,6 +213,7 @@ async def run_under_load(
                     continue
                 first = fragments["server_time"].min().timestamp()
                 to_frame.append((first - join.wall) * 1000)
+                print(f"join {i}: first frame {to_frame[-1]:.0f} ms; {_steps_line(steps[-1])}")
         finally:
             for p in senders:
                 p.terminate()
@@ -207,6 +225,7 @@ async def run_under_load(
         "masters_ingesting": masters,
         "storage_workers": workers,
         "joins": joins,
+        "senders_nice": senders_nice,
         "joins_measured": len(to_frame),
         "selected_pairs": dict(pairs),
         "sender_selected_pairs": dict(sender_pairs),
@@ -269,6 +288,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--ice", default=",".join(MODES), help="ICE modes, comma-separated")
     ap.add_argument(
+        "--senders-nice",
+        type=int,
+        default=0,
+        help="a diagnostic: run the loaded joins' senders (they stand for devices elsewhere) "
+        "this much nicer, to see what of a join's time is their share of the CPU; only the "
+        "loaded runs, and their figures do not join the history",
+    )
+    ap.add_argument(
         "--quick",
         action="store_true",
         help=f"a smoke run: {QUICK_JOINS} joins, {QUICK_MASTERS} masters, no worker run",
@@ -281,6 +308,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     in_workers: dict[str, dict[str, Any]] = {}
     loaded: dict[str, dict[str, Any]] = {}
     for ice in modes:
+        if args.senders_nice:  # the diagnostic: loaded runs only, nothing reported
+            loaded[ice] = asyncio.run(
+                run_under_load(masters, joins, ice=ice, senders_nice=args.senders_nice)
+            )
+            print(json.dumps(loaded[ice], indent=2), flush=True)
+            continue
         idle[ice] = asyncio.run(run(joins, ice=ice))
         print(json.dumps(idle[ice], indent=2), flush=True)
         print(f"idle, {ice}: {relay_check(ice, idle[ice]['selected_pairs'])}", flush=True)
