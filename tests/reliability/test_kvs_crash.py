@@ -13,6 +13,8 @@ server, store the fragments they hold and exit)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -38,6 +40,7 @@ FRAGMENTS_BEFORE_KILL = 2  # listed for each stream before the kill (1 s fragmen
 MID_FRAGMENT_S = 0.5  # then this much more: the kill lands mid-fragment
 LISTED_WITHIN_S = 60.0
 POLL_S = 0.1
+CTRL_C_EXIT_S = 20.0  # a liveness bound: an idle stop takes ~2 s, a hung one ~35 s
 
 
 def listed(target: Target, stream_arn: str) -> dict[str, dict[str, Any]]:
@@ -176,3 +179,52 @@ async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) ->
         again.stop()
     await stopping
     assert all(session.closed for session in sessions)
+
+
+async def test_ctrl_c_stops_local_kvs_and_its_children_in_order(tmp_path: Path) -> None:
+    # A terminal's Ctrl-C sends SIGINT to the whole foreground process group. Only
+    # ``kvsnb local`` may take it: it stores the open fragment and ends its storage workers
+    # and coturn itself. When coturn got it too, each storage peer's close waited for the dead
+    # relay to answer its deallocation, and Local KVS took ~35 s to exit.
+    data = tmp_path / "data"
+    child = start_child(data, 1)
+    children = [p for p in process_tree(child.pid) if p != child.pid]
+    assert len(children) == 3  # coturn, a storage worker and the join worker
+    pattern, tone = TestPatternTrack(320, 240, 30), ToneTrack()
+    target = connect(endpoint_url=child.url)
+    try:
+        _, arn = target.create_storage_channel("ctrl-c")
+        session = MasterSession(target, "ctrl-c", video=pattern, audio=tone, policy=FAST)
+        await session.start(timeout=20)
+        await wait_until(
+            lambda: len(listed(target, arn)) >= 1, "a fragment listed", deadline_s=LISTED_WITHIN_S
+        )
+        before = listed(target, arn)
+        os.killpg(child.pid, signal.SIGINT)  # the group leader: start_new_session
+        try:
+            code = await asyncio.to_thread(child.proc.wait, CTRL_C_EXIT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"Local KVS still running {CTRL_C_EXIT_S} s after Ctrl-C")
+        pattern.stop()
+        tone.stop()
+        stopping = asyncio.ensure_future(session.stop())
+    finally:
+        target.close()
+        output = child.output()
+        child.kill()
+    assert code == 0 and "stopping Local KVS" in output and "Traceback" not in output, output
+    await wait_until(
+        lambda: not any(Path(f"/proc/{p}").exists() for p in children),
+        "coturn or a storage worker outlived Local KVS",
+        deadline_s=30,
+    )
+    again = start_child(data, 0)
+    try:
+        with connect(endpoint_url=again.url) as tg:
+            after = await asyncio.to_thread(listed, tg, arn)
+            assert set(before) < set(after), "the fragment open at Ctrl-C was not stored"
+            for fragment in after.values():
+                await asyncio.to_thread(check_fragment, tg, arn, fragment)
+    finally:
+        again.stop()
+    await stopping

@@ -380,6 +380,7 @@ class _WorkerProcess:
             frames.worker_command(__name__, "worker_main"),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            process_group=0,  # a terminal's Ctrl-C reaches the server only; EOF ends it
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin: IO[bytes] = self.proc.stdin

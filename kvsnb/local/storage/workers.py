@@ -185,6 +185,7 @@ class StorageWorkerPool:
             *frames.worker_command(__name__, "worker_main"),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            process_group=0,  # a terminal's Ctrl-C reaches the server, which stops it in turn
         )
         worker = _Worker(index, proc, asyncio.get_running_loop().create_future())
         worker.post(

@@ -195,6 +195,7 @@ class TurnServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_end_with_parent,
+            process_group=0,  # a terminal's Ctrl-C reaches Local KVS, which stops it last
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not await self._answers(port):
