@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -52,7 +52,7 @@ from kvsnb.client.signaling import SignalingClient, SignalingError, SignalingEve
 from kvsnb.client.target import ChannelEndpoints, Target, new_client_id, run_sync
 from kvsnb.client.timeline import SessionTimeline
 from kvsnb.errors import KvsnbError, reap
-from kvsnb.sources.tracks import MASTER_VIDEO_BITRATE_BPS
+from kvsnb.sources.tracks import MASTER_VIDEO_BITRATE_BPS, RealtimeH264Encoder
 from kvsnb.wire import aiortc_compat, ice, sdp, webrtc
 from kvsnb.wire.webrtc import Role
 
@@ -888,6 +888,7 @@ class MasterSession(StorageSessionBase):
         )
         self._video = _InstrumentedTrack(video, self._on_video_frame)
         self._video_sender: RTCRtpSender | None = None
+        self._video_transceiver: RTCRtpTransceiver | None = None
 
     async def _join(self, client: Any) -> None:
         await run_sync(client.join_storage_session, channelArn=self.channel_arn)
@@ -898,6 +899,7 @@ class MasterSession(StorageSessionBase):
                 transceiver.sender.replaceTrack(_PeerTrack(self._video))
                 transceiver.direction = "sendonly"
                 self._video_sender = transceiver.sender
+                self._video_transceiver = transceiver
                 aiortc_compat.after_rtcp(transceiver.sender, lambda _: self._cap_bitrate())
             elif transceiver.kind == "audio":
                 self._attach_audio(transceiver)
@@ -906,8 +908,14 @@ class MasterSession(StorageSessionBase):
         return [self._video, *super()._sources()]
 
     def _on_video_frame(self, n: int) -> None:
-        """A video frame goes to the sender: timed, and the encoder kept within the cap."""
+        """A video frame goes to the sender: timed, and the encoder kept within the cap. A
+        sender without an encoder yet (its first frame, a re-join's too) gets a
+        ``RealtimeH264Encoder`` for H.264 before aiortc makes its own."""
         self.timeline.frame_sent(n)
+        sender, transceiver = self._video_sender, self._video_transceiver
+        if sender is not None and aiortc_compat.sender_encoder(sender) is None:
+            if (aiortc_compat.sent_codec(transceiver) or "").lower() == "video/h264":
+                aiortc_compat.use_encoder(sender, RealtimeH264Encoder())
         self._cap_bitrate()
 
     def _cap_bitrate(self) -> None:

@@ -243,7 +243,8 @@ def _has_decoder(name: str) -> bool:
 
 
 def _probe_pattern(track: TestPatternTrack, tone: ToneTrack | None) -> dict[str, Any]:
-    """Encode TRACK_CHECK_SECONDS of the pattern the way aiortc's H264 encoder does."""
+    """Encode TRACK_CHECK_SECONDS of the pattern as a kvsnb master does
+    (``RealtimeH264Encoder``'s settings)."""
     frames = max(1, round(TRACK_CHECK_SECONDS * track.fps))
     cc = webrtc_h264_encoder(track.width, track.height)
     size = 0
@@ -297,7 +298,7 @@ def check_tracks(
     """Apply the ingestion rules (see the module docstring) to ``source`` and report.
 
     ``source`` is a media file path, a ``FileSource`` (its file), a ``TestPatternTrack``
-    (encoded for ``TRACK_CHECK_SECONDS`` with aiortc's libx264 settings at the bitrate kvsnb
+    (encoded for ``TRACK_CHECK_SECONDS`` as a kvsnb master encodes it, at the bitrate kvsnb
     masters cap video to; it has no audio), a ``(TestPatternTrack, ToneTrack)`` pair,
     ``"testpattern"`` (that pair) or a ``kvsnb.client.ingest.Source``. Files are demuxed, not
     decoded, for at most ``MAX_SCAN_SECONDS``. Raises ``FileNotFoundError`` for a missing

@@ -42,6 +42,7 @@ JITTER_ORIGIN = "_origin"  # JitterBuffer: sequence number of its oldest slot
 JITTER_PACKETS = "_packets"  # JitterBuffer: the ring of packets
 PACKET_DATA = "_data"  # RtpPacket: the depayloaded bytes the receiver sets
 ENCODER_TARGET_BITRATE = "target_bitrate"  # aiortc's H264Encoder/Vp8Encoder property
+TRANSCEIVER_CODECS = "_codecs"  # RTCRtpTransceiver: the negotiated codecs, the sent one first
 ICE_CONNECTION = "_connection"  # RTCIceTransport: its aioice Connection
 ICE_PROTOCOLS = "_protocols"  # aioice Connection: one StunProtocol per local candidate
 ICE_NOMINATED = "_nominated"  # aioice Connection: component -> the nominated CandidatePair
@@ -64,6 +65,22 @@ class FrameQueue(Protocol):
 def sender_encoder(sender: RTCRtpSender) -> Any | None:
     """The sender's encoder, created by aiortc on the first frame (``None`` before)."""
     return getattr(sender, SENDER_ENCODER, None)
+
+
+def use_encoder(sender: RTCRtpSender, encoder: Any) -> bool:
+    """Have the sender encode with ``encoder`` (an aiortc encoder: ``encode``/``pack``),
+    unless it already has one (aiortc makes its own on the first frame); True if set."""
+    if sender_encoder(sender) is not None:
+        return False
+    setattr(sender, SENDER_ENCODER, encoder)
+    return True
+
+
+def sent_codec(transceiver: Any) -> str | None:
+    """The MIME type of the codec a transceiver sends with (``video/H264``), once
+    negotiated; ``None`` before."""
+    codecs = getattr(transceiver, TRANSCEIVER_CODECS, None) or []
+    return str(codecs[0].mimeType) if codecs else None
 
 
 def cap_encoder_bitrate(sender: RTCRtpSender, cap_bps: int) -> bool:

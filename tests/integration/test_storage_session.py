@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import itertools
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,18 @@ async def test_master_ingests_and_every_frame_is_stored(target: Target, kvs: Loc
     media = get_media(target, stream_arn, [f["FragmentNumber"] for f in numbers])
     with av.open(io.BytesIO(media), mode="r") as c:
         assert {s.codec_context.name for s in c.streams} == {"h264", "aac"}
+    # The master encoded with kvsnb's real-time encoder: x264 states its settings in an SEI
+    # of its first keyframe, and the veryfast preset's are subme=2 (aiortc's own: subme=7).
+    assert x264_settings(media) == [REALTIME_X264]
+
+
+REALTIME_X264 = b"subme=2"  # what x264 writes for the preset kvsnb's masters encode with
+
+
+def x264_settings(media: bytes) -> list[bytes]:
+    """The subpixel setting of each x264 encoder that made ``media`` (one SEI per encoder,
+    in its first keyframe)."""
+    return re.findall(rb"subme=\d+", media)
 
 
 async def test_timeline_records_every_step_and_early_candidates(target: Target) -> None:
@@ -449,6 +462,10 @@ async def test_media_flows_on_after_each_rejoin(tmp_path: Path) -> None:
             seen = seen_by_viewer()
             await viewer.stop()
             await master.stop()
+            # each re-join's new sender encoded with kvsnb's real-time encoder too
+            fragments = list_fragments(tg, stream_arn)["fragment_number"]
+            settings = x264_settings(get_media(tg, stream_arn, list(fragments)))
+            assert len(settings) >= 3 and set(settings) == {REALTIME_X264}, settings
             # the source never stopped: one run of frames from the first to the last
             assert list(sent["frame_index"]) == list(range(len(sent)))
             assert sent["capture_ms"].max() > max(e.wall for e in rejoins) * 1000
