@@ -16,7 +16,7 @@ from kvsnb.client.ingest import ingest
 from kvsnb.client.session import JoinPolicy, MasterSession, ViewerSession
 from kvsnb.client.target import Target
 from kvsnb.local import LocalKvs
-from kvsnb.local.storage.workers import StorageWorkerPool
+from kvsnb.local.storage.workers import MAX_NICE, MEDIA_NICE, StorageWorkerPool
 from kvsnb.playback import list_fragments
 from kvsnb.sources import TestPatternTrack, ToneTrack
 from tests.conftest import (
@@ -75,6 +75,22 @@ async def test_masters_spread_over_workers_and_every_frame_is_stored(
         delivery = await stored_delivery(target, stream_arn, result.frames_sent)
         assert list(result.frames_sent["frame_index"]) == list(range(75)), name
         assert delivery.complete, f"{name}: {delivery}"
+
+
+def test_media_workers_run_nicer_than_the_join_worker(kvs: LocalKvs) -> None:
+    # a join's offer, ICE and DTLS in the join worker get the CPU before the media of the
+    # sessions in the other workers when the machine is full
+    check_priorities(kvs)
+
+
+def check_priorities(kvs: LocalKvs) -> None:
+    """The join worker runs at the server's priority, the others ``MEDIA_NICE`` nicer."""
+    server = os.getpriority(os.PRIO_PROCESS, 0)
+    *media, joiner = pool(kvs).pids()
+    assert joiner == pool(kvs).join_worker and len(media) == 2
+    assert os.getpriority(os.PRIO_PROCESS, joiner) == server
+    for pid in media:
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(MAX_NICE, server + MEDIA_NICE)
 
 
 async def test_server_store_announces_fragments_stored_by_workers(
@@ -153,6 +169,7 @@ async def test_a_killed_worker_leaves_the_other_sessions_and_the_store_intact(
     await wait_until(
         lambda: victim_pid not in pool(kvs).pids(), "the dead worker is replaced", deadline_s=20
     )
+    check_priorities(kvs)  # the replacement too
 
     # The survivor streams on (45 more frames): every frame it sent is stored.
     # The pattern ends once the sender asks for a frame past the last: all have left it.

@@ -20,7 +20,9 @@ nothing setting up if there is, then the fewest live sessions, then the lowest i
 Sessions cannot move between processes (an aiortc peer lives in its process), so the join
 worker keeps the sessions it set up; bursts going to the others and the share keep it the
 lightest loop, and being one process more than ``count``, the others carry no more than they
-would without it.
+would without it. The join worker also gets the CPU first: the ``count`` workers run at a
+lower priority (``MEDIA_NICE``), so when the machine is full, an offer, ICE and DTLS wait
+for no worker's media (only for the processes at the server's priority).
 """
 
 from __future__ import annotations
@@ -51,6 +53,19 @@ LOAD_PERIOD_S = 0.2  # a worker checks its sessions this often (they connect and
 # themselves: ICE and DTLS, idle timeouts, a closed peer connection); reported when changed
 JOIN_OPS = frozenset({"join_master", "join_viewer"})
 JOIN_WORKER_SHARE = 0.5  # the join worker's live sessions, at most this × the least of others'
+MEDIA_NICE = 10  # the workers carrying media run this much nicer than the server (the join
+# worker as the server): on a full machine a join's set-up gets the CPU before others' media
+MAX_NICE = 19
+
+
+def _lower_priority(pid: int) -> None:
+    """Run process ``pid`` ``MEDIA_NICE`` nicer than this one (raising a nice value needs no
+    privilege)."""
+    try:
+        nice = min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, 0) + MEDIA_NICE)
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except OSError as exc:  # gone already, or a sandbox that forbids it
+        logger.debug("storage worker %d keeps its priority: %s", pid, exc)
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -188,6 +203,8 @@ class StorageWorkerPool:
             process_group=0,  # a terminal's Ctrl-C reaches the server, which stops it in turn
         )
         worker = _Worker(index, proc, asyncio.get_running_loop().create_future())
+        if index < self.count:
+            _lower_priority(proc.pid)
         worker.post(
             "init",
             str(self.store.data_dir),
