@@ -6,6 +6,11 @@ counts as a re-join's when one of that master's re-joins falls within it, give o
 and at the end; docs/design.md asks for growth after the first 10 min within 5 %. Prints a
 table as it goes and a JSON summary at the end; never asserts on time.
 
+Memory is a saw-tooth: it climbs while sessions live and falls at each re-join (every 10 min,
+as signaling sockets idle out), when the ended sessions' memory is trimmed, so the sample at
+10 min is a trough. The summary also gives each whole cycle between re-joins from 10 min on
+(mean and peak) and the growth of the cycles' means, first to last (a run of 30 min or more).
+
 ``--memory`` takes a census of Local KVS's Python objects at 10 min (half-way in a shorter run)
 and at the end and shows which types grew, beside its resident memory (what the census does
 not explain is native: libav, OpenSSL, libsrtp, the allocator); ``--tracemalloc N`` runs
@@ -46,6 +51,8 @@ MASTERS = 4
 VIEWERS = 2
 SETTLED_S = 600.0  # memory growth is measured from here on
 REJOIN_SLACK_S = 2.0
+CYCLE_MERGE_S = 60.0  # re-joins this close together start one memory cycle
+WHOLE_CYCLE = 0.9  # the run's last stretch counts as a cycle at this fraction of the one before
 
 
 def lost_frames(times: list[float], rejoins: list[float]) -> tuple[int, int]:
@@ -68,6 +75,39 @@ def rss_at(samples: list[dict[str, Any]], t_s: float) -> float | None:
     if not samples:
         return None
     return float(min(samples, key=lambda s: abs(s["t_s"] - t_s))["rss_mib"])
+
+
+def rejoin_cycles(
+    samples: list[dict[str, Any]], rejoins_s: list[float], settled_s: float = SETTLED_S
+) -> list[dict[str, float]]:
+    """Local KVS's memory between re-joins (``rejoins_s``: seconds into the run, every
+    master's; those within ``CYCLE_MERGE_S`` of each other are one), for each whole cycle
+    that starts at or after ``settled_s``: its span, mean and peak. The run's end closes a
+    last cycle at least ``WHOLE_CYCLE`` as long as the one before. Memory is a saw-tooth (it
+    climbs while sessions live and falls when they end and their memory is trimmed), so
+    like is compared with like: a leak raises the cycles' means, not only a late sample."""
+    starts: list[float] = [0.0]  # the first joins, just before the run's clock starts
+    for t in sorted(rejoins_s):
+        if t - starts[-1] > CYCLE_MERGE_S:
+            starts.append(t)
+    end = samples[-1]["t_s"] if samples else 0.0
+    if len(starts) >= 2 and end - starts[-1] >= WHOLE_CYCLE * (starts[-1] - starts[-2]):
+        starts.append(end + 1)
+    cycles = []
+    for a, b in itertools.pairwise(starts):
+        if a < settled_s:
+            continue
+        rss = [x["rss_mib"] for x in samples if a + CYCLE_MERGE_S <= x["t_s"] < b]
+        if rss:
+            cycles.append(
+                {
+                    "from_s": round(a),
+                    "to_s": round(b),
+                    "mean_mib": round(sum(rss) / len(rss), 1),
+                    "max_mib": max(rss),
+                }
+            )
+    return cycles
 
 
 def mean_of(samples: list[dict[str, Any]], key: str) -> float | None:
@@ -114,7 +154,7 @@ async def soak(
             v = ViewerSession(target, names[0], client_id=f"soak-viewer-{i}", policy=policy)
             await v.start(timeout=60)
             viewers.append(v)
-        t0 = time.monotonic()
+        t0, t0_wall = time.monotonic(), time.time()
         parts = Parts(kvs.pid)  # Local KVS's own figures; coturn's apart
         c_prev, t_prev = parts.cpu(), t0
         print(
@@ -169,6 +209,7 @@ async def soak(
     loss = {n: round(100 * (sent[n] - stored[n]) / sent[n], 3) for n in names if sent[n]}
     rss = [s["rss_mib"] for s in samples]
     settled, last = rss_at(samples, SETTLED_S), (rss[-1] if rss else None)
+    cycles = rejoin_cycles(samples, [t - t0_wall for r in rejoins.values() for t in r])
     summary = {
         "minutes": minutes,
         "masters": MASTERS,
@@ -183,6 +224,12 @@ async def soak(
         "rss_mib_at_10_min": settled,
         "rss_growth_after_10_min_pct": round(100 * (last - settled) / settled, 2)
         if settled and last and samples[-1]["t_s"] > SETTLED_S
+        else None,
+        "rss_by_rejoin_cycle": cycles,
+        "rss_cycle_mean_growth_pct": round(
+            100 * (cycles[-1]["mean_mib"] - cycles[0]["mean_mib"]) / cycles[0]["mean_mib"], 2
+        )
+        if len(cycles) >= 2
         else None,
         "rss_mib_first": rss[0] if rss else None,
         "rss_mib_last": rss[-1] if rss else None,
