@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from kvsnb.local.core import memory
 from kvsnb.local.core.heap import (
     SNAPSHOT_LINE,
     Snapshot,
@@ -76,6 +77,7 @@ async def serve(
     ``public_url`` is the base URL browsers reach it at (``{port}`` = the bound port);
     ``ice`` is how peers reach storage sessions (``LocalKvsConfig.ice``).
     """
+    memory.fix_mmap_threshold()  # kvsnb.local.core.memory: a process with sessions stays flat
     options = StorageOptions(require_audio=require_audio)
     if fragment_duration_s is not None:
         options.fragment_duration_s = fragment_duration_s

@@ -6,6 +6,14 @@ allocator keeps the freed pages in its arenas: a process whose sessions re-join 
 minutes (as AWS's signaling sockets idle out) grows by each re-join until the arenas settle,
 ~100 MiB over 15 re-joins of a master and a viewer in one process. ``malloc_trim(0)`` hands
 those pages back; ``trim_later`` does it off the event loop, once a burst of ends is over.
+
+What a live session allocates in large blocks (fragment bodies, packet batches, codec
+buffers) is the other half. glibc serves a block of 128 KiB or more with its own mapping and
+unmaps it when freed, but each such free raises that threshold to the block's size, after
+which blocks of that size come from the heap and leave holes there that later small objects
+pin: a process with sessions grows for as long as they live. A Local KVS process (``kvsnb
+local`` and its storage workers) therefore fixes the threshold (``fix_mmap_threshold``), as
+``MALLOC_MMAP_THRESHOLD_`` would (which, when set, wins).
 """
 
 from __future__ import annotations
@@ -14,31 +22,47 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
+MMAP_THRESHOLD = 128 * 1024  # blocks this large get a mapping of their own (glibc's default)
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 TRIM_DELAY_S = 1.0  # after a session ends: its objects are gone, and ends come in bursts
 
 _pending: set[int] = set()  # ids of loops with a trim scheduled
 
 
-def _malloc_trim() -> Any:
+def _libc_function(name: str, *argtypes: Any) -> Any:
+    """glibc's ``name`` with its argument types and an int result; None elsewhere (not
+    Linux, or a C library without it: musl has no malloc_trim)."""
     if not sys.platform.startswith("linux"):
         return None
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        function = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_size_t]
+    function.argtypes = list(argtypes)
     function.restype = ctypes.c_int
     return function
 
 
-_MALLOC_TRIM = _malloc_trim()
+_MALLOC_TRIM = _libc_function("malloc_trim", ctypes.c_size_t)
+_MALLOPT = _libc_function("mallopt", ctypes.c_int, ctypes.c_int)
+
+
+def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
+    """Serve blocks of ``size`` bytes or more with mappings of their own, given back when
+    freed, for the rest of this process's life (glibc otherwise raises the threshold at
+    each such free; see the module docstring). ``MALLOC_MMAP_THRESHOLD_`` in the environment
+    wins. True if set here."""
+    if size <= 0:
+        raise ValueError(f"an mmap threshold must be a positive size, not {size}")
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or _MALLOPT is None:
+        return False
+    return bool(_MALLOPT(M_MMAP_THRESHOLD, size))
 
 
 def can_trim() -> bool:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from kvsnb.local.control.plane import Channel
-from kvsnb.local.core import frames
+from kvsnb.local.core import frames, memory
 from kvsnb.local.core.errors import AwsError
 from kvsnb.local.signaling.relay import ClientMessage, SignalingRelay, SocketConnection
 from kvsnb.local.storage.peer import StorageOptions, StorageSessionManager
@@ -617,6 +617,7 @@ async def _worker_async(server_fd: int) -> None:
 
 def worker_main() -> None:
     """Entry point of a worker process (started by ``StorageWorkerPool``)."""
+    memory.fix_mmap_threshold()  # as the server (kvsnb.local.core.memory)
     server_fd = os.dup(1)  # the pipe to the server; the worker's own output goes to stderr
     os.dup2(2, 1)
     logging.basicConfig(
