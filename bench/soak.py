@@ -8,8 +8,9 @@ table as it goes and a JSON summary at the end; never asserts on time.
 
 Memory is a saw-tooth: it climbs while sessions live and falls at each re-join (every 10 min,
 as signaling sockets idle out), when the ended sessions' memory is trimmed, so the sample at
-10 min is a trough. The summary also gives each whole cycle between re-joins from 10 min on
-(mean and peak) and the growth of the cycles' means, first to last (a run of 30 min or more).
+10 min is a trough. The summary also gives each whole cycle between re-joins from the first
+re-join on (mean and peak) and the growth of the cycles' means, first to last (a run of 30
+min or more).
 
 ``--memory`` takes a census of Local KVS's Python objects at 10 min (half-way in a shorter run)
 and at the end and shows which types grew, beside its resident memory (what the census does
@@ -77,13 +78,13 @@ def rss_at(samples: list[dict[str, Any]], t_s: float) -> float | None:
     return float(min(samples, key=lambda s: abs(s["t_s"] - t_s))["rss_mib"])
 
 
-def rejoin_cycles(
-    samples: list[dict[str, Any]], rejoins_s: list[float], settled_s: float = SETTLED_S
-) -> list[dict[str, float]]:
+def rejoin_cycles(samples: list[dict[str, Any]], rejoins_s: list[float]) -> list[dict[str, float]]:
     """Local KVS's memory between re-joins (``rejoins_s``: seconds into the run, every
     master's; those within ``CYCLE_MERGE_S`` of each other are one), for each whole cycle
-    that starts at or after ``settled_s``: its span, mean and peak. The run's end closes a
-    last cycle at least ``WHOLE_CYCLE`` as long as the one before. Memory is a saw-tooth (it
+    that a re-join starts (the first, the joins' and the warm-up's, is left out; with AWS's
+    10 min idle sockets the first re-join comes at 10 min): its span, mean and peak. The
+    run's end closes a last cycle at least ``WHOLE_CYCLE`` as long as the one before.
+    Memory is a saw-tooth (it
     climbs while sessions live and falls when they end and their memory is trimmed), so
     like is compared with like: a leak raises the cycles' means, not only a late sample."""
     starts: list[float] = [0.0]  # the first joins, just before the run's clock starts
@@ -95,7 +96,7 @@ def rejoin_cycles(
         starts.append(end + 1)
     cycles = []
     for a, b in itertools.pairwise(starts):
-        if a < settled_s:
+        if a == 0.0:
             continue
         rss = [x["rss_mib"] for x in samples if a + CYCLE_MERGE_S <= x["t_s"] < b]
         if rss:

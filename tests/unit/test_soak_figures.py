@@ -35,7 +35,7 @@ def test_a_leak_raises_each_cycle_s_mean() -> None:
     assert means[-1] - means[0] == pytest.approx(10.0, abs=0.5)  # 0.5 MiB/min over 20 min
 
 
-def test_only_whole_cycles_after_ten_minutes_count() -> None:
+def test_the_first_cycle_and_a_short_last_stretch_are_left_out() -> None:
     # the run ends 4 min after its last re-join: that stretch is no cycle
     cycles = rejoin_cycles(saw_tooth(24), REJOINS[:5])
     assert [(c["from_s"], c["to_s"]) for c in cycles] == [(600, 1200)]
