@@ -101,8 +101,10 @@ def rss_growth_kib(mode: str, **env: str) -> int:
 
 
 def test_a_fixed_mmap_threshold_gives_freed_large_blocks_back() -> None:
-    assert rss_growth_kib("default") > 30_000  # held in the heap's holes
-    assert rss_growth_kib("fixed") < 5_000  # each block was a mapping, unmapped when freed
+    # each block is a mapping of its own, unmapped when freed, although a 4 MiB block was
+    # freed first (which makes glibc serve such blocks from the heap, where their holes stay
+    # resident: >30 MB held here on this project's machine, though not in every environment)
+    assert rss_growth_kib("fixed") < 5_000
 
 
 def test_malloc_mmap_threshold_in_the_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
