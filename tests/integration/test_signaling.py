@@ -42,6 +42,7 @@ pytestmark = pytest.mark.timeout(30)
 REGION = "us-west-2"
 CREDENTIALS = Credentials("AKIDLOCALTEST", "local-secret")  # any key, outside strict mode
 QUIET_S = 0.3  # how long "nothing arrives" is watched for
+STOP_WITHIN_S = 20.0  # a liveness bound: a stop takes well under 1 s; a held one 30-60 s
 OFFER = {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}
 ANSWER = {"type": "answer", "sdp": "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}
 CANDIDATE = {
@@ -1194,3 +1195,49 @@ async def test_client_unreachable_endpoint(kv: Any) -> None:
         await client.open()
     assert err.value.status is None
     await client.close()
+
+
+# ---------------------------------------------------------------------------- stopping
+
+
+async def test_a_stopping_relay_refuses_new_sockets(local_kvs: LocalKvs, kv: Any, net: Net) -> None:
+    chan = make_channel(kv)
+    client = await net.client(chan, "MASTER")
+    assert local_kvs.relay is not None
+    await asyncio.wrap_future(
+        asyncio.run_coroutine_threadsafe(local_kvs.relay.close(), local_kvs.loop)
+    )
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await net.raw(chan, "VIEWER", "late")
+    assert refused.value.status == 503
+    await wait_until(lambda: not client.is_open, "the relay's close did not reach the client")
+    assert client.connects == 1  # its reconnects are refused too
+
+
+CLIENT_PAIRS = 10  # a master and a viewer each: many reconnects race the stop
+
+
+async def test_stop_is_not_held_by_clients_that_reconnect(tmp_path: Path) -> None:
+    # Each client reconnects the moment the server closes its socket (masters must: the JS
+    # SDK re-joins after every signaling reconnect). A socket opened while Local KVS stops
+    # used to hold the stop for aiohttp's 60 s shutdown timeout.
+    kvs = LocalKvs(
+        LocalKvsConfig(data_dir=tmp_path / "own", signaling=SignalingLimits(connects_per_s=100.0))
+    ).start_in_thread()
+    net = Net()
+    try:
+        kv = make_client("kinesisvideo", kvs.url)
+        for n in range(CLIENT_PAIRS):
+            chan = make_channel(kv)
+            await net.client(chan, "MASTER")
+            await net.client(chan, "VIEWER", f"v{n}")
+        await registered(kvs, 2 * CLIENT_PAIRS)
+        started = time.monotonic()
+        await asyncio.to_thread(kvs.stop_in_thread)  # raises after 30 s on a held stop
+        assert time.monotonic() - started < STOP_WITHIN_S, "a reconnected socket held the stop"
+        await wait_until(
+            lambda: not any(c.is_open for c in net.clients), "a client is still connected"
+        )
+    finally:
+        await net.close()
+        await asyncio.to_thread(kvs.stop_in_thread)

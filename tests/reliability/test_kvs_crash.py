@@ -181,12 +181,6 @@ async def test_sigkill_while_two_masters_stream(tmp_path: Path, workers: int) ->
     assert all(session.closed for session in sessions)
 
 
-@pytest.mark.xfail(
-    reason="intermittent: with a master still streaming, Local KVS's stop sometimes takes "
-    "over 20 s after the Ctrl-C (3 of 5 runs on 2026-12-07; 'stopping Local KVS' is printed, "
-    "then the stop waits; cause not found). Before the process groups it took ~35 s every time",
-    strict=False,
-)
 async def test_ctrl_c_stops_local_kvs_and_its_children_in_order(tmp_path: Path) -> None:
     # A terminal's Ctrl-C sends SIGINT to the whole foreground process group. Only
     # ``kvsnb local`` may take it: it stores the open fragment and ends its storage workers

@@ -71,6 +71,9 @@ PLANE_PREFIXES = (
 )
 PLANE_SERVICE = {plane: name for name, plane in protocol.SERVICES.items()}
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# A request handler still running this long after the planes closed is cancelled at stop
+# (aiohttp waits 60 s by default; a long-lived response must not hold Local KVS's exit).
+SHUTDOWN_TIMEOUT_S = 5.0
 ADMIN_PREFIX = "/_localkvs/"
 CA_PATH = ADMIN_PREFIX + "ca.pem"
 ROLE_PATHS: dict[str, Role] = {"/master": "MASTER", "/viewer": "VIEWER"}
@@ -219,7 +222,9 @@ class LocalKvs:
         cors.install(app)
         app.on_response_prepare.append(self._date_header)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner, self.config.host, self.config.port, ssl_context=ssl_context
@@ -283,7 +288,13 @@ class LocalKvs:
         self._closers.append(closer)
 
     async def stop(self) -> None:
-        """Close every connection and session, stop serving, close the databases."""
+        """Stop taking connections, then close every connection and session, stop serving
+        and close the databases. A client that reconnects at once (a master's signaling
+        socket does) cannot open a new connection once the planes are closing: it would
+        hold the stop for as long as the connection lives."""
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
         for closer in reversed(self._closers):
             try:
                 await closer()

@@ -308,6 +308,7 @@ class SignalingRelay:
         self._reaper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
         control.events.channel_deleted.append(self._on_channel_deleted)
 
     # ------------------------------------------------------------------ introspection
@@ -334,6 +335,8 @@ class SignalingRelay:
     async def handle(self, request: web.Request, role_hint: Role | None) -> web.StreamResponse:
         """The WebSocket upgrade: check the presigned URL, the channel, the role and limits,
         then serve the socket until it closes."""
+        if self._closed:  # a socket opened now would hold Local KVS's stop
+            raise web.HTTPServiceUnavailable(text="Local KVS is stopping")
         self._loop = asyncio.get_running_loop()
         await self._authorize(request)
         arn = request.query.get("X-Amz-ChannelARN")
@@ -604,7 +607,8 @@ class SignalingRelay:
                         del st.pending[key]
 
     async def close(self) -> None:
-        """Close every connection and stop the reaper."""
+        """Refuse new connections, close every connection and stop the reaper."""
+        self._closed = True
         for c in self.connections():
             await c.close(WSCloseCode.GOING_AWAY, "server shutdown")
         if self._reaper is not None:
