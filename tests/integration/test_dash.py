@@ -20,6 +20,7 @@ import pytest
 
 from kvsnb.launch import connect
 from kvsnb.local.archive.dash import KVS_NAMESPACE, DashPlane
+from kvsnb.local.archive.sessions import PLAYLIST_CALLS_PER_S
 from kvsnb.playback.dash import DashReader, parse_duration
 from kvsnb.sources.stamp import read_stamp
 from tests.integration.conftest import Http
@@ -200,6 +201,27 @@ def test_live_replay_adds_fragments_as_time_passes(recorded: Recorded) -> None:
     # all released and the range is over: the presentation is complete
     assert last.get("type") == "static"
     assert len(timeline(last, "video")[1]) == 2  # the newest MaxManifestFragmentResults
+
+
+def test_manifest_calls_are_limited_per_session_as_on_aws(recorded: Recorded) -> None:
+    # AWS: GetDASHManifest 5 calls a second per session; media fragments have their own
+    dash = plane(recorded)
+    held = time.time()
+    dash.clock = lambda: held
+    try:
+        url = session_url(recorded, **whole_range(recorded))
+        for _ in range(int(PLAYLIST_CALLS_PER_S)):
+            root = manifest(url)
+        throttled = Http.request("GET", url)
+        template, _ = timeline(root, "video")
+        media = resolve(url, (template.get("media") or "").replace("$Number$", "0"))
+        assert Http.request("GET", media).status == 200
+        dash.clock = lambda: held + 1
+        assert manifest(url).get("type") == "static"
+    finally:
+        dash.clock = time.time
+    assert throttled.status == 400 and throttled.error_code == "ClientLimitExceededException"
+    assert "getDASHManifest.mpd" in throttled.message
 
 
 async def test_live_manifest_follows_ingest(recorded: Recorded) -> None:

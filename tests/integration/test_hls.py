@@ -25,6 +25,7 @@ from kvsnb.client.ingest import IngestResult, ingest
 from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
 from kvsnb.local.archive.hls import HlsPlane, program_date_time
+from kvsnb.local.archive.sessions import PLAYLIST_CALLS_PER_S
 from kvsnb.local.store.fragments import Fragment
 from kvsnb.putmedia import file_fragments, plan_file, put_media
 from kvsnb.sources.tracks import make_test_file
@@ -498,7 +499,8 @@ async def test_live_playlist_follows_ingest(recorded: Recorded) -> None:
                         seen.setdefault(index, time.time())
                     if done:
                         break
-                    await asyncio.sleep(0.05)  # paces the playlist requests
+                    # paces the playlist requests within AWS's quota per session
+                    await asyncio.sleep(1 / PLAYLIST_CALLS_PER_S)
             sent = len((await task).frames_sent)
         finally:
             remove()
@@ -635,3 +637,33 @@ def test_session_url_errors(recorded: Recorded) -> None:
         lambda: am.get_hls_streaming_session_url(StreamName="no-retention"),
         "NoDataRetentionException", 400,
     )  # fmt: skip
+
+
+def test_playlist_calls_are_limited_per_session_as_on_aws(recorded: Recorded) -> None:
+    # AWS: 5 calls a second per session to each playlist resource; one more is throttled
+    # with ClientLimitExceededException, and the session, other resources and other
+    # sessions carry on. The sessions' clock is held still, then moved on a second.
+    plane = recorded.plane
+    base = time.time()
+    plane.clock = lambda: base
+    try:
+        url = session_url(recorded, **whole_range(recorded))
+        other = session_url(recorded, **whole_range(recorded))
+        for _ in range(int(PLAYLIST_CALLS_PER_S)):
+            master = fetch(url)
+        throttled = Http.request("GET", url)
+        assert throttled.status == 400
+        assert throttled.error_code == "ClientLimitExceededException"
+        assert "getHLSMasterPlaylist.m3u8" in throttled.message
+        assert fetch(resolve(url, segments(master)[0]))  # the media playlist has its own
+        assert fetch(other) == master.replace(token_of(url), token_of(other))
+        plane.clock = lambda: base + 1 / PLAYLIST_CALLS_PER_S
+        assert fetch(url) == master  # one call a fifth of a second later
+        assert Http.request("GET", url).error_code == "ClientLimitExceededException"
+    finally:
+        plane.clock = time.time
+
+
+def token_of(url: str) -> str:
+    """A session URL's SessionToken."""
+    return url.split("SessionToken=", 1)[1]

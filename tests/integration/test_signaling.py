@@ -397,7 +397,7 @@ async def test_master_may_send_a_client_id(kv: Any, net: Net) -> None:
 
 @pytest.fixture
 def relay_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[float], None]]:
-    """Move the relay's monotonic clock forward (the TTL queue, rate buckets and the reaper
+    """Move the relay's monotonic clock forward (the TTL queue and the reaper
     read it), instead of sleeping through a MessageTtlSeconds."""
     offset = [0.0]
     real = time.monotonic

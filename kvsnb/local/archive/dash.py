@@ -146,7 +146,7 @@ class DashPlane:
         if resource not in (MANIFEST, MP4_INIT, MP4_MEDIA):
             raise UnknownOperationException(f"No KVS resource at GET {request.path}")
         query = request.query
-        session = self.sessions.get(query)
+        session = self.sessions.get(query, resource if resource == MANIFEST else None)
         if resource == MANIFEST:
             await self.sessions.refresh(session)
             return _respond(self.manifest(session).encode(), MPD_CONTENT_TYPE)

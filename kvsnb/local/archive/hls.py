@@ -103,7 +103,8 @@ class HlsPlane:
         handler = handlers.get(resource)
         if handler is None:
             raise UnknownOperationException(f"No KVS resource at GET {request.path}")
-        session = self.sessions.get(query)
+        playlist = resource if resource in (MASTER_PLAYLIST, MEDIA_PLAYLIST) else None
+        session = self.sessions.get(query, playlist)
         body, content_type = await handler(session, query)
         return web.Response(body=body, content_type=content_type)  # CORS: front/cors.py
 

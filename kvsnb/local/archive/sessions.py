@@ -27,6 +27,7 @@ from kvsnb.local.core.errors import (
     NotAuthorizedException,
     ResourceNotFoundException,
 )
+from kvsnb.local.core.limits import TokenBucket
 from kvsnb.local.store.fragments import SELECTOR_SERVER, Fragment, FragmentStore
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,14 @@ DEFAULT_LIVE_RESULTS = 5  # LIVE and LIVE_REPLAY (model: Max...FragmentResults)
 DEFAULT_ON_DEMAND_RESULTS = 1000
 MAX_SESSIONS = 1000
 TOKEN_BYTES = 32
+# AWS's quota on each playlist resource (GetHLSMasterPlaylist, GetHLSMediaPlaylist,
+# GetDASHManifest): calls a second per session; one more is ClientLimitExceededException.
+# (The fragment resources' 20 a second per session is not enforced: see docs/wire.md.)
+PLAYLIST_CALLS_PER_S = 5.0
+THROTTLED = (
+    "Kinesis Video Streams has throttled the request because you have exceeded the limit of "
+    "{rate:g} {resource} calls a second for this streaming session. Try making the call later."
+)
 
 
 @dataclass
@@ -69,6 +78,7 @@ class StreamingSession:
     discontinuities_dropped: int = 0  # markers before the first kept entry (LIVE)
     longest_ms: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    calls: dict[str, TokenBucket] = field(default_factory=dict)  # per playlist resource
 
     @property
     def container(self) -> str:
@@ -303,8 +313,10 @@ class SessionRegistry:
         for token in [t for t, s in self.sessions.items() if s.expires_at <= now]:
             del self.sessions[token]
 
-    def get(self, query: Any) -> StreamingSession:
-        """The live session named by a request's ``SessionToken`` (AWS's errors otherwise)."""
+    def get(self, query: Any, playlist: str | None = None) -> StreamingSession:
+        """The live session named by a request's ``SessionToken`` (AWS's errors otherwise);
+        ``playlist`` names a playlist resource, whose calls are limited per session
+        (``PLAYLIST_CALLS_PER_S``)."""
         token = query.get("SessionToken")
         if not token:
             raise InvalidArgumentException("SessionToken must be specified.")
@@ -314,4 +326,12 @@ class SessionRegistry:
         if self.clock() >= session.expires_at:
             self.sessions.pop(token, None)
             raise NotAuthorizedException("The session token has expired.")
+        if playlist is not None:
+            bucket = session.calls.get(playlist)
+            if bucket is None:  # on the sessions' clock, which tests move as they move time
+                bucket = session.calls[playlist] = TokenBucket(PLAYLIST_CALLS_PER_S, self.clock)
+            if not bucket.take():
+                raise ClientLimitExceededException(
+                    THROTTLED.format(rate=PLAYLIST_CALLS_PER_S, resource=playlist)
+                )
         return session

@@ -30,6 +30,7 @@ from kvsnb.local.core.errors import (
     InvalidArgumentException,
     ResourceNotFoundException,
 )
+from kvsnb.local.core.limits import TokenBucket
 from kvsnb.wire.webrtc import Role
 
 logger = logging.getLogger(__name__)
@@ -65,24 +66,6 @@ class SignalingLimits:
     send_timeout_s: float = 1.0
 
 
-class _Bucket:
-    """Token bucket: ``rate`` per second with a burst of ``rate``."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 @dataclass(eq=False)
 class SocketConnection:
     """One signaling WebSocket: its channel, role and ClientId."""
@@ -95,14 +78,14 @@ class SocketConnection:
     transport: asyncio.Transport | None = None
     opened: float = field(default_factory=time.monotonic)
     last_active: float = field(default_factory=time.monotonic)
-    buckets: dict[str, _Bucket] = field(default_factory=dict)
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
     dead: bool = False
 
     def __post_init__(self) -> None:
         self.buckets = {
-            "SDP_OFFER": _Bucket(self.limits.offers_per_s),
-            "SDP_ANSWER": _Bucket(self.limits.answers_per_s),
-            "ICE_CANDIDATE": _Bucket(self.limits.candidates_per_s),
+            "SDP_OFFER": TokenBucket(self.limits.offers_per_s),
+            "SDP_ANSWER": TokenBucket(self.limits.answers_per_s),
+            "ICE_CANDIDATE": TokenBucket(self.limits.candidates_per_s),
         }
 
     @property
@@ -220,7 +203,7 @@ class _ChannelState:
     master: SocketConnection | None = None
     viewers: dict[str, SocketConnection] = field(default_factory=dict)
     pending: dict[str, deque[_Pending]] = field(default_factory=dict)
-    connects: _Bucket | None = None
+    connects: TokenBucket | None = None
 
 
 def _get_ci(data: dict[str, Any], key: str) -> Any:
@@ -351,7 +334,7 @@ class SignalingRelay:
             raise InvalidArgumentException("X-Amz-ClientId is required for a viewer")
         st = self._channels.setdefault(channel.arn, _ChannelState())
         if st.connects is None:
-            st.connects = _Bucket(self.limits.connects_per_s)
+            st.connects = TokenBucket(self.limits.connects_per_s)
         if not st.connects.take():
             raise ClientLimitExceededException(
                 "Exceeded the rate of connections per second for this channel"
