@@ -43,6 +43,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
             tls_key=args.key,
             public_url=args.public_url,
             ice=args.ice,
+            parent_pid=args.parent_pid,
         )
     )
     return 0
@@ -246,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="turn (default, as AWS): peers reach storage sessions only through Local KVS's "
         "TURN server (coturn), whose credentials GetIceServerConfig hands out; host: directly "
         "on loopback host candidates, with an empty IceServerList",
+    )
+    lp.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="stop (as on SIGTERM) when process PID, this one's parent, ends, even by SIGKILL "
+        "(LocalKvsProcess passes its own)",
     )
     lp.set_defaults(func=_cmd_local)
 

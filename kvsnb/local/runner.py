@@ -32,6 +32,8 @@ from kvsnb.local.storage.peer import StorageOptions
 from kvsnb.local.turn.server import NO_COTURN
 from kvsnb.wire.defaults import DEFAULT_REGION, LOOPBACK
 
+PARENT_CHECK_S = 1.0  # how often ``kvsnb local --parent-pid`` checks that its parent lives
+
 
 def start_embedded(
     *,
@@ -66,8 +68,10 @@ async def serve(
     tls_key: str | os.PathLike[str] | None = None,
     public_url: str | None = None,
     ice: Literal["turn", "host"] = "turn",
+    parent_pid: int | None = None,
 ) -> None:
-    """Run a Local KVS in this event loop until SIGINT or SIGTERM (``kvsnb local``).
+    """Run a Local KVS in this event loop until SIGINT or SIGTERM (``kvsnb local``), or
+    until process ``parent_pid``, its parent, ends.
 
     ``strict_keys`` (access key, secret) makes it verify every SigV4 signature;
     ``storage_workers`` > 0 runs storage sessions in that many worker processes (and one
@@ -109,9 +113,22 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     # SIGUSR1: a memory snapshot in the data directory (kvsnb.local.core.heap)
     loop.add_signal_handler(signal.SIGUSR1, dump_memory_snapshot, kvs.data_dir)
+    watch = None if parent_pid is None else asyncio.create_task(_parent_ended(parent_pid))
+    if watch is not None:
+        watch.add_done_callback(lambda _: stop.set())
     await stop.wait()
+    if watch is not None:
+        watch.cancel()
     print("stopping Local KVS", flush=True)
     await kvs.stop()
+
+
+async def _parent_ended(parent_pid: int) -> None:
+    """Return once this process's parent is no longer ``parent_pid`` (it ended, even by
+    SIGKILL, and this process was handed to init or a subreaper)."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(PARENT_CHECK_S)  # no event tells a child that its parent ended
+    print(f"the parent process {parent_pid} has ended", flush=True)
 
 
 def ice_summary(kvs: LocalKvs) -> str:
@@ -166,7 +183,9 @@ class LocalKvsProcess:
     answers its health check,
     or raises ``RuntimeError`` with the child's output after ``start_timeout_s``. The
     child's output goes to a file (``output()``), so a chatty child never blocks on a pipe.
-    Usable as a context manager, which calls ``stop()``. ``url`` is the child's base URL
+    Usable as a context manager, which calls ``stop()``. The child stops by itself, as on
+    SIGTERM, when this process ends without stopping it, even by SIGKILL (``--parent-pid``).
+    ``url`` is the child's base URL
     (``http://127.0.0.1:PORT``, https with ``--tls``), ``data_dir`` its data directory and
     ``proc`` the ``subprocess.Popen``.
     """
@@ -183,6 +202,7 @@ class LocalKvsProcess:
         log_fd, log_name = tempfile.mkstemp(prefix="kvsnb-local-", suffix=".log")
         self._log = Path(log_name)
         command = [sys.executable, "-m", "kvsnb.cli", "local", "--host", LOOPBACK, "--port", "0"]
+        command += ["--parent-pid", str(os.getpid())]  # it stops if this process is killed
         self.proc = subprocess.Popen(
             [*command, "--data", str(self.data_dir), *args],
             stdout=log_fd,

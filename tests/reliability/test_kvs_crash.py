@@ -16,6 +16,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,40 @@ async def test_ctrl_c_stops_local_kvs_and_its_children_in_order(tmp_path: Path) 
     finally:
         again.stop()
     await stopping
+
+
+PARENT = """
+import sys
+from kvsnb.local.runner import LocalKvsProcess
+child = LocalKvsProcess("--workers", "1", data_dir=sys.argv[1])
+print(child.pid, flush=True)
+sys.stdin.read()  # until the test kills this process
+"""
+
+
+async def test_a_local_kvs_process_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
+    # LocalKvsProcess's child has a session of its own (a Ctrl-C must not reach it), so
+    # nothing ended it when its parent died without stopping it: it is told to watch
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path / "data")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        line = await asyncio.to_thread(parent.stdout.readline)
+        pid = int(line)
+        tree = process_tree(pid)
+        assert len(tree) == 4  # Local KVS, coturn, a storage worker and the join worker
+        parent.kill()
+        parent.wait()
+        await wait_until(
+            lambda: not any(Path(f"/proc/{p}").exists() for p in tree),
+            "Local KVS or one of its children outlived the killed parent",
+            deadline_s=30,
+        )
+    finally:
+        parent.kill()
+        parent.wait()
+    assert (tmp_path / "data").is_dir()  # its data directory is the caller's: kept
