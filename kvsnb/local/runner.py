@@ -101,6 +101,7 @@ async def serve(
     )
     kvs = LocalKvs(config)
     await kvs.start()
+    memory.freeze_startup_objects()  # a session's end collects only what came after
     reached = f", reached at {kvs.public_url}" if public_url else ""
     print(f"Local KVS at {kvs.url}{reached} (data: {kvs.data_dir})", flush=True)
     print(ice_summary(kvs), flush=True)

@@ -50,7 +50,14 @@ function dashStamp(timeline, mediaTime) {
 const STALE_FRAME_MS = 250;
 const HOLE_SLACK_MS = 5;  // see setupHls: a fragment's offset this far off the median is moved
 const KNOWN_FRAGMENTS = 600;  // remembered fragment times of a LIVE HLS playlist (10 min of 1 s)
-const DASH_REFRESH_MS = 1000;  // a dynamic MPD's kvs:ts are re-read this often
+const DASH_REFRESH_MS = 1000;  // a dynamic MPD is re-read at least this often
+// LIVE DASH: the MPD is re-read DASH_EARLY_MS before the next segment should be listed, then
+// every DASH_POLL_MS until it is; dash.js is told to re-read it too when a new segment is
+// listed, at most every DASH_TELL_MS. Within AWS's 5 manifest calls a second per session:
+// at most 1000 / DASH_POLL_MS here and 1000 / DASH_TELL_MS by dash.js
+const DASH_EARLY_MS = 150;
+const DASH_POLL_MS = 300;
+const DASH_TELL_MS = 600;
 // LIVE: the stream counts as stopped when no new fragment was listed for this many target
 // durations (at least STOPPED_MIN_MS) while the video waits at the end of what it has
 const STOPPED_TARGETS = 5;
@@ -179,8 +186,8 @@ function setupHls(Hls, video, { url, live, sync, delay, target, fail }) {
 
 const LIVE_DELAY_TARGETS = 2;
 
-// dash.js: the frame's time from the MPD's kvs:ts (re-read every DASH_REFRESH_MS while the
-// MPD is dynamic, as dash.js does not keep them).
+// dash.js: the frame's time from the MPD's kvs:ts (re-read while the MPD is dynamic, as
+// dash.js does not keep them).
 async function setupDash(dashjs, video, { url, live, sync, delay, target, fail }) {
   const dash = dashjs.MediaPlayer().create();
   const settings = { streaming: { } };
@@ -204,7 +211,7 @@ async function setupDash(dashjs, video, { url, live, sync, delay, target, fail }
   let refresh = null;
   const dispose = () => {
     aborter.abort();
-    clearInterval(refresh);
+    clearTimeout(refresh);
     if (dash.destroy) dash.destroy(); else dash.reset();
   };
   // a LIVE MPD lists a sliding window: the segments seen are remembered (the last
@@ -228,14 +235,44 @@ async function setupDash(dashjs, video, { url, live, sync, delay, target, fail }
   }
   merge(first);
   if (first && first.dynamic) {
-    let fetching = false;
-    refresh = setInterval(async () => {
-      if (fetching) return;
-      fetching = true;
-      try { merge(await dashTimeline(url, aborter.signal)); } catch (err) { /* next time */ }
-      fetching = false;
-    }, DASH_REFRESH_MS);
+    // A LIVE segment is listed once stored, just after it ends, and dash.js re-reads the MPD
+    // every minimumUpdatePeriod (1 s): alone it learnt of a segment up to 1 s after it was
+    // listed, and a playhead closer to the edge than that ran out of media. Here the MPD is
+    // re-read when the next segment is due (one segment duration after the newest was first
+    // seen, a little early, then every DASH_POLL_MS until it comes), and dash.js is told to
+    // re-read it as soon as one comes, so it learns of each within ~DASH_POLL_MS
+    let seenAt = performance.now();  // when the newest segment was first seen
+    let told = -Infinity;
+    const poll = async () => {
+      let wait = DASH_REFRESH_MS;
+      try {
+        const before = newestRow();
+        merge(await dashTimeline(url, aborter.signal));
+        const row = newestRow();
+        const now = performance.now();
+        const duration = row ? row.d * 1000 / timeline.scale : DASH_REFRESH_MS;
+        if (row && (!before || order(row) > order(before))) {
+          seenAt = now;
+          if (now - told >= DASH_TELL_MS) {
+            told = now;
+            try { dash.refreshManifest(() => {}); } catch (err) { /* not playing yet */ }
+          }
+        }
+        const due = seenAt + duration - DASH_EARLY_MS - now;
+        // overdue by more than a refresh period: the stream has paused or stopped
+        wait = due > 0 ? due : (due > -DASH_REFRESH_MS ? DASH_POLL_MS : DASH_REFRESH_MS);
+      } catch (err) { /* next time */ }
+      if (!aborter.signal.aborted) refresh = setTimeout(poll, Math.max(DASH_POLL_MS, wait));
+    };
+    refresh = setTimeout(poll, DASH_POLL_MS);
   }
+  // by kvs:ts where the MPD has it (a segment's t moves when a gap before it is closed)
+  const order = (r) => (r.ts !== null ? r.ts : r.t);
+  const newestRow = () => {
+    let last = null;
+    for (const r of timeline ? timeline.rows : []) if (last === null || order(r) > order(last)) last = r;
+    return last;
+  };
   const newest = () => {
     let last = null;
     for (const r of timeline ? timeline.rows : []) {

@@ -37,7 +37,11 @@ listed only once stored, so at 2 s dash.js fetched segments right at the edge an
 4 s a late fragment put it out of the 5 fragments a LIVE MPD lists) with a gentle catch-up.
 ``live_delay_s`` > 0 sets the delay in seconds instead: hls.js's ``liveSyncDuration`` (behind
 the end of the newest listed segment) or dash.js's ``liveDelay`` (behind the live edge, which
-Local KVS's MPD puts at capture time).
+Local KVS's MPD puts at capture time). dash.js alone re-reads a LIVE MPD every
+``minimumUpdatePeriod`` (1 s), so it learnt of a segment up to a second after it was listed;
+the view re-reads the MPD when the next segment is due (a little early, then every 300 ms
+until it is listed) and has dash.js re-read it as soon as one is, within AWS's 5 manifest
+calls a second per session (about 3 in all).
 
 ``HlsViewer`` stays the tool for frame-by-frame analysis in the kernel.
 """

@@ -611,6 +611,7 @@ async def _worker_async(server_fd: int) -> None:
         raise RuntimeError(f"a storage worker starts with init, not {kind!r}")
     logging.getLogger().setLevel(level)
     server = _WorkerServer(reader, writer, Path(data_dir))
+    memory.freeze_startup_objects()  # as the server
     await server.serve(options)
     writer.close()
 
