@@ -247,7 +247,9 @@ async function setupDash(dashjs, video, { url, live, sync, delay, target, fail }
       let wait = DASH_REFRESH_MS;
       try {
         const before = newestRow();
-        merge(await dashTimeline(url, aborter.signal));
+        const read = await dashTimeline(url, aborter.signal);
+        merge(read);
+        if (read && !read.dynamic) return;  // LIVE_REPLAY played out: the MPD is final
         const row = newestRow();
         const now = performance.now();
         const duration = row ? row.d * 1000 / timeline.scale : DASH_REFRESH_MS;
