@@ -49,7 +49,10 @@ def rss_kib(pid: int | None = None) -> int:
 
 def census() -> dict[str, Any]:
     """The live objects the garbage collector tracks, by type: ``{"types": {name: [count,
-    bytes]}, "rss_kib": ..., "allocated_blocks": ...}``."""
+    bytes]}, "rss_kib": ..., "allocated_blocks": ...}``. Objects frozen at start-up
+    (``memory.freeze_startup_objects``) are hidden from the collector, so the census unfreezes
+    them first: from then on, collections look at them again."""
+    gc.unfreeze()
     counts: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
     for obj in gc.get_objects():
