@@ -118,6 +118,9 @@ def stamp_of(shot: bytes) -> Stamp | None:
     return try_read_stamp(image)
 
 
+PLAY_JS = "(v) => { v.play().catch(() => {}); }"
+
+
 def watch_video(
     video: Any, errors: Callable[[], list[str]], label: str
 ) -> tuple[dict[str, Any], Stamp]:
@@ -130,10 +133,12 @@ def watch_video(
         state = video.evaluate(VIDEO_STATE_JS)
         assert not errors(), f"{label}: player errors {errors()}"
         assert state["error"] is None, f"{label}: video error {state['error']}"
+        # play() is not awaited: its promise waits for data, and the loop's deadline is the
+        # wait (a page evaluation that waited for it held a run until the test's timeout)
         if state["paused"] and not state["ended"]:  # held while out of view: play it
-            video.evaluate("(v) => v.play()")
+            video.evaluate(PLAY_JS)
         if state["ended"]:  # an ON_DEMAND session played out while others were watched
-            video.evaluate("(v) => { v.currentTime = 0; v.play(); }")
+            video.evaluate("(v) => { v.currentTime = 0; v.play().catch(() => {}); }")
             first = None
             time.sleep(0.25)
             continue
