@@ -242,6 +242,7 @@ class StorageSessionBase(abc.ABC):
         self._ice_fetched_at = 0.0
         self._local_kinds: list[str] = []
         self._remote_kinds: list[str] = []
+        self._remote_ips: set[str] = set()  # of the remote candidates, relay permissions opened
         self.channel = channel
         self.client_id = client_id
         self.policy = policy or JoinPolicy()
@@ -665,6 +666,7 @@ class StorageSessionBase(abc.ABC):
         )
         self.pc = pc
         self._remote_kinds = []
+        self._remote_ips = set()
         self._connecting = _Connecting()
         self.candidates.answering(sdp.ice_ufrag(offered))
         pc.on("connectionstatechange", lambda: self._on_pc_state(pc))
@@ -680,6 +682,9 @@ class StorageSessionBase(abc.ABC):
         self._attach_tracks(pc)
         with ice.host_addresses(self.target.ice_host_addresses):
             await pc.setLocalDescription(await pc.createAnswer())
+        # the TURN allocations are there now: the storage session's checks, which start
+        # when the answer reaches it, get through from the first (open_relay_permissions)
+        aiortc_compat.open_relay_permissions(pc, self._remote_ips)
         answer, candidates = sdp.split_candidates(pc.localDescription.sdp)
         self._local_kinds = candidate_kinds(c.candidate for c in candidates)
         self.timeline.mark(
@@ -714,6 +719,10 @@ class StorageSessionBase(abc.ABC):
             if kind not in self._remote_kinds:
                 self._remote_kinds.append(kind)
             await self.pc.addIceCandidate(cand)
+            if cand.ip not in self._remote_ips:
+                self._remote_ips.add(cand.ip)
+                if self.pc.localDescription is not None:  # else opened once it is set
+                    aiortc_compat.open_relay_permissions(self.pc, [cand.ip])
 
     def _on_pc_state(self, pc: RTCPeerConnection) -> None:
         if pc is not self.pc:

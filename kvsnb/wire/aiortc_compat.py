@@ -15,8 +15,9 @@ jitter buffer it is given. The fields used are checked by ``tests/unit/test_aior
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from aiortc.jitterbuffer import JitterBuffer
@@ -211,6 +212,34 @@ def relay_transports(pc: Any) -> list[Any]:
             if isinstance(transport, TurnTransport):
                 found.append(transport)
     return found
+
+
+DISCARD_PORT = 9  # where the empty datagram that opens a relay permission goes (nowhere)
+
+
+def open_relay_permissions(pc: Any, ips: Iterable[str]) -> int:
+    """Let datagrams from each of ``ips`` reach ``pc`` through its TURN allocations from the
+    first one. A TURN server drops what comes to an allocation from an address it has no
+    permission for, and aioice installs one only with its own first send there; a peer's
+    check that came earlier was lost, and retried 500 ms later. Each allocation sends an
+    empty datagram to ``DISCARD_PORT`` of each address (permissions go by address, not port;
+    aioice binds a channel, which installs one, before it sends). aioice's allocations are
+    IPv4, so other addresses (IPv6, mDNS names) are left out. Returns how many datagrams
+    were sent; none without TURN."""
+    peers = [ip for ip in ips if _is_ipv4(ip)]
+    sent = 0
+    for relay in relay_transports(pc):
+        for ip in peers:
+            relay.sendto(b"", (ip, DISCARD_PORT))
+            sent += 1
+    return sent
+
+
+def _is_ipv4(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).version == 4
+    except ValueError:
+        return False
 
 
 def abandon_turn_allocations(pc: Any) -> int:

@@ -4,6 +4,7 @@ reachable only through TURN, and Local KVS without coturn or with ``ice="host"``
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
@@ -19,7 +20,8 @@ from kvsnb.local import LocalKvs, LocalKvsConfig
 from kvsnb.local.runner import ice_summary
 from kvsnb.local.turn.credentials import password_for
 from kvsnb.local.turn.server import NO_COTURN, RELAY_IP, coturn_binary
-from tests.conftest import make_channel, make_client, wait_until_sync
+from kvsnb.wire import aiortc_compat
+from tests.conftest import make_channel, make_client, wait_until, wait_until_sync
 from tests.integration.conftest import ExpectError
 
 pytestmark = pytest.mark.skipif(coturn_binary() is None, reason="coturn is not installed")
@@ -140,6 +142,72 @@ async def test_coturn_relays_only_between_relay_addresses(local_kvs: LocalKvs, k
     assert "denied-peer-ip=0.0.0.0-255.255.255.255" in conf
     assert f"allowed-peer-ip={RELAY_IP}" in conf
     assert "use-auth-secret" in conf and "listening-ip=127.0.0.1" in conf
+
+
+class _Heard(asyncio.DatagramProtocol):
+    """What a TURN allocation of the test's own receives."""
+
+    def __init__(self) -> None:
+        self.datagrams: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.datagrams.put_nowait(data)
+
+
+async def test_an_opened_relay_permission_lets_the_first_datagram_through(
+    local_kvs: LocalKvs, kv: Any
+) -> None:
+    """``open_relay_permissions``: coturn drops a datagram to an allocation from an address
+    it has no permission for (RFC 8656), so a peer's first ICE check toward a relay
+    candidate is lost until that side has sent toward the peer itself; once the permission
+    is opened, the first datagram from that address is answered."""
+    from aioice import stun
+    from aioice.turn import create_turn_endpoint
+
+    turn = local_kvs.turn_endpoint
+    assert turn is not None
+    server = turn.peer_ice_server(make_channel(kv).arn)
+    config = RTCConfiguration(
+        iceServers=[
+            RTCIceServer(
+                urls=server["Uris"], username=server["Username"], credential=server["Password"]
+            )
+        ],
+        iceTransportPolicy=RTCIceTransportPolicy.RELAY,
+    )
+    pc = RTCPeerConnection(config)
+    host, port = server["Uris"][0].removeprefix("turn:").split("?")[0].split(":")
+    other, heard = await create_turn_endpoint(
+        _Heard, (host, int(port)), server["Username"], server["Password"]
+    )
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        (line,) = [c for c in pc.localDescription.sdp.splitlines() if " typ relay" in c]
+        relay = (line.split()[4], int(line.split()[5]))  # the peer connection's relay address
+
+        def check() -> bytes:  # a bare Binding request: aioice answers 400, so it is heard
+            return bytes(stun.Message(stun.Method.BINDING, stun.Class.REQUEST))
+
+        other.sendto(check(), relay)
+        with pytest.raises(TimeoutError):  # no permission for the other relay address: lost
+            await asyncio.wait_for(heard.datagrams.get(), 1.0)
+
+        assert aiortc_compat.open_relay_permissions(pc, [RELAY_IP, "::1", "peer.local"]) == 1
+        (client,) = [
+            getattr(t, aiortc_compat.TURN_CLIENT) for t in aiortc_compat.relay_transports(pc)
+        ]
+        await wait_until(
+            lambda: (RELAY_IP, aiortc_compat.DISCARD_PORT) in client.peer_to_channel,
+            "the permission is installed",
+        )
+        other.sendto(check(), relay)
+        answer = stun.parse_message(await asyncio.wait_for(heard.datagrams.get(), 10.0))
+        assert answer.message_class == stun.Class.ERROR
+        assert answer.attributes["ERROR-CODE"][0] == 400
+    finally:
+        other.close()
+        await pc.close()
 
 
 def test_without_coturn_local_kvs_runs_and_says_so(

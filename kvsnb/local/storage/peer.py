@@ -55,7 +55,6 @@ from kvsnb.wire.defaults import LOOPBACK
 
 logger = logging.getLogger(__name__)
 
-DISCARD_PORT = 9  # the empty datagram that opens the relay's permission goes nowhere
 
 H264_RTX_PT = 127
 WATCHDOG_PERIOD_S = 0.25
@@ -324,16 +323,12 @@ class _StoragePeer(abc.ABC):
             await self._send_offer(offer, cand_payloads)
 
     def _open_relay(self) -> None:
-        """Let every relayed peer reach this peer from the first packet: a TURN allocation
-        drops what comes from an address it has no permission for, and the storage peer would
-        install one only with its own first check toward the master, so a master's earlier
-        check would be lost and retried 500 ms later. Every peer a storage session can have
+        """Let every relayed peer reach this peer from the first packet
+        (``aiortc_compat.open_relay_permissions``). Every peer a storage session can have
         relays from ``RELAY_IP`` (coturn relays only between relay addresses), so one
         permission for that address, installed now, covers them all."""
-        if self.options.turn is None:
-            return
-        for transport in aiortc_compat.relay_transports(self.pc):
-            transport.sendto(b"", (RELAY_IP, DISCARD_PORT))
+        if self.options.turn is not None:
+            aiortc_compat.open_relay_permissions(self.pc, [RELAY_IP])
 
     async def _send_offer(
         self, offer: str, cand_payloads: list[dict[str, Any]], delay_s: float = 0.0
