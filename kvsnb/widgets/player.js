@@ -58,6 +58,9 @@ const DASH_REFRESH_MS = 1000;  // a dynamic MPD is re-read at least this often
 const DASH_EARLY_MS = 150;
 const DASH_POLL_MS = 300;
 const DASH_TELL_MS = 600;
+// LIVE DASH: dash.js tries for the next segment every DASH_SCHEDULE_MS while none is
+// available (its default, 500 ms, came on top of the wait for the listing)
+const DASH_SCHEDULE_MS = 100;
 // LIVE: the stream counts as stopped when no new fragment was listed for this many target
 // durations (at least STOPPED_MIN_MS) while the video waits at the end of what it has
 const STOPPED_TARGETS = 5;
@@ -201,6 +204,7 @@ async function setupDash(dashjs, video, { url, live, sync, delay, target, fail }
     // (±10 %) that never drains the buffer. `delay` > 0 (live_delay_s) replaces the default
     const liveDelay = delay > 0 ? delay : (sync + LIVE_DELAY_TARGETS) * target;
     settings.streaming.delay = { liveDelay };
+    settings.streaming.scheduling = { defaultTimeout: DASH_SCHEDULE_MS };
     settings.streaming.liveCatchup = { enabled: true, maxDrift: liveDelay + LIVE_DELAY_TARGETS * target,
                                        playbackRate: { min: -0.1, max: 0.1 } };
   }

@@ -41,7 +41,8 @@ Local KVS's MPD puts at capture time). dash.js alone re-reads a LIVE MPD every
 ``minimumUpdatePeriod`` (1 s), so it learnt of a segment up to a second after it was listed;
 the view re-reads the MPD when the next segment is due (a little early, then every 300 ms
 until it is listed) and has dash.js re-read it as soon as one is, within AWS's 5 manifest
-calls a second per session (about 3 in all).
+calls a second per session (about 3 in all); while no new segment is available dash.js
+tries again every 100 ms instead of its default 500 ms.
 
 ``HlsViewer`` stays the tool for frame-by-frame analysis in the kernel.
 """
