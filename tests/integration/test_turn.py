@@ -95,9 +95,10 @@ def test_get_ice_server_config_rules(
     )
 
 
-async def relay_candidates(server: dict[str, Any]) -> list[str]:
-    """The relay candidates a relay-only aiortc peer gathers with ``server``."""
-    config = RTCConfiguration(
+def relay_only(server: dict[str, Any]) -> RTCConfiguration:
+    """An aiortc configuration that gathers relay candidates only, through ``server`` (an
+    IceServerList entry)."""
+    return RTCConfiguration(
         iceServers=[
             RTCIceServer(
                 urls=server["Uris"], username=server["Username"], credential=server["Password"]
@@ -105,7 +106,11 @@ async def relay_candidates(server: dict[str, Any]) -> list[str]:
         ],
         iceTransportPolicy=RTCIceTransportPolicy.RELAY,
     )
-    pc = RTCPeerConnection(config)
+
+
+async def relay_candidates(server: dict[str, Any]) -> list[str]:
+    """The relay candidates a relay-only aiortc peer gathers with ``server``."""
+    pc = RTCPeerConnection(relay_only(server))
     try:
         pc.createDataChannel("probe")
         await pc.setLocalDescription(await pc.createOffer())
@@ -167,15 +172,7 @@ async def test_an_opened_relay_permission_lets_the_first_datagram_through(
     turn = local_kvs.turn_endpoint
     assert turn is not None
     server = turn.peer_ice_server(make_channel(kv).arn)
-    config = RTCConfiguration(
-        iceServers=[
-            RTCIceServer(
-                urls=server["Uris"], username=server["Username"], credential=server["Password"]
-            )
-        ],
-        iceTransportPolicy=RTCIceTransportPolicy.RELAY,
-    )
-    pc = RTCPeerConnection(config)
+    pc = RTCPeerConnection(relay_only(server))
     host, port = server["Uris"][0].removeprefix("turn:").split("?")[0].split(":")
     other, heard = await create_turn_endpoint(
         _Heard, (host, int(port)), server["Username"], server["Password"]
