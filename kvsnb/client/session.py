@@ -242,7 +242,7 @@ class StorageSessionBase(abc.ABC):
         self._ice_fetched_at = 0.0
         self._local_kinds: list[str] = []
         self._remote_kinds: list[str] = []
-        self._remote_ips: set[str] = set()  # of the remote candidates, relay permissions opened
+        self._remote_ips: set[str] = set()  # remote candidates'; relay permissions opened for each
         self.channel = channel
         self.client_id = client_id
         self.policy = policy or JoinPolicy()
