@@ -17,9 +17,17 @@ async function importSource(source) {
 function iso(ms) { return new Date(ms).toISOString(); }
 
 // DASH: the S elements of the video timeline with their kvs:ts (see kvsnb.local.archive.dash)
-async function dashTimeline(url, signal) {
+// A read of the MPD adds its clock sample to `clock` (see serverClock).
+async function dashTimeline(url, signal, clock) {
+  const sent = Date.now();
   const text = await (await fetch(url, { signal })).text();
+  const received = Date.now();
   const doc = new DOMParser().parseFromString(text, "application/xml");
+  const direct = Array.from(doc.getElementsByTagName("UTCTiming"))
+    .find((u) => UTC_DIRECT.includes(u.getAttribute("schemeIdUri")));
+  const server = direct ? Date.parse(direct.getAttribute("value")) : NaN;
+  // the server's clock less the page's, from this read (exact to half its round trip)
+  if (Number.isFinite(server)) clock.add({ offset: server - (sent + received) / 2, rtt: received - sent });
   const sets = Array.from(doc.getElementsByTagName("AdaptationSet"));
   const video = sets.find((a) => a.getAttribute("contentType") === "video") || sets[0];
   if (!video) return null;
@@ -36,6 +44,49 @@ async function dashTimeline(url, signal) {
     t += d;
   }
   return { scale, pto, rows, dynamic: doc.documentElement.getAttribute("type") === "dynamic" };
+}
+
+// A LIVE MPD's UTCTiming "direct" value is the server's time when it wrote the MPD. dash.js
+// reads it to the second only: its MPD parser turns every attribute that looks like a date
+// into a Date, and its clock synchronisation reads that Date back as text, which drops the
+// milliseconds (dash.js 5.1.1, DateTimeMatcher and getUTCTimingSources). So it took the
+// server's clock to run 0-1 s behind its own, believed the media that much younger than it was
+// and played that much further behind than its live delay (0.9 s in one run). The Player keeps
+// its own estimate of the server's clock from the MPDs it reads itself (of the last
+// CLOCK_SAMPLES, the one with the shortest round trip), and each MPD dash.js receives names,
+// in place of a direct value, an ISO time source (urn:mpeg:dash:utc:http-iso:2014, which
+// dash.js reads to the millisecond) holding the server's time at that moment by that
+// estimate. dash.js synchronises on it every CLOCK_SYNC_S while the MPD is dynamic (by
+// default after 30 s, then less often)
+const UTC_DIRECT = ["urn:mpeg:dash:utc:direct:2014", "urn:mpeg:dash:utc:direct:2012"];
+const UTC_HTTP_ISO = "urn:mpeg:dash:utc:http-iso:2014";
+const CLOCK_SAMPLES = 20;
+const CLOCK_SYNC_S = 4;
+
+function serverClock() {
+  const samples = [];
+  return {
+    add(sample) {
+      samples.push(sample);
+      if (samples.length > CLOCK_SAMPLES) samples.shift();
+    },
+    offset() {
+      let best = null;
+      for (const s of samples) if (best === null || s.rtt < best.rtt) best = s;
+      return best === null ? null : best.offset;
+    },
+  };
+}
+
+// The MPD with each direct UTCTiming replaced by an ISO time source holding the server's
+// time now, by the clock's estimate (see UTC_DIRECT).
+function restampMpd(text, offset) {
+  const now = new Date(Date.now() + offset).toISOString();
+  return text.replace(/<UTCTiming\b[^>]*?(?:\/>|>[^<]*<\/UTCTiming>)/g, (tag) => {
+    const scheme = /schemeIdUri="([^"]*)"/.exec(tag);
+    if (!scheme || !UTC_DIRECT.includes(scheme[1])) return tag;
+    return `<UTCTiming schemeIdUri="${UTC_HTTP_ISO}" value="data:text/plain,${now}"/>`;
+  });
 }
 
 function dashStamp(timeline, mediaTime) {
@@ -61,6 +112,7 @@ const DASH_TELL_MS = 600;
 // LIVE DASH: dash.js tries for the next segment every DASH_SCHEDULE_MS while none is
 // available (its default, 500 ms, came on top of the wait for the listing)
 const DASH_SCHEDULE_MS = 100;
+const DELAY_SLACK_S = 0.01;  // a dash.js live delay this far under the Player's is capped
 // LIVE: the stream counts as stopped when no new fragment was listed for this many target
 // durations (at least STOPPED_MIN_MS) while the video waits at the end of what it has
 const STOPPED_TARGETS = 5;
@@ -187,31 +239,52 @@ function setupHls(Hls, video, { url, live, sync, delay, target, fail }) {
   return { player: hls, onScreen, newest, dispose };
 }
 
-const LIVE_DELAY_TARGETS = 2;
+// LIVE DASH plays this many target durations more than `sync` behind the live edge (the
+// server's clock): a segment reaches dash.js ~0.1-0.35 s after it ends (stored, listed, read
+// with the MPD, fetched), so at 1 s fragments a playhead 1.5 s behind never ran dry on a quiet
+// machine; 1.7 s leaves room for a busy one
+const DASH_DELAY_MARGIN_TARGETS = 0.7;
+const LIVE_CATCHUP_TARGETS = 2;  // dash.js seeks back to the delay past this much more
 
 // dash.js: the frame's time from the MPD's kvs:ts (re-read while the MPD is dynamic, as
 // dash.js does not keep them).
 async function setupDash(dashjs, video, { url, live, sync, delay, target, fail }) {
   const dash = dashjs.MediaPlayer().create();
   const settings = { streaming: { } };
+  const liveDelay = delay > 0 ? delay : (sync + DASH_DELAY_MARGIN_TARGETS) * target;
   if (live) {
-    // LIVE_DELAY_TARGETS more than the segments behind: a segment is listed only once stored
-    // (later still on a loaded machine) and the MPD is re-read every second, so at (sync + 1)
-    // targets dash.js fetched segments right at the live edge with a near-empty buffer and
-    // stalled (1-3 s, at 1 s fragments). The session lists more fragments than AWS's default
-    // 5 (Player.from_stream: LIVE_WINDOW_FRAGMENTS), so a playhead that falls behind on a busy
-    // machine is still in the MPD (at 5, dash.js then waited for ever). A gentle catch-up
-    // (±10 %) that never drains the buffer. `delay` > 0 (live_delay_s) replaces the default
-    const liveDelay = delay > 0 ? delay : (sync + LIVE_DELAY_TARGETS) * target;
+    // `delay` > 0 (live_delay_s) replaces the default. The session lists more fragments than
+    // AWS's default 5 (Player.from_stream: LIVE_WINDOW_FRAGMENTS), so a playhead that falls
+    // behind on a busy machine is still in the MPD (at 5, dash.js then waited for ever). A
+    // gentle catch-up (±10 %) brings it back to the delay
     settings.streaming.delay = { liveDelay };
     settings.streaming.scheduling = { defaultTimeout: DASH_SCHEDULE_MS };
-    settings.streaming.liveCatchup = { enabled: true, maxDrift: liveDelay + LIVE_DELAY_TARGETS * target,
+    settings.streaming.liveCatchup = { enabled: true, maxDrift: liveDelay + LIVE_CATCHUP_TARGETS * target,
                                        playbackRate: { min: -0.1, max: 0.1 } };
+    settings.streaming.utcSynchronization = {
+      timeBetweenSyncAttempts: CLOCK_SYNC_S,
+      minimumTimeBetweenSyncAttempts: CLOCK_SYNC_S,
+      maximumTimeBetweenSyncAttempts: CLOCK_SYNC_S,
+      // a segment request that fails would have dash.js synchronise again on the source it
+      // used last, whose time has aged since
+      enableBackgroundSyncAfterSegmentDownloadError: false,
+    };
   }
   dash.updateSettings(settings);
   dash.on("error", (e) => fail(e.error ? (e.error.message || e.error.code) : "error"));
-  dash.initialize(video, url, true);
   const aborter = new AbortController();  // the MPD fetches in flight
+  const clock = serverClock();
+  // the Player's own first read, started with dash.js's: the MPD dash.js receives first is
+  // restamped once that read has given the clock its first sample (see UTC_DIRECT)
+  const firstRead = dashTimeline(url, aborter.signal, clock);
+  dash.addResponseInterceptor(async (response) => {
+    if (typeof response.data !== "string" || !response.data.includes("<UTCTiming")) return response;
+    try { await firstRead; } catch (err) { /* no sample from it */ }
+    const offset = clock.offset();
+    if (offset !== null) response.data = restampMpd(response.data, offset);
+    return response;
+  });
+  dash.initialize(video, url, true);
   let refresh = null;
   const dispose = () => {
     aborter.abort();
@@ -232,7 +305,7 @@ async function setupDash(dashjs, video, { url, live, sync, delay, target, fail }
   };
   let first;
   try {
-    first = await dashTimeline(url, aborter.signal);
+    first = await firstRead;
   } catch (err) {
     dispose();
     throw err;
@@ -245,15 +318,31 @@ async function setupDash(dashjs, video, { url, live, sync, delay, target, fail }
     // re-read when the next segment is due (one segment duration after the newest was first
     // seen, a little early, then every DASH_POLL_MS until it comes), and dash.js is told to
     // re-read it as soon as one comes, so it learns of each within ~DASH_POLL_MS
+    // dash.js caps its live delay at the MPD's timeShiftBufferDepth when the stream starts,
+    // and an MPD read just after the stream's first fragment spans 1-2 s: dash.js then aimed
+    // closer to the edge than a segment can be there, ran dry and stalled again and again.
+    // Once the listed segments span the delay it is set again, and dash.js works it out anew
+    // from the MPD of the moment
+    const keepDelay = (read) => {
+      if (!read || !read.rows.length) return;
+      const last = read.rows[read.rows.length - 1];
+      const span = (last.t + last.d - read.rows[0].t) / read.scale;
+      try {
+        if (span >= liveDelay && dash.getTargetLiveDelay() < liveDelay - DELAY_SLACK_S) {
+          dash.updateSettings({ streaming: { delay: { liveDelay } } });
+        }
+      } catch (err) { /* not playing yet */ }
+    };
     let seenAt = performance.now();  // when the newest segment was first seen
     let told = -Infinity;
     const poll = async () => {
       let wait = DASH_REFRESH_MS;
       try {
         const before = newestRow();
-        const read = await dashTimeline(url, aborter.signal);
+        const read = await dashTimeline(url, aborter.signal, clock);
         merge(read);
         if (read && !read.dynamic) return;  // LIVE_REPLAY played out: the MPD is final
+        keepDelay(read);
         const row = newestRow();
         const now = performance.now();
         const duration = row ? row.d * 1000 / timeline.scale : DASH_REFRESH_MS;
@@ -537,3 +626,5 @@ function widget() {
 // anywidget calls a default export that is a function once per model (it loads the module
 // for each model), so `library` above belongs to one model.
 export default widget;
+// for the browser tests, which play a stream with the Player's own dash.js set-up
+export { setupDash };

@@ -32,9 +32,8 @@ The view starts the video itself with ``play()`` (muted, so browsers allow it), 
 the ``autoplay`` attribute, which Chromium holds until the video is scrolled into view.
 LIVE plays close to the live edge: hls.js syncs ``live_sync_segments`` segments behind the
 newest (default 1; hls.js's default is 3) and speeds up to catch up; dash.js targets a live
-delay of ``live_sync_segments`` + 2 target durations (3 s at 1 s fragments: a segment is
-listed only once stored, so at 2 s dash.js fetched segments right at the edge and stalled; at
-4 s a late fragment put it out of the 5 fragments a LIVE MPD lists) with a gentle catch-up.
+delay of ``live_sync_segments`` + 0.7 target durations behind the live edge (1.7 s at 1 s
+fragments: a segment reaches dash.js 0.1-0.35 s after it ends) with a gentle catch-up.
 ``live_delay_s`` > 0 sets the delay in seconds instead: hls.js's ``liveSyncDuration`` (behind
 the end of the newest listed segment) or dash.js's ``liveDelay`` (behind the live edge, which
 Local KVS's MPD puts at capture time). dash.js alone re-reads a LIVE MPD every
@@ -42,7 +41,11 @@ Local KVS's MPD puts at capture time). dash.js alone re-reads a LIVE MPD every
 the view re-reads the MPD when the next segment is due (a little early, then every 300 ms
 until it is listed) and has dash.js re-read it as soon as one is, within AWS's 5 manifest
 calls a second per session (about 3 in all); while no new segment is available dash.js
-tries again every 100 ms instead of its default 500 ms.
+tries again every 100 ms instead of its default 500 ms. dash.js reads the server's clock
+from the MPD's ``UTCTiming`` to the second only (its parser turns the value into a date and
+back into text without the milliseconds), so it played up to a second further behind than
+asked; the view estimates the server's clock from its own MPD reads and gives dash.js that
+time, to the millisecond, every 4 s.
 
 ``HlsViewer`` stays the tool for frame-by-frame analysis in the kernel.
 """

@@ -1,6 +1,7 @@
 """Fixtures of the Player browser tests: a Local KVS with a master ingesting the stamped
 pattern for as long as the tests need it (1 s fragments), a page server on another origin
-for the plain cross-origin player page, and the notebook that shows the Player widgets.
+for the plain cross-origin player page (plain hls.js and dash.js, and the Player's own dash.js
+set-up), and the notebook that shows the Player widgets.
 
 Kept out of ``conftest.py`` (shared with the notebook tests); ``test_player.py`` imports them.
 """
@@ -24,6 +25,7 @@ from kvsnb.client.ingest import ingest
 from kvsnb.client.target import Target
 from kvsnb.launch import connect
 from kvsnb.local import LocalKvs
+from kvsnb.widgets.player import ESM as PLAYER_JS
 from kvsnb.widgets.vendor import LIBRARIES, library_path
 from tests.conftest import FAST, start_kvs
 
@@ -46,7 +48,7 @@ if (kind === "hls") {
   hls.on(Hls.Events.ERROR, (_e, d) => { if (d.fatal) window.kvsnbErrors.push(d.details); });
   hls.loadSource(url);
   hls.attachMedia(video);
-} else {
+} else if (kind === "dash") {
   const dashjs = await import("./dash.all.min.mjs");
   const player = dashjs.MediaPlayer().create();
   player.updateSettings({ streaming: { delay: { liveDelay: 2 } } });
@@ -54,6 +56,13 @@ if (kind === "hls") {
     window.kvsnbErrors.push(String(e.error && (e.error.message || e.error.code)));
   });
   player.initialize(video, url, true);
+} else if (kind === "player-dash") {
+  // the Player's own dash.js set-up (kvsnb/widgets/player.js), LIVE at its default delay
+  const dashjs = await import("./dash.all.min.mjs");
+  const { setupDash } = await import("./player.js");
+  const fail = (message) => window.kvsnbErrors.push(String(message));
+  window.kvsnbAttached = await setupDash(
+    dashjs, video, { url, live: true, sync: 1, delay: 0, target: 1, fail });
 }
 window.kvsnbReady = true;
 </script>
@@ -118,9 +127,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An HTTP server on another port of 127.0.0.1 (another origin than Local KVS) serving
-    the player page and the vendored hls.js and dash.js; its base URL."""
+    the player page, the vendored hls.js and dash.js and the Player's ``player.js``; its
+    base URL."""
     root = tmp_path_factory.mktemp("player-page")
     (root / "player.html").write_text(PAGE)
+    shutil.copy(PLAYER_JS, root / "player.js")
     for name, lib in LIBRARIES.items():
         shutil.copy(library_path(name), root / lib.filename)
     port = free_port()

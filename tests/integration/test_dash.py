@@ -183,6 +183,38 @@ def test_live_manifest_is_dynamic_with_the_newest(recorded: Recorded) -> None:
     assert template.get("presentationTimeOffset") is None
 
 
+def iso_epoch_ms(text: str | None) -> float:
+    assert text
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000
+
+
+def test_live_manifest_keeps_its_segments_available(recorded: Recorded) -> None:
+    """Each listed segment of a LIVE MPD is available at the MPD's publishTime by the MPD's
+    own rule (availabilityStartTime + its end ≤ now ≤ that + timeShiftBufferDepth), also when
+    the newest fragment ended longer ago than the listed media lasts (one listed, as just
+    after a stream's first fragment): a depth of only the listed media put them out of the
+    window, and dash.js then requested every segment ~1.2 s late for the whole session."""
+    newest = recorded.fragments[-1]
+    dash = plane(recorded)
+    dash.clock = lambda: (newest.server_start_ms + 2 * newest.duration_ms + 1000) / 1000
+    try:
+        url = session_url(recorded, StreamName=NAME, MaxManifestFragmentResults=1)
+        root = manifest(url)
+    finally:
+        dash.clock = time.time
+    now = iso_epoch_ms(root.get("publishTime"))
+    available = iso_epoch_ms(root.get("availabilityStartTime"))
+    depth = parse_duration(root.get("timeShiftBufferDepth"))
+    assert depth is not None
+    for content in ("video", "audio"):
+        template, ss = timeline(root, content)
+        scale = int(template.get("timescale") or 1)
+        assert len(ss) == 1
+        for s in ss:
+            end = available + (int(s.get("t") or 0) + int(s.get("d") or 0)) * 1000 / scale
+            assert end <= now <= end + depth * 1000, (content, end, now, depth)
+
+
 def test_live_replay_adds_fragments_as_time_passes(recorded: Recorded) -> None:
     dash = plane(recorded)
     created = time.time()

@@ -35,16 +35,17 @@ Manifest per PlaybackMode
     * ``LIVE`` and ``LIVE_REPLAY``: ``type="dynamic"`` with ``minimumUpdatePeriod`` of 1 s
       (the model: "We recommend that the media player retrieve a new manifest on a one-second
       interval"), ``availabilityStartTime`` such that each listed segment is available, a
-      ``timeShiftBufferDepth`` covering the listed fragments, a ``suggestedPresentationDelay``
-      of two target durations, and a ``UTCTiming`` element carrying the server's clock (so
-      players need no outside time server). LIVE_REPLAY releases fragments as HLS does, and
-      its ``availabilityStartTime`` stays put: the fragments first listed are available when
-      the session is created, each later one once its duration has elapsed after the one
-      before. A LIVE_REPLAY session whose range has ended, every fragment released, becomes
-      ``static`` once a player at the suggested delay has reached the end of the newest
-      fragment (dash.js ends the stream at what it holds when the type changes), on the same
-      timeline (no ``presentationTimeOffset``, ``mediaPresentationDuration`` up to the end of
-      the newest fragment), so a player that played it live plays on to its end.
+      ``timeShiftBufferDepth`` that keeps them available now (from the first listed fragment
+      to now), a ``suggestedPresentationDelay`` of two target durations, and a ``UTCTiming``
+      element carrying the server's clock (so players need no outside time server).
+      LIVE_REPLAY releases fragments as HLS does, and its ``availabilityStartTime`` stays
+      put: the fragments first listed are available when the session is created, each later
+      one once its duration has elapsed after the one before. A LIVE_REPLAY session whose
+      range has ended, every fragment released, becomes ``static`` once a player at the
+      suggested delay has reached the end of the newest fragment (dash.js ends the stream at
+      what it holds when the type changes), on the same timeline (no
+      ``presentationTimeOffset``, ``mediaPresentationDuration`` up to the end of the newest
+      fragment), so a player that played it live plays on to its end.
 
 ``DisplayFragmentTimestamp=ALWAYS`` adds ``kvs:ts`` to each ``S`` (the fragment's start in
 the selector's clock, epoch ms) and ``DisplayFragmentNumber=ALWAYS`` adds ``kvs:fn`` (the KVS
@@ -196,7 +197,8 @@ class DashPlane:
             attrs["availabilityStartTime"] = iso_ms(available_ms)
             attrs["publishTime"] = iso_ms(now_ms)
             attrs["minimumUpdatePeriod"] = duration(MINIMUM_UPDATE_PERIOD_S * 1000)
-            attrs["timeShiftBufferDepth"] = duration(max(last_end - first_t, 1000))
+            depth_ms = _shift_buffer_ms(now_ms - available_ms, first_t, last_end)
+            attrs["timeShiftBufferDepth"] = duration(depth_ms)
             attrs["suggestedPresentationDelay"] = duration(delay_ms)
         lines = ['<?xml version="1.0" encoding="UTF-8"?>', f"<MPD {_attrs(attrs)}>"]
         lines.append('  <Period id="0" start="PT0S">')
@@ -280,6 +282,19 @@ class DashPlane:
         anchor = session.entries[min(session.max_results, len(session.entries)) - 1]
         end = session.gapless_start_ms(anchor) + anchor.fragment.duration_ms
         return int(session.created * 1000) - end
+
+
+def _shift_buffer_ms(now_t: int, first_t: int, last_end: int) -> int:
+    """The ``timeShiftBufferDepth`` (ms) that keeps every listed segment available now.
+
+    A segment of a dynamic MPD is available until ``availabilityStartTime`` + its end + the
+    depth, so the depth reaches back from now (``now_t``, on the media timeline) to the first
+    listed segment, not only over the listed media: the newest segment ends before now (it is
+    listed once stored), and a depth of only the listed media put the oldest segments out of
+    the MPD's own window. With one fragment listed and the next not yet, that was every
+    segment; dash.js then anchored its clock to the newest segment's end, for the session,
+    and requested each segment ~1.2 s late (at 1 s fragments)."""
+    return max(now_t - first_t, last_end - first_t, 1000)
 
 
 def _respond(body: bytes, content_type: str) -> web.Response:
