@@ -49,7 +49,7 @@ async function dashTimeline(url, signal, clock) {
 // A LIVE MPD's UTCTiming "direct" value is the server's time when it wrote the MPD. dash.js
 // reads it to the second only: its MPD parser turns every attribute that looks like a date
 // into a Date, and its clock synchronisation reads that Date back as text, which drops the
-// milliseconds (dash.js 5.1.1, DateTimeMatcher and getUTCTimingSources). So it took the
+// milliseconds (dash.js 5.2.1: its DateTimeMatcher and getUTCTimingSources). So it took the
 // server's clock to run 0-1 s behind its own, believed the media that much younger than it was
 // and played that much further behind than its live delay (0.9 s in one run). The Player keeps
 // its own estimate of the server's clock from the MPDs it reads itself (of the last
