@@ -317,7 +317,8 @@ async function setupDash(dashjs, video, { url, live, sync, delay, target, fail }
     // listed, and a playhead closer to the edge than that ran out of media. Here the MPD is
     // re-read when the next segment is due (one segment duration after the newest was first
     // seen, a little early, then every DASH_POLL_MS until it comes), and dash.js is told to
-    // re-read it as soon as one comes, so it learns of each within ~DASH_POLL_MS
+    // re-read it as soon as one comes, so it learns of each within ~DASH_POLL_MS.
+    //
     // dash.js caps its live delay at the MPD's timeShiftBufferDepth when the stream starts,
     // and an MPD read just after the stream's first fragment spans 1-2 s: dash.js then aimed
     // closer to the edge than a segment can be there, ran dry and stalled again and again.
