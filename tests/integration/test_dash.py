@@ -23,6 +23,7 @@ from kvsnb.local.archive.dash import KVS_NAMESPACE, DashPlane
 from kvsnb.local.archive.sessions import PLAYLIST_CALLS_PER_S
 from kvsnb.playback.dash import DashReader, parse_duration
 from kvsnb.sources.stamp import read_stamp
+from kvsnb.wire.times import epoch_ms, parse_time
 from tests.integration.conftest import Http
 from tests.integration.gaps import gaps_ms, media_ms, record_gap, stored_video_times
 from tests.integration.test_hls import (
@@ -183,11 +184,6 @@ def test_live_manifest_is_dynamic_with_the_newest(recorded: Recorded) -> None:
     assert template.get("presentationTimeOffset") is None
 
 
-def iso_epoch_ms(text: str | None) -> float:
-    assert text
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000
-
-
 def test_live_manifest_keeps_its_segments_available(recorded: Recorded) -> None:
     """Each listed segment of a LIVE MPD is available at the MPD's publishTime by the MPD's
     own rule (availabilityStartTime + its end ≤ now ≤ that + timeShiftBufferDepth), also when
@@ -202,8 +198,9 @@ def test_live_manifest_keeps_its_segments_available(recorded: Recorded) -> None:
         root = manifest(url)
     finally:
         dash.clock = time.time
-    now = iso_epoch_ms(root.get("publishTime"))
-    available = iso_epoch_ms(root.get("availabilityStartTime"))
+    published, start = root.get("publishTime"), root.get("availabilityStartTime")
+    assert published and start
+    now, available = epoch_ms(parse_time(published)), epoch_ms(parse_time(start))
     depth = parse_duration(root.get("timeShiftBufferDepth"))
     assert depth is not None
     for content in ("video", "audio"):
