@@ -244,7 +244,9 @@ function setupHls(Hls, video, { url, live, sync, delay, target, fail }) {
 // with the MPD, fetched), so at 1 s fragments a playhead 1.5 s behind never ran dry on a quiet
 // machine; 1.7 s leaves room for a busy one
 const DASH_DELAY_MARGIN_TARGETS = 0.7;
-const LIVE_CATCHUP_TARGETS = 2;  // dash.js seeks back to the delay past this much more
+// dash.js seeks back to its delay once it is more than the delay and this many target
+// durations behind it (liveCatchup.maxDrift, a deviation from the delay)
+const LIVE_CATCHUP_TARGETS = 2;
 
 // dash.js: the frame's time from the MPD's kvs:ts (re-read while the MPD is dynamic, as
 // dash.js does not keep them).
