@@ -6,7 +6,6 @@ import fractions
 import io
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 
 from kvsnb.local.storage.passthrough import EncodedFrame, OpusDecoder, OpusPacket
-from kvsnb.local.storage.recorder import FragmentRecorder, recorder_executor
+from kvsnb.local.storage.recorder import FragmentRecorder
 from kvsnb.local.store.fragments import Fragment, FragmentStore
 from kvsnb.local.store.mkv import (
     TAG_FRAGMENT_NUMBER,
@@ -241,29 +240,6 @@ async def test_close_mid_fragment_stores_the_partial_fragment(store: FragmentSto
     video, audio = decode_fragment(store, listed[0])
     assert video == expected_pts(n)
     assert audio, "audio received before the disconnect is stored too"
-
-
-async def test_recorders_share_one_thread_and_one_closing_leaves_the_others_running(
-    store: FragmentStore,
-) -> None:
-    other_stream = STREAM.replace("cam-1", "cam-2")
-    first = FragmentRecorder(store, STREAM, fragment_duration_s=1.0)
-    second = FragmentRecorder(store, other_stream, fragment_duration_s=1.0)
-    assert first._executor is second._executor is recorder_executor()
-    threads = threading.active_count()
-    cam_first, cam_second = Camera(gop=30), Camera(gop=30)
-    feed(first, cam_first, 1.5)
-    feed(second, cam_second, 1.5)
-    closed = await first.close()
-    n = round(1.5 * FPS) + feed(second, cam_second, 2.0)  # the second carries on alone
-    kept = await second.close()
-    assert threading.active_count() <= threads  # no thread of its own came or stays
-    assert sum(f.frame_count for f in closed) == round(1.5 * FPS)
-    stored = store.list_fragments(other_stream)
-    assert [f.fragment_number for f in stored] == [f.fragment_number for f in kept]
-    video = [pts for f in stored for pts in decode_fragment(store, f)[0]]
-    assert video == expected_pts(n)  # every frame of the second, in order
-    assert first.stats.errors == second.stats.errors == 0
 
 
 async def test_audio_gap_is_filled_and_sync_kept(store: FragmentStore) -> None:

@@ -1,15 +1,14 @@
 """Cut a received H.264 (+ Opus) stream into durable, keyframe-aligned KVS fragments.
 
 ``FragmentRecorder`` takes passthrough H.264 access units (never decoded, docs/design.md,
-principle 3) and 48 kHz Opus audio, as packets (decoded on the recorder thread, in batches) or as
+principle 3) and 48 kHz Opus audio, as packets (decoded on its thread, in batches) or as
 decoded frames, encodes the audio to AAC and hands each fragment,
 in the Matroska of ``store.mkv``, to ``FragmentStore``. The rule: a fragment starts at a
 keyframe whose SPS/PPS are known and ends at the first keyframe after ``fragment_duration_s``,
 which the recorder asks for (``request_keyframe``, wired to PLI); docs/wire.md, "Storage
 sessions". ``add_video``/``add_audio``/``add_opus`` only enqueue; ``request_keyframe`` and
-``on_fragment`` are called on the event loop that created the recorder. The work runs on one
-thread shared by a process's recorders (``recorder_executor``). Timeline, audio placement and
-threads: docs/design.md, "Local KVS".
+``on_fragment`` are called on the event loop that created the recorder. Timeline, audio
+placement and threads: docs/design.md, "Local KVS".
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
-import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -63,32 +60,6 @@ AUDIO_GAP_TOLERANCE_SAMPLES = 480  # 10 ms
 AUDIO_MAX_FILL_SAMPLES = 5 * webrtc.OPUS_SAMPLE_RATE
 FALLBACK_FRAME_INTERVAL_MS = 33
 MAX_FRAGMENT_WARN_MS = 20_000  # PutMedia's fragment limit (docs/wire.md "Storage sessions")
-
-_shared_lock = threading.Lock()
-_shared: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def recorder_executor() -> concurrent.futures.ThreadPoolExecutor:
-    """The one thread that runs every recorder's work in this process, in the order it was
-    queued (so each recorder's own work stays in order). One thread for all: with a thread
-    per recorder, each frame woke its own thread and the threads fought the event loop for
-    the GIL (a fifth of a storage worker's CPU was the kernel switching threads)."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="kvsnb-recorder"
-            )
-        return _shared
-
-
-def _forget_executor() -> None:
-    """In a forked child the thread is gone: the next recorder starts a new one."""
-    global _shared
-    _shared = None
-
-
-os.register_at_fork(after_in_child=_forget_executor)
 
 
 @dataclass(slots=True)
@@ -152,7 +123,9 @@ class FragmentRecorder:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = None
-        self._executor = recorder_executor()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="kvsnb-recorder"
+        )
         self._closed = False
         self._opus_pending: list[OpusPacket] = []  # event-loop side, handed over in batches
         self._opus_decoder: OpusDecoder | None = None  # recorder-thread side
@@ -234,7 +207,7 @@ class FragmentRecorder:
     @property
     def closed(self) -> bool:
         """True once ``close()`` has finished: everything stored (the partial fragment
-        included); nothing more runs for it on the recorder thread."""
+        included) and the recorder's worker thread let go."""
         return self._closing is not None and self._closing.done()
 
     async def close(self) -> list[Fragment]:
@@ -250,6 +223,7 @@ class FragmentRecorder:
             try:
                 await asyncio.wrap_future(self._executor.submit(self._guarded, self._on_close))
             finally:
+                self._executor.shutdown(wait=False)
                 self._closing.set_result(list(self.fragments))
         return await asyncio.shield(self._closing)
 
