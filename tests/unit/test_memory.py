@@ -122,51 +122,6 @@ def test_an_mmap_threshold_must_be_positive() -> None:
         memory.fix_mmap_threshold(0)
 
 
-# asyncio's datagram reads under a fixed threshold: 64 KiB buffers, the largest UDP datagram
-# (65,507 bytes of payload over IPv4) still arrives whole, and a small one too
-DATAGRAM_PROBE = """
-import asyncio, asyncio.selector_events, socket
-from kvsnb.local.core import memory
-transport = asyncio.selector_events._SelectorDatagramTransport
-assert transport.max_size == 256 * 1024, transport.max_size
-assert memory.fix_mmap_threshold()
-assert transport.max_size == memory.MAX_DATAGRAM
-assert not memory.fit_datagram_reads()  # already fitted
-async def main():
-    loop = asyncio.get_running_loop()
-    got = asyncio.Queue()
-    class Receiver(asyncio.DatagramProtocol):
-        def datagram_received(self, data, addr):
-            got.put_nowait(data)
-    rx, _ = await loop.create_datagram_endpoint(Receiver, local_addr=("127.0.0.1", 0))
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    largest = bytes(range(256)) * 255 + bytes(227)
-    assert len(largest) == 65_507
-    for payload in (largest, b"small"):
-        tx.sendto(payload, rx.get_extra_info("sockname"))
-        assert await asyncio.wait_for(got.get(), 10) == payload
-    print("whole")
-asyncio.run(main())
-"""
-
-
-def test_a_fixed_threshold_keeps_datagram_reads_under_it_and_whole() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", DATAGRAM_PROBE],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"},
-    )
-    assert done.returncode == 0 and done.stdout.split() == ["whole"], done.stderr
-
-
-def test_a_datagram_read_must_hold_the_largest_datagram() -> None:
-    with pytest.raises(ValueError, match="cut a UDP datagram short"):
-        memory.fit_datagram_reads(1500)
-
-
 async def test_trim_later_frees_what_ended_sessions_hold_in_cycles() -> None:
     # an ended session's objects hold one another (peer connection, transports, tracks):
     # only a full collection frees them, and the automatic one may not come for a long time

@@ -17,10 +17,7 @@ unmaps it when freed, but each such free raises that threshold to the block's si
 which blocks of that size come from the heap and leave holes there that later small objects
 pin: a process with sessions grows for as long as they live. A Local KVS process (``kvsnb
 local`` and its storage workers) therefore fixes the threshold (``fix_mmap_threshold``), as
-``MALLOC_MMAP_THRESHOLD_`` would (which, when set, wins). asyncio reads every datagram into a
-fresh 256 KiB buffer and then shrinks it: above a fixed threshold, each packet received
-would map, remap and unmap memory (three system calls, and every thread's TLB flushed), so
-the same call sizes those reads to the largest UDP datagram (64 KiB), below the threshold.
+``MALLOC_MMAP_THRESHOLD_`` would (which, when set, wins).
 """
 
 from __future__ import annotations
@@ -38,7 +35,6 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 MMAP_THRESHOLD = 128 * 1024  # blocks this large get a mapping of their own (glibc's default)
-MAX_DATAGRAM = 64 * 1024  # a UDP datagram's payload is at most 65,507 bytes (IPv4)
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 TRIM_DELAY_S = 1.0  # after a session ends: its objects are gone, and ends come in bursts
 
@@ -72,26 +68,7 @@ def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
         raise ValueError(f"an mmap threshold must be a positive size, not {size}")
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") or _MALLOPT is None:
         return False
-    if not _MALLOPT(M_MMAP_THRESHOLD, size):
-        return False
-    if MAX_DATAGRAM < size:
-        fit_datagram_reads()
-    return True
-
-
-def fit_datagram_reads(size: int = MAX_DATAGRAM) -> bool:
-    """Have asyncio's datagram transports (selector event loops) read each datagram into a
-    buffer of ``size`` bytes, not 256 KiB (see the module docstring); ``size`` must hold the
-    largest datagram. True if changed: transports of this process from now on."""
-    if size < MAX_DATAGRAM:
-        raise ValueError(f"a datagram read of {size} bytes could cut a UDP datagram short")
-    transport = getattr(asyncio.selector_events, "_SelectorDatagramTransport", None)
-    if transport is None or not isinstance(getattr(transport, "max_size", None), int):
-        return False
-    if transport.max_size <= size:
-        return False
-    transport.max_size = size
-    return True
+    return bool(_MALLOPT(M_MMAP_THRESHOLD, size))
 
 
 def can_trim() -> bool:
