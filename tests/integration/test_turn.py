@@ -240,3 +240,38 @@ def test_coturn_is_a_child_that_stops_with_local_kvs(tmp_path: Path) -> None:
     assert proc.poll() is None
     kvs.stop_in_thread()
     assert proc.poll() is not None and kvs.turn is None
+
+
+def test_coturn_starts_while_another_thread_holds_swscale_threads(tmp_path: Path) -> None:
+    """Starting coturn runs no Python between fork and exec. A thread of the process keeps a
+    PyAV reformatter in a ``threading.local`` (as the in-process GetImages renderer does),
+    whose swscale context has slice threads of its own. Python code in the forked child would
+    free that thread-local and wait forever on the slice threads, which do not exist there;
+    Local KVS then never started (CI hung in every test after the first GetImages one)."""
+    import threading
+
+    import av
+    import numpy as np
+    from av.video.reformatter import VideoReformatter
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        local = threading.local()
+        local.reformatter = VideoReformatter()
+        frame = av.VideoFrame.from_ndarray(np.zeros((240, 320, 3), np.uint8), format="rgb24")
+        local.reformatter.reformat(frame, format="yuv420p", threads=2)
+        held.set()
+        release.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert held.wait(30)
+        for n in range(3):
+            config = LocalKvsConfig(data_dir=tmp_path / f"data-{n}")
+            with LocalKvs(config) as kvs:
+                assert kvs.turn_endpoint is not None
+    finally:
+        release.set()
+        holder.join(30)

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -39,7 +37,7 @@ RELAY_IP = "127.0.0.2"
 REALM = "kinesisvideo.local"
 TURN_DIR = "turn"
 READY_TIMEOUT_S = 15.0
-PR_SET_PDEATHSIG = 1  # prctl option: the signal a child gets when its parent dies
+SETPRIV = "setpriv"  # util-linux: sets the signal coturn gets when its parent ends
 NO_COTURN = (
     "coturn is not installed (no `turnserver` on PATH): Local KVS runs without TURN, so peers "
     "reach the storage peer directly, which AWS does not allow. Install it with "
@@ -110,14 +108,16 @@ def _free_port(host: str) -> int:
     raise TurnUnavailable(f"no free port on {host} for coturn")
 
 
-def _end_with_parent() -> None:
-    """In the child, before coturn runs: ask Linux to end it when Local KVS's process ends,
-    even by SIGKILL (``prctl(PR_SET_PDEATHSIG, SIGTERM)``), so no relay outlives its owner."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: stop() still ends it
-        pass
+def coturn_command(binary: str, conf: Path) -> list[str]:
+    """coturn's command line. Behind util-linux's ``setpriv --pdeathsig TERM`` (on every
+    Debian), Linux ends coturn when the thread that started it ends, even by SIGKILL, so no
+    relay outlives Local KVS. setpriv sets that and execs coturn: no Python code runs in the
+    forked child. (Python there, such as a ``preexec_fn``, drops the other threads' state,
+    and freeing a PyAV reformatter's swscale context waits forever for slice threads that
+    the child does not have.) Without setpriv, ``stop()`` alone ends coturn."""
+    command = [binary, "-c", str(conf)]
+    setpriv = shutil.which(SETPRIV)
+    return [setpriv, "--pdeathsig", "TERM", *command] if setpriv else command
 
 
 class TurnServer:
@@ -190,11 +190,10 @@ class TurnServer:
         conf.chmod(0o600)
         self.log_file.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [binary, "-c", str(conf)],
+            coturn_command(binary, conf),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_end_with_parent,
             process_group=0,  # a terminal's Ctrl-C reaches Local KVS, which stops it last
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
