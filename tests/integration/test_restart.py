@@ -102,3 +102,27 @@ def test_restart_keeps_everything(tmp_path: Path, boto_client: Any) -> None:
         assert everything(kv) == final
         assert set(final["channels"]) == expected_names
         assert final["streams"]["cam-stream"]["info"]["DeviceName"] == "pi-5"
+
+
+def test_stop_unwinds_tasks_still_pending_on_its_loop(tmp_path: Path) -> None:
+    """Stopping a Local KVS on its own thread cancels what still runs on its loop and lets it
+    unwind (its ``finally`` runs, inside the loop), as ``asyncio.run`` does, instead of
+    closing the loop over pending coroutines."""
+    import asyncio
+
+    unwound: list[bool] = []
+
+    async def forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            unwound.append(asyncio.get_running_loop().is_running())
+
+    async def spawn() -> None:
+        asyncio.get_running_loop().create_task(forever())
+        await asyncio.sleep(0)
+
+    kvs = LocalKvs(LocalKvsConfig(data_dir=tmp_path / "data", ice="host")).start_in_thread()
+    kvs.call(spawn())
+    kvs.stop_in_thread()
+    assert unwound == [True]

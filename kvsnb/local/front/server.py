@@ -86,6 +86,20 @@ def operation_method(name: str) -> str:
     return _SNAKE.sub("_", name).lower()
 
 
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """End a stopped loop as ``asyncio.run`` does: cancel the tasks still pending (such as a
+    closed peer connection's DTLS reader) and let them unwind for up to
+    ``SHUTDOWN_TIMEOUT_S``, then finish async generators and close it. Closing it with
+    tasks pending would destroy their coroutines mid-flight (``GeneratorExit``)."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.wait(pending, timeout=SHUTDOWN_TIMEOUT_S))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
 @dataclass
 class LocalKvsConfig:
     """How a Local KVS runs. Durations are configurable so tests can shorten them."""
@@ -331,8 +345,7 @@ class LocalKvs:
                 return
             started.set_result(None)
             loop.run_forever()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+            _close_loop(loop)
 
         self._thread = threading.Thread(target=run, name="local-kvs", daemon=True)
         self._thread.start()
