@@ -112,15 +112,17 @@ def test_stop_unwinds_tasks_still_pending_on_its_loop(tmp_path: Path) -> None:
 
     unwound: list[bool] = []
 
-    async def forever() -> None:
+    async def forever(running: asyncio.Event) -> None:
         try:
+            running.set()
             await asyncio.Event().wait()
         finally:
             unwound.append(asyncio.get_running_loop().is_running())
 
     async def spawn() -> None:
-        asyncio.get_running_loop().create_task(forever())
-        await asyncio.sleep(0)
+        running = asyncio.Event()
+        asyncio.get_running_loop().create_task(forever(running))
+        await running.wait()
 
     kvs = LocalKvs(LocalKvsConfig(data_dir=tmp_path / "data", ice="host")).start_in_thread()
     kvs.call(spawn())

@@ -244,10 +244,11 @@ def test_coturn_is_a_child_that_stops_with_local_kvs(tmp_path: Path) -> None:
 
 def test_coturn_starts_while_another_thread_holds_swscale_threads(tmp_path: Path) -> None:
     """Starting coturn runs no Python between fork and exec. A thread of the process keeps a
-    PyAV reformatter in a ``threading.local`` (as the in-process GetImages renderer does),
-    whose swscale context has slice threads of its own. Python code in the forked child would
-    free that thread-local and wait forever on the slice threads, which do not exist there;
-    Local KVS then never started (CI hung in every test after the first GetImages one)."""
+    PyAV reformatter in a ``threading.local`` (as PyAV 18.1.1's ``VideoFrame.reformat`` does
+    for every thread that calls it), whose swscale context has slice threads of its own.
+    Python code in the forked child would free that thread-local and wait forever on the slice
+    threads, which do not exist there; Local KVS then never started (in CI, at every start
+    after the first such thread)."""
     import threading
 
     import av
