@@ -1,8 +1,10 @@
 """A Local KVS restarted on the same data directory (on another port) describes everything
-exactly as before: ARNs, versions, creation times, the storage mapping and tags."""
+exactly as before: ARNs, versions, creation times, the storage mapping and tags; stopping one
+unwinds what still runs on its loop."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +110,6 @@ def test_stop_unwinds_tasks_still_pending_on_its_loop(tmp_path: Path) -> None:
     """Stopping a Local KVS on its own thread cancels what still runs on its loop and lets it
     unwind (its ``finally`` runs, inside the loop), as ``asyncio.run`` does, instead of
     closing the loop over pending coroutines."""
-    import asyncio
-
     unwound: list[bool] = []
 
     async def forever(running: asyncio.Event) -> None:

@@ -1,6 +1,7 @@
 """TURN in Local KVS (coturn), as AWS has it for WebRTC ingestion: GetIceServerConfig's shape
 and rules, time-limited credentials that coturn refuses once expired, a storage peer
-reachable only through TURN, and Local KVS without coturn or with ``ice="host"``."""
+reachable only through TURN, Local KVS without coturn or with ``ice="host"``, and coturn
+started with no Python between fork and exec."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import asyncio
 import base64
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection
+from av.video.reformatter import VideoReformatter
 
 from kvsnb.local import LocalKvs, LocalKvsConfig
 from kvsnb.local.runner import ice_summary
@@ -249,12 +254,6 @@ def test_coturn_starts_while_another_thread_holds_swscale_threads(tmp_path: Path
     Python code in the forked child would free that thread-local and wait forever on the slice
     threads, which do not exist there; Local KVS then never started (in CI, at every start
     after the first such thread)."""
-    import threading
-
-    import av
-    import numpy as np
-    from av.video.reformatter import VideoReformatter
-
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
